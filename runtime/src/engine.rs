@@ -1,0 +1,134 @@
+//! Generation: prefill, decode, sampling, stop conditions, cancellation — the
+//! same loop over any backend (the reference now, the GPU engine next).
+
+use crate::error::{Error, Result};
+use crate::sample::{sample, top_k, SamplingParams};
+
+/// A forward pass with a KV cache.
+pub trait Backend {
+    /// Append `tokens` to the cache and return logits: of every new position
+    /// (`[n, vocab]`) when `all_logits`, else of the last one (`[vocab]`).
+    fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>>;
+    /// Tokens in the cache.
+    fn len(&self) -> usize;
+    /// Drop cached positions from `len` on (to reuse a shared prefix).
+    fn truncate(&mut self, len: usize);
+    fn context_length(&self) -> usize;
+    fn vocab(&self) -> usize;
+    /// (adapter name, backend name) for reports.
+    fn describe(&self) -> (String, String);
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// An end-of-sequence token (or the caller's stop token) was produced.
+    Eos,
+    /// `max_tokens` reached.
+    Length,
+    /// The context window is full.
+    ContextFull,
+    /// The caller asked to stop.
+    Cancelled,
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerateParams {
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Generation stops after any of these (it is not part of the output).
+    pub stop_ids: Vec<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub tokens: Vec<u32>,
+    pub stop: StopReason,
+    /// Logits of the last prompt position.
+    pub prompt_logits: Vec<f32>,
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+}
+
+impl Generation {
+    pub fn logits_top(&self, k: usize) -> Vec<(u32, f32)> {
+        top_k(&self.prompt_logits, k)
+    }
+    /// Decoded tokens per second, counting the steps after the first token.
+    pub fn decode_tokens_per_s(&self) -> f64 {
+        let steps = self.tokens.len().saturating_sub(1);
+        if steps == 0 || self.decode_ms <= 0.0 {
+            0.0
+        } else {
+            steps as f64 / (self.decode_ms / 1000.0)
+        }
+    }
+}
+
+/// Monotonic milliseconds (`std::time::Instant` panics on wasm32).
+pub fn now_ms() -> f64 {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use std::sync::OnceLock;
+        static T0: OnceLock<std::time::Instant> = OnceLock::new();
+        T0.get_or_init(std::time::Instant::now).elapsed().as_secs_f64() * 1000.0
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        js_sys::Date::now()
+    }
+}
+
+/// Run the prompt (appended to whatever the backend already holds) and decode.
+/// `on_token` sees each new token and returns `false` to cancel.
+pub fn generate(
+    backend: &mut dyn Backend,
+    prompt: &[u32],
+    params: &GenerateParams,
+    mut on_token: impl FnMut(u32) -> bool,
+) -> Result<Generation> {
+    params.sampling.validate()?;
+    if prompt.is_empty() {
+        return Err(Error::Input("the prompt is empty: give at least one token".into()));
+    }
+    let ctx = backend.context_length();
+    if backend.len() + prompt.len() > ctx {
+        return Err(Error::Input(format!(
+            "the prompt ({} tokens, {} already in the conversation) does not fit the model's context of {ctx} tokens; \
+             shorten it or start a new conversation",
+            prompt.len(),
+            backend.len()
+        )));
+    }
+    let t0 = now_ms();
+    let mut logits = backend.forward(prompt, false)?;
+    let prefill_ms = now_ms() - t0;
+    let prompt_logits = logits.clone();
+
+    let t1 = now_ms();
+    let mut tokens = Vec::new();
+    let stop = loop {
+        if tokens.len() >= params.max_tokens {
+            break StopReason::Length;
+        }
+        let next = sample(&logits, &params.sampling, tokens.len() as u32)?;
+        if params.stop_ids.contains(&next) {
+            break StopReason::Eos;
+        }
+        tokens.push(next);
+        if !on_token(next) {
+            break StopReason::Cancelled;
+        }
+        if tokens.len() >= params.max_tokens {
+            break StopReason::Length;
+        }
+        if backend.len() >= ctx {
+            break StopReason::ContextFull;
+        }
+        logits = backend.forward(&[next], false)?;
+    };
+    Ok(Generation { tokens, stop, prompt_logits, prefill_ms, decode_ms: now_ms() - t1 })
+}

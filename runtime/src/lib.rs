@@ -1,0 +1,22 @@
+//! baleen: LLM inference for the browser (WebGPU) and natively (wgpu).
+//!
+//! Data flows one way: **bytes → tensor index → GPU buffers → graph → tokens → text**.
+//! - [`source`]: byte-range reads of model files.
+//! - [`format`]: GGUF and safetensors headers → [`format::TensorIndex`].
+//! - [`quant`]: block formats and CPU dequantisation.
+//! - [`config`], [`tokenizer`], [`model`]: what the headers say.
+//! - [`reference`]: the plain-Rust f32 forward pass, the oracle.
+//! - [`engine`], [`sample`]: generation over any backend.
+
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod format;
+pub mod model;
+pub mod quant;
+pub mod reference;
+pub mod sample;
+pub mod source;
+pub mod tokenizer;
+
+pub use error::{Error, Result};

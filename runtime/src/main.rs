@@ -1,0 +1,292 @@
+//! The `baleen` command line. See design.md, "The CLI contract".
+
+use baleen::engine::{generate, Backend, GenerateParams, Generation};
+use baleen::model::ModelFiles;
+use baleen::reference::Reference;
+use baleen::sample::SamplingParams;
+use baleen::tokenizer::Message;
+use baleen::{Error, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "baleen", version, about = "Run LLMs on WebGPU (and natively, through wgpu)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BackendKind {
+    /// WGSL kernels on the first GPU adapter wgpu finds.
+    Gpu,
+    /// The plain-Rust f32 forward pass.
+    Reference,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate text from a prompt.
+    Run(RunArgs),
+    /// Measure prefill and decode speed.
+    Bench(BenchArgs),
+    /// Describe a model file: architecture, hyper-parameters, tensors.
+    Inspect {
+        /// A .gguf file or a Hugging Face model folder.
+        path: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// A .gguf file or a Hugging Face model folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// The prompt text.
+    #[arg(long, conflicts_with = "prompt_ids")]
+    prompt: Option<String>,
+    /// Token ids, fed as given (no BOS is added): 1,2,3
+    #[arg(long, value_delimiter = ',')]
+    prompt_ids: Option<Vec<u32>>,
+    /// Wrap the prompt in the model's chat template as a user message.
+    #[arg(long)]
+    chat: bool,
+    /// A system message (implies --chat).
+    #[arg(long)]
+    system: Option<String>,
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    /// Keep the K most likely tokens (0: all).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Random seed (default: from the clock).
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long, value_enum, default_value = "gpu")]
+    backend: BackendKind,
+    /// Print one JSON object instead of streaming text.
+    #[arg(long)]
+    json: bool,
+    /// Write the last prompt position's logits (little-endian f32) to FILE.
+    #[arg(long)]
+    dump_logits: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long, default_value_t = 128)]
+    prompt_tokens: usize,
+    #[arg(long, default_value_t = 64)]
+    gen_tokens: usize,
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    #[arg(long, value_enum, default_value = "gpu")]
+    backend: BackendKind,
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Run(a) => run(a),
+        Cmd::Bench(a) => bench(a),
+        Cmd::Inspect { path } => inspect(&path),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn open_backend(kind: BackendKind, m: &ModelFiles) -> Result<Box<dyn Backend>> {
+    match kind {
+        BackendKind::Reference => Ok(Box::new(Reference::load(m)?)),
+        BackendKind::Gpu => Err(Error::Input(
+            "the GPU backend is not available yet in this build; use --backend reference".into(),
+        )),
+    }
+}
+
+fn run(a: RunArgs) -> Result<()> {
+    let m = ModelFiles::open(&a.model)?;
+    let chat = a.chat || a.system.is_some();
+    let prompt_ids = match (&a.prompt, &a.prompt_ids) {
+        (_, Some(ids)) => {
+            if chat {
+                return Err(Error::Input("--prompt-ids feeds ids as given; it cannot be combined with --chat/--system".into()));
+            }
+            ids.clone()
+        }
+        (Some(text), None) if chat => {
+            let mut msgs = Vec::new();
+            if let Some(s) = &a.system {
+                msgs.push(Message::new("system", s));
+            }
+            msgs.push(Message::new("user", text));
+            m.tokenizer.encode_chat(&msgs, true)?
+        }
+        (Some(text), None) => m.tokenizer.encode(text, true)?,
+        (None, None) => return Err(Error::Input("give a prompt: --prompt TEXT or --prompt-ids 1,2,3".into())),
+    };
+    let seed = a.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    });
+    let params = GenerateParams {
+        max_tokens: a.max_tokens,
+        sampling: SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed },
+        stop_ids: m.tokenizer.stop_ids.clone(),
+    };
+    params.sampling.validate()?;
+    let mut backend = open_backend(a.backend, &m)?;
+
+    let mut stream = m.tokenizer.stream();
+    let mut out = std::io::stdout().lock();
+    let mut print_err = None;
+    let g: Generation = generate(backend.as_mut(), &prompt_ids, &params, |id| {
+        if !a.json {
+            match stream.push(id) {
+                Ok(piece) => {
+                    let _ = write!(out, "{piece}");
+                    let _ = out.flush();
+                }
+                Err(e) => print_err = Some(e),
+            }
+        }
+        true
+    })?;
+    if let Some(e) = print_err {
+        return Err(e);
+    }
+    if let Some(path) = &a.dump_logits {
+        let bytes: Vec<u8> = g.prompt_logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(path, bytes).map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+    }
+    if a.json {
+        let (adapter, backend_name) = backend.describe();
+        let text = m.tokenizer.decode(&g.tokens)?;
+        let json = serde_json::json!({
+            "model": m.name,
+            "adapter": { "name": adapter, "backend": backend_name },
+            "prompt_ids": prompt_ids,
+            "token_ids": g.tokens,
+            "text": text,
+            "stop_reason": g.stop,
+            "seed": seed,
+            "prefill_ms": g.prefill_ms,
+            "decode_tokens_per_s": g.decode_tokens_per_s(),
+            "logits_top": g.logits_top(10).iter().map(|&(i, l)| serde_json::json!([i, l])).collect::<Vec<_>>(),
+        });
+        writeln!(out, "{json}").map_err(|e| Error::io("stdout", e))?;
+    } else {
+        let rest = stream.finish()?;
+        writeln!(out, "{rest}").map_err(|e| Error::io("stdout", e))?;
+    }
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    if a.runs == 0 || a.prompt_tokens == 0 {
+        return Err(Error::Input("--runs and --prompt-tokens must be at least 1".into()));
+    }
+    let m = ModelFiles::open(&a.model)?;
+    let mut backend = open_backend(a.backend, &m)?;
+    if a.prompt_tokens + a.gen_tokens > backend.context_length() {
+        return Err(Error::Input(format!(
+            "--prompt-tokens + --gen-tokens ({}) exceed the model's context ({})",
+            a.prompt_tokens + a.gen_tokens,
+            backend.context_length()
+        )));
+    }
+    // A fixed, ordinary token sequence (ids spread over the vocabulary).
+    let vocab = backend.vocab() as u64;
+    let prompt: Vec<u32> = (0..a.prompt_tokens as u64).map(|i| ((i * 7919 + 13) % vocab) as u32).collect();
+    let params = GenerateParams {
+        max_tokens: a.gen_tokens,
+        sampling: SamplingParams::default(),
+        stop_ids: Vec::new(), // never stop early: measure every step
+    };
+    let (mut prefill, mut decode) = (Vec::new(), Vec::new());
+    for _ in 0..a.runs {
+        backend.truncate(0);
+        let g = generate(backend.as_mut(), &prompt, &params, |_| true)?;
+        prefill.push(a.prompt_tokens as f64 / (g.prefill_ms / 1000.0));
+        decode.push(g.decode_tokens_per_s());
+    }
+    let (adapter, backend_name) = backend.describe();
+    let (p, d) = (median(prefill), median(decode));
+    if a.json {
+        let json = serde_json::json!({
+            "model": m.name,
+            "adapter": { "name": adapter, "backend": backend_name },
+            "prompt_tokens": a.prompt_tokens,
+            "gen_tokens": a.gen_tokens,
+            "runs": a.runs,
+            "prefill_tokens_per_s": p,
+            "decode_tokens_per_s": d,
+            "peak_gpu_bytes": 0,
+        });
+        println!("{json}");
+    } else {
+        println!("{} on {adapter} ({backend_name})", m.name);
+        println!("prefill {p:.1} tok/s ({} tokens), decode {d:.1} tok/s ({} tokens), median of {}", a.prompt_tokens, a.gen_tokens, a.runs);
+    }
+    Ok(())
+}
+
+fn human_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.2} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} B"),
+    }
+}
+
+fn inspect(path: &std::path::Path) -> Result<()> {
+    let m = ModelFiles::open(path)?;
+    let c = &m.config;
+    let idx = &m.index;
+    let mut out = String::new();
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "{} ({}, {} tensors, {})", m.name, idx.kind.label(), idx.tensors.len(), human_bytes(idx.total_bytes()));
+    let _ = writeln!(out, "architecture    {}", c.arch.name());
+    let _ = writeln!(out, "layers          {}", c.n_layers);
+    let _ = writeln!(out, "hidden          {}", c.hidden);
+    let _ = writeln!(out, "heads           {} (kv {}, head dim {})", c.n_heads, c.n_kv_heads, c.head_dim);
+    let _ = writeln!(out, "ffn             {}", c.ffn);
+    let _ = writeln!(out, "vocab           {} (tokenizer: {})", c.vocab, m.tokenizer.vocab_size());
+    let _ = writeln!(out, "context         {}", c.context_length);
+    let _ = writeln!(out, "rope            theta {} {:?} pairs, scaling {}", c.rope_theta, c.rope_pairing, match &c.rope_scaling {
+        baleen::config::RopeScaling::FreqFactors(_) => "per-dimension factors (rope_freqs)".to_string(),
+        other => format!("{other:?}"),
+    });
+    let _ = writeln!(out, "rms eps         {}", c.rms_eps);
+    let _ = writeln!(out, "tied embeddings {}", c.tie_embeddings);
+    let _ = writeln!(out, "chat template   {}", if m.tokenizer.has_chat_template() { "yes" } else { "no" });
+    let _ = writeln!(out, "kv cache        {} per token (f32)", human_bytes(c.kv_bytes_per_token() as u64));
+    if !idx.metadata.is_empty() {
+        let _ = writeln!(out, "\nmetadata:");
+        for (k, v) in &idx.metadata {
+            let _ = writeln!(out, "  {k} = {}", v.summary());
+        }
+    }
+    let _ = writeln!(out, "\ntensors:");
+    for t in &idx.tensors {
+        let _ = writeln!(out, "  {:<40} {:<5} {:<20} {}", t.name, t.dtype.name(), format!("{:?}", t.shape), human_bytes(t.nbytes));
+    }
+    std::io::stdout().write_all(out.as_bytes()).map_err(|e| Error::io("stdout", e))
+}

@@ -1,0 +1,288 @@
+//! Tensor element types and their block formats.
+//!
+//! GGML quantises a row in blocks: `block_size` values stored in `block_bytes`
+//! bytes (scales, mins, packed integers). This module knows every type's block
+//! geometry (so the index can size any tensor, even one we can't run) and
+//! dequantises the types we run, on the CPU. That dequantisation is the
+//! reference the GPU kernels are tested against; it is itself tested against the
+//! `gguf` Python package (tests/fixtures/quant.json).
+
+use crate::error::{Error, Result};
+use half::{bf16, f16};
+
+macro_rules! dtypes {
+    ($( $v:ident = $id:expr, $name:expr, $block:expr, $bytes:expr; )*) => {
+        /// An element type: the GGML type ids, which safetensors' float types map onto.
+        #[allow(non_camel_case_types)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum DType { $( $v, )* }
+
+        impl DType {
+            /// The GGML type id (as stored in GGUF tensor infos).
+            pub fn from_ggml(id: u32) -> Option<DType> {
+                match id { $( $id => Some(DType::$v), )* _ => None }
+            }
+            pub fn ggml_id(self) -> u32 {
+                match self { $( DType::$v => $id, )* }
+            }
+            pub fn name(self) -> &'static str {
+                match self { $( DType::$v => $name, )* }
+            }
+            /// Values per block.
+            pub fn block_size(self) -> u64 {
+                match self { $( DType::$v => $block, )* }
+            }
+            /// Bytes per block.
+            pub fn block_bytes(self) -> u64 {
+                match self { $( DType::$v => $bytes, )* }
+            }
+        }
+    };
+}
+
+dtypes! {
+    F32 = 0, "F32", 1, 4;
+    F16 = 1, "F16", 1, 2;
+    Q4_0 = 2, "Q4_0", 32, 18;
+    Q4_1 = 3, "Q4_1", 32, 20;
+    Q5_0 = 6, "Q5_0", 32, 22;
+    Q5_1 = 7, "Q5_1", 32, 24;
+    Q8_0 = 8, "Q8_0", 32, 34;
+    Q8_1 = 9, "Q8_1", 32, 36;
+    Q2_K = 10, "Q2_K", 256, 84;
+    Q3_K = 11, "Q3_K", 256, 110;
+    Q4_K = 12, "Q4_K", 256, 144;
+    Q5_K = 13, "Q5_K", 256, 176;
+    Q6_K = 14, "Q6_K", 256, 210;
+    Q8_K = 15, "Q8_K", 256, 292;
+    IQ2_XXS = 16, "IQ2_XXS", 256, 66;
+    IQ2_XS = 17, "IQ2_XS", 256, 74;
+    IQ3_XXS = 18, "IQ3_XXS", 256, 98;
+    IQ1_S = 19, "IQ1_S", 256, 50;
+    IQ4_NL = 20, "IQ4_NL", 32, 18;
+    IQ3_S = 21, "IQ3_S", 256, 110;
+    IQ2_S = 22, "IQ2_S", 256, 82;
+    IQ4_XS = 23, "IQ4_XS", 256, 136;
+    I8 = 24, "I8", 1, 1;
+    I16 = 25, "I16", 1, 2;
+    I32 = 26, "I32", 1, 4;
+    I64 = 27, "I64", 1, 8;
+    F64 = 28, "F64", 1, 8;
+    IQ1_M = 29, "IQ1_M", 256, 56;
+    BF16 = 30, "BF16", 1, 2;
+    TQ1_0 = 34, "TQ1_0", 256, 54;
+    TQ2_0 = 35, "TQ2_0", 256, 66;
+    MXFP4 = 39, "MXFP4", 32, 17;
+}
+
+impl DType {
+    /// Can baleen dequantise (and so run) this type?
+    pub fn is_supported(self) -> bool {
+        use DType::*;
+        matches!(self, F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q4_K | Q5_K | Q6_K)
+    }
+
+    /// Bytes taken by `n` values, or an error if `n` is not a whole number of blocks.
+    pub fn bytes_for(self, n: u64) -> Result<u64> {
+        if n % self.block_size() != 0 {
+            return Err(Error::format(
+                "tensor",
+                format!("{n} values of {} is not a whole number of {}-value blocks", self.name(), self.block_size()),
+            ));
+        }
+        (n / self.block_size())
+            .checked_mul(self.block_bytes())
+            .ok_or_else(|| Error::format("tensor", format!("{n} values of {} overflow a 64-bit size", self.name())))
+    }
+
+    pub fn check_supported(self, what: &str) -> Result<()> {
+        if self.is_supported() {
+            Ok(())
+        } else {
+            Err(Error::Unsupported(format!(
+                "{what} has tensor type {}; baleen runs F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K \
+                 (re-quantise the model to one of those, e.g. with llama.cpp's llama-quantize)",
+                self.name()
+            )))
+        }
+    }
+}
+
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// Dequantise `bytes` (a whole number of blocks of `dtype`) into `out`, which
+/// must hold exactly the number of values the bytes encode.
+pub fn dequantize(dtype: DType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
+    dtype.check_supported("this tensor")?;
+    let bs = dtype.block_size() as usize;
+    let bb = dtype.block_bytes() as usize;
+    if bytes.len() % bb != 0 || bytes.len() / bb * bs != out.len() {
+        return Err(Error::Input(format!(
+            "dequantize {}: {} bytes do not hold {} values",
+            dtype.name(),
+            bytes.len(),
+            out.len()
+        )));
+    }
+    for (blk, y) in bytes.chunks_exact(bb).zip(out.chunks_exact_mut(bs)) {
+        dequantize_block(dtype, blk, y);
+    }
+    Ok(())
+}
+
+/// Scale and min of sub-block `j` of a Q4_K/Q5_K block: 6-bit values packed in 12 bytes.
+fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
+    if j < 4 {
+        ((q[j] & 63) as f32, (q[j + 4] & 63) as f32)
+    } else {
+        let d = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        let m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+        (d as f32, m as f32)
+    }
+}
+
+fn dequantize_block(dtype: DType, b: &[u8], y: &mut [f32]) {
+    match dtype {
+        DType::F32 => y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        DType::F16 => y[0] = f16_at(b, 0),
+        DType::BF16 => y[0] = bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+        // [d: f16][qs: 16 bytes, low nibbles = values 0..16, high = 16..32], value = (q - 8) d
+        DType::Q4_0 => {
+            let d = f16_at(b, 0);
+            for j in 0..16 {
+                let q = b[2 + j];
+                y[j] = ((q & 0xF) as i32 - 8) as f32 * d;
+                y[j + 16] = ((q >> 4) as i32 - 8) as f32 * d;
+            }
+        }
+        // [d: f16][m: f16][qs: 16 bytes], value = q d + m
+        DType::Q4_1 => {
+            let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+            for j in 0..16 {
+                let q = b[4 + j];
+                y[j] = (q & 0xF) as f32 * d + m;
+                y[j + 16] = (q >> 4) as f32 * d + m;
+            }
+        }
+        // [d: f16][qh: u32, the 5th bits][qs: 16 bytes], value = (q - 16) d
+        DType::Q5_0 => {
+            let d = f16_at(b, 0);
+            let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+            for j in 0..16 {
+                let q = b[6 + j];
+                let h0 = ((qh >> j) << 4) & 0x10;
+                let h1 = (qh >> (j + 12)) & 0x10;
+                y[j] = (((q & 0xF) as u32 | h0) as i32 - 16) as f32 * d;
+                y[j + 16] = (((q >> 4) as u32 | h1) as i32 - 16) as f32 * d;
+            }
+        }
+        // [d: f16][m: f16][qh: u32][qs: 16 bytes], value = q d + m
+        DType::Q5_1 => {
+            let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+            let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+            for j in 0..16 {
+                let q = b[8 + j];
+                let h0 = ((qh >> j) << 4) & 0x10;
+                let h1 = (qh >> (j + 12)) & 0x10;
+                y[j] = ((q & 0xF) as u32 | h0) as f32 * d + m;
+                y[j + 16] = ((q >> 4) as u32 | h1) as f32 * d + m;
+            }
+        }
+        // [d: f16][qs: 32 x i8], value = q d
+        DType::Q8_0 => {
+            let d = f16_at(b, 0);
+            for j in 0..32 {
+                y[j] = (b[2 + j] as i8) as f32 * d;
+            }
+        }
+        // [d: f16][dmin: f16][scales: 12 bytes, 8 x (6-bit scale, 6-bit min)][qs: 128 bytes]
+        // 8 sub-blocks of 32: value = d sc q - dmin m
+        DType::Q4_K => {
+            let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+            let scales = &b[4..16];
+            let qs = &b[16..144];
+            for k in 0..4 {
+                let (sc1, m1) = scale_min_k4(2 * k, scales);
+                let (sc2, m2) = scale_min_k4(2 * k + 1, scales);
+                let (d1, m1) = (d * sc1, dmin * m1);
+                let (d2, m2) = (d * sc2, dmin * m2);
+                let q = &qs[32 * k..32 * k + 32];
+                for l in 0..32 {
+                    y[64 * k + l] = d1 * (q[l] & 0xF) as f32 - m1;
+                    y[64 * k + 32 + l] = d2 * (q[l] >> 4) as f32 - m2;
+                }
+            }
+        }
+        // as Q4_K plus [qh: 32 bytes] holding each value's 5th bit
+        DType::Q5_K => {
+            let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+            let scales = &b[4..16];
+            let qh = &b[16..48];
+            let qs = &b[48..176];
+            for k in 0..4 {
+                let (sc1, m1) = scale_min_k4(2 * k, scales);
+                let (sc2, m2) = scale_min_k4(2 * k + 1, scales);
+                let (d1, m1) = (d * sc1, dmin * m1);
+                let (d2, m2) = (d * sc2, dmin * m2);
+                let (u1, u2) = (1u8 << (2 * k), 2u8 << (2 * k));
+                let q = &qs[32 * k..32 * k + 32];
+                for l in 0..32 {
+                    let h1 = if qh[l] & u1 != 0 { 16.0 } else { 0.0 };
+                    let h2 = if qh[l] & u2 != 0 { 16.0 } else { 0.0 };
+                    y[64 * k + l] = d1 * ((q[l] & 0xF) as f32 + h1) - m1;
+                    y[64 * k + 32 + l] = d2 * ((q[l] >> 4) as f32 + h2) - m2;
+                }
+            }
+        }
+        // [ql: 128 bytes, low 4 bits][qh: 64 bytes, high 2 bits][scales: 16 x i8][d: f16]
+        // 16 sub-blocks of 16: value = d sc (q - 32)
+        DType::Q6_K => {
+            let ql = &b[0..128];
+            let qh = &b[128..192];
+            let sc = &b[192..208];
+            let d = f16_at(b, 208);
+            for n in 0..2 {
+                let (ql, qh, sc, y) = (&ql[64 * n..], &qh[32 * n..], &sc[8 * n..], &mut y[128 * n..]);
+                for l in 0..32 {
+                    let is = l / 16;
+                    let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;
+                    let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+                    let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+                    let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+                    y[l] = d * (sc[is] as i8) as f32 * q1 as f32;
+                    y[l + 32] = d * (sc[is + 2] as i8) as f32 * q2 as f32;
+                    y[l + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
+                    y[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
+                }
+            }
+        }
+        _ => unreachable!("check_supported rejected {dtype:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_geometry_matches_ggml() {
+        // (type, values per block, bytes per block) from ggml's type traits.
+        for (t, bs, bb) in [(DType::Q4_0, 32, 18), (DType::Q4_K, 256, 144), (DType::Q6_K, 256, 210), (DType::BF16, 1, 2)] {
+            assert_eq!((t.block_size(), t.block_bytes()), (bs, bb));
+            assert_eq!(DType::from_ggml(t.ggml_id()), Some(t));
+        }
+        assert_eq!(DType::from_ggml(4), None, "type 4 (Q4_2) was removed from ggml");
+    }
+
+    #[test]
+    fn partial_blocks_and_unsupported_types_are_errors() {
+        assert!(DType::Q4_0.bytes_for(33).is_err());
+        assert_eq!(DType::Q4_0.bytes_for(64).unwrap(), 36);
+        let err = dequantize(DType::IQ2_XXS, &[0; 66], &mut [0.0; 256]).unwrap_err();
+        assert!(err.to_string().contains("IQ2_XXS"), "{err}");
+        let err = dequantize(DType::Q8_0, &[0; 34], &mut [0.0; 31]).unwrap_err();
+        assert!(err.to_string().contains("34 bytes"), "{err}");
+    }
+}

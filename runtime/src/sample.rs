@@ -1,0 +1,177 @@
+//! Choosing the next token from logits: greedy, or temperature + top-k + top-p
+//! with a seeded generator.
+//!
+//! The random draw is a counter-based hash of (seed, step) using only 32-bit
+//! integer operations, so a WGSL sampler can draw the very same number and the
+//! CPU and GPU paths pick the same token for the same logits.
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplingParams {
+    /// 0 is greedy.
+    pub temperature: f32,
+    /// Keep the `top_k` most likely tokens; 0 keeps all.
+    pub top_k: usize,
+    /// Keep the smallest set whose probability reaches `top_p`; 1 keeps all.
+    pub top_p: f32,
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }
+    }
+}
+
+impl SamplingParams {
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return Err(Error::Input(format!("temperature must be a number ≥ 0 (0 is greedy), not {}", self.temperature)));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::Input(format!("top-p must be in (0, 1], not {}", self.top_p)));
+        }
+        Ok(())
+    }
+}
+
+/// PCG-style 32-bit hash (one round of O'Neill's PCG output function).
+pub fn pcg_hash(x: u32) -> u32 {
+    let state = x.wrapping_mul(747796405).wrapping_add(2891336453);
+    let word = ((state >> ((state >> 28) + 4)) ^ state).wrapping_mul(277803737);
+    (word >> 22) ^ word
+}
+
+/// A uniform number in [0, 1) for draw number `step` of generator `seed`.
+pub fn uniform(seed: u64, step: u32) -> f32 {
+    let h = pcg_hash((seed as u32) ^ pcg_hash(((seed >> 32) as u32) ^ pcg_hash(step)));
+    (h >> 8) as f32 / (1u32 << 24) as f32
+}
+
+/// The index of the largest logit (the first on ties); NaNs never win.
+pub fn argmax(logits: &[f32]) -> Option<usize> {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &v) in logits.iter().enumerate() {
+        if v.is_nan() {
+            continue;
+        }
+        if best.is_none_or(|(_, b)| v > b) {
+            best = Some((i, v));
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+/// Pick a token. `step` numbers the draws of one generation (0, 1, 2, …).
+pub fn sample(logits: &[f32], p: &SamplingParams, step: u32) -> Result<u32> {
+    let nan = || Error::Gpu("the model produced only NaN logits (numerical failure; try another backend)".into());
+    if p.temperature == 0.0 {
+        return argmax(logits).map(|i| i as u32).ok_or_else(nan);
+    }
+    // Candidates sorted by logit, best first (ties by id), NaNs dropped.
+    let mut cand: Vec<(u32, f32)> =
+        logits.iter().enumerate().filter(|(_, v)| !v.is_nan()).map(|(i, &v)| (i as u32, v)).collect();
+    if cand.is_empty() {
+        return Err(nan());
+    }
+    cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    if p.top_k > 0 {
+        cand.truncate(p.top_k);
+    }
+    let max = cand[0].1;
+    let mut probs: Vec<f32> = cand.iter().map(|&(_, v)| ((v - max) / p.temperature).exp()).collect();
+    let sum: f32 = probs.iter().sum();
+    probs.iter_mut().for_each(|x| *x /= sum);
+    if p.top_p < 1.0 {
+        let mut acc = 0.0;
+        let keep = probs.iter().position(|&x| {
+            acc += x;
+            acc >= p.top_p
+        });
+        let keep = keep.map_or(probs.len(), |i| i + 1);
+        probs.truncate(keep);
+        let sum: f32 = probs.iter().sum();
+        probs.iter_mut().for_each(|x| *x /= sum);
+    }
+    let r = uniform(p.seed, step);
+    let mut acc = 0.0;
+    for (i, &x) in probs.iter().enumerate() {
+        acc += x;
+        if r < acc {
+            return Ok(cand[i].0);
+        }
+    }
+    Ok(cand[probs.len() - 1].0)
+}
+
+/// The `k` largest logits as `(id, logit)`, best first.
+pub fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut v: Vec<(u32, f32)> =
+        logits.iter().enumerate().filter(|(_, x)| !x.is_nan()).map(|(i, &x)| (i as u32, x)).collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    v.truncate(k);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_takes_first_max_and_skips_nan() {
+        assert_eq!(argmax(&[1.0, f32::NAN, 3.0, 3.0]), Some(2));
+        assert_eq!(argmax(&[f32::NAN]), None);
+        let p = SamplingParams::default();
+        assert!(sample(&[f32::NAN, f32::NAN], &p, 0).is_err());
+        assert_eq!(sample(&[f32::NEG_INFINITY, -1.0], &p, 0).unwrap(), 1);
+    }
+
+    #[test]
+    fn uniform_is_in_range_and_spread() {
+        let xs: Vec<f32> = (0..10_000).map(|s| uniform(42, s)).collect();
+        assert!(xs.iter().all(|&x| (0.0..1.0).contains(&x)));
+        let mean = xs.iter().sum::<f32>() / xs.len() as f32;
+        assert!((mean - 0.5).abs() < 0.02, "mean {mean}");
+        assert_ne!(uniform(1, 0), uniform(2, 0));
+    }
+
+    #[test]
+    fn top_k_1_is_greedy_and_sampling_follows_probabilities() {
+        let logits = [0.0, 2.0, 1.0, -1.0];
+        let p = SamplingParams { temperature: 1.0, top_k: 1, top_p: 1.0, seed: 7 };
+        assert!((0..50).all(|s| sample(&logits, &p, s).unwrap() == 1));
+        // top-p 0.5 keeps only the best (p ≈ 0.61).
+        let p = SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.5, seed: 7 };
+        assert!((0..50).all(|s| sample(&logits, &p, s).unwrap() == 1));
+        // Full sampling: frequencies near softmax probabilities.
+        let p = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 3 };
+        let mut counts = [0usize; 4];
+        for s in 0..20_000 {
+            counts[sample(&logits, &p, s).unwrap() as usize] += 1;
+        }
+        let z: f32 = logits.iter().map(|x| x.exp()).sum();
+        for (i, c) in counts.iter().enumerate() {
+            let expect = logits[i].exp() / z;
+            let got = *c as f32 / 20_000.0;
+            assert!((got - expect).abs() < 0.015, "token {i}: {got} vs {expect}");
+        }
+        // Same seed, same draws.
+        let a: Vec<u32> = (0..20).map(|s| sample(&logits, &p, s).unwrap()).collect();
+        let b: Vec<u32> = (0..20).map(|s| sample(&logits, &p, s).unwrap()).collect();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn bad_parameters_are_errors() {
+        let bad = [
+            SamplingParams { temperature: -1.0, ..Default::default() },
+            SamplingParams { temperature: f32::NAN, ..Default::default() },
+            SamplingParams { top_p: 0.0, ..Default::default() },
+            SamplingParams { top_p: 1.5, ..Default::default() },
+        ];
+        for p in bad {
+            assert!(p.validate().is_err(), "{p:?}");
+        }
+    }
+}
