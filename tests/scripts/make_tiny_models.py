@@ -373,10 +373,20 @@ def main():
     # The hub-style config must load to the same rope settings.
     d = os.path.join(FIXTURES, "tiny-llama")
     with tempfile.TemporaryDirectory() as tmp:
+        for name in os.listdir(d):
+            shutil.copy(os.path.join(d, name), tmp)
         shutil.copy(os.path.join(d, "config.hub-style.json"), os.path.join(tmp, "config.json"))
         a = AutoConfig.from_pretrained(d)
         b = AutoConfig.from_pretrained(tmp)
         assert a.rope_parameters == b.rope_parameters, (a.rope_parameters, b.rope_parameters)
+        with open(os.path.join(d, "expected.json")) as f:
+            exp = json.load(f)
+        m = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32, attn_implementation="eager").eval()
+        with torch.no_grad():
+            got = m(input_ids=torch.tensor([exp["prompt_ids"]]), use_cache=False).logits[0]
+        diff = (got - torch.tensor(exp["logits"])).abs().max().item()
+        assert diff == 0.0, f"hub-style config gives different logits (max diff {diff})"
+        print("config.hub-style.json: same rope parameters and identical logits")
     for kind in ("llama", "qwen2"):
         d = os.path.join(FIXTURES, f"tiny-{kind}")
         total = sum(os.path.getsize(os.path.join(d, n)) for n in os.listdir(d))
