@@ -132,3 +132,54 @@ pub fn generate(
     };
     Ok(Generation { tokens, stop, prompt_logits, prefill_ms, decode_ms: now_ms() - t1 })
 }
+
+/// A conversation over one backend: each turn's prompt (the whole templated
+/// conversation) reuses the KV cache of the longest prefix already computed,
+/// so a follow-up costs only its new tokens.
+#[derive(Default)]
+pub struct Session {
+    /// The tokens whose keys and values are in the backend's cache.
+    cached: Vec<u32>,
+}
+
+impl Session {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Tokens of `prompt` that will come from the cache.
+    pub fn reusable(&self, prompt: &[u32]) -> usize {
+        let common = self.cached.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        // At least one token must run to produce logits.
+        common.min(prompt.len().saturating_sub(1))
+    }
+
+    pub fn reset(&mut self, backend: &mut dyn Backend) {
+        backend.truncate(0);
+        self.cached.clear();
+    }
+
+    pub fn generate(
+        &mut self,
+        backend: &mut dyn Backend,
+        prompt: &[u32],
+        params: &GenerateParams,
+        on_token: impl FnMut(u32) -> bool,
+    ) -> Result<(Generation, usize)> {
+        let reused = self.reusable(prompt);
+        backend.truncate(reused);
+        self.cached.truncate(reused);
+        let result = generate(backend, &prompt[reused..], params, on_token);
+        // Whatever happened, remember exactly what the cache now holds.
+        let mut all = prompt.to_vec();
+        if let Ok(g) = &result {
+            all.extend(&g.tokens);
+        }
+        all.truncate(backend.len());
+        if all.len() < backend.len() {
+            backend.truncate(all.len());
+        }
+        self.cached = all;
+        result.map(|g| (g, reused))
+    }
+}

@@ -29,6 +29,8 @@ enum BackendKind {
 enum Cmd {
     /// Generate text from a prompt.
     Run(RunArgs),
+    /// Chat in the terminal (multi-turn, reusing the KV cache between turns).
+    Chat(ChatArgs),
     /// Measure prefill and decode speed.
     Bench(BenchArgs),
     /// Describe a model file: architecture, hyper-parameters, tensors.
@@ -79,6 +81,26 @@ struct RunArgs {
 }
 
 #[derive(clap::Args)]
+struct ChatArgs {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    system: Option<String>,
+    #[arg(long, default_value_t = 512)]
+    max_tokens: usize,
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f32,
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long, value_enum, default_value = "gpu")]
+    backend: BackendKind,
+}
+
+#[derive(clap::Args)]
 struct BenchArgs {
     #[arg(long)]
     model: PathBuf,
@@ -98,6 +120,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Run(a) => run(a),
+        Cmd::Chat(a) => chat(a),
         Cmd::Bench(a) => bench(a),
         Cmd::Inspect { path } => inspect(&path),
     };
@@ -137,9 +160,7 @@ fn run(a: RunArgs) -> Result<()> {
         (Some(text), None) => m.tokenizer.encode(text, true)?,
         (None, None) => return Err(Error::Input("give a prompt: --prompt TEXT or --prompt-ids 1,2,3".into())),
     };
-    let seed = a.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
-    });
+    let seed = a.seed.unwrap_or_else(clock_seed);
     let params = GenerateParams {
         max_tokens: a.max_tokens,
         sampling: SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed },
@@ -189,6 +210,64 @@ fn run(a: RunArgs) -> Result<()> {
     } else {
         let rest = stream.finish()?;
         writeln!(out, "{rest}").map_err(|e| Error::io("stdout", e))?;
+    }
+    Ok(())
+}
+
+fn clock_seed() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+fn chat(a: ChatArgs) -> Result<()> {
+    use std::io::BufRead;
+    let m = ModelFiles::open(&a.model)?;
+    let mut backend = open_backend(a.backend, &m)?;
+    let (adapter, _) = backend.describe();
+    eprintln!("{} on {adapter}. Type a message; /reset starts over; Ctrl-D quits.", m.name);
+    let mut messages: Vec<Message> = a.system.iter().map(|s| Message::new("system", s)).collect();
+    let mut session = baleen::engine::Session::new();
+    let mut params = GenerateParams {
+        max_tokens: a.max_tokens,
+        sampling: SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed.unwrap_or_else(clock_seed) },
+        stop_ids: m.tokenizer.stop_ids.clone(),
+    };
+    params.sampling.validate()?;
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout();
+    let _ = write!(out, "> ");
+    let _ = out.flush();
+    for line in stdin.lock().lines() {
+        let line = line.map_err(|e| Error::io("stdin", e))?;
+        let line = line.trim();
+        if line == "/reset" {
+            messages.retain(|m| m.role == "system");
+            session.reset(backend.as_mut());
+        } else if !line.is_empty() {
+            messages.push(Message::new("user", line));
+            let prompt = m.tokenizer.encode_chat(&messages, true)?;
+            let mut stream = m.tokenizer.stream();
+            let mut reply = String::new();
+            let (g, reused) = session.generate(backend.as_mut(), &prompt, &params, |id| {
+                if let Ok(piece) = stream.push(id) {
+                    let _ = write!(out, "{piece}");
+                    let _ = out.flush();
+                    reply += &piece;
+                }
+                true
+            })?;
+            reply += &stream.finish()?;
+            let _ = writeln!(out);
+            params.sampling.seed = params.sampling.seed.wrapping_add(1);
+            eprintln!(
+                "\n[{} prompt tokens ({reused} cached), {} generated, {:.1} tok/s]",
+                prompt.len(),
+                g.tokens.len(),
+                g.decode_tokens_per_s()
+            );
+            messages.push(Message::new("assistant", reply.trim()));
+        }
+        let _ = write!(out, "> ");
+        let _ = out.flush();
     }
     Ok(())
 }

@@ -160,3 +160,25 @@ fn generation_stops_at_context_end_and_on_cancel() {
     .unwrap();
     assert_eq!((g.stop, g.tokens.len()), (baleen::engine::StopReason::Cancelled, 3));
 }
+
+#[test]
+fn session_reuses_the_cache_and_matches_a_fresh_run() {
+    let m = open("tiny-llama");
+    let params = GenerateParams { max_tokens: 4, sampling: SamplingParams::default(), stop_ids: vec![] };
+    let turn1 = vec![Message::new("user", "hello there")];
+    let p1 = m.tokenizer.encode_chat(&turn1, true).unwrap();
+    let mut r = Reference::load(&m).unwrap();
+    let mut session = baleen::engine::Session::new();
+    let (g1, reused) = session.generate(&mut r, &p1, &params, |_| true).unwrap();
+    assert_eq!(reused, 0);
+    let mut turn2 = turn1.clone();
+    turn2.push(Message::new("assistant", &m.tokenizer.decode(&g1.tokens).unwrap()));
+    turn2.push(Message::new("user", "and again"));
+    let p2 = m.tokenizer.encode_chat(&turn2, true).unwrap();
+    let (g2, reused) = session.generate(&mut r, &p2, &params, |_| true).unwrap();
+    assert!(reused >= p1.len(), "only {reused} of the first turn's {} tokens reused", p1.len());
+    let mut fresh = Reference::load(&m).unwrap();
+    let g = generate(&mut fresh, &p2, &params, |_| true).unwrap();
+    assert_eq!(g.tokens, g2.tokens);
+    assert!(common::max_abs_diff(&g.prompt_logits, &g2.prompt_logits) < 1e-5);
+}
