@@ -17,6 +17,20 @@ pub trait Backend {
     fn vocab(&self) -> usize;
     /// (adapter name, backend name) for reports.
     fn describe(&self) -> (String, String);
+    /// Append `tokens`, then choose the next token (draw number `draw` of the
+    /// generator); with `want_logits`, also return the last position's logits.
+    /// The GPU overrides this to sample on the device and read back only the id.
+    fn forward_sample(
+        &mut self,
+        tokens: &[u32],
+        sampling: &SamplingParams,
+        draw: u32,
+        want_logits: bool,
+    ) -> Result<(u32, Option<Vec<f32>>)> {
+        let logits = self.forward(tokens, false)?;
+        let token = sample(&logits, sampling, draw)?;
+        Ok((token, want_logits.then_some(logits)))
+    }
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -104,9 +118,9 @@ pub fn generate(
         )));
     }
     let t0 = now_ms();
-    let mut logits = backend.forward(prompt, false)?;
+    let (mut next, logits) = backend.forward_sample(prompt, &params.sampling, 0, true)?;
     let prefill_ms = now_ms() - t0;
-    let prompt_logits = logits.clone();
+    let prompt_logits = logits.unwrap_or_default();
 
     let t1 = now_ms();
     let mut tokens = Vec::new();
@@ -114,7 +128,6 @@ pub fn generate(
         if tokens.len() >= params.max_tokens {
             break StopReason::Length;
         }
-        let next = sample(&logits, &params.sampling, tokens.len() as u32)?;
         if params.stop_ids.contains(&next) {
             break StopReason::Eos;
         }
@@ -128,7 +141,7 @@ pub fn generate(
         if backend.len() >= ctx {
             break StopReason::ContextFull;
         }
-        logits = backend.forward(&[next], false)?;
+        next = backend.forward_sample(&[next], &params.sampling, tokens.len() as u32, false)?.0;
     };
     Ok(Generation { tokens, stop, prompt_logits, prefill_ms, decode_ms: now_ms() - t1 })
 }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod format;
+pub mod gpu;
 pub mod model;
 pub mod quant;
 pub mod reference;

@@ -133,9 +133,10 @@ fn main() {
 fn open_backend(kind: BackendKind, m: &ModelFiles) -> Result<Box<dyn Backend>> {
     match kind {
         BackendKind::Reference => Ok(Box::new(Reference::load(m)?)),
-        BackendKind::Gpu => Err(Error::Input(
-            "the GPU backend is not available yet in this build; use --backend reference".into(),
-        )),
+        BackendKind::Gpu => {
+            let gpu = std::sync::Arc::new(baleen::gpu::Gpu::new_blocking()?);
+            Ok(Box::new(baleen::gpu::dense::GpuModel::load(gpu, m, &Default::default())?))
+        }
     }
 }
 

@@ -64,6 +64,9 @@ pub fn argmax(logits: &[f32]) -> Option<usize> {
 }
 
 /// Pick a token. `step` numbers the draws of one generation (0, 1, 2, …).
+/// Candidates are the most likely `top_k` tokens (at most
+/// `MAX_CANDIDATES`, 256), ordered by logit then id; temperature, top-p and
+/// the draw follow, in the order the GPU sampler uses.
 pub fn sample(logits: &[f32], p: &SamplingParams, step: u32) -> Result<u32> {
     let nan = || Error::Gpu("the model produced only NaN logits (numerical failure; try another backend)".into());
     if p.temperature == 0.0 {
@@ -76,9 +79,9 @@ pub fn sample(logits: &[f32], p: &SamplingParams, step: u32) -> Result<u32> {
         return Err(nan());
     }
     cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    if p.top_k > 0 {
-        cand.truncate(p.top_k);
-    }
+    // At most MAX_CANDIDATES tokens compete (the GPU sampler's bound too).
+    let max = baleen_shaders::shape::MAX_CANDIDATES as usize;
+    cand.truncate(if p.top_k > 0 { p.top_k.min(max) } else { max });
     let max = cand[0].1;
     let mut probs: Vec<f32> = cand.iter().map(|&(_, v)| ((v - max) / p.temperature).exp()).collect();
     let sum: f32 = probs.iter().sum();

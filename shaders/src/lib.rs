@@ -1,1 +1,259 @@
-pub fn placeholder() {}
+//! baleen's WGSL kernels: one file per kernel family, specialised by a tiny
+//! preprocessor so each variant is a plain WGSL module.
+//!
+//! Specialisation has two parts, both produced from Rust values so the Rust
+//! launch code and the WGSL loops can never disagree:
+//! - **flags** select code between `#if FLAG` / `#if !FLAG` / `#else` / `#endif`
+//!   lines (no nesting beyond what the files use; checked);
+//! - **constants** are emitted as `const NAME: u32 = V;` (or `: f32`) ahead of
+//!   the body, so workgroup sizes and tile sizes are WGSL constants.
+//!
+//! `enable f16;` (flag `F16`) and `enable subgroups;` (flag `SUBGROUPS`) go first,
+//! as WGSL requires.
+
+/// A kernel family: its name and WGSL text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Family {
+    pub name: &'static str,
+    pub source: &'static str,
+    /// Every flag the file tests, for enumerating variants.
+    pub flags: &'static [&'static str],
+    /// Flags that are mutually exclusive choices (one of each group is set).
+    pub choices: &'static [&'static [&'static str]],
+}
+
+macro_rules! family {
+    ($name:literal, flags: [$($f:literal),*], choices: [$([$($c:literal),*]),*]) => {
+        Family {
+            name: $name,
+            source: include_str!(concat!("../wgsl/", $name, ".wgsl")),
+            flags: &[$($f),*],
+            choices: &[$(&[$($c),*]),*],
+        }
+    };
+}
+
+/// Weight formats the matrix kernels read (the repacked layouts in `gpu::weights`).
+pub const WEIGHT_FORMATS: &[&str] = &["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"];
+
+pub const COPY: Family = family!("copy", flags: [], choices: []);
+pub const MATMUL: Family = family!("matmul",
+    flags: ["BIAS", "ACC"],
+    choices: [["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"], ["ROW_PER_THREAD", "ROW_PER_WORKGROUP"]]);
+pub const EMBED: Family = family!("embed",
+    flags: [],
+    choices: [["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"]]);
+pub const NORM: Family = family!("norm", flags: [], choices: []);
+pub const ROPE: Family = family!("rope", flags: [], choices: [["HALVES", "ADJACENT"]]);
+pub const ATTENTION: Family = family!("attention", flags: [], choices: []);
+pub const ELEMENTWISE: Family = family!("elementwise", flags: [], choices: []);
+pub const SAMPLE: Family = family!("sample", flags: [], choices: []);
+
+pub const FAMILIES: &[Family] = &[COPY, MATMUL, EMBED, NORM, ROPE, ATTENTION, ELEMENTWISE, SAMPLE];
+
+/// Fragments pulled in by `#include NAME` (processed with the includer's flags).
+const FRAGMENTS: &[(&str, &str)] = &[("dequant", include_str!("../wgsl/dequant.wgsl"))];
+
+/// The numbers that shape kernels. The runtime's launch code reads these same
+/// constants, and `consts` passes them into the WGSL, so the two always agree.
+pub mod shape {
+    /// Threads per workgroup of the thread-per-row matmul.
+    pub const MATMUL_WG_THREAD: u32 = 64;
+    /// Threads sharing one row in the workgroup-per-row matmul.
+    pub const MATMUL_WG_GROUP: u32 = 64;
+    /// Tokens one matmul invocation computes (prefill), reusing each dequantised sub-block.
+    pub const TILE_T: u32 = 8;
+    pub const ELEMENTWISE_WG: u32 = 64;
+    pub const ATTENTION_WG: u32 = 32;
+    /// Longest head the attention kernel's private accumulator holds.
+    pub const MAX_HEAD_DIM: u32 = 256;
+    /// Positions one attention split covers.
+    pub const ATTENTION_SPLIT: u32 = 64;
+    pub const SAMPLE_WG: u32 = 256;
+    /// Sampling considers at most this many of the most likely tokens (CPU and GPU alike).
+    pub const MAX_CANDIDATES: u32 = 256;
+    pub const COPY_WG: u32 = 64;
+}
+
+/// (u32 words per block, 32-value sub-blocks per block) of a repacked weight format.
+pub fn block_words(format: &str) -> Option<(u32, u32)> {
+    Some(match format {
+        "F32" => (32, 1),
+        "F16" | "BF16" => (16, 1),
+        "Q8_0" => (9, 1),
+        "Q4_0" | "Q4_1" => (5, 1),
+        "Q5_0" | "Q5_1" => (6, 1),
+        "Q4_K" => (36, 8),
+        "Q5_K" => (44, 8),
+        "Q6_K" => (53, 8),
+        _ => return None,
+    })
+}
+
+/// The constants a variant needs, from [`shape`] and the weight format.
+pub fn consts(family: &Family, flags: &[&str]) -> Vec<Const> {
+    use shape::*;
+    let format = flags.iter().find_map(|f| block_words(f));
+    let mut c = Vec::new();
+    let wg = match family.name {
+        "matmul" if flags.contains(&"ROW_PER_WORKGROUP") => MATMUL_WG_GROUP,
+        "matmul" => MATMUL_WG_THREAD,
+        "attention" => ATTENTION_WG,
+        "sample" => SAMPLE_WG,
+        "copy" => COPY_WG,
+        _ => ELEMENTWISE_WG,
+    };
+    c.push(Const::U32("WG", wg));
+    if let Some((words, subs)) = format {
+        c.push(Const::U32("BLOCK_WORDS", words));
+        c.push(Const::U32("SUBS", subs));
+    }
+    match family.name {
+        "matmul" => c.push(Const::U32("TILE_T", TILE_T)),
+        "attention" => c.push(Const::U32("MAX_HEAD_DIM", MAX_HEAD_DIM)),
+        "sample" => c.push(Const::U32("MAX_CAND", MAX_CANDIDATES)),
+        _ => {}
+    }
+    c
+}
+
+/// A constant emitted ahead of the shader body.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Const {
+    U32(&'static str, u32),
+    F32(&'static str, f32),
+}
+
+/// Specialise a family's source for `flags` and `consts`.
+pub fn specialise(family: &Family, flags: &[&str], consts: &[Const]) -> Result<String, String> {
+    for f in flags {
+        if !family.flags.contains(f) && !family.choices.iter().any(|c| c.contains(f)) && !["F16", "SUBGROUPS"].contains(f) {
+            return Err(format!("{}.wgsl has no flag {f}", family.name));
+        }
+    }
+    for group in family.choices {
+        let n = group.iter().filter(|c| flags.contains(c)).count();
+        if n != 1 {
+            return Err(format!("{}.wgsl needs exactly one of {group:?}, got {flags:?}", family.name));
+        }
+    }
+    let mut out = String::new();
+    if flags.contains(&"F16") {
+        out.push_str("enable f16;\n");
+    }
+    if flags.contains(&"SUBGROUPS") {
+        out.push_str("enable subgroups;\n");
+    }
+    for c in consts {
+        match c {
+            Const::U32(n, v) => out.push_str(&format!("const {n}: u32 = {v}u;\n")),
+            Const::F32(n, v) => out.push_str(&format!("const {n}: f32 = {v:?};\n")),
+        }
+    }
+    // Includes first (one level), then conditional lines: a stack of
+    // (this branch active, parent active).
+    let mut lines: Vec<&str> = Vec::new();
+    for line in family.source.lines() {
+        match line.trim().strip_prefix("#include ") {
+            Some(name) => {
+                let (_, text) = FRAGMENTS
+                    .iter()
+                    .find(|(n, _)| *n == name.trim())
+                    .ok_or(format!("{}.wgsl: unknown include {name}", family.name))?;
+                lines.extend(text.lines());
+            }
+            None => lines.push(line),
+        }
+    }
+    let mut stack: Vec<(bool, bool)> = Vec::new();
+    let active = |s: &Vec<(bool, bool)>| s.last().is_none_or(|&(a, p)| a && p);
+    for (i, line) in lines.into_iter().enumerate() {
+        let t = line.trim();
+        if let Some(cond) = t.strip_prefix("#if ") {
+            let cond = cond.trim();
+            let value = match cond.strip_prefix('!') {
+                Some(f) => !flags.contains(&f.trim()),
+                None => cond.split("||").any(|f| flags.contains(&f.trim())),
+            };
+            let parent = active(&stack);
+            stack.push((value, parent));
+        } else if t == "#else" {
+            let top = stack.last_mut().ok_or(format!("{}.wgsl:{}: #else without #if", family.name, i + 1))?;
+            top.0 = !top.0;
+        } else if t == "#endif" {
+            stack.pop().ok_or(format!("{}.wgsl:{}: #endif without #if", family.name, i + 1))?;
+        } else if t.starts_with('#') {
+            return Err(format!("{}.wgsl:{}: unknown directive {t}", family.name, i + 1));
+        } else if active(&stack) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    if !stack.is_empty() {
+        return Err(format!("{}.wgsl: unterminated #if", family.name));
+    }
+    Ok(out)
+}
+
+/// Every flag combination of a family: one of each choice group × every
+/// subset of the free flags.
+pub fn variants(family: &Family) -> Vec<Vec<&'static str>> {
+    let mut combos: Vec<Vec<&'static str>> = vec![vec![]];
+    for group in family.choices {
+        combos = combos.iter().flat_map(|c| group.iter().map(move |g| [c.clone(), vec![*g]].concat())).collect();
+    }
+    for f in family.flags {
+        combos = combos.iter().flat_map(|c| [c.clone(), [c.clone(), vec![*f]].concat()]).collect();
+    }
+    combos
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validate(name: &str, src: &str) -> Result<(), String> {
+        let module = naga::front::wgsl::parse_str(src).map_err(|e| e.emit_to_string(src))?;
+        let caps = naga::valid::Capabilities::default()
+            | naga::valid::Capabilities::SHADER_FLOAT16
+            | naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32
+            | naga::valid::Capabilities::SUBGROUP;
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+            .validate(&module)
+            .map_err(|e| format!("{name}: {}", e.emit_to_string(src)))?;
+        Ok(())
+    }
+
+    #[test]
+    fn every_variant_of_every_family_validates() {
+        let mut n = 0;
+        for f in FAMILIES {
+            for flags in variants(f) {
+                let src = specialise(f, &flags, &consts(f, &flags)).unwrap();
+                validate(&format!("{} {flags:?}", f.name), &src).unwrap_or_else(|e| panic!("{e}\n{src}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 60, "only {n} variants");
+    }
+
+    #[test]
+    fn preprocessor_errors_are_reported() {
+        let bad = Family { name: "bad", source: "#if A\nx\n", flags: &["A"], choices: &[] };
+        assert!(specialise(&bad, &[], &[]).unwrap_err().contains("unterminated"));
+        let bad = Family { name: "bad", source: "#endif\n", flags: &[], choices: &[] };
+        assert!(specialise(&bad, &[], &[]).unwrap_err().contains("without #if"));
+        assert!(specialise(&MATMUL, &["F32"], &[]).unwrap_err().contains("exactly one of"));
+        assert!(specialise(&MATMUL, &["F32", "ROW_PER_THREAD", "NOPE"], &[]).unwrap_err().contains("no flag NOPE"));
+        let bad = Family { name: "bad", source: "#include nothing\n", flags: &[], choices: &[] };
+        assert!(specialise(&bad, &[], &[]).unwrap_err().contains("unknown include"));
+    }
+
+    #[test]
+    fn shape_constants_reach_the_source() {
+        let src = specialise(&MATMUL, &["Q4_K", "ROW_PER_THREAD"], &consts(&MATMUL, &["Q4_K", "ROW_PER_THREAD"])).unwrap();
+        assert!(src.contains("const TILE_T: u32 = 8u;"));
+        assert!(src.contains("const BLOCK_WORDS: u32 = 36u;"));
+        assert!(!src.contains("#if"));
+    }
+}

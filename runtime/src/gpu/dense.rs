@@ -1,0 +1,311 @@
+//! The dense transformer (llama, qwen2) as a list of GPU ops, and its
+//! [`Backend`]. Every buffer and bind group is made at load; a pass writes the
+//! token ids and one `Step` uniform, encodes the ops into one command buffer
+//! and submits it once. A decode step reads back only the sampled id.
+
+use super::ops::Ctx;
+use super::weights::GpuMatrix;
+use super::{Gpu, GpuOptions, Op, Step};
+use crate::config::ModelConfig;
+use crate::engine::Backend;
+use crate::error::{Error, Result};
+use crate::model::names::{self, Global, Layer};
+use crate::model::ModelFiles;
+use crate::sample::SamplingParams;
+use baleen_shaders::shape;
+use std::sync::Arc;
+
+pub struct GpuModel {
+    pub gpu: Arc<Gpu>,
+    pub cfg: ModelConfig,
+    /// Positions the KV cache holds.
+    context: usize,
+    /// Most tokens one pass runs.
+    max_pass: usize,
+    step: wgpu::Buffer,
+    ids: wgpu::Buffer,    // [max_pass] u32: the pass's input ids; ids[0] ← sampled token
+    logits: wgpu::Buffer, // [vocab] f32: the last token's logits
+    /// Embedding and layers: every pass.
+    body: Vec<Op>,
+    /// Final norm, LM head, sampling: passes whose last token is wanted.
+    head: Vec<Op>,
+    len: usize,
+    /// Weights and activations the bind groups use.
+    _weights: Vec<GpuMatrix>,
+    _buffers: Vec<wgpu::Buffer>,
+}
+
+/// Bytes of the attention scratch per pass token.
+fn attention_scratch_per_token(cfg: &ModelConfig, max_splits: usize) -> u64 {
+    (cfg.n_heads * max_splits * cfg.head_dim * 4) as u64
+}
+
+impl GpuModel {
+    pub fn load(gpu: Arc<Gpu>, m: &ModelFiles, opts: &GpuOptions) -> Result<Self> {
+        let cfg = m.config.clone();
+        let index = &m.index;
+        let kind = index.kind;
+        if cfg.head_dim as u32 > shape::MAX_HEAD_DIM {
+            return Err(Error::Unsupported(format!("head dim {} (the GPU kernels hold up to {})", cfg.head_dim, shape::MAX_HEAD_DIM)));
+        }
+        let max_binding = opts.max_binding.unwrap_or(gpu.max_binding()).min(gpu.max_binding());
+        let context = cfg.context_length.min(opts.max_context.max(1));
+        let max_splits = context.div_ceil(shape::ATTENTION_SPLIT as usize);
+        let per_token = attention_scratch_per_token(&cfg, max_splits);
+        let max_pass = opts.max_pass_tokens.max(1).min((max_binding / per_token.max(1)) as usize);
+        if max_pass == 0 {
+            return Err(Error::Unsupported(format!(
+                "a context of {context} tokens needs more attention scratch than one GPU binding holds; use a shorter context"
+            )));
+        }
+        let (h, hd) = (cfg.hidden as u32, cfg.head_dim as u32);
+        let (nh, nkv) = (cfg.n_heads as u32, cfg.n_kv_heads as u32);
+        let (q_dim, kv_dim, ffn, vocab) = (nh * hd, nkv * hd, cfg.ffn as u32, cfg.vocab as u32);
+        let t = max_pass as u64;
+
+        let mut buffers = Vec::new();
+        let mut act = |name: &str, bytes: u64| -> Result<wgpu::Buffer> {
+            let b = gpu.storage(name, bytes)?;
+            buffers.push(b.clone());
+            Ok(b)
+        };
+        let step = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
+        let ids = act("ids", t * 4)?;
+        let x = act("x", t * h as u64 * 4)?; // [t, hidden] residual stream
+        let xn = act("xn", t * h as u64 * 4)?; // [t, hidden] normed
+        let q = act("q", t * q_dim as u64 * 4)?; // [t, n_heads · head_dim]
+        let attn = act("attn", t * q_dim as u64 * 4)?; // [t, n_heads · head_dim]
+        let gate = act("gate", t * ffn as u64 * 4)?; // [t, ffn]
+        let up = act("up", t * ffn as u64 * 4)?; // [t, ffn]
+        let mlp = act("mlp", t * ffn as u64 * 4)?; // [t, ffn]
+        let part_ml = act("attn partial max/sum", t * (nh as u64) * max_splits as u64 * 8)?;
+        let part_o = act("attn partial out", t * per_token)?;
+        let logits = act("logits", vocab as u64 * 4)?;
+        let inv_freq_data: Vec<f32> = cfg.rope_inv_freq();
+        let inv_freq = gpu.storage_init("rope inv_freq", bytemuck::cast_slice(&inv_freq_data))?;
+        buffers.push(inv_freq.clone());
+
+        let mut vector = |name: &str, len: u32| -> Result<wgpu::Buffer> {
+            let t = index.require(name)?;
+            if t.n_elements() != len as u64 {
+                return Err(Error::Config(format!("tensor {name:?} has shape {:?}; expected {len} values", t.shape)));
+            }
+            let b = gpu.storage_init(name, bytemuck::cast_slice(&index.read_f32(t)?))?;
+            buffers.push(b.clone());
+            Ok(b)
+        };
+        let mut weights = Vec::new();
+        let mut matrix = |name: &str, rows: u32, cols: u32| -> Result<usize> {
+            let t = index.require(name)?;
+            let (r, c) = t.rows_cols();
+            if (r, c) != (rows as u64, cols as u64) {
+                return Err(Error::Config(format!("tensor {name:?} has shape {:?}; expected [{rows}, {cols}]", t.shape)));
+            }
+            weights.push(GpuMatrix::load(&gpu, index, t, max_binding)?);
+            Ok(weights.len() - 1)
+        };
+
+        // Load everything first (indices into `weights`), then build ops.
+        struct L {
+            attn_norm: wgpu::Buffer,
+            wq: usize,
+            wk: usize,
+            wv: usize,
+            bias: Option<[wgpu::Buffer; 3]>,
+            wo: usize,
+            ffn_norm: wgpu::Buffer,
+            w_gate: usize,
+            w_up: usize,
+            w_down: usize,
+            k_cache: wgpu::Buffer, // [context, kv_dim]
+            v_cache: wgpu::Buffer, // [context, kv_dim]
+        }
+        let embd = matrix(names::global(kind, Global::TokenEmbd), vocab, h)?;
+        let mut layers = Vec::with_capacity(cfg.n_layers);
+        for i in 0..cfg.n_layers {
+            let n = |w| names::layer(kind, i, w);
+            let bias = if cfg.qkv_bias {
+                Some([vector(&n(Layer::QBias), q_dim)?, vector(&n(Layer::KBias), kv_dim)?, vector(&n(Layer::VBias), kv_dim)?])
+            } else {
+                None
+            };
+            layers.push(L {
+                attn_norm: vector(&n(Layer::AttnNorm), h)?,
+                wq: matrix(&n(Layer::Q), q_dim, h)?,
+                wk: matrix(&n(Layer::K), kv_dim, h)?,
+                wv: matrix(&n(Layer::V), kv_dim, h)?,
+                bias,
+                wo: matrix(&n(Layer::O), h, q_dim)?,
+                ffn_norm: vector(&n(Layer::FfnNorm), h)?,
+                w_gate: matrix(&n(Layer::Gate), ffn, h)?,
+                w_up: matrix(&n(Layer::Up), ffn, h)?,
+                w_down: matrix(&n(Layer::Down), h, ffn)?,
+                k_cache: gpu.storage(&format!("k cache {i}"), context as u64 * kv_dim as u64 * 4)?,
+                v_cache: gpu.storage(&format!("v cache {i}"), context as u64 * kv_dim as u64 * 4)?,
+            });
+        }
+        let output_norm = vector(names::global(kind, Global::OutputNorm), h)?;
+        let output = if cfg.tie_embeddings { embd } else { matrix(names::global(kind, Global::Output), vocab, h)? };
+
+        // ---- the graph
+        let ctx = Ctx { gpu: &gpu, step: &step };
+        let w = |i: usize| &weights[i];
+        let mut body = ctx.embed(w(embd), &ids, &x)?;
+        for (i, l) in layers.iter().enumerate() {
+            let b = l.bias.as_ref();
+            body.push(ctx.rms_norm(&format!("blk.{i}.attn_norm"), &x, &l.attn_norm, &xn, h, cfg.rms_eps, false)?);
+            body.extend(ctx.matmul(w(l.wq), &xn, h, &q, q_dim, b.map(|b| &b[0]), false, false, false)?);
+            body.extend(ctx.matmul(w(l.wk), &xn, h, &l.k_cache, kv_dim, b.map(|b| &b[1]), false, false, true)?);
+            body.extend(ctx.matmul(w(l.wv), &xn, h, &l.v_cache, kv_dim, b.map(|b| &b[2]), false, false, true)?);
+            body.push(ctx.rope(&format!("blk.{i}.rope"), cfg.rope_pairing, &inv_freq, &q, &l.k_cache, hd, nh, nkv, true)?);
+            body.extend(ctx.attention(
+                &format!("blk.{i}.attn"),
+                &q,
+                &l.k_cache,
+                &l.v_cache,
+                &part_ml,
+                &part_o,
+                &attn,
+                nh,
+                nkv,
+                hd,
+                max_splits as u32,
+            )?);
+            body.extend(ctx.matmul(w(l.wo), &attn, q_dim, &x, h, None, true, false, false)?);
+            body.push(ctx.rms_norm(&format!("blk.{i}.ffn_norm"), &x, &l.ffn_norm, &xn, h, cfg.rms_eps, false)?);
+            body.extend(ctx.matmul(w(l.w_gate), &xn, h, &gate, ffn, None, false, false, false)?);
+            body.extend(ctx.matmul(w(l.w_up), &xn, h, &up, ffn, None, false, false, false)?);
+            body.push(ctx.swiglu(&format!("blk.{i}.swiglu"), &gate, &up, &mlp, ffn)?);
+            body.extend(ctx.matmul(w(l.w_down), &mlp, ffn, &x, h, None, true, false, false)?);
+        }
+        let mut head = vec![ctx.rms_norm("output_norm", &x, &output_norm, &xn, h, cfg.rms_eps, true)?];
+        head.extend(ctx.matmul(w(output), &xn, h, &logits, vocab, None, false, true, false)?);
+        head.push(ctx.sample(&logits, &ids, vocab)?);
+        for l in layers {
+            buffers.extend([l.attn_norm, l.ffn_norm, l.k_cache, l.v_cache]);
+            buffers.extend(l.bias.into_iter().flatten());
+        }
+        buffers.extend([output_norm, step.clone(), inv_freq]);
+        gpu.check()?;
+        Ok(GpuModel {
+            gpu,
+            cfg,
+            context,
+            max_pass,
+            step,
+            ids,
+            logits,
+            body,
+            head,
+            len: 0,
+            _weights: weights,
+            _buffers: buffers,
+        })
+    }
+
+    /// Run `tokens` (≤ max_pass) at the cache's end; with `head`, also the
+    /// LM head and sampling of the last token.
+    fn pass(&mut self, tokens: &[u32], head: bool, sampling: &SamplingParams, draw: u32) -> Result<()> {
+        debug_assert!(!tokens.is_empty() && tokens.len() <= self.max_pass);
+        self.gpu.queue.write_buffer(&self.ids, 0, bytemuck::cast_slice(tokens));
+        let step = Step {
+            n_tokens: tokens.len() as u32,
+            pos: self.len as u32,
+            seed_lo: sampling.seed as u32,
+            seed_hi: (sampling.seed >> 32) as u32,
+            draw,
+            top_k: sampling.top_k.min(u32::MAX as usize) as u32,
+            temperature: sampling.temperature,
+            top_p: sampling.top_p,
+        };
+        let ops: Vec<&Op> = if head { self.body.iter().chain(&self.head).collect() } else { self.body.iter().collect() };
+        self.gpu.run(&self.step, &step, &ops)?;
+        self.len += tokens.len();
+        Ok(())
+    }
+
+    fn check_input(&self, tokens: &[u32]) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(Error::Input("forward: no tokens".into()));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab) {
+            return Err(Error::Input(format!("token id {bad} is outside the vocabulary of {}", self.cfg.vocab)));
+        }
+        if self.len + tokens.len() > self.context {
+            return Err(Error::Input(format!(
+                "{} tokens do not fit the context of {} (already {} in the cache)",
+                tokens.len(),
+                self.context,
+                self.len
+            )));
+        }
+        Ok(())
+    }
+
+    /// Run all tokens, in chunks; the last chunk runs the head.
+    fn run_all(&mut self, tokens: &[u32], sampling: &SamplingParams, draw: u32) -> Result<()> {
+        self.check_input(tokens)?;
+        let chunks: Vec<&[u32]> = tokens.chunks(self.max_pass).collect();
+        for (i, c) in chunks.iter().enumerate() {
+            self.pass(c, i + 1 == chunks.len(), sampling, draw)?;
+        }
+        Ok(())
+    }
+
+    fn read_logits(&self) -> Result<Vec<f32>> {
+        let bytes = self.gpu.read(&self.logits, 0, self.cfg.vocab as u64 * 4)?;
+        Ok(bytemuck::cast_slice(&bytes).to_vec())
+    }
+
+    fn read_token(&self) -> Result<u32> {
+        let bytes = self.gpu.read(&self.ids, 0, 4)?;
+        Ok(u32::from_le_bytes(bytes[..4].try_into().unwrap()))
+    }
+}
+
+impl Backend for GpuModel {
+    fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
+        let greedy = SamplingParams::default();
+        if all_logits {
+            // Position by position through the decode path.
+            self.check_input(tokens)?;
+            let mut out = Vec::with_capacity(tokens.len() * self.cfg.vocab);
+            for &t in tokens {
+                self.pass(&[t], true, &greedy, 0)?;
+                out.extend(self.read_logits()?);
+            }
+            return Ok(out);
+        }
+        self.run_all(tokens, &greedy, 0)?;
+        self.read_logits()
+    }
+
+    fn forward_sample(
+        &mut self,
+        tokens: &[u32],
+        sampling: &SamplingParams,
+        draw: u32,
+        want_logits: bool,
+    ) -> Result<(u32, Option<Vec<f32>>)> {
+        self.run_all(tokens, sampling, draw)?;
+        let logits = if want_logits { Some(self.read_logits()?) } else { None };
+        Ok((self.read_token()?, logits))
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn truncate(&mut self, len: usize) {
+        // Positions past `len` are simply overwritten by later passes.
+        self.len = self.len.min(len);
+    }
+    fn context_length(&self) -> usize {
+        self.context
+    }
+    fn vocab(&self) -> usize {
+        self.cfg.vocab
+    }
+    fn describe(&self) -> (String, String) {
+        (self.gpu.adapter_name(), self.gpu.backend_name())
+    }
+}

@@ -1,0 +1,388 @@
+//! The GPU engine: device setup, pipelines, buffers, and ops.
+//!
+//! bytes → index → **GPU buffers → graph** → tokens → text
+//!
+//! - [`Gpu`]: a device made from the adapter's own limits with no required
+//!   feature; a pipeline cache keyed by [`PipelineKey`].
+//! - [`weights`]: block formats repacked into u32-aligned layouts, split into
+//!   row chunks that fit the binding limit.
+//! - [`ops`]: one launcher per kernel family, each building an [`Op`]
+//!   (pipeline + bind group, made once) that a pass encodes.
+//! - [`dense`]: the llama/qwen2 graph as a list of ops, and the [`Backend`](crate::engine::Backend).
+
+pub mod dense;
+pub mod ops;
+pub mod weights;
+
+use crate::error::{Error, Result};
+use baleen_shaders as shaders;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use wgpu::util::DeviceExt;
+
+/// Per-pass parameters, one small uniform buffer every kernel reads
+/// (mirrors `struct Step` in the WGSL).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Step {
+    pub n_tokens: u32,
+    pub pos: u32,
+    pub seed_lo: u32,
+    pub seed_hi: u32,
+    pub draw: u32,
+    pub top_k: u32,
+    pub temperature: f32,
+    pub top_p: f32,
+}
+
+/// How matrix kernels spread a row over threads; chosen from the adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MatmulShape {
+    /// One thread per row: CPU adapters (lavapipe, SwiftShader), where
+    /// barriers and workgroup memory cost more than they save.
+    RowPerThread,
+    /// One workgroup per row with a reduction: real GPUs.
+    RowPerWorkgroup,
+}
+
+impl MatmulShape {
+    pub fn flag(self) -> &'static str {
+        match self {
+            MatmulShape::RowPerThread => "ROW_PER_THREAD",
+            MatmulShape::RowPerWorkgroup => "ROW_PER_WORKGROUP",
+        }
+    }
+}
+
+/// Identifies one compiled variant: family, entry point, flags.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PipelineKey {
+    pub family: &'static str,
+    pub entry: &'static str,
+    pub flags: Vec<&'static str>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GpuOptions {
+    /// Longest context the KV cache holds (the model's own if smaller).
+    pub max_context: usize,
+    /// Most tokens one pass (a prefill chunk) runs.
+    pub max_pass_tokens: usize,
+    /// Override the matrix kernel shape (tests run both).
+    pub shape: Option<MatmulShape>,
+    /// Pretend the binding limit is this small (tests of row-chunked tensors).
+    pub max_binding: Option<u64>,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        GpuOptions { max_context: 4096, max_pass_tokens: 64, shape: None, max_binding: None }
+    }
+}
+
+/// A device and its queue, with what the adapter offers.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+    pub shape: MatmulShape,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
+    /// Errors reported outside an error scope, and device loss.
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+fn gpu_err(msg: impl std::fmt::Display) -> Error {
+    Error::Gpu(msg.to_string())
+}
+
+impl Gpu {
+    /// The first adapter wgpu finds (high-performance preferred), with its
+    /// own limits and whichever optional features it has.
+    pub async fn new() -> Result<Gpu> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                gpu_err(format!(
+                    "no GPU adapter found ({e}). Natively baleen needs Vulkan, Metal or DX12 \
+                     (on Linux without a GPU: apt-get install mesa-vulkan-drivers); in a browser, WebGPU"
+                ))
+            })?;
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let offered = adapter.features();
+        let features = offered & (wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP);
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("baleen"),
+                required_features: features,
+                required_limits: limits.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| gpu_err(format!("cannot open the GPU device {}: {e}", info.name)))?;
+        let failure: Arc<Mutex<Option<String>>> = Arc::default();
+        let f = failure.clone();
+        device.on_uncaptured_error(Arc::new(move |e| {
+            f.lock().unwrap().get_or_insert_with(|| e.to_string());
+        }));
+        let f = failure.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            f.lock().unwrap().get_or_insert_with(|| {
+                format!("the GPU device was lost ({reason:?}: {msg}); reload the model (a driver reset or a tab in the background can cause this)")
+            });
+        });
+        let shape = match info.device_type {
+            wgpu::DeviceType::Cpu => MatmulShape::RowPerThread,
+            _ => MatmulShape::RowPerWorkgroup,
+        };
+        Ok(Gpu { device, queue, info, limits, features, shape, pipelines: Mutex::default(), failure })
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn new_blocking() -> Result<Gpu> {
+        pollster::block_on(Self::new())
+    }
+
+    pub fn has_f16(&self) -> bool {
+        self.features.contains(wgpu::Features::SHADER_F16)
+    }
+
+    pub fn adapter_name(&self) -> String {
+        format!("{} ({:?})", self.info.name, self.info.device_type)
+    }
+
+    pub fn backend_name(&self) -> String {
+        format!("{:?}", self.info.backend).to_lowercase()
+    }
+
+    /// Fail if the device reported an error or was lost since the last check.
+    pub fn check(&self) -> Result<()> {
+        match self.failure.lock().unwrap().take() {
+            Some(msg) => Err(gpu_err(msg)),
+            None => Ok(()),
+        }
+    }
+
+    /// The largest buffer one binding may see.
+    pub fn max_binding(&self) -> u64 {
+        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+    }
+
+    /// The compiled pipeline for a variant, built on first use.
+    pub fn pipeline(&self, key: &PipelineKey) -> Result<Arc<wgpu::ComputePipeline>> {
+        if let Some(p) = self.pipelines.lock().unwrap().get(key) {
+            return Ok(p.clone());
+        }
+        let family = shaders::FAMILIES
+            .iter()
+            .find(|f| f.name == key.family)
+            .ok_or_else(|| gpu_err(format!("no kernel family {}", key.family)))?;
+        let source = shaders::specialise(family, &key.flags, &shaders::consts(family, &key.flags)).map_err(gpu_err)?;
+        let label = format!("{}:{} {:?}", key.family, key.entry, key.flags);
+        let pipeline = self
+            .scoped(wgpu::ErrorFilter::Validation, || {
+                let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(&label),
+                    source: wgpu::ShaderSource::Wgsl(source.into()),
+                });
+                self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(&label),
+                    layout: None,
+                    module: &module,
+                    entry_point: Some(key.entry),
+                    compilation_options: Default::default(),
+                    cache: None,
+                })
+            })
+            .map_err(|e| gpu_err(format!("kernel {label} does not compile on {}: {e}", self.info.name)))?;
+        let p = Arc::new(pipeline);
+        self.pipelines.lock().unwrap().insert(key.clone(), p.clone());
+        Ok(p)
+    }
+
+    /// A storage buffer holding `bytes` (padded to 4).
+    pub fn storage_init(&self, label: &str, bytes: &[u8]) -> Result<wgpu::Buffer> {
+        self.checked_alloc(label, bytes.len() as u64, || {
+            let mut padded;
+            let contents = if bytes.len() % 4 != 0 || bytes.is_empty() {
+                padded = bytes.to_vec();
+                padded.resize(bytes.len().div_ceil(4).max(1) * 4, 0);
+                &padded[..]
+            } else {
+                bytes
+            };
+            self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+            })
+        })
+    }
+
+    /// A zeroed storage buffer of `size` bytes.
+    pub fn storage(&self, label: &str, size: u64) -> Result<wgpu::Buffer> {
+        self.checked_alloc(label, size, || {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: size.div_ceil(4).max(1) * 4,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            })
+        })
+    }
+
+    pub fn uniform(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytes,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        })
+    }
+
+    fn checked_alloc(&self, label: &str, size: u64, make: impl FnOnce() -> wgpu::Buffer) -> Result<wgpu::Buffer> {
+        if size > self.limits.max_buffer_size {
+            return Err(gpu_err(format!(
+                "{label} needs a {size}-byte buffer; {} allows {} bytes",
+                self.info.name, self.limits.max_buffer_size
+            )));
+        }
+        self.scoped(wgpu::ErrorFilter::OutOfMemory, make).map_err(|e| {
+            gpu_err(format!(
+                "out of GPU memory allocating {label} ({size} bytes): {e}. Try a smaller model or quantisation, \
+                 or a shorter context"
+            ))
+        })
+    }
+
+    /// Run `make` inside an error scope and report what it caught. Natively
+    /// the scope is awaited at once; in the browser it resolves on the event
+    /// loop, so errors there surface through [`Gpu::check`] instead.
+    fn scoped<T>(&self, filter: wgpu::ErrorFilter, make: impl FnOnce() -> T) -> std::result::Result<T, String> {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let scope = self.device.push_error_scope(filter);
+            let value = make();
+            match pollster::block_on(scope.pop()) {
+                Some(e) => Err(e.to_string()),
+                None => Ok(value),
+            }
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            let _ = filter;
+            Ok(make())
+        }
+    }
+
+    /// Copy `size` bytes of `src` at `offset` back to the CPU (blocks natively).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read(&self, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(src, offset, &staging, 0, size);
+        self.queue.submit([enc.finish()]);
+        self.map_read(&staging)
+    }
+
+    /// Map a MAP_READ buffer after the queue's work and copy it out.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn map_read(&self, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
+        let done: Arc<Mutex<Option<std::result::Result<(), wgpu::BufferAsyncError>>>> = Arc::default();
+        let d = done.clone();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| *d.lock().unwrap() = Some(r));
+        self.device
+            .poll(wgpu::PollType::Wait { submission_index: None, timeout: None })
+            .map_err(|e| gpu_err(format!("waiting for the GPU: {e}")))?;
+        self.check()?;
+        match done.lock().unwrap().take() {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(gpu_err(format!("reading a GPU buffer back failed: {e}"))),
+            None => return Err(gpu_err("reading a GPU buffer back did not complete")),
+        }
+        let bytes = staging.get_mapped_range(..).map_err(|e| gpu_err(format!("{e:?}")))?.to_vec();
+        staging.unmap();
+        Ok(bytes)
+    }
+
+    /// Encode `ops` into one command buffer with `step` as the pass parameters
+    /// and submit it.
+    pub fn run(&self, step_buf: &wgpu::Buffer, step: &Step, ops: &[&Op]) -> Result<()> {
+        self.check()?;
+        self.queue.write_buffer(step_buf, 0, bytemuck::bytes_of(step));
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        encode(&mut enc, step, ops);
+        self.queue.submit([enc.finish()]);
+        Ok(())
+    }
+}
+
+/// Encode ops into one compute pass.
+pub fn encode(enc: &mut wgpu::CommandEncoder, step: &Step, ops: &[&Op]) {
+    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("baleen"), timestamp_writes: None });
+    for op in ops {
+        let [x, y, z] = op.grid.workgroups(step);
+        if x == 0 || y == 0 || z == 0 {
+            continue;
+        }
+        pass.set_pipeline(&op.pipeline);
+        pass.set_bind_group(0, &op.bind_group, &[]);
+        pass.dispatch_workgroups(x, y, z);
+    }
+}
+
+/// How many workgroups an op launches, given the pass.
+#[derive(Debug, Clone, Copy)]
+pub enum Grid {
+    Fixed([u32; 3]),
+    /// `x` threads of groups of `wg` along x for each token (y), e.g. matmul
+    /// rows (with `tile` tokens per invocation) or embedding sub-blocks.
+    PerToken { x: u32, wg: u32, tile: u32, single: bool },
+    /// A flat range of `n_tokens · per_token` threads, spread over x and y.
+    Flat { per_token: u32, wg: u32 },
+    /// Attention splits: (splits, heads, tokens).
+    AttnPartial { heads: u32, wg: u32, split: u32 },
+    /// Attention combine: (head dim, heads, tokens).
+    AttnCombine { heads: u32, head_dim: u32, wg: u32 },
+}
+
+const MAX_GROUPS: u32 = 65535;
+
+impl Grid {
+    pub fn workgroups(&self, s: &Step) -> [u32; 3] {
+        let n = s.n_tokens;
+        match *self {
+            Grid::Fixed(g) => g,
+            Grid::PerToken { x, wg, tile, single } => {
+                let tokens = if single { 1 } else { n };
+                [x.div_ceil(wg), tokens.div_ceil(tile), 1]
+            }
+            Grid::Flat { per_token, wg } => {
+                let groups = (n * per_token).div_ceil(wg);
+                let gx = groups.min(MAX_GROUPS);
+                [gx, groups.div_ceil(gx.max(1)), 1]
+            }
+            Grid::AttnPartial { heads, wg, split } => [(s.pos + n).div_ceil(split).div_ceil(wg), heads, n],
+            Grid::AttnCombine { heads, head_dim, wg } => [head_dim.div_ceil(wg), heads, n],
+        }
+    }
+}
+
+/// One dispatch: pipeline, bind group (both made once) and its grid.
+pub struct Op {
+    pub name: String,
+    pub pipeline: Arc<wgpu::ComputePipeline>,
+    pub bind_group: wgpu::BindGroup,
+    pub grid: Grid,
+}

@@ -1,0 +1,198 @@
+//! Kernel launchers: each builds the ops (pipeline + bind group + grid) for
+//! one kernel family. Bindings follow the WGSL: 0 the pass's `Step`, 1 the
+//! op's own parameters, then the buffers in the order the shader lists them.
+
+use super::weights::{format_flag, GpuMatrix};
+use super::{Gpu, Grid, Op, PipelineKey};
+use crate::error::Result;
+use baleen_shaders::shape;
+
+/// What every launcher needs: the device and the shared step uniform.
+pub struct Ctx<'a> {
+    pub gpu: &'a Gpu,
+    pub step: &'a wgpu::Buffer,
+}
+
+fn words(v: &[u32]) -> Vec<u8> {
+    bytemuck::cast_slice(v).to_vec()
+}
+
+impl Ctx<'_> {
+    fn op(&self, name: String, key: PipelineKey, params: &[u8], buffers: &[&wgpu::Buffer], grid: Grid) -> Result<Op> {
+        let numbered: Vec<(u32, &wgpu::Buffer)> = buffers.iter().enumerate().map(|(i, b)| (2 + i as u32, *b)).collect();
+        self.op_at(name, key, params, &numbered, grid)
+    }
+
+    /// As `op`, with explicit binding numbers (for entry points that use only
+    /// some of a file's bindings: the automatic layout holds just those).
+    fn op_at(&self, name: String, key: PipelineKey, params: &[u8], buffers: &[(u32, &wgpu::Buffer)], grid: Grid) -> Result<Op> {
+        let pipeline = self.gpu.pipeline(&key)?;
+        let params = self.gpu.uniform(&format!("{name} params"), params);
+        let mut entries = vec![
+            wgpu::BindGroupEntry { binding: 0, resource: self.step.as_entire_binding() },
+            wgpu::BindGroupEntry { binding: 1, resource: params.as_entire_binding() },
+        ];
+        for (i, b) in buffers {
+            entries.push(wgpu::BindGroupEntry { binding: *i, resource: b.as_entire_binding() });
+        }
+        let bind_group = self.gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(&name),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        Ok(Op { name, pipeline, bind_group, grid })
+    }
+
+    /// `y (+)= W x (+ b)`, one op per row chunk of W.
+    /// `single`: one token, x row 0 → y row 0. `y_at_pos`: y rows start at the pass position.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul(
+        &self,
+        w: &GpuMatrix,
+        x: &wgpu::Buffer,
+        x_stride: u32,
+        y: &wgpu::Buffer,
+        y_stride: u32,
+        bias: Option<&wgpu::Buffer>,
+        acc: bool,
+        single: bool,
+        y_at_pos: bool,
+    ) -> Result<Vec<Op>> {
+        let shape_flag = self.gpu.shape.flag();
+        let mut flags = vec![format_flag(w.dtype)?, shape_flag];
+        if bias.is_some() {
+            flags.push("BIAS");
+        }
+        if acc {
+            flags.push("ACC");
+        }
+        let wg = match self.gpu.shape {
+            super::MatmulShape::RowPerThread => shape::MATMUL_WG_THREAD,
+            super::MatmulShape::RowPerWorkgroup => 1,
+        };
+        w.chunks
+            .iter()
+            .map(|c| {
+                let params = words(&[c.rows, w.cols, c.row_start, y_stride, single as u32, x_stride, y_at_pos as u32, 0]);
+                let mut bufs = vec![&c.buffer, x, y];
+                bufs.extend(bias);
+                self.op(
+                    format!("{} rows {}..", w.name, c.row_start),
+                    PipelineKey { family: "matmul", entry: "main", flags: flags.clone() },
+                    &params,
+                    &bufs,
+                    Grid::PerToken { x: c.rows, wg, tile: shape::TILE_T, single },
+                )
+            })
+            .collect()
+    }
+
+    /// `out[t] = W[ids[t]]`, one op per row chunk of the embedding.
+    pub fn embed(&self, w: &GpuMatrix, ids: &wgpu::Buffer, out: &wgpu::Buffer) -> Result<Vec<Op>> {
+        let flags = vec![format_flag(w.dtype)?];
+        w.chunks
+            .iter()
+            .map(|c| {
+                self.op(
+                    format!("{} rows {}..", w.name, c.row_start),
+                    PipelineKey { family: "embed", entry: "main", flags: flags.clone() },
+                    &words(&[c.rows, w.cols, c.row_start, 0]),
+                    &[&c.buffer, ids, out],
+                    Grid::PerToken { x: w.cols / 32, wg: shape::ELEMENTWISE_WG, tile: 1, single: false },
+                )
+            })
+            .collect()
+    }
+
+    /// RMSNorm of each token's row (or only the last token's, into row 0).
+    pub fn rms_norm(&self, name: &str, x: &wgpu::Buffer, w: &wgpu::Buffer, out: &wgpu::Buffer, cols: u32, eps: f32, last_only: bool) -> Result<Op> {
+        let grid = if last_only { Grid::Fixed([1, 1, 1]) } else { Grid::Flat { per_token: 1, wg: shape::ELEMENTWISE_WG } };
+        let params = words(&[cols, last_only as u32, eps.to_bits(), 0]);
+        self.op(name.into(), PipelineKey { family: "norm", entry: "main", flags: vec![] }, &params, &[x, w, out], grid)
+    }
+
+    /// RoPE in place on q and k (k rows at the pass position when `k_at_pos`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope(
+        &self,
+        name: &str,
+        pairing: crate::config::RopePairing,
+        inv_freq: &wgpu::Buffer,
+        q: &wgpu::Buffer,
+        k: &wgpu::Buffer,
+        head_dim: u32,
+        n_q: u32,
+        n_k: u32,
+        k_at_pos: bool,
+    ) -> Result<Op> {
+        let flag = match pairing {
+            crate::config::RopePairing::Halves => "HALVES",
+            crate::config::RopePairing::Adjacent => "ADJACENT",
+        };
+        self.op(
+            name.into(),
+            PipelineKey { family: "rope", entry: "main", flags: vec![flag] },
+            &words(&[head_dim, n_q, n_k, k_at_pos as u32]),
+            &[inv_freq, q, k],
+            Grid::PerToken { x: (n_q + n_k) * head_dim / 2, wg: shape::ELEMENTWISE_WG, tile: 1, single: false },
+        )
+    }
+
+    /// Causal attention over the cache: split partials, then combine.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(
+        &self,
+        name: &str,
+        q: &wgpu::Buffer,
+        k_cache: &wgpu::Buffer,
+        v_cache: &wgpu::Buffer,
+        part_ml: &wgpu::Buffer,
+        part_o: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+        n_heads: u32,
+        n_kv_heads: u32,
+        head_dim: u32,
+        max_splits: u32,
+    ) -> Result<[Op; 2]> {
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let params = words(&[n_heads, n_kv_heads, head_dim, shape::ATTENTION_SPLIT, max_splits, scale.to_bits(), 0, 0]);
+        Ok([
+            self.op_at(
+                format!("{name} partial"),
+                PipelineKey { family: "attention", entry: "partial", flags: vec![] },
+                &params,
+                &[(2, q), (3, k_cache), (4, v_cache), (5, part_ml), (6, part_o)],
+                Grid::AttnPartial { heads: n_heads, wg: shape::ATTENTION_WG, split: shape::ATTENTION_SPLIT },
+            )?,
+            self.op_at(
+                format!("{name} combine"),
+                PipelineKey { family: "attention", entry: "combine", flags: vec![] },
+                &params,
+                &[(5, part_ml), (6, part_o), (7, out)],
+                Grid::AttnCombine { heads: n_heads, head_dim, wg: shape::ATTENTION_WG },
+            )?,
+        ])
+    }
+
+    /// out = silu(gate) ⊙ up over [n_tokens, cols].
+    pub fn swiglu(&self, name: &str, gate: &wgpu::Buffer, up: &wgpu::Buffer, out: &wgpu::Buffer, cols: u32) -> Result<Op> {
+        self.op(
+            name.into(),
+            PipelineKey { family: "elementwise", entry: "swiglu", flags: vec![] },
+            &words(&[cols, 0, 0, 0]),
+            &[gate, up, out],
+            Grid::Flat { per_token: cols, wg: shape::ELEMENTWISE_WG },
+        )
+    }
+
+    /// Choose the next token from `logits` into `ids[0]`.
+    pub fn sample(&self, logits: &wgpu::Buffer, ids: &wgpu::Buffer, vocab: u32) -> Result<Op> {
+        self.op(
+            "sample".into(),
+            PipelineKey { family: "sample", entry: "main", flags: vec![] },
+            &words(&[vocab, 0, 0, 0]),
+            &[logits, ids],
+            Grid::Fixed([1, 1, 1]),
+        )
+    }
+}

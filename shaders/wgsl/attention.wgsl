@@ -1,0 +1,116 @@
+// Causal attention over the KV cache, split along the sequence
+// (flash-decoding): `partial` runs one thread per (split, head, token) with an
+// online softmax over its split_len positions; `combine` merges the splits.
+// No barriers or workgroup memory, so it suits CPU adapters, and the split
+// gives long contexts parallelism. GQA: head h reads kv head h / (H / KVH).
+// Constants: WG, MAX_HEAD_DIM.
+
+struct Step {
+    n_tokens: u32,
+    pos: u32,
+    seed_lo: u32,
+    seed_hi: u32,
+    draw: u32,
+    top_k: u32,
+    temperature: f32,
+    top_p: f32,
+}
+
+struct Params {
+    n_heads: u32,
+    n_kv_heads: u32,
+    head_dim: u32,
+    split_len: u32,
+    max_splits: u32,
+    scale: f32,
+    pad0: u32,
+    pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> step: Step;
+@group(0) @binding(1) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read> q: array<f32>;             // [n_tokens, H · hd]
+@group(0) @binding(3) var<storage, read> k_cache: array<f32>;       // [ctx, KVH · hd]
+@group(0) @binding(4) var<storage, read> v_cache: array<f32>;       // [ctx, KVH · hd]
+@group(0) @binding(5) var<storage, read_write> part_ml: array<f32>; // [n_tokens, H, max_splits, 2] (max, sum)
+@group(0) @binding(6) var<storage, read_write> part_o: array<f32>;  // [n_tokens, H, max_splits, hd]
+@group(0) @binding(7) var<storage, read_write> out: array<f32>;     // [n_tokens, H · hd]
+
+// Finite stand-in for -∞ (WGSL does not promise infinities).
+const NEG_BIG: f32 = -3.0e38;
+
+fn n_splits() -> u32 {
+    return (step.pos + step.n_tokens + p.split_len - 1u) / p.split_len;
+}
+
+@compute @workgroup_size(WG)
+fn partial(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let s = gid.x;
+    let h = gid.y;
+    let t = gid.z;
+    if (t >= step.n_tokens || h >= p.n_heads || s >= n_splits()) {
+        return;
+    }
+    let hd = p.head_dim;
+    let kvh = h / (p.n_heads / p.n_kv_heads);
+    let kv_stride = p.n_kv_heads * hd;
+    let visible = step.pos + t + 1u;
+    let start = s * p.split_len;
+    let end = min(start + p.split_len, visible);
+    let qb = (t * p.n_heads + h) * hd;
+    var m = NEG_BIG;
+    var l = 0.0;
+    var acc: array<f32, MAX_HEAD_DIM>;
+    for (var pos = start; pos < end; pos++) {
+        let kb = pos * kv_stride + kvh * hd;
+        var score = 0.0;
+        for (var d = 0u; d < hd; d++) {
+            score += q[qb + d] * k_cache[kb + d];
+        }
+        score *= p.scale;
+        let m_new = max(m, score);
+        let c = exp(m - m_new);
+        let e = exp(score - m_new);
+        l = l * c + e;
+        for (var d = 0u; d < hd; d++) {
+            acc[d] = acc[d] * c + e * v_cache[kb + d];
+        }
+        m = m_new;
+    }
+    let rec = (t * p.n_heads + h) * p.max_splits + s;
+    part_ml[2u * rec] = m;
+    part_ml[2u * rec + 1u] = l;
+    for (var d = 0u; d < hd; d++) {
+        part_o[rec * hd + d] = acc[d];
+    }
+}
+
+@compute @workgroup_size(WG)
+fn combine(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let d = gid.x;
+    let h = gid.y;
+    let t = gid.z;
+    let hd = p.head_dim;
+    if (t >= step.n_tokens || h >= p.n_heads || d >= hd) {
+        return;
+    }
+    let ns = n_splits();
+    let base = (t * p.n_heads + h) * p.max_splits;
+    var m = NEG_BIG;
+    for (var s = 0u; s < ns; s++) {
+        if (part_ml[2u * (base + s) + 1u] > 0.0) {
+            m = max(m, part_ml[2u * (base + s)]);
+        }
+    }
+    var l = 0.0;
+    var o = 0.0;
+    for (var s = 0u; s < ns; s++) {
+        let ls = part_ml[2u * (base + s) + 1u];
+        if (ls > 0.0) {
+            let f = exp(part_ml[2u * (base + s)] - m);
+            l += ls * f;
+            o += part_o[(base + s) * hd + d] * f;
+        }
+    }
+    out[(t * p.n_heads + h) * hd + d] = o / l;
+}

@@ -1,0 +1,36 @@
+// SwiGLU activation: out = silu(gate) ⊙ up over [n_tokens, cols]. Constants: WG.
+
+struct Step {
+    n_tokens: u32,
+    pos: u32,
+    seed_lo: u32,
+    seed_hi: u32,
+    draw: u32,
+    top_k: u32,
+    temperature: f32,
+    top_p: f32,
+}
+
+struct Params {
+    cols: u32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> step: Step;
+@group(0) @binding(1) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read> gate: array<f32>;       // [n_tokens, cols]
+@group(0) @binding(3) var<storage, read> up: array<f32>;         // [n_tokens, cols]
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;  // [n_tokens, cols]
+
+@compute @workgroup_size(WG)
+fn swiglu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    if (i >= step.n_tokens * p.cols) {
+        return;
+    }
+    let g = gate[i];
+    // silu(g) = g / (1 + e^-g); the clamp keeps e^-g finite.
+    out[i] = g / (1.0 + exp(min(-g, 80.0))) * up[i];
+}

@@ -1,0 +1,48 @@
+// Embedding lookup: out[t] = dequant(W[ids[t]]) for rows held by this chunk.
+// One thread per (token, 32-value sub-block). Constants: WG, BLOCK_WORDS, SUBS.
+
+struct Step {
+    n_tokens: u32,
+    pos: u32,
+    seed_lo: u32,
+    seed_hi: u32,
+    draw: u32,
+    top_k: u32,
+    temperature: f32,
+    top_p: f32,
+}
+
+struct Params {
+    rows: u32,      // rows in this chunk
+    cols: u32,      // hidden size
+    row_start: u32, // first vocabulary id of this chunk
+    pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> step: Step;
+@group(0) @binding(1) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read> w: array<u32>;          // [rows, cols / (32 SUBS) · BLOCK_WORDS]
+@group(0) @binding(3) var<storage, read> ids: array<u32>;        // [n_tokens]
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;  // [n_tokens, cols]
+
+#include dequant
+
+@compute @workgroup_size(WG)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let n_sub = p.cols / 32u;
+    let t = gid.y;
+    let sb = gid.x;
+    if (t >= step.n_tokens || sb >= n_sub) {
+        return;
+    }
+    let id = ids[t];
+    if (id < p.row_start || id >= p.row_start + p.rows) {
+        return;
+    }
+    let row_words = n_sub / SUBS * BLOCK_WORDS;
+    var v: array<f32, 32>;
+    dequant32((id - p.row_start) * row_words + (sb / SUBS) * BLOCK_WORDS, sb % SUBS, &v);
+    for (var i = 0u; i < 32u; i++) {
+        out[t * p.cols + sb * 32u + i] = v[i];
+    }
+}

@@ -1,0 +1,50 @@
+// RMSNorm: out[t] = x[t] / sqrt(mean(x[t]²) + eps) · w. One thread per row
+// (rows are short; no barriers). Constants: WG.
+
+struct Step {
+    n_tokens: u32,
+    pos: u32,
+    seed_lo: u32,
+    seed_hi: u32,
+    draw: u32,
+    top_k: u32,
+    temperature: f32,
+    top_p: f32,
+}
+
+struct Params {
+    cols: u32,
+    last_only: u32, // 1: only the pass's last token, written to out row 0
+    eps: f32,
+    pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> step: Step;
+@group(0) @binding(1) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read> x: array<f32>;          // [n_tokens, cols]
+@group(0) @binding(3) var<storage, read> w: array<f32>;          // [cols]
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;  // [n_tokens, cols]
+
+@compute @workgroup_size(WG)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    var t = gid.x;
+    var o = gid.x;
+    if (p.last_only == 1u) {
+        if (gid.x > 0u) {
+            return;
+        }
+        t = step.n_tokens - 1u;
+        o = 0u;
+    } else if (t >= step.n_tokens) {
+        return;
+    }
+    var ss = 0.0;
+    for (var i = 0u; i < p.cols; i++) {
+        let v = x[t * p.cols + i];
+        ss += v * v;
+    }
+    let inv = 1.0 / sqrt(ss / f32(p.cols) + p.eps);
+    for (var i = 0u; i < p.cols; i++) {
+        out[o * p.cols + i] = x[t * p.cols + i] * inv * w[i];
+    }
+}

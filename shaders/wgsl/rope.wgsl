@@ -1,0 +1,70 @@
+// RoPE in place on q [n_tokens, n_q_heads, head_dim] and k [n_tokens,
+// n_k_heads, head_dim] at positions pos + t. Pairs (i, i + head_dim/2) (HALVES,
+// Hugging Face's rotate_half) or (2i, 2i + 1) (ADJACENT, GGUF llama).
+// inv_freq holds every scaling (linear, llama3, per-dimension factors) already.
+// One thread per (token, head of q then k, pair). Constants: WG.
+
+struct Step {
+    n_tokens: u32,
+    pos: u32,
+    seed_lo: u32,
+    seed_hi: u32,
+    draw: u32,
+    top_k: u32,
+    temperature: f32,
+    top_p: f32,
+}
+
+struct Params {
+    head_dim: u32,
+    n_q_heads: u32,
+    n_k_heads: u32,
+    k_at_pos: u32, // 1: k rows are KV-cache rows, token t at pos + t
+}
+
+@group(0) @binding(0) var<uniform> step: Step;
+@group(0) @binding(1) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read> inv_freq: array<f32>;   // [head_dim / 2]
+@group(0) @binding(3) var<storage, read_write> q: array<f32>;    // [n_tokens, n_q_heads · head_dim]
+@group(0) @binding(4) var<storage, read_write> k: array<f32>;    // [(pos +) n_tokens, n_k_heads · head_dim]
+
+fn rotate(v: vec2<f32>, angle: f32) -> vec2<f32> {
+    let c = cos(angle);
+    let s = sin(angle);
+    return vec2<f32>(v.x * c - v.y * s, v.x * s + v.y * c);
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let half = p.head_dim / 2u;
+    let heads = p.n_q_heads + p.n_k_heads;
+    let i = gid.x % half;
+    let h = gid.x / half;
+    let t = gid.y;
+    if (h >= heads || t >= step.n_tokens) {
+        return;
+    }
+#if HALVES
+    let a = i;
+    let b = i + half;
+#else
+    let a = 2u * i;
+    let b = 2u * i + 1u;
+#endif
+    let angle = f32(step.pos + t) * inv_freq[i];
+    if (h < p.n_q_heads) {
+        let base = (t * p.n_q_heads + h) * p.head_dim;
+        let r = rotate(vec2<f32>(q[base + a], q[base + b]), angle);
+        q[base + a] = r.x;
+        q[base + b] = r.y;
+    } else {
+        var row = t;
+        if (p.k_at_pos == 1u) {
+            row += step.pos;
+        }
+        let base = (row * p.n_k_heads + h - p.n_q_heads) * p.head_dim;
+        let r = rotate(vec2<f32>(k[base + a], k[base + b]), angle);
+        k[base + a] = r.x;
+        k[base + b] = r.y;
+    }
+}

@@ -1,0 +1,146 @@
+// Next-token choice on the GPU, so a decode step reads back only 4 bytes.
+// One workgroup. Rounds of a parallel argmax pick the K best logits in the
+// order (logit desc, id asc) — K = 1 when greedy, else min(top_k or MAX_CAND,
+// MAX_CAND); then thread 0 applies temperature, top-p and a draw from the
+// (seed, draw)-hash exactly as runtime/src/sample.rs does on the CPU.
+// The token goes to ids[0], the next step's input. Constants: WG, MAX_CAND.
+
+struct Step {
+    n_tokens: u32,
+    pos: u32,
+    seed_lo: u32,
+    seed_hi: u32,
+    draw: u32,
+    top_k: u32,
+    temperature: f32,
+    top_p: f32,
+}
+
+struct Params {
+    vocab: u32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> step: Step;
+@group(0) @binding(1) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read> logits: array<f32>;     // [vocab]
+@group(0) @binding(3) var<storage, read_write> ids: array<u32>;  // [≥ 1]
+
+var<workgroup> red_v: array<f32, WG>;
+var<workgroup> red_i: array<u32, WG>;
+var<workgroup> cand_v: array<f32, MAX_CAND>;
+var<workgroup> cand_i: array<u32, MAX_CAND>;
+
+const NONE: u32 = 0xffffffffu;
+
+// Is (v, i) before (bv, bi) in the order (value desc, id asc)?
+fn before(v: f32, i: u32, bv: f32, bi: u32) -> bool {
+    return bi == NONE || v > bv || (v == bv && i < bi);
+}
+
+fn pcg_hash(x: u32) -> u32 {
+    let state = x * 747796405u + 2891336453u;
+    let word = ((state >> ((state >> 28u) + 4u)) ^ state) * 277803737u;
+    return (word >> 22u) ^ word;
+}
+
+fn uniform01() -> f32 {
+    let h = pcg_hash(step.seed_lo ^ pcg_hash(step.seed_hi ^ pcg_hash(step.draw)));
+    return f32(h >> 8u) / 16777216.0;
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(local_invocation_index) lid: u32) {
+    var k = MAX_CAND;
+    if (step.temperature == 0.0) {
+        k = 1u;
+    } else if (step.top_k > 0u) {
+        k = min(step.top_k, MAX_CAND);
+    }
+    k = min(k, p.vocab);
+    // The previous pick: candidates must come strictly after it.
+    var pv = 0.0;
+    var pi = NONE;
+    for (var r = 0u; r < k; r++) {
+        var bv = 0.0;
+        var bi = NONE;
+        for (var i = lid; i < p.vocab; i += WG) {
+            let v = logits[i];
+            let after_prev = pi == NONE || v < pv || (v == pv && i > pi);
+            if (after_prev && before(v, i, bv, bi)) {
+                bv = v;
+                bi = i;
+            }
+        }
+        red_v[lid] = bv;
+        red_i[lid] = bi;
+        workgroupBarrier();
+        for (var s = WG / 2u; s > 0u; s >>= 1u) {
+            if (lid < s) {
+                let ov = red_v[lid + s];
+                let oi = red_i[lid + s];
+                if (oi != NONE && before(ov, oi, red_v[lid], red_i[lid])) {
+                    red_v[lid] = ov;
+                    red_i[lid] = oi;
+                }
+            }
+            workgroupBarrier();
+        }
+        pv = red_v[0];
+        pi = red_i[0];
+        if (lid == 0u) {
+            cand_v[r] = pv;
+            cand_i[r] = pi;
+        }
+        workgroupBarrier();
+    }
+    if (lid != 0u) {
+        return;
+    }
+    if (k == 1u) {
+        ids[0] = cand_i[0];
+        return;
+    }
+    // Softmax over the candidates with temperature (as the CPU sampler).
+    var probs: array<f32, MAX_CAND>;
+    let mx = cand_v[0];
+    var sum = 0.0;
+    for (var i = 0u; i < k; i++) {
+        probs[i] = exp((cand_v[i] - mx) / step.temperature);
+        sum += probs[i];
+    }
+    for (var i = 0u; i < k; i++) {
+        probs[i] /= sum;
+    }
+    var keep = k;
+    if (step.top_p < 1.0) {
+        var acc = 0.0;
+        for (var i = 0u; i < k; i++) {
+            acc += probs[i];
+            if (acc >= step.top_p) {
+                keep = i + 1u;
+                break;
+            }
+        }
+        var s2 = 0.0;
+        for (var i = 0u; i < keep; i++) {
+            s2 += probs[i];
+        }
+        for (var i = 0u; i < keep; i++) {
+            probs[i] /= s2;
+        }
+    }
+    let r = uniform01();
+    var acc = 0.0;
+    var chosen = cand_i[keep - 1u];
+    for (var i = 0u; i < keep; i++) {
+        acc += probs[i];
+        if (r < acc) {
+            chosen = cand_i[i];
+            break;
+        }
+    }
+    ids[0] = chosen;
+}
