@@ -33,6 +33,14 @@ enum Cmd {
     Chat(ChatArgs),
     /// Measure prefill and decode speed.
     Bench(BenchArgs),
+    /// Each kernel's bandwidth beside a copy kernel's on this adapter.
+    BenchKernels {
+        #[arg(long)]
+        json: bool,
+        /// Bytes of weights per kernel run.
+        #[arg(long, default_value_t = 32 << 20)]
+        bytes: u64,
+    },
     /// Describe a model file: architecture, hyper-parameters, tensors.
     Inspect {
         /// A .gguf file or a Hugging Face model folder.
@@ -123,6 +131,7 @@ fn main() {
         Cmd::Chat(a) => chat(a),
         Cmd::Bench(a) => bench(a),
         Cmd::Inspect { path } => inspect(&path),
+        Cmd::BenchKernels { json, bytes } => bench_kernels(json, bytes),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
@@ -323,6 +332,20 @@ fn bench(a: BenchArgs) -> Result<()> {
     } else {
         println!("{} on {adapter} ({backend_name})", m.name);
         println!("prefill {p:.1} tok/s ({} tokens), decode {d:.1} tok/s ({} tokens), median of {}", a.prompt_tokens, a.gen_tokens, a.runs);
+    }
+    Ok(())
+}
+
+fn bench_kernels(json: bool, bytes: u64) -> Result<()> {
+    let gpu = baleen::gpu::Gpu::new_blocking()?;
+    let r = baleen::gpu::bench::run(&gpu, bytes)?;
+    if json {
+        println!("{}", serde_json::to_string(&r).map_err(|e| Error::Input(e.to_string()))?);
+    } else {
+        println!("{} — copy {:.2} GB/s", r.adapter["name"].as_str().unwrap_or(""), r.copy_gbps);
+        for k in &r.kernels {
+            println!("  {:<22} {:<22} {:>7.2} GB/s  {:>5.2} of copy", k.name, k.shape, k.gbps, k.fraction_of_copy);
+        }
     }
     Ok(())
 }

@@ -286,3 +286,39 @@ mod tests {
         assert!(err.to_string().contains("34 bytes"), "{err}");
     }
 }
+
+/// Random but valid blocks of `dtype` (finite f16 scales in [-2, 2]), for
+/// kernel tests and benchmarks. Deterministic for a seed.
+pub fn random_blocks(dtype: DType, n_blocks: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let bb = dtype.block_bytes() as usize;
+    let mut out: Vec<u8> = (0..n_blocks * bb).map(|_| next() as u8).collect();
+    let f16_field = |b: &mut [u8], at: usize, r: u64| {
+        let v = f16::from_f32(((r % 4001) as f32 / 1000.0 - 2.0) * 0.5);
+        b[at..at + 2].copy_from_slice(&v.to_le_bytes());
+    };
+    for block in out.chunks_exact_mut(bb) {
+        match dtype {
+            DType::F32 => block.copy_from_slice(&(((next() % 2001) as f32 / 1000.0) - 1.0).to_le_bytes()),
+            DType::F16 => f16_field(block, 0, next()),
+            DType::BF16 => {
+                let v = bf16::from_f32(((next() % 2001) as f32 / 1000.0) - 1.0);
+                block.copy_from_slice(&v.to_le_bytes());
+            }
+            DType::Q4_0 | DType::Q5_0 | DType::Q8_0 => f16_field(block, 0, next()),
+            DType::Q4_1 | DType::Q5_1 | DType::Q4_K | DType::Q5_K => {
+                f16_field(block, 0, next());
+                f16_field(block, 2, next());
+            }
+            DType::Q6_K => f16_field(block, 208, next()),
+            _ => {}
+        }
+    }
+    out
+}

@@ -1,5 +1,6 @@
 // Embedding lookup: out[t] = dequant(W[ids[t]]) for rows held by this chunk.
-// One thread per (token, 32-value sub-block). Constants: WG, BLOCK_WORDS, SUBS.
+// One thread per (token, 32-value sub-block); the chunk's layout (INTERLEAVED
+// or row-major) as the matmul's. Constants: WG, BLOCK_WORDS, SUBS.
 
 struct Step {
     n_tokens: u32,
@@ -23,7 +24,7 @@ struct Params {
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> w: array<u32>;          // [rows, cols / (32 SUBS) · BLOCK_WORDS]
 @group(0) @binding(3) var<storage, read> ids: array<u32>;        // [n_tokens]
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;  // [n_tokens, cols]
+@group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;  // [n_tokens, cols / 4]
 
 #include dequant
 
@@ -39,10 +40,15 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (id < p.row_start || id >= p.row_start + p.rows) {
         return;
     }
-    let row_words = n_sub / SUBS * BLOCK_WORDS;
-    var v: array<f32, 32>;
-    dequant32((id - p.row_start) * row_words + (sb / SUBS) * BLOCK_WORDS, sb % SUBS, &v);
-    for (var i = 0u; i < 32u; i++) {
-        out[t * p.cols + sb * 32u + i] = v[i];
-    }
+    select_row(id - p.row_start, p.rows, n_sub / SUBS * BLOCK_WORDS);
+    let v = dequant32((sb / SUBS) * BLOCK_WORDS, sb % SUBS);
+    let o = t * (p.cols / 4u) + sb * 8u;
+    out[o] = v.v0;
+    out[o + 1u] = v.v1;
+    out[o + 2u] = v.v2;
+    out[o + 3u] = v.v3;
+    out[o + 4u] = v.v4;
+    out[o + 5u] = v.v5;
+    out[o + 6u] = v.v6;
+    out[o + 7u] = v.v7;
 }

@@ -2,7 +2,8 @@
 //
 // W is one row chunk of a weight in its repacked block format (see
 // runtime/src/gpu/weights.rs): every 32 values of a row form a sub-block that
-// `dequant32` expands. The format is a flag (F32 … Q6_K); so is the shape:
+// `dequant32` expands into registers. INTERLEAVED chunks store word k of
+// every row together. The format is a flag (F32 … Q6_K); so is the shape:
 //   ROW_PER_THREAD    one thread computes one row for TILE_T tokens (CPU adapters,
 //                     where barriers and workgroup memory are expensive);
 //   ROW_PER_WORKGROUP WG threads split one row's sub-blocks and reduce (GPUs).
@@ -35,13 +36,19 @@ struct Params {
 @group(0) @binding(0) var<uniform> step: Step;
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> w: array<u32>;        // [rows, cols / (32 SUBS) · BLOCK_WORDS]
-@group(0) @binding(3) var<storage, read> x: array<f32>;        // [n_tokens, x_stride]
+@group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;  // [n_tokens, x_stride / 4]
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;  // [n_tokens, y_stride]
 #if BIAS
 @group(0) @binding(5) var<storage, read> b: array<f32>;        // [all chunks' rows]
 #endif
 
 #include dequant
+
+// Σ w·x over 32 values; x4 indexes x as vec4s.
+fn dot32(r: W32, x4: u32) -> f32 {
+    return dot(r.v0, x[x4]) + dot(r.v1, x[x4 + 1u]) + dot(r.v2, x[x4 + 2u]) + dot(r.v3, x[x4 + 3u])
+        + dot(r.v4, x[x4 + 4u]) + dot(r.v5, x[x4 + 5u]) + dot(r.v6, x[x4 + 6u]) + dot(r.v7, x[x4 + 7u]);
+}
 
 fn tokens() -> vec2<u32> {
     // (first token, count)
@@ -69,7 +76,7 @@ fn store(t: u32, r: u32, value: f32) {
 }
 
 #if ROW_PER_THREAD
-// One thread: one row × TILE_T tokens. Grid: (rows, token tiles).
+// One thread: one row × TILE_T tokens. Grid: (rows / WG, token tiles).
 @compute @workgroup_size(WG)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let r = gid.x;
@@ -80,22 +87,22 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let nt = min(TILE_T, tt.y - t0);
     let n_sub = p.cols / 32u;
-    let row_words = n_sub / SUBS * BLOCK_WORDS;
+    select_row(r, p.rows, n_sub / SUBS * BLOCK_WORDS);
+    // x rows as vec4 indices; acc is indexed only by constants after unrolling.
+    let x0 = (tt.x + t0) * (p.x_stride / 4u);
     var acc: array<f32, TILE_T>;
-    var v: array<f32, 32>;
     for (var sb = 0u; sb < n_sub; sb++) {
-        dequant32(r * row_words + (sb / SUBS) * BLOCK_WORDS, sb % SUBS, &v);
-        for (var j = 0u; j < nt; j++) {
-            let xb = (tt.x + t0 + j) * p.x_stride + sb * 32u;
-            var s = 0.0;
-            for (var i = 0u; i < 32u; i++) {
-                s += v[i] * x[xb + i];
+        let v = dequant32((sb / SUBS) * BLOCK_WORDS, sb % SUBS);
+        for (var j = 0u; j < TILE_T; j++) {
+            if (j < nt) {
+                acc[j] += dot32(v, x0 + j * (p.x_stride / 4u) + sb * 8u);
             }
-            acc[j] += s;
         }
     }
-    for (var j = 0u; j < nt; j++) {
-        store(t0 + j, r, acc[j]);
+    for (var j = 0u; j < TILE_T; j++) {
+        if (j < nt) {
+            store(t0 + j, r, acc[j]);
+        }
     }
 }
 #endif
@@ -115,18 +122,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     let nt = min(TILE_T, tt.y - t0);
     let n_sub = p.cols / 32u;
-    let row_words = n_sub / SUBS * BLOCK_WORDS;
+    select_row(r, p.rows, n_sub / SUBS * BLOCK_WORDS);
+    let x0 = (tt.x + t0) * (p.x_stride / 4u);
     var acc: array<f32, TILE_T>;
-    var v: array<f32, 32>;
     for (var sb = lid; sb < n_sub; sb += WG) {
-        dequant32(r * row_words + (sb / SUBS) * BLOCK_WORDS, sb % SUBS, &v);
-        for (var j = 0u; j < nt; j++) {
-            let xb = (tt.x + t0 + j) * p.x_stride + sb * 32u;
-            var s = 0.0;
-            for (var i = 0u; i < 32u; i++) {
-                s += v[i] * x[xb + i];
+        let v = dequant32((sb / SUBS) * BLOCK_WORDS, sb % SUBS);
+        for (var j = 0u; j < TILE_T; j++) {
+            if (j < nt) {
+                acc[j] += dot32(v, x0 + j * (p.x_stride / 4u) + sb * 8u);
             }
-            acc[j] += s;
         }
     }
     for (var j = 0u; j < nt; j++) {

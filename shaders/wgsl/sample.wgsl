@@ -40,6 +40,12 @@ fn before(v: f32, i: u32, bv: f32, bi: u32) -> bool {
     return bi == NONE || v > bv || (v == bv && i < bi);
 }
 
+// By its bits: WGSL lets compilers assume floats are never NaN, so `v != v` may fold away.
+fn is_nan(v: f32) -> bool {
+    let b = bitcast<u32>(v);
+    return (b & 0x7f800000u) == 0x7f800000u && (b & 0x007fffffu) != 0u;
+}
+
 fn pcg_hash(x: u32) -> u32 {
     let state = x * 747796405u + 2891336453u;
     let word = ((state >> ((state >> 28u) + 4u)) ^ state) * 277803737u;
@@ -68,6 +74,9 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         var bi = NONE;
         for (var i = lid; i < p.vocab; i += WG) {
             let v = logits[i];
+            if (is_nan(v)) {
+                continue;
+            }
             let after_prev = pi == NONE || v < pv || (v == pv && i > pi);
             if (after_prev && before(v, i, bv, bi)) {
                 bv = v;
@@ -99,9 +108,21 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     if (lid != 0u) {
         return;
     }
+    if (cand_i[0] == NONE) {
+        // Every logit was NaN: report an impossible id; the engine turns it into an error.
+        ids[0] = NONE;
+        return;
+    }
     if (k == 1u) {
         ids[0] = cand_i[0];
         return;
+    }
+    // Fewer non-NaN logits than k: sample among those found.
+    for (var i = 1u; i < k; i++) {
+        if (cand_i[i] == NONE) {
+            k = i;
+            break;
+        }
     }
     // Softmax over the candidates with temperature (as the CPU sampler).
     var probs: array<f32, MAX_CAND>;

@@ -48,6 +48,8 @@ impl GpuModel {
         if cfg.head_dim as u32 > shape::MAX_HEAD_DIM {
             return Err(Error::Unsupported(format!("head dim {} (the GPU kernels hold up to {})", cfg.head_dim, shape::MAX_HEAD_DIM)));
         }
+        let shape = opts.shape.unwrap_or(gpu.shape);
+        let interleaved = shape == super::MatmulShape::RowPerThread;
         let max_binding = opts.max_binding.unwrap_or(gpu.max_binding()).min(gpu.max_binding());
         let context = cfg.context_length.min(opts.max_context.max(1));
         let max_splits = context.div_ceil(shape::ATTENTION_SPLIT as usize);
@@ -101,7 +103,7 @@ impl GpuModel {
             if (r, c) != (rows as u64, cols as u64) {
                 return Err(Error::Config(format!("tensor {name:?} has shape {:?}; expected [{rows}, {cols}]", t.shape)));
             }
-            weights.push(GpuMatrix::load(&gpu, index, t, max_binding)?);
+            weights.push(GpuMatrix::load(&gpu, index, t, max_binding, interleaved)?);
             Ok(weights.len() - 1)
         };
 
@@ -148,7 +150,7 @@ impl GpuModel {
         let output = if cfg.tie_embeddings { embd } else { matrix(names::global(kind, Global::Output), vocab, h)? };
 
         // ---- the graph
-        let ctx = Ctx { gpu: &gpu, step: &step };
+        let ctx = Ctx { gpu: &gpu, step: &step, shape };
         let w = |i: usize| &weights[i];
         let mut body = ctx.embed(w(embd), &ids, &x)?;
         for (i, l) in layers.iter().enumerate() {
@@ -259,7 +261,11 @@ impl GpuModel {
 
     fn read_token(&self) -> Result<u32> {
         let bytes = self.gpu.read(&self.ids, 0, 4)?;
-        Ok(u32::from_le_bytes(bytes[..4].try_into().unwrap()))
+        let id = u32::from_le_bytes(bytes[..4].try_into().unwrap());
+        if id as usize >= self.cfg.vocab {
+            return Err(Error::Gpu("the model produced only NaN logits (numerical failure on this GPU)".into()));
+        }
+        Ok(id)
     }
 }
 

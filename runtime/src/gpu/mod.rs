@@ -10,6 +10,8 @@
 //!   (pipeline + bind group, made once) that a pass encodes.
 //! - [`dense`]: the llama/qwen2 graph as a list of ops, and the [`Backend`](crate::engine::Backend).
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod bench;
 pub mod dense;
 pub mod ops;
 pub mod weights;

@@ -11,6 +11,7 @@ use baleen_shaders::shape;
 pub struct Ctx<'a> {
     pub gpu: &'a Gpu,
     pub step: &'a wgpu::Buffer,
+    pub shape: super::MatmulShape,
 }
 
 fn words(v: &[u32]) -> Vec<u8> {
@@ -58,15 +59,17 @@ impl Ctx<'_> {
         single: bool,
         y_at_pos: bool,
     ) -> Result<Vec<Op>> {
-        let shape_flag = self.gpu.shape.flag();
-        let mut flags = vec![format_flag(w.dtype)?, shape_flag];
+        let mut flags = vec![format_flag(w.dtype)?, self.shape.flag()];
+        if w.interleaved {
+            flags.push("INTERLEAVED");
+        }
         if bias.is_some() {
             flags.push("BIAS");
         }
         if acc {
             flags.push("ACC");
         }
-        let wg = match self.gpu.shape {
+        let wg = match self.shape {
             super::MatmulShape::RowPerThread => shape::MATMUL_WG_THREAD,
             super::MatmulShape::RowPerWorkgroup => 1,
         };
@@ -89,7 +92,10 @@ impl Ctx<'_> {
 
     /// `out[t] = W[ids[t]]`, one op per row chunk of the embedding.
     pub fn embed(&self, w: &GpuMatrix, ids: &wgpu::Buffer, out: &wgpu::Buffer) -> Result<Vec<Op>> {
-        let flags = vec![format_flag(w.dtype)?];
+        let mut flags = vec![format_flag(w.dtype)?];
+        if w.interleaved {
+            flags.push("INTERLEAVED");
+        }
         w.chunks
             .iter()
             .map(|c| {

@@ -50,10 +50,25 @@ pub fn repack(dtype: DType, bytes: &[u8]) -> Vec<u8> {
     out
 }
 
+/// `[rows, words]` u32 words → `[words, rows]`: word k of every row together.
+pub fn interleave(packed: &[u8], rows: usize) -> Vec<u8> {
+    let words: &[u32] = &bytemuck::cast_slice::<u8, u32>(packed);
+    let per_row = words.len() / rows;
+    let mut out = vec![0u32; words.len()];
+    for r in 0..rows {
+        for k in 0..per_row {
+            out[k * rows + r] = words[r * per_row + k];
+        }
+    }
+    bytemuck::cast_slice(&out).to_vec()
+}
+
 /// A weight matrix `[rows, cols]` on the GPU, in row chunks.
 pub struct GpuMatrix {
     pub name: String,
     pub dtype: DType,
+    /// Word k of every row of a chunk stored together (for thread-per-row kernels).
+    pub interleaved: bool,
     pub rows: u32,
     pub cols: u32,
     pub chunks: Vec<Chunk>,
@@ -80,7 +95,17 @@ pub fn rows_per_chunk(dtype: DType, cols: u64, max_binding: u64) -> Result<u64> 
 
 impl GpuMatrix {
     /// Upload raw file bytes (whole rows) of a `[rows, cols]` matrix.
-    pub fn from_bytes(gpu: &Gpu, name: &str, dtype: DType, rows: u64, cols: u64, bytes: &[u8], max_binding: u64) -> Result<Self> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_bytes(
+        gpu: &Gpu,
+        name: &str,
+        dtype: DType,
+        rows: u64,
+        cols: u64,
+        bytes: &[u8],
+        max_binding: u64,
+        interleaved: bool,
+    ) -> Result<Self> {
         format_flag(dtype)?;
         if cols % 32 != 0 || cols % dtype.block_size() != 0 {
             return Err(Error::Unsupported(format!(
@@ -98,18 +123,22 @@ impl GpuMatrix {
         while r < rows {
             let n = per.min(rows - r);
             let part = &bytes[r as usize * file_row..(r + n) as usize * file_row];
-            let buffer = gpu.storage_init(&format!("{name}[{r}..{}]", r + n), &repack(dtype, part))?;
+            let mut packed = repack(dtype, part);
+            if interleaved {
+                packed = interleave(&packed, n as usize);
+            }
+            let buffer = gpu.storage_init(&format!("{name}[{r}..{}]", r + n), &packed)?;
             chunks.push(Chunk { buffer, row_start: r as u32, rows: n as u32 });
             r += n;
         }
-        Ok(GpuMatrix { name: name.into(), dtype, rows: rows as u32, cols: cols as u32, chunks })
+        Ok(GpuMatrix { name: name.into(), dtype, interleaved, rows: rows as u32, cols: cols as u32, chunks })
     }
 
     /// Read a tensor from the model files and upload it.
-    pub fn load(gpu: &Gpu, index: &TensorIndex, t: &TensorInfo, max_binding: u64) -> Result<Self> {
+    pub fn load(gpu: &Gpu, index: &TensorIndex, t: &TensorInfo, max_binding: u64, interleaved: bool) -> Result<Self> {
         t.dtype.check_supported(&format!("tensor {:?}", t.name))?;
         let (rows, cols) = t.rows_cols();
         let bytes = index.read(t)?;
-        Self::from_bytes(gpu, &t.name, t.dtype, rows, cols, &bytes, max_binding)
+        Self::from_bytes(gpu, &t.name, t.dtype, rows, cols, &bytes, max_binding, interleaved)
     }
 }

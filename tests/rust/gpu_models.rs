@@ -1,0 +1,104 @@
+//! The GPU backend on real models: the tiny llama/qwen2 fixtures against
+//! transformers (1e-3), both matrix kernel shapes, chunked prefill, row-split
+//! tensors; SmolLM2 Q4_1 against transformers (RMS 1e-2, greedy tokens).
+
+mod common;
+use baleen::engine::{generate, Backend, GenerateParams};
+use baleen::gpu::dense::GpuModel;
+use baleen::gpu::{Gpu, GpuOptions, MatmulShape};
+use baleen::model::ModelFiles;
+use baleen::sample::SamplingParams;
+use std::sync::Arc;
+
+const TINY_TOL: f32 = 1e-3;
+
+fn gpu() -> Arc<Gpu> {
+    Arc::new(Gpu::new_blocking().expect("a wgpu adapter (install mesa-vulkan-drivers for lavapipe)"))
+}
+
+#[test]
+fn tiny_models_match_transformers_on_both_kernel_shapes() {
+    let gpu = gpu();
+    for name in ["tiny-llama", "tiny-qwen2"] {
+        let fx = common::json(&format!("{name}/expected.json"));
+        let m = ModelFiles::open(&common::fixture(name)).unwrap();
+        let ids = common::u32s(&fx["prompt_ids"]);
+        let want_greedy = common::u32s(&fx["greedy_ids"]);
+        for shape in [MatmulShape::RowPerThread, MatmulShape::RowPerWorkgroup] {
+            let opts = GpuOptions { shape: Some(shape), max_pass_tokens: 5, ..Default::default() };
+            let mut g = GpuModel::load(gpu.clone(), &m, &opts).unwrap();
+            // Every position, through the decode path.
+            let all = g.forward(&ids, true).unwrap();
+            let vocab = m.config.vocab;
+            let mut worst = 0f32;
+            for (pos, want) in fx["logits"].as_array().unwrap().iter().enumerate() {
+                let d = common::max_abs_diff(&all[pos * vocab..(pos + 1) * vocab], &common::f32s(want));
+                assert!(d <= TINY_TOL, "{name} {shape:?} position {pos}: max |Δ| {d}");
+                worst = worst.max(d);
+            }
+            // The prompt as a prefill in chunks of 5, then greedy decoding.
+            g.truncate(0);
+            let params = GenerateParams { max_tokens: want_greedy.len(), sampling: SamplingParams::default(), stop_ids: vec![] };
+            let gen = generate(&mut g, &ids, &params, |_| true).unwrap();
+            let last = common::f32s(fx["logits"].as_array().unwrap().last().unwrap());
+            let d = common::max_abs_diff(&gen.prompt_logits, &last);
+            assert!(d <= TINY_TOL, "{name} {shape:?} prefill: max |Δ| {d}");
+            assert_eq!(gen.tokens, want_greedy, "{name} {shape:?} greedy");
+            eprintln!("{name} {shape:?}: max |Δlogit| {worst:e} (decode path), {d:e} (chunked prefill)");
+        }
+    }
+}
+
+#[test]
+fn tensors_over_the_binding_limit_are_split_into_row_chunks() {
+    let gpu = gpu();
+    let m = ModelFiles::open(&common::fixture("tiny-qwen2")).unwrap();
+    let fx = common::json("tiny-qwen2/expected.json");
+    // 8 KiB bindings: the 384 × 64 f32 embedding (tied LM head, 96 KiB) becomes
+    // 12 chunks, the 128 × 64 MLP matrices 4 each.
+    let opts = GpuOptions { max_binding: Some(8 << 10), ..Default::default() };
+    let mut g = GpuModel::load(gpu, &m, &opts).unwrap();
+    let ids = common::u32s(&fx["prompt_ids"]);
+    let logits = g.forward(&ids, false).unwrap();
+    let want = common::f32s(fx["logits"].as_array().unwrap().last().unwrap());
+    assert!(common::max_abs_diff(&logits, &want) <= TINY_TOL);
+}
+
+#[test]
+fn gpu_errors_are_clear() {
+    let gpu = gpu();
+    let m = ModelFiles::open(&common::fixture("tiny-llama")).unwrap();
+    let mut g = GpuModel::load(gpu, &m, &GpuOptions { max_context: 16, ..Default::default() }).unwrap();
+    let e = g.forward(&[100_000], false).unwrap_err().to_string();
+    assert!(e.contains("outside the vocabulary"), "{e}");
+    let e = g.forward(&[1; 17], false).unwrap_err().to_string();
+    assert!(e.contains("do not fit the context of 16"), "{e}");
+    assert_eq!(g.context_length(), 16);
+}
+
+#[test]
+fn smollm2_matches_transformers() {
+    let gpu = gpu();
+    let m = ModelFiles::open(&common::smollm2()).unwrap();
+    let fx = common::json("smollm2/expected.json");
+    let mut g = GpuModel::load(gpu, &m, &GpuOptions::default()).unwrap();
+    for p in fx["prompts"].as_array().unwrap() {
+        g.truncate(0);
+        let ids = common::u32s(&p["prompt_ids"]);
+        let params = GenerateParams { max_tokens: 32, sampling: SamplingParams::default(), stop_ids: vec![] };
+        let gen = generate(&mut g, &ids, &params, |_| true).unwrap();
+        let b = std::fs::read(common::fixture(&format!("smollm2/{}", p["logits_file"].as_str().unwrap()))).unwrap();
+        let want: Vec<f32> = b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let rms = common::rms_diff(&gen.prompt_logits, &want);
+        assert!(rms <= 1e-2, "logits RMS {rms}");
+        // Greedy tokens agree wherever transformers' top-2 margin is clear of
+        // float noise: we require ≥ 0.01 (the issue asks for ≥ 0.1), up to
+        // the first step below it (past that either choice is right).
+        let want_ids = common::u32s(&p["greedy_ids"]);
+        let margins = common::f32s(&p["greedy_margins"]);
+        let sure = margins.iter().take_while(|&&m| m >= 0.01).count().min(gen.tokens.len());
+        assert_eq!(gen.tokens.len(), 32);
+        assert_eq!(gen.tokens[..sure], want_ids[..sure], "greedy tokens");
+        eprintln!("{}: RMS {rms:e}; {sure} of 32 tokens checked", p["logits_file"]);
+    }
+}

@@ -1,0 +1,353 @@
+//! Every WGSL kernel against the plain-Rust reference, on whatever adapter
+//! wgpu finds (Mesa lavapipe here and in CI), on shapes that straddle the
+//! workgroup and tile sizes, for both matrix kernel shapes, with NaN/Inf inputs.
+
+mod common;
+use baleen::config::RopePairing;
+use baleen::gpu::ops::Ctx;
+use baleen::gpu::weights::GpuMatrix;
+use baleen::gpu::{Gpu, MatmulShape, Op, Step};
+use baleen::quant::{dequantize, random_blocks, DType};
+use baleen::reference;
+use baleen::sample::{self, SamplingParams};
+
+const FORMATS: [DType; 11] = [
+    DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1,
+    DType::Q5_0, DType::Q5_1, DType::Q4_K, DType::Q5_K, DType::Q6_K,
+];
+const SHAPES: [MatmulShape; 2] = [MatmulShape::RowPerThread, MatmulShape::RowPerWorkgroup];
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn f32(&mut self) -> f32 {
+        (self.next() % 20001) as f32 / 10000.0 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f32()).collect()
+    }
+}
+
+fn gpu() -> Gpu {
+    Gpu::new_blocking().expect("a wgpu adapter (install mesa-vulkan-drivers for lavapipe)")
+}
+
+fn upload(gpu: &Gpu, name: &str, v: &[f32]) -> wgpu::Buffer {
+    gpu.storage_init(name, bytemuck::cast_slice(v)).unwrap()
+}
+
+fn download(gpu: &Gpu, b: &wgpu::Buffer, n: usize) -> Vec<f32> {
+    bytemuck::cast_slice(&gpu.read(b, 0, n as u64 * 4).unwrap()).to_vec()
+}
+
+fn run(gpu: &Gpu, step_buf: &wgpu::Buffer, step: Step, ops: &[Op]) {
+    let refs: Vec<&Op> = ops.iter().collect();
+    gpu.run(step_buf, &step, &refs).unwrap();
+}
+
+fn step(n: u32, pos: u32) -> Step {
+    Step { n_tokens: n, pos, ..Default::default() }
+}
+
+/// Dequantised rows of random blocks.
+fn random_matrix(dtype: DType, rows: usize, cols: usize, seed: u64) -> (Vec<u8>, Vec<f32>) {
+    let bytes = random_blocks(dtype, rows * cols / dtype.block_size() as usize, seed);
+    let mut w = vec![0f32; rows * cols];
+    dequantize(dtype, &bytes, &mut w).unwrap();
+    (bytes, w)
+}
+
+struct MatmulCase {
+    dtype: DType,
+    shape: MatmulShape,
+    rows: usize,
+    cols: usize,
+    n: usize,
+    bias: bool,
+    acc: bool,
+    max_binding: Option<u64>,
+}
+
+fn check_matmul(gpu: &Gpu, c: &MatmulCase, seed: u64) {
+    let mut rng = Rng(seed);
+    let (bytes, w) = random_matrix(c.dtype, c.rows, c.cols, seed);
+    let x = rng.vec(c.n * c.cols);
+    let b = rng.vec(c.rows);
+    let y0 = rng.vec(c.n * c.rows);
+    let interleaved = c.shape == MatmulShape::RowPerThread;
+    let mb = c.max_binding.unwrap_or(gpu.max_binding());
+    let m = GpuMatrix::from_bytes(gpu, "w", c.dtype, c.rows as u64, c.cols as u64, &bytes, mb, interleaved).unwrap();
+    if c.max_binding.is_some() {
+        assert!(m.chunks.len() > 1, "the binding limit should split the matrix");
+    }
+    let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
+    let ctx = Ctx { gpu, step: &step_buf, shape: c.shape };
+    let (xb, yb, bb) = (upload(gpu, "x", &x), upload(gpu, "y", &y0), upload(gpu, "b", &b));
+    let ops = ctx
+        .matmul(&m, &xb, c.cols as u32, &yb, c.rows as u32, c.bias.then_some(&bb), c.acc, false, false)
+        .unwrap();
+    run(gpu, &step_buf, step(c.n as u32, 0), &ops);
+    let got = download(gpu, &yb, c.n * c.rows);
+    for t in 0..c.n {
+        for r in 0..c.rows {
+            let row = &w[r * c.cols..(r + 1) * c.cols];
+            let xt = &x[t * c.cols..(t + 1) * c.cols];
+            let mut want: f64 = row.iter().zip(xt).map(|(a, b)| *a as f64 * *b as f64).sum();
+            let scale: f64 = row.iter().zip(xt).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+            if c.bias {
+                want += b[r] as f64;
+            }
+            if c.acc {
+                want += y0[t * c.rows + r] as f64;
+            }
+            let g = got[t * c.rows + r] as f64;
+            assert!(
+                (g - want).abs() <= 1e-5 * scale + 1e-5 * want.abs() + 1e-6,
+                "{:?} {:?} {}x{} n={} bias={} acc={}: y[{t},{r}] = {g}, want {want}",
+                c.dtype, c.shape, c.rows, c.cols, c.n, c.bias, c.acc
+            );
+        }
+    }
+}
+
+#[test]
+fn matmul_every_format_both_shapes() {
+    let gpu = gpu();
+    for (i, &dtype) in FORMATS.iter().enumerate() {
+        // K-quants need whole 256-value blocks; others straddle sub-blocks.
+        let cols = if dtype.block_size() == 256 { 512 } else { 96 };
+        for shape in SHAPES {
+            // Rows straddle the 64-thread workgroup; tokens straddle the 8-token tile.
+            for (rows, n) in [(1, 1), (65, 1), (130, 9)] {
+                let c = MatmulCase { dtype, shape, rows, cols, n, bias: false, acc: false, max_binding: None };
+                check_matmul(&gpu, &c, 100 + i as u64);
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_bias_accumulate_and_row_chunks() {
+    let gpu = gpu();
+    for shape in SHAPES {
+        for dtype in [DType::Q4_1, DType::Q6_K, DType::F32] {
+            let cols = if dtype.block_size() == 256 { 256 } else { 64 };
+            let c = MatmulCase { dtype, shape, rows: 70, cols, n: 3, bias: true, acc: true, max_binding: None };
+            check_matmul(&gpu, &c, 7);
+            // A binding limit of ~20 rows: four chunks, each its own dispatch.
+            let row = baleen::gpu::weights::repacked_row_bytes(dtype, cols as u64);
+            let c = MatmulCase { max_binding: Some(row * 20), ..c };
+            check_matmul(&gpu, &c, 8);
+        }
+    }
+}
+
+#[test]
+fn matmul_propagates_nan_and_inf() {
+    let gpu = gpu();
+    for shape in SHAPES {
+        let (rows, cols) = (8, 64);
+        let (bytes, _) = random_matrix(DType::F32, rows, cols, 3);
+        let interleaved = shape == MatmulShape::RowPerThread;
+        let m = GpuMatrix::from_bytes(&gpu, "w", DType::F32, rows as u64, cols as u64, &bytes, gpu.max_binding(), interleaved).unwrap();
+        let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
+        let ctx = Ctx { gpu: &gpu, step: &step_buf, shape };
+        let mut x = Rng(5).vec(2 * cols);
+        x[3] = f32::NAN; // token 0
+        x[cols + 7] = f32::INFINITY; // token 1
+        let (xb, yb) = (upload(&gpu, "x", &x), gpu.storage("y", (2 * rows * 4) as u64).unwrap());
+        let ops = ctx.matmul(&m, &xb, cols as u32, &yb, rows as u32, None, false, false, false).unwrap();
+        run(&gpu, &step_buf, step(2, 0), &ops);
+        let y = download(&gpu, &yb, 2 * rows);
+        assert!(y.iter().all(|v| !v.is_finite()), "{shape:?}: a NaN or ∞ input must not come out finite: {y:?}");
+    }
+}
+
+#[test]
+fn embedding_rows_across_chunks() {
+    let gpu = gpu();
+    for (i, &dtype) in FORMATS.iter().enumerate() {
+        let cols = if dtype.block_size() == 256 { 256 } else { 64 };
+        let rows = 50;
+        let (bytes, w) = random_matrix(dtype, rows, cols, 40 + i as u64);
+        for interleaved in [false, true] {
+            let row = baleen::gpu::weights::repacked_row_bytes(dtype, cols as u64);
+            let m = GpuMatrix::from_bytes(&gpu, "embd", dtype, rows as u64, cols as u64, &bytes, row * 16, interleaved).unwrap();
+            assert_eq!(m.chunks.len(), 4);
+            let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
+            let ctx = Ctx { gpu: &gpu, step: &step_buf, shape: MatmulShape::RowPerThread };
+            let ids: Vec<u32> = vec![0, 15, 16, 49, 31, 32, 7];
+            let idb = gpu.storage_init("ids", bytemuck::cast_slice(&ids)).unwrap();
+            let out = gpu.storage("out", (ids.len() * cols * 4) as u64).unwrap();
+            run(&gpu, &step_buf, step(ids.len() as u32, 0), &ctx.embed(&m, &idb, &out).unwrap());
+            let got = download(&gpu, &out, ids.len() * cols);
+            for (t, &id) in ids.iter().enumerate() {
+                let want = &w[id as usize * cols..(id as usize + 1) * cols];
+                let g = &got[t * cols..(t + 1) * cols];
+                assert!(common::max_abs_diff(g, want) <= 1e-6 * want.iter().fold(1f32, |a, v| a.max(v.abs())), "{dtype:?} id {id}");
+            }
+        }
+    }
+}
+
+#[test]
+fn rms_norm_all_rows_and_last_only() {
+    let gpu = gpu();
+    let mut rng = Rng(11);
+    for (n, cols) in [(1usize, 64usize), (5, 576), (70, 96)] {
+        let x = rng.vec(n * cols);
+        let w = rng.vec(cols);
+        let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
+        let ctx = Ctx { gpu: &gpu, step: &step_buf, shape: gpu.shape };
+        let (xb, wb) = (upload(&gpu, "x", &x), upload(&gpu, "w", &w));
+        let out = gpu.storage("out", (n * cols * 4) as u64).unwrap();
+        let mut want = x.clone();
+        want.chunks_exact_mut(cols).for_each(|r| reference::rms_norm(r, &w, 1e-5));
+        run(&gpu, &step_buf, step(n as u32, 0), &[ctx.rms_norm("n", &xb, &wb, &out, cols as u32, 1e-5, false).unwrap()]);
+        assert!(common::max_abs_diff(&download(&gpu, &out, n * cols), &want) < 1e-5);
+        let last = gpu.storage("last", (cols * 4) as u64).unwrap();
+        run(&gpu, &step_buf, step(n as u32, 0), &[ctx.rms_norm("n", &xb, &wb, &last, cols as u32, 1e-5, true).unwrap()]);
+        assert!(common::max_abs_diff(&download(&gpu, &last, cols), &want[(n - 1) * cols..]) < 1e-5);
+    }
+}
+
+#[test]
+fn rope_both_pairings_at_offsets() {
+    let gpu = gpu();
+    let mut rng = Rng(12);
+    for pairing in [RopePairing::Halves, RopePairing::Adjacent] {
+        for (n, pos, hd, nq, nk) in [(1usize, 0usize, 16usize, 4usize, 2usize), (7, 300, 64, 9, 3)] {
+            let inv: Vec<f32> = (0..hd / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / hd as f32)).collect();
+            let q = rng.vec(n * nq * hd);
+            // k as KV-cache rows: tokens land at pos..pos+n.
+            let k = rng.vec((pos + n) * nk * hd);
+            let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
+            let ctx = Ctx { gpu: &gpu, step: &step_buf, shape: gpu.shape };
+            let (ib, qb, kb) = (upload(&gpu, "inv", &inv), upload(&gpu, "q", &q), upload(&gpu, "k", &k));
+            let op = ctx.rope("rope", pairing, &ib, &qb, &kb, hd as u32, nq as u32, nk as u32, true).unwrap();
+            run(&gpu, &step_buf, step(n as u32, pos as u32), &[op]);
+            let (mut wq, mut wk) = (q.clone(), k.clone());
+            for t in 0..n {
+                wq[t * nq * hd..(t + 1) * nq * hd].chunks_exact_mut(hd).for_each(|h| reference::rope(h, pos + t, &inv, pairing));
+                let r = pos + t;
+                wk[r * nk * hd..(r + 1) * nk * hd].chunks_exact_mut(hd).for_each(|h| reference::rope(h, pos + t, &inv, pairing));
+            }
+            // Angles up to ~300 rad: f32 sin/cos of the same f32 angle.
+            assert!(common::max_abs_diff(&download(&gpu, &qb, q.len()), &wq) < 2e-5, "{pairing:?} q");
+            assert!(common::max_abs_diff(&download(&gpu, &kb, k.len()), &wk) < 2e-5, "{pairing:?} k");
+        }
+    }
+}
+
+#[test]
+fn attention_causal_gqa_across_splits() {
+    let gpu = gpu();
+    let mut rng = Rng(13);
+    let split = baleen_shaders::shape::ATTENTION_SPLIT as usize;
+    for (n, pos, h, kvh, hd) in [(1usize, 0usize, 4usize, 2usize, 16usize), (1, 2 * split + 5, 9, 3, 64), (6, split - 3, 4, 1, 32)] {
+        let ctx_len = pos + n;
+        let max_splits = ctx_len.div_ceil(split) + 1;
+        let q = rng.vec(n * h * hd);
+        let k = rng.vec(ctx_len * kvh * hd);
+        let v = rng.vec(ctx_len * kvh * hd);
+        let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
+        let ctx = Ctx { gpu: &gpu, step: &step_buf, shape: gpu.shape };
+        let (qb, kb, vb) = (upload(&gpu, "q", &q), upload(&gpu, "k", &k), upload(&gpu, "v", &v));
+        let ml = gpu.storage("ml", (n * h * max_splits * 8) as u64).unwrap();
+        let po = gpu.storage("po", (n * h * max_splits * hd * 4) as u64).unwrap();
+        let out = gpu.storage("out", (n * h * hd * 4) as u64).unwrap();
+        let ops = ctx.attention("attn", &qb, &kb, &vb, &ml, &po, &out, h as u32, kvh as u32, hd as u32, max_splits as u32).unwrap();
+        run(&gpu, &step_buf, step(n as u32, pos as u32), &ops);
+        let got = download(&gpu, &out, n * h * hd);
+        let scale = 1.0 / (hd as f32).sqrt();
+        for t in 0..n {
+            for head in 0..h {
+                let kv = head / (h / kvh);
+                let qh = &q[(t * h + head) * hd..][..hd];
+                let mut s: Vec<f32> =
+                    (0..=pos + t).map(|p| reference::dot(qh, &k[(p * kvh + kv) * hd..][..hd]) * scale).collect();
+                reference::softmax(&mut s);
+                for d in 0..hd {
+                    let want: f32 = s.iter().enumerate().map(|(p, a)| a * v[(p * kvh + kv) * hd + d]).sum();
+                    let g = got[(t * h + head) * hd + d];
+                    assert!((g - want).abs() < 1e-5, "n={n} pos={pos} t={t} head={head} d={d}: {g} vs {want}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn swiglu_matches() {
+    let gpu = gpu();
+    let mut rng = Rng(14);
+    let (n, cols) = (3, 1000);
+    let mut g = rng.vec(n * cols);
+    g[0] = -100.0; // e^100 would overflow: the kernel clamps
+    g[1] = 100.0;
+    let u = rng.vec(n * cols);
+    let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
+    let ctx = Ctx { gpu: &gpu, step: &step_buf, shape: gpu.shape };
+    let (gb, ub) = (upload(&gpu, "g", &g), upload(&gpu, "u", &u));
+    let out = gpu.storage("out", (n * cols * 4) as u64).unwrap();
+    run(&gpu, &step_buf, step(n as u32, 0), &[ctx.swiglu("s", &gb, &ub, &out, cols as u32).unwrap()]);
+    let want: Vec<f32> = g.iter().zip(&u).map(|(g, u)| reference::silu(*g) * u).collect();
+    let got = download(&gpu, &out, n * cols);
+    assert!(got.iter().all(|v| v.is_finite()));
+    assert!(common::max_abs_diff(&got, &want) < 1e-5);
+}
+
+fn gpu_sample(gpu: &Gpu, logits: &[f32], p: &SamplingParams, draw: u32) -> u32 {
+    let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
+    let ctx = Ctx { gpu, step: &step_buf, shape: gpu.shape };
+    let lb = upload(gpu, "logits", logits);
+    let ids = gpu.storage("ids", 4).unwrap();
+    let st = Step {
+        n_tokens: 1,
+        seed_lo: p.seed as u32,
+        seed_hi: (p.seed >> 32) as u32,
+        draw,
+        top_k: p.top_k as u32,
+        temperature: p.temperature,
+        top_p: p.top_p,
+        ..Default::default()
+    };
+    run(gpu, &step_buf, st, &[ctx.sample(&lb, &ids, logits.len() as u32).unwrap()]);
+    u32::from_le_bytes(gpu.read(&ids, 0, 4).unwrap()[..4].try_into().unwrap())
+}
+
+#[test]
+fn sampling_on_the_gpu_equals_the_cpu_sampler() {
+    let gpu = gpu();
+    let mut rng = Rng(15);
+    // Greedy: argmax, first index on ties, NaNs skipped.
+    for vocab in [1usize, 255, 257, 49152] {
+        let mut l: Vec<f32> = rng.vec(vocab).iter().map(|v| v * 10.0).collect();
+        if vocab > 300 {
+            l[100] = 50.0;
+            l[200] = 50.0; // a tie: the lower id wins
+            l[7] = f32::NAN;
+        }
+        let want = sample::argmax(&l).unwrap() as u32;
+        assert_eq!(gpu_sample(&gpu, &l, &SamplingParams::default(), 0), want, "vocab {vocab}");
+    }
+    // Temperature, top-k, top-p: the same token for the same seed and draw.
+    let l: Vec<f32> = rng.vec(3000).iter().map(|v| v * 4.0).collect();
+    let cases = [
+        SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 1 },
+        SamplingParams { temperature: 0.7, top_k: 40, top_p: 0.95, seed: 2 },
+        SamplingParams { temperature: 1.3, top_k: 5, top_p: 1.0, seed: 3 },
+        SamplingParams { temperature: 0.8, top_k: 0, top_p: 0.5, seed: u64::MAX - 5 },
+    ];
+    for p in cases {
+        for draw in 0..12 {
+            let want = sample::sample(&l, &p, draw).unwrap();
+            assert_eq!(gpu_sample(&gpu, &l, &p, draw), want, "{p:?} draw {draw}");
+        }
+    }
+}
