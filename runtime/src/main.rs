@@ -40,6 +40,9 @@ enum Cmd {
         /// Bytes of weights per kernel run.
         #[arg(long, default_value_t = 32 << 20)]
         bytes: u64,
+        /// Only these weight formats (comma-separated, e.g. Q4_1,Q8_0).
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Describe a model file: architecture, hyper-parameters, tensors.
     Inspect {
@@ -131,7 +134,7 @@ fn main() {
         Cmd::Chat(a) => chat(a),
         Cmd::Bench(a) => bench(a),
         Cmd::Inspect { path } => inspect(&path),
-        Cmd::BenchKernels { json, bytes } => bench_kernels(json, bytes),
+        Cmd::BenchKernels { json, bytes, only } => bench_kernels(json, bytes, only.as_deref()),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
@@ -336,9 +339,9 @@ fn bench(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn bench_kernels(json: bool, bytes: u64) -> Result<()> {
+fn bench_kernels(json: bool, bytes: u64, only: Option<&str>) -> Result<()> {
     let gpu = baleen::gpu::Gpu::new_blocking()?;
-    let r = baleen::gpu::bench::run(&gpu, bytes)?;
+    let r = baleen::gpu::bench::run(&gpu, bytes, only)?;
     if json {
         println!("{}", serde_json::to_string(&r).map_err(|e| Error::Input(e.to_string()))?);
     } else {

@@ -75,25 +75,42 @@ pub mod shape {
     pub const COPY_WG: u32 = 64;
 }
 
-/// (u32 words per block, 32-value sub-blocks per block) of a repacked weight format.
-pub fn block_words(format: &str) -> Option<(u32, u32)> {
-    Some(match format {
-        "F32" => (32, 1),
-        "F16" | "BF16" => (16, 1),
-        "Q8_0" => (9, 1),
-        "Q4_0" | "Q4_1" => (5, 1),
-        "Q5_0" | "Q5_1" => (6, 1),
-        "Q4_K" => (36, 8),
-        "Q5_K" => (44, 8),
-        "Q6_K" => (53, 8),
+/// How a weight format lies in GPU memory (runtime/src/gpu/weights.rs writes
+/// it, shaders/wgsl/dequant.wgsl reads it): per block of `block_values`, `quads`
+/// 16-byte quads in the quant plane and `scale_words` u32s in the scale plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockLayout {
+    pub block_values: u32,
+    pub quads: u32,
+    pub scale_words: u32,
+}
+
+impl BlockLayout {
+    /// 32-value sub-blocks per block.
+    pub fn subs(&self) -> u32 {
+        self.block_values / 32
+    }
+}
+
+pub fn block_layout(format: &str) -> Option<BlockLayout> {
+    let (block_values, quads, scale_words) = match format {
+        "F32" => (32, 8, 0),
+        "F16" | "BF16" => (32, 4, 0),
+        "Q8_0" => (32, 2, 1),
+        "Q4_0" | "Q4_1" => (32, 1, 1),
+        "Q5_0" | "Q5_1" => (32, 1, 2),
+        "Q4_K" => (256, 9, 0),
+        "Q5_K" => (256, 11, 0),
+        "Q6_K" => (256, 13, 1),
         _ => return None,
-    })
+    };
+    Some(BlockLayout { block_values, quads, scale_words })
 }
 
 /// The constants a variant needs, from [`shape`] and the weight format.
 pub fn consts(family: &Family, flags: &[&str]) -> Vec<Const> {
     use shape::*;
-    let format = flags.iter().find_map(|f| block_words(f));
+    let format = flags.iter().find_map(|f| block_layout(f));
     let mut c = Vec::new();
     let wg = match family.name {
         "matmul" if flags.contains(&"ROW_PER_WORKGROUP") => MATMUL_WG_GROUP,
@@ -104,9 +121,10 @@ pub fn consts(family: &Family, flags: &[&str]) -> Vec<Const> {
         _ => ELEMENTWISE_WG,
     };
     c.push(Const::U32("WG", wg));
-    if let Some((words, subs)) = format {
-        c.push(Const::U32("BLOCK_WORDS", words));
-        c.push(Const::U32("SUBS", subs));
+    if let Some(l) = format {
+        c.push(Const::U32("QUADS", l.quads));
+        c.push(Const::U32("SCALE_WORDS", l.scale_words));
+        c.push(Const::U32("SUBS", l.subs()));
     }
     match family.name {
         "matmul" => c.push(Const::U32("TILE_T", TILE_T)),
@@ -253,7 +271,7 @@ mod tests {
     fn shape_constants_reach_the_source() {
         let src = specialise(&MATMUL, &["Q4_K", "ROW_PER_THREAD"], &consts(&MATMUL, &["Q4_K", "ROW_PER_THREAD"])).unwrap();
         assert!(src.contains("const TILE_T: u32 = 8u;"));
-        assert!(src.contains("const BLOCK_WORDS: u32 = 36u;"));
+        assert!(src.contains("const QUADS: u32 = 9u;"));
         assert!(!src.contains("#if"));
     }
 }

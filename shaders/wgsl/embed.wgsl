@@ -1,6 +1,6 @@
 // Embedding lookup: out[t] = dequant(W[ids[t]]) for rows held by this chunk.
 // One thread per (token, 32-value sub-block); the chunk's layout (INTERLEAVED
-// or row-major) as the matmul's. Constants: WG, BLOCK_WORDS, SUBS.
+// or row-major) as the matmul's. Constants: WG, QUADS, SCALE_WORDS, SUBS.
 
 struct Step {
     n_tokens: u32,
@@ -17,12 +17,13 @@ struct Params {
     rows: u32,      // rows in this chunk
     cols: u32,      // hidden size
     row_start: u32, // first vocabulary id of this chunk
-    pad: u32,
+    scale_offset: u32, // word offset of the scale plane in the weight buffer
 }
 
 @group(0) @binding(0) var<uniform> step: Step;
 @group(0) @binding(1) var<uniform> p: Params;
-@group(0) @binding(2) var<storage, read> w: array<u32>;          // [rows, cols / (32 SUBS) · BLOCK_WORDS]
+@group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;    // quant plane
+@group(0) @binding(5) var<storage, read> ws: array<u32>;         // the same buffer: scale plane at p.scale_offset
 @group(0) @binding(3) var<storage, read> ids: array<u32>;        // [n_tokens]
 @group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;  // [n_tokens, cols / 4]
 
@@ -40,8 +41,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (id < p.row_start || id >= p.row_start + p.rows) {
         return;
     }
-    select_row(id - p.row_start, p.rows, n_sub / SUBS * BLOCK_WORDS);
-    let v = dequant32((sb / SUBS) * BLOCK_WORDS, sb % SUBS);
+    select_row(id - p.row_start, p.rows, n_sub / SUBS, p.scale_offset);
+    let v = dequant32(sb / SUBS, sb % SUBS);
     let o = t * (p.cols / 4u) + sb * 8u;
     out[o] = v.v0;
     out[o + 1u] = v.v1;

@@ -8,8 +8,7 @@
 //                     where barriers and workgroup memory are expensive);
 //   ROW_PER_WORKGROUP WG threads split one row's sub-blocks and reduce (GPUs).
 // BIAS adds b[r]; ACC adds into y (fused residual).
-// Constants: WG, TILE_T, BLOCK_WORDS (u32 words per block), SUBS (32-value
-// sub-blocks per block).
+// Constants: WG, TILE_T, and the format's QUADS, SCALE_WORDS, SUBS.
 
 struct Step {
     n_tokens: u32,
@@ -30,12 +29,13 @@ struct Params {
     single: u32,     // 1: one token (x row 0 → y row 0), e.g. the LM head
     x_stride: u32,   // x row length
     y_at_pos: u32,   // 1: y row of token t is pos + t (writing into the KV cache)
-    pad: u32,
+    scale_offset: u32, // word offset of the scale plane in the weight buffer
 }
 
 @group(0) @binding(0) var<uniform> step: Step;
 @group(0) @binding(1) var<uniform> p: Params;
-@group(0) @binding(2) var<storage, read> w: array<u32>;        // [rows, cols / (32 SUBS) · BLOCK_WORDS]
+@group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;  // quant plane [blocks · QUADS] per row
+@group(0) @binding(6) var<storage, read> ws: array<u32>;       // the same buffer: scale plane at p.scale_offset
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;  // [n_tokens, x_stride / 4]
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;  // [n_tokens, y_stride]
 #if BIAS
@@ -75,34 +75,80 @@ fn store(t: u32, r: u32, value: f32) {
 #endif
 }
 
+// Accumulating a tile of tokens in named variables (not an indexed array,
+// which CPU adapters spill to per-thread memory) fixes the tile at 8.
+const_assert TILE_T == 8u;
+
+struct Tile {
+    a0: f32,
+    a1: f32,
+    a2: f32,
+    a3: f32,
+    a4: f32,
+    a5: f32,
+    a6: f32,
+    a7: f32,
+}
+
+// Σ over the row's sub-blocks for tokens x0 … x0 + nt - 1 (nt ≤ 8), each
+// dequantised sub-block reused for all of them. `first`, `step`: the
+// sub-blocks this invocation takes.
+fn row_tile(x0: u32, nt: u32, n_sub: u32, first: u32, stride: u32) -> Tile {
+    let xs = p.x_stride / 4u;
+    var a: Tile;
+    if (nt == 1u) {
+        for (var sb = first; sb < n_sub; sb += stride) {
+            a.a0 += dot32(dequant32(sb / SUBS, sb % SUBS), x0 + sb * 8u);
+        }
+        return a;
+    }
+    // Rows past the pass's last token read other (in-bounds) x rows and are never stored.
+    for (var sb = first; sb < n_sub; sb += stride) {
+        let v = dequant32(sb / SUBS, sb % SUBS);
+        let xb = x0 + sb * 8u;
+        a.a0 += dot32(v, xb);
+        a.a1 += dot32(v, xb + xs);
+        a.a2 += dot32(v, xb + 2u * xs);
+        a.a3 += dot32(v, xb + 3u * xs);
+        a.a4 += dot32(v, xb + 4u * xs);
+        a.a5 += dot32(v, xb + 5u * xs);
+        a.a6 += dot32(v, xb + 6u * xs);
+        a.a7 += dot32(v, xb + 7u * xs);
+    }
+    return a;
+}
+
+fn tile_value(a: Tile, j: u32) -> f32 {
+    switch (j) {
+        case 0u: { return a.a0; }
+        case 1u: { return a.a1; }
+        case 2u: { return a.a2; }
+        case 3u: { return a.a3; }
+        case 4u: { return a.a4; }
+        case 5u: { return a.a5; }
+        case 6u: { return a.a6; }
+        default: { return a.a7; }
+    }
+}
+
 #if ROW_PER_THREAD
 // One thread: one row × TILE_T tokens. Grid: (rows / WG, token tiles).
+// The token tile comes from workgroup_id (uniform), so x loads are
+// broadcasts, not per-thread gathers, on CPU adapters.
 @compute @workgroup_size(WG)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let r = gid.x;
     let tt = tokens();
-    let t0 = gid.y * TILE_T;
+    let t0 = wid.y * TILE_T;
     if (r >= p.rows || t0 >= tt.y) {
         return;
     }
     let nt = min(TILE_T, tt.y - t0);
     let n_sub = p.cols / 32u;
-    select_row(r, p.rows, n_sub / SUBS * BLOCK_WORDS);
-    // x rows as vec4 indices; acc is indexed only by constants after unrolling.
-    let x0 = (tt.x + t0) * (p.x_stride / 4u);
-    var acc: array<f32, TILE_T>;
-    for (var sb = 0u; sb < n_sub; sb++) {
-        let v = dequant32((sb / SUBS) * BLOCK_WORDS, sb % SUBS);
-        for (var j = 0u; j < TILE_T; j++) {
-            if (j < nt) {
-                acc[j] += dot32(v, x0 + j * (p.x_stride / 4u) + sb * 8u);
-            }
-        }
-    }
-    for (var j = 0u; j < TILE_T; j++) {
-        if (j < nt) {
-            store(t0 + j, r, acc[j]);
-        }
+    select_row(r, p.rows, n_sub / SUBS, p.scale_offset);
+    let a = row_tile((tt.x + t0) * (p.x_stride / 4u), nt, n_sub, 0u, 1u);
+    for (var j = 0u; j < nt; j++) {
+        store(t0 + j, r, tile_value(a, j));
     }
 }
 #endif
@@ -122,19 +168,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     let nt = min(TILE_T, tt.y - t0);
     let n_sub = p.cols / 32u;
-    select_row(r, p.rows, n_sub / SUBS * BLOCK_WORDS);
-    let x0 = (tt.x + t0) * (p.x_stride / 4u);
-    var acc: array<f32, TILE_T>;
-    for (var sb = lid; sb < n_sub; sb += WG) {
-        let v = dequant32((sb / SUBS) * BLOCK_WORDS, sb % SUBS);
-        for (var j = 0u; j < TILE_T; j++) {
-            if (j < nt) {
-                acc[j] += dot32(v, x0 + j * (p.x_stride / 4u) + sb * 8u);
-            }
-        }
-    }
+    select_row(r, p.rows, n_sub / SUBS, p.scale_offset);
+    let a = row_tile((tt.x + t0) * (p.x_stride / 4u), nt, n_sub, lid, WG);
     for (var j = 0u; j < nt; j++) {
-        red[lid] = acc[j];
+        red[lid] = tile_value(a, j);
         workgroupBarrier();
         for (var k = WG / 2u; k > 0u; k >>= 1u) {
             if (lid < k) {

@@ -48,7 +48,7 @@ fn time_ops(gpu: &Gpu, step_buf: &wgpu::Buffer, step: &Step, ops: &[&Op], per_su
     Ok(times[times.len() / 2])
 }
 
-pub fn run(gpu: &Gpu, target_bytes: u64) -> Result<KernelReport> {
+pub fn run(gpu: &Gpu, target_bytes: u64, only: Option<&str>) -> Result<KernelReport> {
     let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
     let ctx = Ctx { gpu, step: &step_buf, shape: gpu.shape };
     let one = Step { n_tokens: 1, ..Default::default() };
@@ -77,7 +77,7 @@ pub fn run(gpu: &Gpu, target_bytes: u64) -> Result<KernelReport> {
     // ---- matmul per format: decode GEMV (1 token) and prefill GEMM (64 tokens)
     let mut kernels = Vec::new();
     let cols: u64 = 4096;
-    for &format in baleen_shaders::WEIGHT_FORMATS {
+    for &format in baleen_shaders::WEIGHT_FORMATS.iter().filter(|f| only.is_none_or(|o| o.split(',').any(|o| o == **f))) {
         let dtype = [DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q4_K, DType::Q5_K, DType::Q6_K]
             .into_iter()
             .find(|d| d.name() == format)

@@ -73,13 +73,18 @@ impl Ctx<'_> {
             super::MatmulShape::RowPerThread => shape::MATMUL_WG_THREAD,
             super::MatmulShape::RowPerWorkgroup => 1,
         };
+        let has_scales = super::weights::layout(w.dtype)?.scale_words > 0;
         w.chunks
             .iter()
             .map(|c| {
-                let params = words(&[c.rows, w.cols, c.row_start, y_stride, single as u32, x_stride, y_at_pos as u32, 0]);
-                let mut bufs = vec![&c.buffer, x, y];
-                bufs.extend(bias);
-                self.op(
+                let params =
+                    words(&[c.rows, w.cols, c.row_start, y_stride, single as u32, x_stride, y_at_pos as u32, c.scale_offset]);
+                let mut bufs = vec![(2, &c.buffer), (3, x), (4, y)];
+                bufs.extend(bias.map(|b| (5, b)));
+                if has_scales {
+                    bufs.push((6, &c.buffer));
+                }
+                self.op_at(
                     format!("{} rows {}..", w.name, c.row_start),
                     PipelineKey { family: "matmul", entry: "main", flags: flags.clone() },
                     &params,
@@ -96,14 +101,19 @@ impl Ctx<'_> {
         if w.interleaved {
             flags.push("INTERLEAVED");
         }
+        let has_scales = super::weights::layout(w.dtype)?.scale_words > 0;
         w.chunks
             .iter()
             .map(|c| {
-                self.op(
+                let mut bufs = vec![(2, &c.buffer), (3, ids), (4, out)];
+                if has_scales {
+                    bufs.push((5, &c.buffer));
+                }
+                self.op_at(
                     format!("{} rows {}..", w.name, c.row_start),
                     PipelineKey { family: "embed", entry: "main", flags: flags.clone() },
-                    &words(&[c.rows, w.cols, c.row_start, 0]),
-                    &[&c.buffer, ids, out],
+                    &words(&[c.rows, w.cols, c.row_start, c.scale_offset]),
+                    &bufs,
                     Grid::PerToken { x: w.cols / 32, wg: shape::ELEMENTWISE_WG, tile: 1, single: false },
                 )
             })

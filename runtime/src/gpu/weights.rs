@@ -1,25 +1,22 @@
-//! Weights on the GPU: block formats repacked so every field the kernels read
-//! starts on a u32 word, split into row chunks that fit one binding.
+//! Weights on the GPU: each block format split into a quant plane of aligned
+//! 16-byte quads and a scale plane of u32 words (see `BlockLayout` in the
+//! shaders crate and `dequant32` in shaders/wgsl/dequant.wgsl), so every
+//! quant load is one aligned 16-byte read whatever the block size; rows split
+//! into chunks that fit one binding.
 //!
-//! Repacked blocks (see `dequant32` in shaders/wgsl/dequant.wgsl):
-//! - F32, F16, BF16, Q4_1, Q5_1, Q4_K, Q5_K: already word-aligned, unchanged;
-//! - Q4_0, Q5_0, Q8_0: two zero bytes after the f16 scale `d`, so the
-//!   quants that follow start a word (18 → 20, 22 → 24, 34 → 36 bytes);
-//! - Q6_K: two zero bytes after the trailing `d` (210 → 212).
+//! Per block (file bytes → quads | scale words):
+//! - F32, F16, BF16 (groups of 32 values), Q4_K, Q5_K: the bytes | nothing;
+//! - Q8_0: qs[32] | d;  Q4_0: qs[16] | d;  Q4_1: qs[16] | d, m;
+//! - Q5_0: qs[16] | d, qh;  Q5_1: qs[16] | d m, qh;  Q6_K: ql qh scales | d.
+//!
+//! For thread-per-row kernels a chunk is INTERLEAVED: quad k of every row
+//! together (and scale word k), so neighbouring threads read neighbouring memory.
 
 use super::Gpu;
 use crate::error::{Error, Result};
 use crate::format::{TensorIndex, TensorInfo};
 use crate::quant::DType;
-
-/// Where to insert the 2 padding bytes of a block, if anywhere.
-fn pad_at(dtype: DType) -> Option<usize> {
-    match dtype {
-        DType::Q4_0 | DType::Q5_0 | DType::Q8_0 => Some(2),
-        DType::Q6_K => Some(210),
-        _ => None,
-    }
-}
+use baleen_shaders::{block_layout, BlockLayout};
 
 /// The WGSL flag naming a weight format.
 pub fn format_flag(dtype: DType) -> Result<&'static str> {
@@ -31,36 +28,83 @@ pub fn format_flag(dtype: DType) -> Result<&'static str> {
         .ok_or_else(|| Error::Unsupported(format!("tensor type {name} on the GPU")))
 }
 
-/// Bytes of one repacked row of `cols` values.
-pub fn repacked_row_bytes(dtype: DType, cols: u64) -> u64 {
-    let blocks = cols / dtype.block_size();
-    blocks * (dtype.block_bytes() + if pad_at(dtype).is_some() { 2 } else { 0 })
+pub fn layout(dtype: DType) -> Result<BlockLayout> {
+    block_layout(format_flag(dtype)?).ok_or_else(|| Error::Unsupported(format!("tensor type {} on the GPU", dtype.name())))
 }
 
-/// Repack whole rows of `dtype` blocks into the GPU layout.
-pub fn repack(dtype: DType, bytes: &[u8]) -> Vec<u8> {
-    let Some(at) = pad_at(dtype) else { return bytes.to_vec() };
-    let bb = dtype.block_bytes() as usize;
-    let mut out = Vec::with_capacity(bytes.len() / bb * (bb + 2));
-    for block in bytes.chunks_exact(bb) {
-        out.extend_from_slice(&block[..at]);
-        out.extend_from_slice(&[0, 0]);
-        out.extend_from_slice(&block[at..]);
+/// File bytes of one layout block (32 values for the float types).
+fn file_block_bytes(dtype: DType, l: &BlockLayout) -> usize {
+    (l.block_values as u64 / dtype.block_size() * dtype.block_bytes()) as usize
+}
+
+/// Bytes of one repacked row of `cols` values (both planes).
+pub fn repacked_row_bytes(dtype: DType, cols: u64) -> u64 {
+    let l = layout(dtype).expect("a GPU weight format");
+    cols / l.block_values as u64 * (l.quads as u64 * 16 + l.scale_words as u64 * 4)
+}
+
+/// Split one block's file bytes into its quads and scale words.
+fn split_block(dtype: DType, b: &[u8], quads: &mut Vec<u8>, scales: &mut Vec<u8>) {
+    let f16_word = |lo: &[u8]| [lo[0], lo[1], 0, 0];
+    match dtype {
+        DType::Q8_0 | DType::Q4_0 => {
+            scales.extend(f16_word(&b[0..2]));
+            quads.extend(&b[2..]);
+        }
+        DType::Q4_1 => {
+            scales.extend(&b[0..4]);
+            quads.extend(&b[4..]);
+        }
+        DType::Q5_0 => {
+            scales.extend(f16_word(&b[0..2]));
+            scales.extend(&b[2..6]);
+            quads.extend(&b[6..]);
+        }
+        DType::Q5_1 => {
+            scales.extend(&b[0..8]);
+            quads.extend(&b[8..]);
+        }
+        DType::Q6_K => {
+            quads.extend(&b[..208]);
+            scales.extend(f16_word(&b[208..210]));
+        }
+        _ => quads.extend(b),
+    }
+}
+
+/// `[rows, n]` elements of `size` bytes → `[n, rows]`.
+fn transpose(bytes: &[u8], rows: usize, size: usize) -> Vec<u8> {
+    if rows == 0 || bytes.is_empty() {
+        return bytes.to_vec();
+    }
+    let n = bytes.len() / size / rows;
+    let mut out = vec![0u8; bytes.len()];
+    for r in 0..rows {
+        for k in 0..n {
+            let src = (r * n + k) * size;
+            let dst = (k * rows + r) * size;
+            out[dst..dst + size].copy_from_slice(&bytes[src..src + size]);
+        }
     }
     out
 }
 
-/// `[rows, words]` u32 words → `[words, rows]`: word k of every row together.
-pub fn interleave(packed: &[u8], rows: usize) -> Vec<u8> {
-    let words: &[u32] = &bytemuck::cast_slice::<u8, u32>(packed);
-    let per_row = words.len() / rows;
-    let mut out = vec![0u32; words.len()];
-    for r in 0..rows {
-        for k in 0..per_row {
-            out[k * rows + r] = words[r * per_row + k];
-        }
+/// Repack whole rows: the quant plane, then the scale plane. Returns the
+/// bytes and the scale plane's offset in u32 words.
+pub fn repack(dtype: DType, bytes: &[u8], rows: usize, interleaved: bool) -> Result<(Vec<u8>, u32)> {
+    let l = layout(dtype)?;
+    let bb = file_block_bytes(dtype, &l);
+    let (mut quads, mut scales) = (Vec::with_capacity(bytes.len()), Vec::new());
+    for block in bytes.chunks_exact(bb) {
+        split_block(dtype, block, &mut quads, &mut scales);
     }
-    bytemuck::cast_slice(&out).to_vec()
+    if interleaved {
+        quads = transpose(&quads, rows, 16);
+        scales = transpose(&scales, rows, 4);
+    }
+    let offset = (quads.len() / 4) as u32;
+    quads.extend(scales);
+    Ok((quads, offset))
 }
 
 /// A weight matrix `[rows, cols]` on the GPU, in row chunks.
@@ -75,7 +119,10 @@ pub struct GpuMatrix {
 }
 
 pub struct Chunk {
+    /// Quant plane, then scale plane.
     pub buffer: wgpu::Buffer,
+    /// Where the scale plane starts, in u32 words.
+    pub scale_offset: u32,
     pub row_start: u32,
     pub rows: u32,
 }
@@ -106,11 +153,12 @@ impl GpuMatrix {
         max_binding: u64,
         interleaved: bool,
     ) -> Result<Self> {
-        format_flag(dtype)?;
-        if cols % 32 != 0 || cols % dtype.block_size() != 0 {
+        let l = layout(dtype)?;
+        if cols % l.block_values as u64 != 0 {
             return Err(Error::Unsupported(format!(
-                "{name}: rows of {cols} values; the GPU kernels need a multiple of 32 (and of {}'s block)",
-                dtype.name()
+                "{name}: rows of {cols} values; the GPU kernels read {} in blocks of {} values",
+                dtype.name(),
+                l.block_values
             )));
         }
         let file_row = (cols / dtype.block_size() * dtype.block_bytes()) as usize;
@@ -123,12 +171,9 @@ impl GpuMatrix {
         while r < rows {
             let n = per.min(rows - r);
             let part = &bytes[r as usize * file_row..(r + n) as usize * file_row];
-            let mut packed = repack(dtype, part);
-            if interleaved {
-                packed = interleave(&packed, n as usize);
-            }
+            let (packed, scale_offset) = repack(dtype, part, n as usize, interleaved)?;
             let buffer = gpu.storage_init(&format!("{name}[{r}..{}]", r + n), &packed)?;
-            chunks.push(Chunk { buffer, row_start: r as u32, rows: n as u32 });
+            chunks.push(Chunk { buffer, scale_offset, row_start: r as u32, rows: n as u32 });
             r += n;
         }
         Ok(GpuMatrix { name: name.into(), dtype, interleaved, rows: rows as u32, cols: cols as u32, chunks })
