@@ -39,9 +39,9 @@ fuzz-smoke: tools/bin/cargo-fuzz
 fuzz: tools/bin/cargo-fuzz
 	cd fuzz && RUSTC_BOOTSTRAP=1 ../tools/bin/cargo-fuzz run $(or $(TARGET),gguf) corpus/$(or $(TARGET),gguf) -- -max_total_time=$(or $(SECONDS),600)
 
+## Speed: baleen (GPU and reference) beside llama.cpp, and bench-kernels (tests/scripts/bench.sh).
 bench: models
-	cargo build --release
-	./target/release/baleen bench --model $(MODEL) --backend reference
+	tests/scripts/bench.sh
 
 clean:
 	cargo clean

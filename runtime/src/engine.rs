@@ -34,6 +34,10 @@ pub trait Backend {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Bytes this backend holds on the GPU (0 for CPU backends).
+    fn gpu_bytes(&self) -> u64 {
+        0
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -320,6 +320,22 @@ fn bench(a: BenchArgs) -> Result<()> {
     }
     let (adapter, backend_name) = backend.describe();
     let (p, d) = (median(prefill), median(decode));
+    if std::env::var_os("BALEEN_PROFILE").is_some() && a.backend == BackendKind::Gpu {
+        // Where a decode step's time goes, by op kind (ms per step).
+        let gpu = std::sync::Arc::new(baleen::gpu::Gpu::new_blocking()?);
+        let mut g = baleen::gpu::dense::GpuModel::load(gpu, &m, &Default::default())?;
+        g.forward(&prompt, false)?;
+        let mut by_kind: std::collections::BTreeMap<String, f64> = Default::default();
+        for (name, ms) in g.profile_decode(5)? {
+            let kind = name.split(['.', ' ']).filter(|w| !w.is_empty() && !w.chars().all(|c| c.is_ascii_digit()) && *w != "blk").take(2).collect::<Vec<_>>().join(" ");
+            *by_kind.entry(kind).or_default() += ms;
+        }
+        let mut v: Vec<_> = by_kind.into_iter().collect();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
+        for (k, ms) in v {
+            eprintln!("{ms:8.2} ms  {k}");
+        }
+    }
     if a.json {
         let json = serde_json::json!({
             "model": m.name,
@@ -329,7 +345,7 @@ fn bench(a: BenchArgs) -> Result<()> {
             "runs": a.runs,
             "prefill_tokens_per_s": p,
             "decode_tokens_per_s": d,
-            "peak_gpu_bytes": 0,
+            "peak_gpu_bytes": backend.gpu_bytes(),
         });
         println!("{json}");
     } else {

@@ -52,7 +52,57 @@ pub const SAMPLE: Family = family!("sample", flags: [], choices: []);
 pub const FAMILIES: &[Family] = &[COPY, MATMUL, EMBED, NORM, ROPE, ATTENTION, ELEMENTWISE, SAMPLE];
 
 /// Fragments pulled in by `#include NAME` (processed with the includer's flags).
-const FRAGMENTS: &[(&str, &str)] = &[("dequant", include_str!("../wgsl/dequant.wgsl"))];
+const FRAGMENTS: &[(&str, &str)] = &[
+    ("dequant", include_str!("../wgsl/dequant.wgsl")),
+    ("dequant_body", include_str!("../wgsl/dequant_body.wgsl")),
+];
+
+/// Rewrite an `EMIT(i, expr);` line for an include mode (see dequant_body.wgsl).
+fn emit(line: &str, mode: &str) -> Result<String, String> {
+    let t = line.trim();
+    let Some(rest) = t.strip_prefix("EMIT(").and_then(|r| r.strip_suffix(");")) else {
+        return Ok(line.to_string());
+    };
+    let (i, expr) = rest.split_once(", ").ok_or(format!("malformed {t}"))?;
+    let i: u32 = i.parse().map_err(|_| format!("malformed {t}"))?;
+    Ok(match mode {
+        "store" => format!("    r.v{i} = {expr};"),
+        "dot" => format!("    acc += dot({expr}, x[x4 + {i}u]);"),
+        "tile" => {
+            let mut s = format!("    {{\n        let wv = {expr};\n");
+            for j in 0..8 {
+                s += &format!("        (*tile).a{j} += dot(wv, x[xb + {j}u * xs + {i}u]);\n");
+            }
+            s + "    }"
+        }
+        m => return Err(format!("unknown include mode {m}")),
+    })
+}
+
+/// Expand `#include NAME [MODE]` lines, recursively (a few levels).
+fn expand(family: &str, text: &str, mode: Option<&str>, depth: u32, out: &mut Vec<String>) -> Result<(), String> {
+    if depth > 4 {
+        return Err(format!("{family}.wgsl: includes nested too deep"));
+    }
+    for line in text.lines() {
+        match line.trim().strip_prefix("#include ") {
+            Some(args) => {
+                let mut it = args.split_whitespace();
+                let name = it.next().unwrap_or("");
+                let (_, frag) = FRAGMENTS
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .ok_or(format!("{family}.wgsl: unknown include {name}"))?;
+                expand(family, frag, it.next(), depth + 1, out)?;
+            }
+            None => match mode {
+                Some(m) => out.push(emit(line, m)?),
+                None => out.push(line.to_string()),
+            },
+        }
+    }
+    Ok(())
+}
 
 /// The numbers that shape kernels. The runtime's launch code reads these same
 /// constants, and `consts` passes them into the WGSL, so the two always agree.
@@ -170,22 +220,11 @@ pub fn specialise(family: &Family, flags: &[&str], consts: &[Const]) -> Result<S
     }
     // Includes first (one level), then conditional lines: a stack of
     // (this branch active, parent active).
-    let mut lines: Vec<&str> = Vec::new();
-    for line in family.source.lines() {
-        match line.trim().strip_prefix("#include ") {
-            Some(name) => {
-                let (_, text) = FRAGMENTS
-                    .iter()
-                    .find(|(n, _)| *n == name.trim())
-                    .ok_or(format!("{}.wgsl: unknown include {name}", family.name))?;
-                lines.extend(text.lines());
-            }
-            None => lines.push(line),
-        }
-    }
+    let mut lines: Vec<String> = Vec::new();
+    expand(family.name, family.source, None, 0, &mut lines)?;
     let mut stack: Vec<(bool, bool)> = Vec::new();
     let active = |s: &Vec<(bool, bool)>| s.last().is_none_or(|&(a, p)| a && p);
-    for (i, line) in lines.into_iter().enumerate() {
+    for (i, line) in lines.iter().enumerate() {
         let t = line.trim();
         if let Some(cond) = t.strip_prefix("#if ") {
             let cond = cond.trim();

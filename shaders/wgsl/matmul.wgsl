@@ -44,10 +44,12 @@ struct Params {
 
 #include dequant
 
-// Σ w·x over 32 values; x4 indexes x as vec4s.
-fn dot32(r: W32, x4: u32) -> f32 {
-    return dot(r.v0, x[x4]) + dot(r.v1, x[x4 + 1u]) + dot(r.v2, x[x4 + 2u]) + dot(r.v3, x[x4 + 3u])
-        + dot(r.v4, x[x4 + 4u]) + dot(r.v5, x[x4 + 5u]) + dot(r.v6, x[x4 + 6u]) + dot(r.v7, x[x4 + 7u]);
+
+// Σ over sub-block s of block b times x (one token), 4 values at a time.
+fn dot_sub(b: u32, s: u32, x4: u32) -> f32 {
+    var acc = 0.0;
+#include dequant_body dot
+    return acc;
 }
 
 fn tokens() -> vec2<u32> {
@@ -90,30 +92,26 @@ struct Tile {
     a7: f32,
 }
 
+// Sub-block s of block b times the 8 token rows at xb (vec4 stride xs), added into a.
+fn tile_sub(b: u32, s: u32, xb: u32, xs: u32, tile: ptr<function, Tile>) {
+#include dequant_body tile
+}
+
 // Σ over the row's sub-blocks for tokens x0 … x0 + nt - 1 (nt ≤ 8), each
-// dequantised sub-block reused for all of them. `first`, `step`: the
+// dequantised vec4 reused for all of them. `first`, `step_sb`: the
 // sub-blocks this invocation takes.
-fn row_tile(x0: u32, nt: u32, n_sub: u32, first: u32, stride: u32) -> Tile {
+fn row_tile(x0: u32, nt: u32, n_sub: u32, first: u32, step_sb: u32) -> Tile {
     let xs = p.x_stride / 4u;
     var a: Tile;
     if (nt == 1u) {
-        for (var sb = first; sb < n_sub; sb += stride) {
-            a.a0 += dot32(dequant32(sb / SUBS, sb % SUBS), x0 + sb * 8u);
+        for (var sb = first; sb < n_sub; sb += step_sb) {
+            a.a0 += dot_sub(sb / SUBS, sb % SUBS, x0 + sb * 8u);
         }
         return a;
     }
     // Rows past the pass's last token read other (in-bounds) x rows and are never stored.
-    for (var sb = first; sb < n_sub; sb += stride) {
-        let v = dequant32(sb / SUBS, sb % SUBS);
-        let xb = x0 + sb * 8u;
-        a.a0 += dot32(v, xb);
-        a.a1 += dot32(v, xb + xs);
-        a.a2 += dot32(v, xb + 2u * xs);
-        a.a3 += dot32(v, xb + 3u * xs);
-        a.a4 += dot32(v, xb + 4u * xs);
-        a.a5 += dot32(v, xb + 5u * xs);
-        a.a6 += dot32(v, xb + 6u * xs);
-        a.a7 += dot32(v, xb + 7u * xs);
+    for (var sb = first; sb < n_sub; sb += step_sb) {
+        tile_sub(sb / SUBS, sb % SUBS, x0 + sb * 8u, xs, &a);
     }
     return a;
 }

@@ -254,6 +254,25 @@ impl GpuModel {
         Ok(())
     }
 
+    /// Wall time of each op of a decode step (at the current position), run
+    /// alone `reps` times: where a step's time goes. Leaves the cache as it was.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn profile_decode(&mut self, reps: usize) -> Result<Vec<(String, f64)>> {
+        let step = Step { n_tokens: 1, pos: self.len as u32, ..Default::default() };
+        self.gpu.queue.write_buffer(&self.ids, 0, bytemuck::cast_slice(&[1u32]));
+        let mut out = Vec::new();
+        for op in self.body.iter().chain(&self.head) {
+            let ops = vec![op; reps];
+            self.gpu.run(&self.step, &step, &ops)?;
+            self.gpu.device.poll(wgpu::PollType::Wait { submission_index: None, timeout: None }).ok();
+            let t0 = crate::engine::now_ms();
+            self.gpu.run(&self.step, &step, &ops)?;
+            self.gpu.device.poll(wgpu::PollType::Wait { submission_index: None, timeout: None }).ok();
+            out.push((op.name.clone(), (crate::engine::now_ms() - t0) / reps as f64));
+        }
+        Ok(out)
+    }
+
     fn read_logits(&self) -> Result<Vec<f32>> {
         let bytes = self.gpu.read(&self.logits, 0, self.cfg.vocab as u64 * 4)?;
         Ok(bytemuck::cast_slice(&bytes).to_vec())
@@ -313,5 +332,8 @@ impl Backend for GpuModel {
     }
     fn describe(&self) -> (String, String) {
         (self.gpu.adapter_name(), self.gpu.backend_name())
+    }
+    fn gpu_bytes(&self) -> u64 {
+        self.gpu.allocated_bytes()
     }
 }

@@ -93,6 +93,8 @@ pub struct Gpu {
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     /// Errors reported outside an error scope, and device loss.
     failure: Arc<Mutex<Option<String>>>,
+    /// Bytes of every buffer made through this `Gpu` (none is freed while a model lives).
+    allocated: std::sync::atomic::AtomicU64,
 }
 
 fn gpu_err(msg: impl std::fmt::Display) -> Error {
@@ -140,16 +142,24 @@ impl Gpu {
                 format!("the GPU device was lost ({reason:?}: {msg}); reload the model (a driver reset or a tab in the background can cause this)")
             });
         });
-        let shape = match info.device_type {
-            wgpu::DeviceType::Cpu => MatmulShape::RowPerThread,
+        // BALEEN_MATMUL_SHAPE=thread|workgroup overrides the choice (for measuring).
+        let shape = match (std::env::var("BALEEN_MATMUL_SHAPE").as_deref(), info.device_type) {
+            (Ok("thread"), _) => MatmulShape::RowPerThread,
+            (Ok("workgroup"), _) => MatmulShape::RowPerWorkgroup,
+            (_, wgpu::DeviceType::Cpu) => MatmulShape::RowPerThread,
             _ => MatmulShape::RowPerWorkgroup,
         };
-        Ok(Gpu { device, queue, info, limits, features, shape, pipelines: Mutex::default(), failure })
+        Ok(Gpu { device, queue, info, limits, features, shape, pipelines: Mutex::default(), failure, allocated: 0.into() })
     }
 
     #[cfg(not(target_arch = "wasm32"))]
     pub fn new_blocking() -> Result<Gpu> {
         pollster::block_on(Self::new())
+    }
+
+    /// Bytes allocated on the device so far.
+    pub fn allocated_bytes(&self) -> u64 {
+        self.allocated.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn has_f16(&self) -> bool {
@@ -241,6 +251,7 @@ impl Gpu {
     }
 
     pub fn uniform(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
+        self.allocated.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
         self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some(label),
             contents: bytes,
@@ -255,6 +266,7 @@ impl Gpu {
                 self.info.name, self.limits.max_buffer_size
             )));
         }
+        self.allocated.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
         self.scoped(wgpu::ErrorFilter::OutOfMemory, make).map_err(|e| {
             gpu_err(format!(
                 "out of GPU memory allocating {label} ({size} bytes): {e}. Try a smaller model or quantisation, \

@@ -1,0 +1,167 @@
+// Fragment: the body that expands 32 values (sub-block s of block b) of a
+// weight row, one `EMIT(i, vec4)` per 4 values. Included by
+// `#include dequant_body MODE`, which rewrites each EMIT: `store` into
+// `r.v<i>` (dequant32), `dot` into a running dot product with x (one token),
+// `tile` into dot products with the 8 tokens of a tile. Emitting and
+// consuming 4 values at a time keeps few values live: CPU adapters give every
+// invocation's value a SIMD register, and a 32-value array spills.
+#if F32
+    let k = 8u * b;
+    EMIT(0, bitcast<vec4<f32>>(quad(k)));
+    EMIT(1, bitcast<vec4<f32>>(quad(k + 1u)));
+    EMIT(2, bitcast<vec4<f32>>(quad(k + 2u)));
+    EMIT(3, bitcast<vec4<f32>>(quad(k + 3u)));
+    EMIT(4, bitcast<vec4<f32>>(quad(k + 4u)));
+    EMIT(5, bitcast<vec4<f32>>(quad(k + 5u)));
+    EMIT(6, bitcast<vec4<f32>>(quad(k + 6u)));
+    EMIT(7, bitcast<vec4<f32>>(quad(k + 7u)));
+#endif
+#if F16
+    let k = 4u * b;
+    let a = quad(k);
+    let c = quad(k + 1u);
+    let e = quad(k + 2u);
+    let g = quad(k + 3u);
+    EMIT(0, vec4<f32>(unpack2x16float(a.x), unpack2x16float(a.y)));
+    EMIT(1, vec4<f32>(unpack2x16float(a.z), unpack2x16float(a.w)));
+    EMIT(2, vec4<f32>(unpack2x16float(c.x), unpack2x16float(c.y)));
+    EMIT(3, vec4<f32>(unpack2x16float(c.z), unpack2x16float(c.w)));
+    EMIT(4, vec4<f32>(unpack2x16float(e.x), unpack2x16float(e.y)));
+    EMIT(5, vec4<f32>(unpack2x16float(e.z), unpack2x16float(e.w)));
+    EMIT(6, vec4<f32>(unpack2x16float(g.x), unpack2x16float(g.y)));
+    EMIT(7, vec4<f32>(unpack2x16float(g.z), unpack2x16float(g.w)));
+#endif
+#if BF16
+    let k = 4u * b;
+    let a = quad(k);
+    let c = quad(k + 1u);
+    let e = quad(k + 2u);
+    let g = quad(k + 3u);
+    EMIT(0, bf16x4(a.x, a.y));
+    EMIT(1, bf16x4(a.z, a.w));
+    EMIT(2, bf16x4(c.x, c.y));
+    EMIT(3, bf16x4(c.z, c.w));
+    EMIT(4, bf16x4(e.x, e.y));
+    EMIT(5, bf16x4(e.z, e.w));
+    EMIT(6, bf16x4(g.x, g.y));
+    EMIT(7, bf16x4(g.z, g.w));
+#endif
+#if Q8_0
+    // quads: qs[32] as i8; scale: d
+    let d = unpack2x16float(sword(b)).x;
+    let a = quad(2u * b);
+    let c = quad(2u * b + 1u);
+    EMIT(0, i8x4(a.x) * d);
+    EMIT(1, i8x4(a.y) * d);
+    EMIT(2, i8x4(a.z) * d);
+    EMIT(3, i8x4(a.w) * d);
+    EMIT(4, i8x4(c.x) * d);
+    EMIT(5, i8x4(c.y) * d);
+    EMIT(6, i8x4(c.z) * d);
+    EMIT(7, i8x4(c.w) * d);
+#endif
+#if Q4_0 || Q4_1
+    // quad: qs[16] (low nibbles values 0..15, high 16..31); scale: d (Q4_0:
+    // (q - 8) d) or d, m (Q4_1: q d + m).
+    let dm = unpack2x16float(sword(b));
+    let d = dm.x;
+#if Q4_0
+    let m = -8.0 * d;
+#else
+    let m = dm.y;
+#endif
+    let q = quad(b);
+    EMIT(0, nib4(q.x, 0u) * d + m);
+    EMIT(1, nib4(q.y, 0u) * d + m);
+    EMIT(2, nib4(q.z, 0u) * d + m);
+    EMIT(3, nib4(q.w, 0u) * d + m);
+    EMIT(4, nib4(q.x, 4u) * d + m);
+    EMIT(5, nib4(q.y, 4u) * d + m);
+    EMIT(6, nib4(q.z, 4u) * d + m);
+    EMIT(7, nib4(q.w, 4u) * d + m);
+#endif
+#if Q5_0 || Q5_1
+    // quad: qs[16]; scales: d (Q5_0: (q - 16) d) or d, m (Q5_1: q d + m), then
+    // qh (bit j is value j's fifth bit).
+    let dm = unpack2x16float(sword(2u * b));
+    let qh = sword(2u * b + 1u);
+    let d = dm.x;
+#if Q5_0
+    let m = -16.0 * d;
+#else
+    let m = dm.y;
+#endif
+    let q = quad(b);
+    EMIT(0, (nib4(q.x, 0u) + hbit4(qh, 0u)) * d + m);
+    EMIT(1, (nib4(q.y, 0u) + hbit4(qh, 4u)) * d + m);
+    EMIT(2, (nib4(q.z, 0u) + hbit4(qh, 8u)) * d + m);
+    EMIT(3, (nib4(q.w, 0u) + hbit4(qh, 12u)) * d + m);
+    EMIT(4, (nib4(q.x, 4u) + hbit4(qh, 16u)) * d + m);
+    EMIT(5, (nib4(q.y, 4u) + hbit4(qh, 20u)) * d + m);
+    EMIT(6, (nib4(q.z, 4u) + hbit4(qh, 24u)) * d + m);
+    EMIT(7, (nib4(q.w, 4u) + hbit4(qh, 28u)) * d + m);
+#endif
+#if Q4_K || Q5_K
+    // quads: [d, dmin: f16 | scales: 12 bytes] [(Q5_K) qh: 2 quads] [qs: 8 quads].
+    // Sub-block s reads nibbles (low for even s) of qs bytes 32·(s/2) …, and
+    // (Q5_K) bit s of qh byte i as value i's fifth bit.
+    let k = QUADS * b;
+    let h = quad(k);
+    let sm = scale_min_k4(h, s);
+    let dd = unpack2x16float(h.x);
+    let d = dd.x * sm.x;
+    let m = dd.y * sm.y;
+    let shift = 4u * (s & 1u);
+    let qs = k + QUADS - 8u + 2u * (s >> 1u);
+    let a = quad(qs);
+    let c = quad(qs + 1u);
+#if Q4_K
+    EMIT(0, nib4(a.x, shift) * d - m);
+    EMIT(1, nib4(a.y, shift) * d - m);
+    EMIT(2, nib4(a.z, shift) * d - m);
+    EMIT(3, nib4(a.w, shift) * d - m);
+    EMIT(4, nib4(c.x, shift) * d - m);
+    EMIT(5, nib4(c.y, shift) * d - m);
+    EMIT(6, nib4(c.z, shift) * d - m);
+    EMIT(7, nib4(c.w, shift) * d - m);
+#else
+    let ha = quad(k + 1u);
+    let hc = quad(k + 2u);
+    EMIT(0, (nib4(a.x, shift) + qbit4(ha.x, s)) * d - m);
+    EMIT(1, (nib4(a.y, shift) + qbit4(ha.y, s)) * d - m);
+    EMIT(2, (nib4(a.z, shift) + qbit4(ha.z, s)) * d - m);
+    EMIT(3, (nib4(a.w, shift) + qbit4(ha.w, s)) * d - m);
+    EMIT(4, (nib4(c.x, shift) + qbit4(hc.x, s)) * d - m);
+    EMIT(5, (nib4(c.y, shift) + qbit4(hc.y, s)) * d - m);
+    EMIT(6, (nib4(c.z, shift) + qbit4(hc.z, s)) * d - m);
+    EMIT(7, (nib4(c.w, shift) + qbit4(hc.w, s)) * d - m);
+#endif
+#endif
+#if Q6_K
+    // quads: [ql: 8][qh: 4][scales: 16 × i8]; scale plane: d. Sub-block
+    // s = 4·half + quarter: low 4 bits from ql bytes 64·half + 32·(quarter & 1) + i
+    // (high nibble when quarter ≥ 2), 2 high bits from qh bytes 32·half + i at
+    // 2·quarter; scale byte 8·half + i/16 + 2·quarter.
+    let k = 13u * b;
+    let d = unpack2x16float(sword(b)).x;
+    let half = s >> 2u;
+    let quarter = s & 3u;
+    let la = quad(k + 4u * half + 2u * (quarter & 1u));
+    let lc = quad(k + 4u * half + 2u * (quarter & 1u) + 1u);
+    let ha = quad(k + 8u + 2u * half);
+    let hc = quad(k + 9u + 2u * half);
+    let sc = quad(k + 12u);
+    let si = 8u * half + 2u * quarter;
+    let d0 = d * f32(i32(qbyte(sc, si) << 24u) >> 24u);
+    let d1 = d * f32(i32(qbyte(sc, si + 1u) << 24u) >> 24u);
+    let ns = 4u * (quarter >> 1u);
+    let hs = 2u * quarter;
+    EMIT(0, q6x4(la.x, ha.x, ns, hs) * d0);
+    EMIT(1, q6x4(la.y, ha.y, ns, hs) * d0);
+    EMIT(2, q6x4(la.z, ha.z, ns, hs) * d0);
+    EMIT(3, q6x4(la.w, ha.w, ns, hs) * d0);
+    EMIT(4, q6x4(lc.x, hc.x, ns, hs) * d1);
+    EMIT(5, q6x4(lc.y, hc.y, ns, hs) * d1);
+    EMIT(6, q6x4(lc.z, hc.z, ns, hs) * d1);
+    EMIT(7, q6x4(lc.w, hc.w, ns, hs) * d1);
+#endif

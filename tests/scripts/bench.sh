@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Speed of baleen beside llama.cpp on this machine, in one run (figures here are
+# noisy: compare the ratios). Writes bench-out/*.json and prints a Markdown
+# summary for BENCHMARKS.md.
+#
+#   tests/scripts/bench.sh            # all of it
+#   LLAMA_PY=/path/to/python ...      # a Python with llama-cpp-python==0.3.36
+#                                     # (python3 -m venv v && v/bin/pip install
+#                                     #  llama-cpp-python==0.3.36: builds llama.cpp, ~15 min)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+MODEL=models/SmolLM2-135M-Instruct.Q4_1.gguf
+P=${PROMPT_TOKENS:-128}
+G=${GEN_TOKENS:-64}
+R=${RUNS:-3}
+LLAMA_PY=${LLAMA_PY:-/root/venvs/llama/bin/python}
+OUT=bench-out
+mkdir -p "$OUT"
+tests/scripts/fetch-models.sh >/dev/null
+cargo build --release -q
+B=target/release/baleen
+export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}
+
+echo "== baleen bench (GPU backend, first adapter)" >&2
+$B bench --model $MODEL --prompt-tokens $P --gen-tokens $G --runs $R --json > $OUT/baleen-gpu.json
+echo "== baleen bench (reference backend, CPU)" >&2
+$B bench --model $MODEL --prompt-tokens $P --gen-tokens $G --runs $R --backend reference --json > $OUT/baleen-reference.json
+if [ -x "$LLAMA_PY" ] && "$LLAMA_PY" -c 'import llama_cpp' 2>/dev/null; then
+    echo "== llama.cpp (llama-cpp-python, 2 threads)" >&2
+    "$LLAMA_PY" tests/scripts/bench_llamacpp.py --model $MODEL --prompt-tokens $P --gen-tokens $G --runs $R > $OUT/llamacpp.json
+else
+    echo "(no llama-cpp-python at $LLAMA_PY: skipping llama.cpp)" >&2
+    echo '{}' > $OUT/llamacpp.json
+fi
+echo "== baleen bench-kernels" >&2
+$B bench-kernels --json > $OUT/kernels.json
+
+python3 - "$OUT" <<'PY'
+import json, sys, os
+out = sys.argv[1]
+load = lambda n: json.load(open(os.path.join(out, n)))
+g, r, l, k = load("baleen-gpu.json"), load("baleen-reference.json"), load("llamacpp.json"), load("kernels.json")
+print(f"SmolLM2-135M-Instruct Q4_1, {g['prompt_tokens']}-token prompt, {g['gen_tokens']} generated, median of {g['runs']}\n")
+print("| engine | prefill tok/s | decode tok/s |")
+print("| --- | ---: | ---: |")
+print(f"| baleen GPU backend on {g['adapter']['name']} ({g['adapter']['backend']}) | {g['prefill_tokens_per_s']:.1f} | {g['decode_tokens_per_s']:.1f} |")
+print(f"| baleen reference backend (plain Rust, f32) | {r['prefill_tokens_per_s']:.1f} | {r['decode_tokens_per_s']:.1f} |")
+if l:
+    print(f"| {l['engine']} | {l['prefill_tokens_per_s']:.1f} | {l['decode_tokens_per_s']:.1f} |")
+    print(f"\nbaleen GPU / llama.cpp: prefill {g['prefill_tokens_per_s']/l['prefill_tokens_per_s']:.3f}, decode {g['decode_tokens_per_s']/l['decode_tokens_per_s']:.3f}")
+print(f"\nbench-kernels on {k['adapter']['name']}: copy {k['copy_gbps']:.2f} GB/s\n")
+print("| kernel | shape | GB/s | of copy |")
+print("| --- | --- | ---: | ---: |")
+for x in k["kernels"]:
+    print(f"| {x['name']} | {x['shape']} | {x['gbps']:.2f} | {x['fraction_of_copy']:.2f} |")
+PY
