@@ -8,8 +8,8 @@
 //! - **constants** are emitted as `const NAME: u32 = V;` (or `: f32`) ahead of
 //!   the body, so workgroup sizes and tile sizes are WGSL constants.
 //!
-//! `enable f16;` (flag `F16`) and `enable subgroups;` (flag `SUBGROUPS`) go first,
-//! as WGSL requires.
+//! `enable f16;` (flag `F16`) and `enable subgroups;` (flags `SUBGROUPS` and
+//! `ENABLE_SUBGROUPS`, the latter for browsers only) go first, as WGSL requires.
 
 /// A kernel family: its name and WGSL text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -38,7 +38,7 @@ pub const WEIGHT_FORMATS: &[&str] = &["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_
 
 pub const COPY: Family = family!("copy", flags: [], choices: []);
 pub const MATMUL: Family = family!("matmul",
-    flags: ["BIAS", "ACC", "INTERLEAVED"],
+    flags: ["BIAS", "ACC", "INTERLEAVED", "SUBGROUPS"],
     choices: [["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"], ["ROW_PER_THREAD", "ROW_PER_WORKGROUP"]]);
 pub const EMBED: Family = family!("embed",
     flags: ["INTERLEAVED"],
@@ -195,7 +195,7 @@ pub enum Const {
 /// Specialise a family's source for `flags` and `consts`.
 pub fn specialise(family: &Family, flags: &[&str], consts: &[Const]) -> Result<String, String> {
     for f in flags {
-        if !family.flags.contains(f) && !family.choices.iter().any(|c| c.contains(f)) && !["F16", "SUBGROUPS"].contains(f) {
+        if !family.flags.contains(f) && !family.choices.iter().any(|c| c.contains(f)) && !["F16", "SUBGROUPS", "ENABLE_SUBGROUPS"].contains(f) {
             return Err(format!("{}.wgsl has no flag {f}", family.name));
         }
     }
@@ -209,7 +209,9 @@ pub fn specialise(family: &Family, flags: &[&str], consts: &[Const]) -> Result<S
     if flags.contains(&"F16") {
         out.push_str("enable f16;\n");
     }
-    if flags.contains(&"SUBGROUPS") {
+    // Browsers require `enable subgroups;`; naga 30 (native) rejects it and
+    // takes subgroup operations from the device's features instead.
+    if flags.contains(&"SUBGROUPS") && flags.contains(&"ENABLE_SUBGROUPS") {
         out.push_str("enable subgroups;\n");
     }
     for c in consts {

@@ -7,7 +7,8 @@
 //   ROW_PER_THREAD    one thread computes one row for TILE_T tokens (CPU adapters,
 //                     where barriers and workgroup memory are expensive);
 //   ROW_PER_WORKGROUP WG threads split one row's sub-blocks and reduce (GPUs).
-// BIAS adds b[r]; ACC adds into y (fused residual).
+// BIAS adds b[r]; ACC adds into y (fused residual); SUBGROUPS reduces the
+// workgroup-per-row sums with subgroupAdd.
 // Constants: WG, TILE_T, and the format's QUADS, SCALE_WORDS, SUBS.
 
 struct Step {
@@ -154,10 +155,53 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
 #if ROW_PER_WORKGROUP
 var<workgroup> red: array<f32, WG>;
 
+// Sum of v over the workgroup, in every invocation's hands at the end. With
+// SUBGROUPS: subgroupAdd, then one value per subgroup through workgroup memory.
+#if SUBGROUPS
+fn workgroup_sum(v: f32, lid: u32, sid: u32, ssize: u32) -> f32 {
+    let s = subgroupAdd(v);
+    if (sid == 0u) {
+        red[lid / ssize] = s;
+    }
+    workgroupBarrier();
+    var total = 0.0;
+    for (var i = 0u; i < (WG + ssize - 1u) / ssize; i++) {
+        total += red[i];
+    }
+    workgroupBarrier();
+    return total;
+}
+#else
+fn workgroup_sum(v: f32, lid: u32, sid: u32, ssize: u32) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var k = WG / 2u; k > 0u; k >>= 1u) {
+        if (lid < k) {
+            red[lid] += red[lid + k];
+        }
+        workgroupBarrier();
+    }
+    let total = red[0];
+    workgroupBarrier();
+    return total;
+}
+#endif
+
 // One workgroup: one row × TILE_T tokens; threads stride over sub-blocks.
 // Grid: (rows, token tiles). Control flow around barriers is uniform.
 @compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+#if SUBGROUPS
+    @builtin(subgroup_invocation_id) sid: u32,
+    @builtin(subgroup_size) ssize: u32,
+#endif
+) {
+#if !SUBGROUPS
+    let sid = 0u;
+    let ssize = 1u;
+#endif
     let r = wid.x;
     let tt = tokens();
     let t0 = wid.y * TILE_T;
@@ -169,18 +213,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     select_row(r, p.rows, n_sub / SUBS, p.scale_offset);
     let a = row_tile((tt.x + t0) * (p.x_stride / 4u), nt, n_sub, lid, WG);
     for (var j = 0u; j < nt; j++) {
-        red[lid] = tile_value(a, j);
-        workgroupBarrier();
-        for (var k = WG / 2u; k > 0u; k >>= 1u) {
-            if (lid < k) {
-                red[lid] += red[lid + k];
-            }
-            workgroupBarrier();
-        }
+        let total = workgroup_sum(tile_value(a, j), lid, sid, ssize);
         if (lid == 0u) {
-            store(t0 + j, r, red[0]);
+            store(t0 + j, r, total);
         }
-        workgroupBarrier();
     }
 }
 #endif

@@ -24,8 +24,12 @@ fn tiny_models_match_transformers_on_both_kernel_shapes() {
         let m = ModelFiles::open(&common::fixture(name)).unwrap();
         let ids = common::u32s(&fx["prompt_ids"]);
         let want_greedy = common::u32s(&fx["greedy_ids"]);
-        for shape in [MatmulShape::RowPerThread, MatmulShape::RowPerWorkgroup] {
-            let opts = GpuOptions { shape: Some(shape), max_pass_tokens: 5, ..Default::default() };
+        for (shape, subgroups) in [
+            (MatmulShape::RowPerThread, false),
+            (MatmulShape::RowPerWorkgroup, false),
+            (MatmulShape::RowPerWorkgroup, true),
+        ] {
+            let opts = GpuOptions { shape: Some(shape), max_pass_tokens: 5, subgroups, ..Default::default() };
             let mut g = GpuModel::load(gpu.clone(), &m, &opts).unwrap();
             // Every position, through the decode path.
             let all = g.forward(&ids, true).unwrap();
@@ -44,7 +48,7 @@ fn tiny_models_match_transformers_on_both_kernel_shapes() {
             let d = common::max_abs_diff(&gen.prompt_logits, &last);
             assert!(d <= TINY_TOL, "{name} {shape:?} prefill: max |Δ| {d}");
             assert_eq!(gen.tokens, want_greedy, "{name} {shape:?} greedy");
-            eprintln!("{name} {shape:?}: max |Δlogit| {worst:e} (decode path), {d:e} (chunked prefill)");
+            eprintln!("{name} {shape:?} subgroups {subgroups}: max |Δlogit| {worst:e} (decode path), {d:e} (chunked prefill)");
         }
     }
 }

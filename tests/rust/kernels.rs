@@ -15,7 +15,15 @@ const FORMATS: [DType; 11] = [
     DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1,
     DType::Q5_0, DType::Q5_1, DType::Q4_K, DType::Q5_K, DType::Q6_K,
 ];
-const SHAPES: [MatmulShape; 2] = [MatmulShape::RowPerThread, MatmulShape::RowPerWorkgroup];
+/// Every matmul path this device can run: both shapes, and the
+/// workgroup-per-row reduction with subgroups when the device has them.
+fn shapes(gpu: &Gpu) -> Vec<(MatmulShape, bool)> {
+    let mut v = vec![(MatmulShape::RowPerThread, false), (MatmulShape::RowPerWorkgroup, false)];
+    if gpu.has_subgroups() {
+        v.push((MatmulShape::RowPerWorkgroup, true));
+    }
+    v
+}
 
 struct Rng(u64);
 impl Rng {
@@ -71,6 +79,7 @@ struct MatmulCase {
     bias: bool,
     acc: bool,
     max_binding: Option<u64>,
+    subgroups: bool,
 }
 
 fn check_matmul(gpu: &Gpu, c: &MatmulCase, seed: u64) {
@@ -86,7 +95,7 @@ fn check_matmul(gpu: &Gpu, c: &MatmulCase, seed: u64) {
         assert!(m.chunks.len() > 1, "the binding limit should split the matrix");
     }
     let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
-    let ctx = Ctx { gpu, step: &step_buf, shape: c.shape };
+    let ctx = Ctx { gpu, step: &step_buf, shape: c.shape, subgroups: c.subgroups };
     let (xb, yb, bb) = (upload(gpu, "x", &x), upload(gpu, "y", &y0), upload(gpu, "b", &b));
     let ops = ctx
         .matmul(&m, &xb, c.cols as u32, &yb, c.rows as u32, c.bias.then_some(&bb), c.acc, false, false)
@@ -121,10 +130,10 @@ fn matmul_every_format_both_shapes() {
     for (i, &dtype) in FORMATS.iter().enumerate() {
         // K-quants need whole 256-value blocks; others straddle sub-blocks.
         let cols = if dtype.block_size() == 256 { 512 } else { 96 };
-        for shape in SHAPES {
+        for (shape, subgroups) in shapes(&gpu) {
             // Rows straddle the 64-thread workgroup; tokens straddle the 8-token tile.
             for (rows, n) in [(1, 1), (65, 1), (130, 9)] {
-                let c = MatmulCase { dtype, shape, rows, cols, n, bias: false, acc: false, max_binding: None };
+                let c = MatmulCase { dtype, shape, rows, cols, n, bias: false, acc: false, max_binding: None, subgroups };
                 check_matmul(&gpu, &c, 100 + i as u64);
             }
         }
@@ -134,10 +143,10 @@ fn matmul_every_format_both_shapes() {
 #[test]
 fn matmul_bias_accumulate_and_row_chunks() {
     let gpu = gpu();
-    for shape in SHAPES {
+    for (shape, subgroups) in shapes(&gpu) {
         for dtype in [DType::Q4_1, DType::Q6_K, DType::F32] {
             let cols = if dtype.block_size() == 256 { 256 } else { 64 };
-            let c = MatmulCase { dtype, shape, rows: 70, cols, n: 3, bias: true, acc: true, max_binding: None };
+            let c = MatmulCase { dtype, shape, rows: 70, cols, n: 3, bias: true, acc: true, max_binding: None, subgroups };
             check_matmul(&gpu, &c, 7);
             // A binding limit of ~20 rows: four chunks, each its own dispatch.
             let row = baleen::gpu::weights::repacked_row_bytes(dtype, cols as u64);
@@ -150,13 +159,13 @@ fn matmul_bias_accumulate_and_row_chunks() {
 #[test]
 fn matmul_propagates_nan_and_inf() {
     let gpu = gpu();
-    for shape in SHAPES {
+    for (shape, subgroups) in shapes(&gpu) {
         let (rows, cols) = (8, 64);
         let (bytes, _) = random_matrix(DType::F32, rows, cols, 3);
         let interleaved = shape == MatmulShape::RowPerThread;
         let m = GpuMatrix::from_bytes(&gpu, "w", DType::F32, rows as u64, cols as u64, &bytes, gpu.max_binding(), interleaved).unwrap();
         let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
-        let ctx = Ctx { gpu: &gpu, step: &step_buf, shape };
+        let ctx = Ctx { gpu: &gpu, step: &step_buf, shape, subgroups };
         let mut x = Rng(5).vec(2 * cols);
         x[3] = f32::NAN; // token 0
         x[cols + 7] = f32::INFINITY; // token 1
@@ -180,7 +189,7 @@ fn embedding_rows_across_chunks() {
             let m = GpuMatrix::from_bytes(&gpu, "embd", dtype, rows as u64, cols as u64, &bytes, row * 16, interleaved).unwrap();
             assert_eq!(m.chunks.len(), 4);
             let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
-            let ctx = Ctx { gpu: &gpu, step: &step_buf, shape: MatmulShape::RowPerThread };
+            let ctx = Ctx { gpu: &gpu, step: &step_buf, shape: MatmulShape::RowPerThread, subgroups: false };
             let ids: Vec<u32> = vec![0, 15, 16, 49, 31, 32, 7];
             let idb = gpu.storage_init("ids", bytemuck::cast_slice(&ids)).unwrap();
             let out = gpu.storage("out", (ids.len() * cols * 4) as u64).unwrap();
@@ -203,7 +212,7 @@ fn rms_norm_all_rows_and_last_only() {
         let x = rng.vec(n * cols);
         let w = rng.vec(cols);
         let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
-        let ctx = Ctx { gpu: &gpu, step: &step_buf, shape: gpu.shape };
+        let ctx = Ctx { gpu: &gpu, step: &step_buf, shape: gpu.shape, subgroups: false };
         let (xb, wb) = (upload(&gpu, "x", &x), upload(&gpu, "w", &w));
         let out = gpu.storage("out", (n * cols * 4) as u64).unwrap();
         let mut want = x.clone();
@@ -227,7 +236,7 @@ fn rope_both_pairings_at_offsets() {
             // k as KV-cache rows: tokens land at pos..pos+n.
             let k = rng.vec((pos + n) * nk * hd);
             let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
-            let ctx = Ctx { gpu: &gpu, step: &step_buf, shape: gpu.shape };
+            let ctx = Ctx { gpu: &gpu, step: &step_buf, shape: gpu.shape, subgroups: false };
             let (ib, qb, kb) = (upload(&gpu, "inv", &inv), upload(&gpu, "q", &q), upload(&gpu, "k", &k));
             let op = ctx.rope("rope", pairing, &ib, &qb, &kb, hd as u32, nq as u32, nk as u32, true).unwrap();
             run(&gpu, &step_buf, step(n as u32, pos as u32), &[op]);
@@ -256,7 +265,7 @@ fn attention_causal_gqa_across_splits() {
         let k = rng.vec(ctx_len * kvh * hd);
         let v = rng.vec(ctx_len * kvh * hd);
         let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
-        let ctx = Ctx { gpu: &gpu, step: &step_buf, shape: gpu.shape };
+        let ctx = Ctx { gpu: &gpu, step: &step_buf, shape: gpu.shape, subgroups: false };
         let (qb, kb, vb) = (upload(&gpu, "q", &q), upload(&gpu, "k", &k), upload(&gpu, "v", &v));
         let ml = gpu.storage("ml", (n * h * max_splits * 8) as u64).unwrap();
         let po = gpu.storage("po", (n * h * max_splits * hd * 4) as u64).unwrap();
@@ -292,7 +301,7 @@ fn swiglu_matches() {
     g[1] = 100.0;
     let u = rng.vec(n * cols);
     let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
-    let ctx = Ctx { gpu: &gpu, step: &step_buf, shape: gpu.shape };
+    let ctx = Ctx { gpu: &gpu, step: &step_buf, shape: gpu.shape, subgroups: false };
     let (gb, ub) = (upload(&gpu, "g", &g), upload(&gpu, "u", &u));
     let out = gpu.storage("out", (n * cols * 4) as u64).unwrap();
     run(&gpu, &step_buf, step(n as u32, 0), &[ctx.swiglu("s", &gb, &ub, &out, cols as u32).unwrap()]);
@@ -304,7 +313,7 @@ fn swiglu_matches() {
 
 fn gpu_sample(gpu: &Gpu, logits: &[f32], p: &SamplingParams, draw: u32) -> u32 {
     let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
-    let ctx = Ctx { gpu, step: &step_buf, shape: gpu.shape };
+    let ctx = Ctx { gpu, step: &step_buf, shape: gpu.shape, subgroups: false };
     let lb = upload(gpu, "logits", logits);
     let ids = gpu.storage("ids", 4).unwrap();
     let st = Step {

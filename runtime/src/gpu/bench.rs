@@ -50,7 +50,7 @@ fn time_ops(gpu: &Gpu, step_buf: &wgpu::Buffer, step: &Step, ops: &[&Op], per_su
 
 pub fn run(gpu: &Gpu, target_bytes: u64, only: Option<&str>) -> Result<KernelReport> {
     let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
-    let ctx = Ctx { gpu, step: &step_buf, shape: gpu.shape };
+    let ctx = Ctx::new(gpu, &step_buf);
     let one = Step { n_tokens: 1, ..Default::default() };
 
     // ---- copy baseline

@@ -150,7 +150,7 @@ impl GpuModel {
         let output = if cfg.tie_embeddings { embd } else { matrix(names::global(kind, Global::Output), vocab, h)? };
 
         // ---- the graph
-        let ctx = Ctx { gpu: &gpu, step: &step, shape };
+        let ctx = Ctx { gpu: &gpu, step: &step, shape, subgroups: opts.subgroups && gpu.has_subgroups() };
         let w = |i: usize| &weights[i];
         let mut body = ctx.embed(w(embd), &ids, &x)?;
         for (i, l) in layers.iter().enumerate() {

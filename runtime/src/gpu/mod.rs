@@ -74,11 +74,13 @@ pub struct GpuOptions {
     pub shape: Option<MatmulShape>,
     /// Pretend the binding limit is this small (tests of row-chunked tensors).
     pub max_binding: Option<u64>,
+    /// Use subgroup operations if the device has them (default: yes).
+    pub subgroups: bool,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        GpuOptions { max_context: 4096, max_pass_tokens: 64, shape: None, max_binding: None }
+        GpuOptions { max_context: 4096, max_pass_tokens: 64, shape: None, max_binding: None, subgroups: true }
     }
 }
 
@@ -160,6 +162,10 @@ impl Gpu {
     /// Bytes allocated on the device so far.
     pub fn allocated_bytes(&self) -> u64 {
         self.allocated.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn has_subgroups(&self) -> bool {
+        self.features.contains(wgpu::Features::SUBGROUP)
     }
 
     pub fn has_f16(&self) -> bool {

@@ -12,6 +12,15 @@ pub struct Ctx<'a> {
     pub gpu: &'a Gpu,
     pub step: &'a wgpu::Buffer,
     pub shape: super::MatmulShape,
+    /// Use subgroup operations (only when the device has them).
+    pub subgroups: bool,
+}
+
+impl<'a> Ctx<'a> {
+    /// The device's own choices: its matmul shape, subgroups when present.
+    pub fn new(gpu: &'a Gpu, step: &'a wgpu::Buffer) -> Self {
+        Ctx { gpu, step, shape: gpu.shape, subgroups: gpu.has_subgroups() }
+    }
 }
 
 fn words(v: &[u32]) -> Vec<u8> {
@@ -68,6 +77,12 @@ impl Ctx<'_> {
         }
         if acc {
             flags.push("ACC");
+        }
+        if self.subgroups && self.shape == super::MatmulShape::RowPerWorkgroup {
+            flags.push("SUBGROUPS");
+            if cfg!(target_arch = "wasm32") {
+                flags.push("ENABLE_SUBGROUPS");
+            }
         }
         let wg = match self.shape {
             super::MatmulShape::RowPerThread => shape::MATMUL_WG_THREAD,
