@@ -70,6 +70,21 @@ struct RunArgs {
     system: Option<String>,
     #[arg(long, default_value_t = 128)]
     max_tokens: usize,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    #[arg(long, value_enum, default_value = "gpu")]
+    backend: BackendKind,
+    /// Print one JSON object instead of streaming text.
+    #[arg(long)]
+    json: bool,
+    /// Write the last prompt position's logits (little-endian f32) to FILE.
+    #[arg(long)]
+    dump_logits: Option<PathBuf>,
+}
+
+/// Sampling flags shared by `run` and `chat` (llama.cpp's defaults).
+#[derive(clap::Args)]
+struct SamplingArgs {
     /// 0 is greedy.
     #[arg(long, default_value_t = 0.8)]
     temperature: f32,
@@ -81,14 +96,19 @@ struct RunArgs {
     /// Random seed (default: from the clock).
     #[arg(long)]
     seed: Option<u64>,
-    #[arg(long, value_enum, default_value = "gpu")]
-    backend: BackendKind,
-    /// Print one JSON object instead of streaming text.
-    #[arg(long)]
-    json: bool,
-    /// Write the last prompt position's logits (little-endian f32) to FILE.
-    #[arg(long)]
-    dump_logits: Option<PathBuf>,
+}
+
+impl SamplingArgs {
+    fn params(&self) -> Result<SamplingParams> {
+        let p = SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed.unwrap_or_else(clock_seed),
+        };
+        p.validate()?;
+        Ok(p)
+    }
 }
 
 #[derive(clap::Args)]
@@ -99,14 +119,8 @@ struct ChatArgs {
     system: Option<String>,
     #[arg(long, default_value_t = 512)]
     max_tokens: usize,
-    #[arg(long, default_value_t = 0.7)]
-    temperature: f32,
-    #[arg(long, default_value_t = 40)]
-    top_k: usize,
-    #[arg(long, default_value_t = 0.95)]
-    top_p: f32,
-    #[arg(long)]
-    seed: Option<u64>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     #[arg(long, value_enum, default_value = "gpu")]
     backend: BackendKind,
 }
@@ -173,13 +187,12 @@ fn run(a: RunArgs) -> Result<()> {
         (Some(text), None) => m.tokenizer.encode(text, true)?,
         (None, None) => return Err(Error::Input("give a prompt: --prompt TEXT or --prompt-ids 1,2,3".into())),
     };
-    let seed = a.seed.unwrap_or_else(clock_seed);
     let params = GenerateParams {
         max_tokens: a.max_tokens,
-        sampling: SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed },
+        sampling: a.sampling.params()?,
         stop_ids: m.tokenizer.stop_ids.clone(),
     };
-    params.sampling.validate()?;
+    let seed = params.sampling.seed;
     let mut backend = open_backend(a.backend, &m)?;
 
     let mut stream = m.tokenizer.stream();
@@ -241,10 +254,9 @@ fn chat(a: ChatArgs) -> Result<()> {
     let mut session = baleen::engine::Session::new();
     let mut params = GenerateParams {
         max_tokens: a.max_tokens,
-        sampling: SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed.unwrap_or_else(clock_seed) },
+        sampling: a.sampling.params()?,
         stop_ids: m.tokenizer.stop_ids.clone(),
     };
-    params.sampling.validate()?;
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
     let _ = write!(out, "> ");

@@ -55,6 +55,7 @@ pub const FAMILIES: &[Family] = &[COPY, MATMUL, EMBED, NORM, ROPE, ATTENTION, EL
 const FRAGMENTS: &[(&str, &str)] = &[
     ("dequant", include_str!("../wgsl/dequant.wgsl")),
     ("dequant_body", include_str!("../wgsl/dequant_body.wgsl")),
+    ("step", include_str!("../wgsl/step.wgsl")),
 ];
 
 /// Rewrite an `EMIT(i, expr);` line for an include mode (see dequant_body.wgsl).

@@ -5,16 +5,7 @@
 // gives long contexts parallelism. GQA: head h reads kv head h / (H / KVH).
 // Constants: WG, MAX_HEAD_DIM.
 
-struct Step {
-    n_tokens: u32,
-    pos: u32,
-    seed_lo: u32,
-    seed_hi: u32,
-    draw: u32,
-    top_k: u32,
-    temperature: f32,
-    top_p: f32,
-}
+#include step
 
 struct Params {
     n_heads: u32,
@@ -27,7 +18,6 @@ struct Params {
     pad1: u32,
 }
 
-@group(0) @binding(0) var<uniform> step: Step;
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> q: array<f32>;             // [n_tokens, H · hd]
 @group(0) @binding(3) var<storage, read> k_cache: array<f32>;       // [ctx, KVH · hd]

@@ -1,15 +1,6 @@
 // SwiGLU activation: out = silu(gate) ⊙ up over [n_tokens, cols]. Constants: WG.
 
-struct Step {
-    n_tokens: u32,
-    pos: u32,
-    seed_lo: u32,
-    seed_hi: u32,
-    draw: u32,
-    top_k: u32,
-    temperature: f32,
-    top_p: f32,
-}
+#include step
 
 struct Params {
     cols: u32,
@@ -18,7 +9,6 @@ struct Params {
     pad2: u32,
 }
 
-@group(0) @binding(0) var<uniform> step: Step;
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> gate: array<f32>;       // [n_tokens, cols]
 @group(0) @binding(3) var<storage, read> up: array<f32>;         // [n_tokens, cols]

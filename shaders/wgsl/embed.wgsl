@@ -2,16 +2,7 @@
 // One thread per (token, 32-value sub-block); the chunk's layout (INTERLEAVED
 // or row-major) as the matmul's. Constants: WG, QUADS, SCALE_WORDS, SUBS.
 
-struct Step {
-    n_tokens: u32,
-    pos: u32,
-    seed_lo: u32,
-    seed_hi: u32,
-    draw: u32,
-    top_k: u32,
-    temperature: f32,
-    top_p: f32,
-}
+#include step
 
 struct Params {
     rows: u32,      // rows in this chunk
@@ -20,7 +11,6 @@ struct Params {
     scale_offset: u32, // word offset of the scale plane in the weight buffer
 }
 
-@group(0) @binding(0) var<uniform> step: Step;
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;    // quant plane
 @group(0) @binding(5) var<storage, read> ws: array<u32>;         // the same buffer: scale plane at p.scale_offset

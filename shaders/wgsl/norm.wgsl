@@ -1,16 +1,7 @@
 // RMSNorm: out[t] = x[t] / sqrt(mean(x[t]²) + eps) · w. One thread per row
 // (rows are short; no barriers). Constants: WG.
 
-struct Step {
-    n_tokens: u32,
-    pos: u32,
-    seed_lo: u32,
-    seed_hi: u32,
-    draw: u32,
-    top_k: u32,
-    temperature: f32,
-    top_p: f32,
-}
+#include step
 
 struct Params {
     cols: u32,
@@ -19,7 +10,6 @@ struct Params {
     pad: u32,
 }
 
-@group(0) @binding(0) var<uniform> step: Step;
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> x: array<f32>;          // [n_tokens, cols]
 @group(0) @binding(3) var<storage, read> w: array<f32>;          // [cols]

@@ -4,16 +4,7 @@
 // inv_freq holds every scaling (linear, llama3, per-dimension factors) already.
 // One thread per (token, head of q then k, pair). Constants: WG.
 
-struct Step {
-    n_tokens: u32,
-    pos: u32,
-    seed_lo: u32,
-    seed_hi: u32,
-    draw: u32,
-    top_k: u32,
-    temperature: f32,
-    top_p: f32,
-}
+#include step
 
 struct Params {
     head_dim: u32,
@@ -22,7 +13,6 @@ struct Params {
     k_at_pos: u32, // 1: k rows are KV-cache rows, token t at pos + t
 }
 
-@group(0) @binding(0) var<uniform> step: Step;
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> inv_freq: array<f32>;   // [head_dim / 2]
 @group(0) @binding(3) var<storage, read_write> q: array<f32>;    // [n_tokens, n_q_heads · head_dim]

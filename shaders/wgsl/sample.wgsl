@@ -5,16 +5,7 @@
 // (seed, draw)-hash exactly as runtime/src/sample.rs does on the CPU.
 // The token goes to ids[0], the next step's input. Constants: WG, MAX_CAND.
 
-struct Step {
-    n_tokens: u32,
-    pos: u32,
-    seed_lo: u32,
-    seed_hi: u32,
-    draw: u32,
-    top_k: u32,
-    temperature: f32,
-    top_p: f32,
-}
+#include step
 
 struct Params {
     vocab: u32,
@@ -23,7 +14,6 @@ struct Params {
     pad2: u32,
 }
 
-@group(0) @binding(0) var<uniform> step: Step;
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> logits: array<f32>;     // [vocab]
 @group(0) @binding(3) var<storage, read_write> ids: array<u32>;  // [≥ 1]

@@ -1,0 +1,16 @@
+// Fragment, included with `#include step`: the parameters of a pass, one small
+// uniform buffer every kernel reads at binding 0 (mirrors `Step` in
+// runtime/src/gpu/mod.rs, written once per submit).
+
+struct Step {
+    n_tokens: u32,
+    pos: u32,
+    seed_lo: u32,
+    seed_hi: u32,
+    draw: u32,
+    top_k: u32,
+    temperature: f32,
+    top_p: f32,
+}
+
+@group(0) @binding(0) var<uniform> step: Step;
