@@ -2,6 +2,8 @@
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 export PATH := $(CURDIR)/tools/bin:$(HOME)/.cargo/bin:$(PATH)
+# Mesa's Vulkan loader complains on every start without one.
+export XDG_RUNTIME_DIR ?= /tmp
 
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 FUZZ_SECONDS ?= 20

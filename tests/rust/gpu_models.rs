@@ -78,6 +78,11 @@ fn gpu_errors_are_clear() {
     let e = g.forward(&[1; 17], false).unwrap_err().to_string();
     assert!(e.contains("do not fit the context of 16"), "{e}");
     assert_eq!(g.context_length(), 16);
+    // A buffer past the device's limit is refused with the numbers, not a panic.
+    let gpu = &g.gpu;
+    let too_big = gpu.limits.max_buffer_size.saturating_add(4);
+    let e = gpu.storage("huge", too_big).unwrap_err().to_string();
+    assert!(e.contains("huge") && e.contains("allows"), "{e}");
 }
 
 #[test]
