@@ -8,7 +8,7 @@
 //! - **constants** are emitted as `const NAME: u32 = V;` (or `: f32`) ahead of
 //!   the body, so workgroup sizes and tile sizes are WGSL constants.
 //!
-//! `enable f16;` (flag `F16`) and `enable subgroups;` (flags `SUBGROUPS` and
+//! `enable f16;` (any `HALF_*` flag) and `enable subgroups;` (flags `SUBGROUPS` and
 //! `ENABLE_SUBGROUPS`, the latter for browsers only) go first, as WGSL requires.
 
 /// A kernel family: its name and WGSL text.
@@ -38,14 +38,14 @@ pub const WEIGHT_FORMATS: &[&str] = &["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_
 
 pub const COPY: Family = family!("copy", flags: [], choices: []);
 pub const MATMUL: Family = family!("matmul",
-    flags: ["BIAS", "ACC", "INTERLEAVED", "SUBGROUPS"],
+    flags: ["BIAS", "ACC", "INTERLEAVED", "SUBGROUPS", "HALF_Y"],
     choices: [["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"], ["ROW_PER_THREAD", "ROW_PER_WORKGROUP"]]);
 pub const EMBED: Family = family!("embed",
     flags: ["INTERLEAVED"],
     choices: [["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"]]);
 pub const NORM: Family = family!("norm", flags: [], choices: []);
-pub const ROPE: Family = family!("rope", flags: [], choices: [["HALVES", "ADJACENT"]]);
-pub const ATTENTION: Family = family!("attention", flags: [], choices: []);
+pub const ROPE: Family = family!("rope", flags: ["HALF_K"], choices: [["HALVES", "ADJACENT"]]);
+pub const ATTENTION: Family = family!("attention", flags: ["HALF_KV"], choices: []);
 pub const ELEMENTWISE: Family = family!("elementwise", flags: [], choices: []);
 pub const SAMPLE: Family = family!("sample", flags: [], choices: []);
 
@@ -196,7 +196,7 @@ pub enum Const {
 /// Specialise a family's source for `flags` and `consts`.
 pub fn specialise(family: &Family, flags: &[&str], consts: &[Const]) -> Result<String, String> {
     for f in flags {
-        if !family.flags.contains(f) && !family.choices.iter().any(|c| c.contains(f)) && !["F16", "SUBGROUPS", "ENABLE_SUBGROUPS"].contains(f) {
+        if !family.flags.contains(f) && !family.choices.iter().any(|c| c.contains(f)) && !["SUBGROUPS", "ENABLE_SUBGROUPS"].contains(f) {
             return Err(format!("{}.wgsl has no flag {f}", family.name));
         }
     }
@@ -207,7 +207,9 @@ pub fn specialise(family: &Family, flags: &[&str], consts: &[Const]) -> Result<S
         }
     }
     let mut out = String::new();
-    if flags.contains(&"F16") {
+    // HALF_* flags keep a buffer in f16 and need the shader-f16 extension
+    // (the F16 *weight format* does not: it unpacks halves with unpack2x16float).
+    if flags.iter().any(|f| f.starts_with("HALF_")) {
         out.push_str("enable f16;\n");
     }
     // Browsers require `enable subgroups;`; naga 30 (native) rejects it and
@@ -295,6 +297,14 @@ mod tests {
             }
         }
         assert!(n >= 60, "only {n} variants");
+    }
+
+    #[test]
+    fn f16_extension_only_for_half_buffers() {
+        let f = ["F16", "ROW_PER_THREAD"];
+        assert!(!specialise(&MATMUL, &f, &consts(&MATMUL, &f)).unwrap().contains("enable f16"));
+        let f = ["Q4_0", "ROW_PER_THREAD", "HALF_Y"];
+        assert!(specialise(&MATMUL, &f, &consts(&MATMUL, &f)).unwrap().starts_with("enable f16;"));
     }
 
     #[test]

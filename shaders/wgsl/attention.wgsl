@@ -3,7 +3,7 @@
 // online softmax over its split_len positions; `combine` merges the splits.
 // No barriers or workgroup memory, so it suits CPU adapters, and the split
 // gives long contexts parallelism. GQA: head h reads kv head h / (H / KVH).
-// Constants: WG, MAX_HEAD_DIM.
+// HALF_KV reads an f16 cache. Constants: WG, MAX_HEAD_DIM.
 
 #include step
 
@@ -20,8 +20,13 @@ struct Params {
 
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> q: array<f32>;             // [n_tokens, H · hd]
+#if HALF_KV
+@group(0) @binding(3) var<storage, read> k_cache: array<f16>;       // [ctx, KVH · hd]
+@group(0) @binding(4) var<storage, read> v_cache: array<f16>;       // [ctx, KVH · hd]
+#else
 @group(0) @binding(3) var<storage, read> k_cache: array<f32>;       // [ctx, KVH · hd]
 @group(0) @binding(4) var<storage, read> v_cache: array<f32>;       // [ctx, KVH · hd]
+#endif
 @group(0) @binding(5) var<storage, read_write> part_ml: array<f32>; // [n_tokens, H, max_splits, 2] (max, sum)
 @group(0) @binding(6) var<storage, read_write> part_o: array<f32>;  // [n_tokens, H, max_splits, hd]
 @group(0) @binding(7) var<storage, read_write> out: array<f32>;     // [n_tokens, H · hd]
@@ -55,7 +60,7 @@ fn partial(@builtin(global_invocation_id) gid: vec3<u32>) {
         let kb = pos * kv_stride + kvh * hd;
         var score = 0.0;
         for (var d = 0u; d < hd; d++) {
-            score += q[qb + d] * k_cache[kb + d];
+            score += q[qb + d] * f32(k_cache[kb + d]);
         }
         score *= p.scale;
         let m_new = max(m, score);
@@ -63,7 +68,7 @@ fn partial(@builtin(global_invocation_id) gid: vec3<u32>) {
         let e = exp(score - m_new);
         l = l * c + e;
         for (var d = 0u; d < hd; d++) {
-            acc[d] = acc[d] * c + e * v_cache[kb + d];
+            acc[d] = acc[d] * c + e * f32(v_cache[kb + d]);
         }
         m = m_new;
     }

@@ -7,7 +7,8 @@
 //   ROW_PER_THREAD    one thread computes one row for TILE_T tokens (CPU adapters,
 //                     where barriers and workgroup memory are expensive);
 //   ROW_PER_WORKGROUP WG threads split one row's sub-blocks and reduce (GPUs).
-// BIAS adds b[r]; ACC adds into y (fused residual); SUBGROUPS reduces the
+// BIAS adds b[r]; ACC adds into y (fused residual); HALF_Y stores y as f16
+// (the f16 KV cache); SUBGROUPS reduces the
 // workgroup-per-row sums with subgroupAdd.
 // Constants: WG, TILE_T, and the format's QUADS, SCALE_WORDS, SUBS.
 
@@ -28,7 +29,11 @@ struct Params {
 @group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;  // quant plane [blocks · QUADS] per row
 @group(0) @binding(6) var<storage, read> ws: array<u32>;       // the same buffer: scale plane at p.scale_offset
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;  // [n_tokens, x_stride / 4]
+#if HALF_Y
+@group(0) @binding(4) var<storage, read_write> y: array<f16>;  // [n_tokens, y_stride] (an f16 KV cache)
+#else
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;  // [n_tokens, y_stride]
+#endif
 #if BIAS
 @group(0) @binding(5) var<storage, read> b: array<f32>;        // [all chunks' rows]
 #endif
@@ -61,10 +66,14 @@ fn store(t: u32, r: u32, value: f32) {
         row += step.pos;
     }
     let at = row * p.y_stride + p.row_offset + r;
+#if HALF_Y
+    y[at] = f16(v);
+#else
 #if ACC
     y[at] += v;
 #else
     y[at] = v;
+#endif
 #endif
 }
 

@@ -16,7 +16,11 @@ struct Params {
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> inv_freq: array<f32>;   // [head_dim / 2]
 @group(0) @binding(3) var<storage, read_write> q: array<f32>;    // [n_tokens, n_q_heads · head_dim]
+#if HALF_K
+@group(0) @binding(4) var<storage, read_write> k: array<f16>;    // [(pos +) n_tokens, n_k_heads · head_dim], f16 cache
+#else
 @group(0) @binding(4) var<storage, read_write> k: array<f32>;    // [(pos +) n_tokens, n_k_heads · head_dim]
+#endif
 
 fn rotate(v: vec2<f32>, angle: f32) -> vec2<f32> {
     let c = cos(angle);
@@ -53,8 +57,14 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
             row += step.pos;
         }
         let base = (row * p.n_k_heads + h - p.n_q_heads) * p.head_dim;
+#if HALF_K
+        let r = rotate(vec2<f32>(f32(k[base + a]), f32(k[base + b])), angle);
+        k[base + a] = f16(r.x);
+        k[base + b] = f16(r.y);
+#else
         let r = rotate(vec2<f32>(k[base + a], k[base + b]), angle);
         k[base + a] = r.x;
         k[base + b] = r.y;
+#endif
     }
 }

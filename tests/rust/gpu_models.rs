@@ -29,7 +29,7 @@ fn tiny_models_match_transformers_on_both_kernel_shapes() {
             (MatmulShape::RowPerWorkgroup, false),
             (MatmulShape::RowPerWorkgroup, true),
         ] {
-            let opts = GpuOptions { shape: Some(shape), max_pass_tokens: 5, subgroups, ..Default::default() };
+            let opts = GpuOptions { shape: Some(shape), max_pass_tokens: 5, subgroups, kv_f16: Some(false), ..Default::default() };
             let mut g = GpuModel::load(gpu.clone(), &m, &opts).unwrap();
             // Every position, through the decode path.
             let all = g.forward(&ids, true).unwrap();
@@ -60,7 +60,7 @@ fn tensors_over_the_binding_limit_are_split_into_row_chunks() {
     let fx = common::json("tiny-qwen2/expected.json");
     // 8 KiB bindings: the 384 × 64 f32 embedding (tied LM head, 96 KiB) becomes
     // 12 chunks, the 128 × 64 MLP matrices 4 each.
-    let opts = GpuOptions { max_binding: Some(8 << 10), ..Default::default() };
+    let opts = GpuOptions { max_binding: Some(8 << 10), kv_f16: Some(false), ..Default::default() };
     let mut g = GpuModel::load(gpu, &m, &opts).unwrap();
     let ids = common::u32s(&fx["prompt_ids"]);
     let logits = g.forward(&ids, false).unwrap();
@@ -86,11 +86,34 @@ fn gpu_errors_are_clear() {
 }
 
 #[test]
-fn smollm2_matches_transformers() {
+fn tiny_models_with_an_f16_kv_cache() {
+    let gpu = gpu();
+    if !gpu.has_f16() {
+        eprintln!("no shader-f16 on {}: the KV cache stays f32", gpu.adapter_name());
+        return;
+    }
+    for name in ["tiny-llama", "tiny-qwen2"] {
+        let fx = common::json(&format!("{name}/expected.json"));
+        let m = ModelFiles::open(&common::fixture(name)).unwrap();
+        let mut g = GpuModel::load(gpu.clone(), &m, &GpuOptions { kv_f16: Some(true), ..Default::default() }).unwrap();
+        assert!(g.kv_f16);
+        let ids = common::u32s(&fx["prompt_ids"]);
+        let params = GenerateParams { max_tokens: 20, sampling: SamplingParams::default(), stop_ids: vec![] };
+        let gen = generate(&mut g, &ids, &params, |_| true).unwrap();
+        let last = common::f32s(fx["logits"].as_array().unwrap().last().unwrap());
+        let d = common::max_abs_diff(&gen.prompt_logits, &last);
+        // K and V rounded to f16 (relative 2^-11): logits move by ~1e-3 here.
+        assert!(d <= 1e-2, "{name}: max |Δ| {d} with an f16 KV cache");
+        assert_eq!(gen.tokens, common::u32s(&fx["greedy_ids"]), "{name} greedy with an f16 KV cache");
+        eprintln!("{name} f16 KV: max |Δlogit| {d:e}");
+    }
+}
+
+fn smollm2_check(opts: GpuOptions, margin: f32) {
     let gpu = gpu();
     let m = ModelFiles::open(&common::smollm2()).unwrap();
     let fx = common::json("smollm2/expected.json");
-    let mut g = GpuModel::load(gpu, &m, &GpuOptions::default()).unwrap();
+    let mut g = GpuModel::load(gpu, &m, &opts).unwrap();
     for p in fx["prompts"].as_array().unwrap() {
         g.truncate(0);
         let ids = common::u32s(&p["prompt_ids"]);
@@ -100,14 +123,26 @@ fn smollm2_matches_transformers() {
         let want: Vec<f32> = b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
         let rms = common::rms_diff(&gen.prompt_logits, &want);
         assert!(rms <= 1e-2, "logits RMS {rms}");
-        // Greedy tokens agree wherever transformers' top-2 margin is clear of
-        // float noise: we require ≥ 0.01 (the issue asks for ≥ 0.1), up to
-        // the first step below it (past that either choice is right).
+        // Greedy tokens agree wherever transformers' top-2 margin is at least
+        // `margin`, up to the first step below it (past that either is right).
         let want_ids = common::u32s(&p["greedy_ids"]);
         let margins = common::f32s(&p["greedy_margins"]);
-        let sure = margins.iter().take_while(|&&m| m >= 0.01).count().min(gen.tokens.len());
+        let sure = margins.iter().take_while(|&&m| m >= margin).count().min(gen.tokens.len());
         assert_eq!(gen.tokens.len(), 32);
         assert_eq!(gen.tokens[..sure], want_ids[..sure], "greedy tokens");
-        eprintln!("{}: RMS {rms:e}; {sure} of 32 tokens checked", p["logits_file"]);
+        eprintln!("{} (f16 KV {}): RMS {rms:e}; {sure} of 32 tokens checked", p["logits_file"], g.kv_f16);
     }
+}
+
+#[test]
+fn smollm2_matches_transformers() {
+    // f32 KV cache: greedy tokens must agree down to a 0.01 top-2 margin.
+    smollm2_check(GpuOptions { kv_f16: Some(false), ..Default::default() }, 0.01);
+}
+
+#[test]
+fn smollm2_matches_transformers_with_the_default_cache() {
+    // The default (f16 KV where the device has shader-f16): the issue's bound,
+    // identical tokens wherever transformers' top-2 margin is at least 0.1.
+    smollm2_check(GpuOptions::default(), 0.1);
 }

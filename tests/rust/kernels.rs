@@ -98,7 +98,7 @@ fn check_matmul(gpu: &Gpu, c: &MatmulCase, seed: u64) {
     let ctx = Ctx { gpu, step: &step_buf, shape: c.shape, subgroups: c.subgroups };
     let (xb, yb, bb) = (upload(gpu, "x", &x), upload(gpu, "y", &y0), upload(gpu, "b", &b));
     let ops = ctx
-        .matmul(&m, &xb, c.cols as u32, &yb, c.rows as u32, c.bias.then_some(&bb), c.acc, false, false)
+        .matmul(&m, &xb, c.cols as u32, &yb, c.rows as u32, c.bias.then_some(&bb), c.acc, false, false, false)
         .unwrap();
     run(gpu, &step_buf, step(c.n as u32, 0), &ops);
     let got = download(gpu, &yb, c.n * c.rows);
@@ -170,7 +170,7 @@ fn matmul_propagates_nan_and_inf() {
         x[3] = f32::NAN; // token 0
         x[cols + 7] = f32::INFINITY; // token 1
         let (xb, yb) = (upload(&gpu, "x", &x), gpu.storage("y", (2 * rows * 4) as u64).unwrap());
-        let ops = ctx.matmul(&m, &xb, cols as u32, &yb, rows as u32, None, false, false, false).unwrap();
+        let ops = ctx.matmul(&m, &xb, cols as u32, &yb, rows as u32, None, false, false, false, false).unwrap();
         run(&gpu, &step_buf, step(2, 0), &ops);
         let y = download(&gpu, &yb, 2 * rows);
         assert!(y.iter().all(|v| !v.is_finite()), "{shape:?}: a NaN or ∞ input must not come out finite: {y:?}");
@@ -238,7 +238,7 @@ fn rope_both_pairings_at_offsets() {
             let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
             let ctx = Ctx { gpu: &gpu, step: &step_buf, shape: gpu.shape, subgroups: false };
             let (ib, qb, kb) = (upload(&gpu, "inv", &inv), upload(&gpu, "q", &q), upload(&gpu, "k", &k));
-            let op = ctx.rope("rope", pairing, &ib, &qb, &kb, hd as u32, nq as u32, nk as u32, true).unwrap();
+            let op = ctx.rope("rope", pairing, &ib, &qb, &kb, hd as u32, nq as u32, nk as u32, true, false).unwrap();
             run(&gpu, &step_buf, step(n as u32, pos as u32), &[op]);
             let (mut wq, mut wk) = (q.clone(), k.clone());
             for t in 0..n {
@@ -270,7 +270,7 @@ fn attention_causal_gqa_across_splits() {
         let ml = gpu.storage("ml", (n * h * max_splits * 8) as u64).unwrap();
         let po = gpu.storage("po", (n * h * max_splits * hd * 4) as u64).unwrap();
         let out = gpu.storage("out", (n * h * hd * 4) as u64).unwrap();
-        let ops = ctx.attention("attn", &qb, &kb, &vb, &ml, &po, &out, h as u32, kvh as u32, hd as u32, max_splits as u32).unwrap();
+        let ops = ctx.attention("attn", &qb, &kb, &vb, &ml, &po, &out, h as u32, kvh as u32, hd as u32, max_splits as u32, false).unwrap();
         run(&gpu, &step_buf, step(n as u32, pos as u32), &ops);
         let got = download(&gpu, &out, n * h * hd);
         let scale = 1.0 / (hd as f32).sqrt();
@@ -357,6 +357,86 @@ fn sampling_on_the_gpu_equals_the_cpu_sampler() {
         for draw in 0..12 {
             let want = sample::sample(&l, &p, draw).unwrap();
             assert_eq!(gpu_sample(&gpu, &l, &p, draw), want, "{p:?} draw {draw}");
+        }
+    }
+}
+
+fn halves(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect()
+}
+
+fn read_halves(gpu: &Gpu, b: &wgpu::Buffer, n: usize) -> Vec<f32> {
+    let bytes = gpu.read(b, 0, (n * 2).div_ceil(4) as u64 * 4).unwrap();
+    bytes[..n * 2].chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+}
+
+#[test]
+fn f16_kv_cache_kernels() {
+    let gpu = gpu();
+    if !gpu.has_f16() {
+        eprintln!("{} has no shader-f16: the f16 KV cache is not used there, nothing to test", gpu.adapter_name());
+        return;
+    }
+    let mut rng = Rng(16);
+    let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
+    let ctx = Ctx { gpu: &gpu, step: &step_buf, shape: gpu.shape, subgroups: false };
+    let (h, kvh, hd, pos, n) = (4usize, 2usize, 32usize, 70usize, 3usize);
+    let kv_dim = kvh * hd;
+
+    // K/V matmul storing f16 rows at the pass position.
+    let (bytes, w) = random_matrix(DType::Q8_0, kv_dim, 64, 17);
+    let m = GpuMatrix::from_bytes(&gpu, "wk", DType::Q8_0, kv_dim as u64, 64, &bytes, gpu.max_binding(), gpu.shape == MatmulShape::RowPerThread).unwrap();
+    let x = rng.vec(n * 64);
+    let xb = upload(&gpu, "x", &x);
+    let cache = gpu.storage("k cache", ((pos + n) * kv_dim * 2) as u64).unwrap();
+    run(&gpu, &step_buf, step(n as u32, pos as u32), &ctx.matmul(&m, &xb, 64, &cache, kv_dim as u32, None, false, false, true, true).unwrap());
+    let got = read_halves(&gpu, &cache, (pos + n) * kv_dim);
+    for t in 0..n {
+        for r in 0..kv_dim {
+            let want: f32 = reference::dot(&w[r * 64..(r + 1) * 64], &x[t * 64..(t + 1) * 64]);
+            let g = got[(pos + t) * kv_dim + r];
+            assert!((g - want).abs() <= 1e-3 * want.abs().max(1.0), "k[{t},{r}] {g} vs {want}");
+        }
+    }
+
+    // RoPE on f16 cache rows.
+    let inv: Vec<f32> = (0..hd / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / hd as f32)).collect();
+    let k: Vec<f32> = rng.vec((pos + n) * kv_dim).iter().map(|v| half::f16::from_f32(*v).to_f32()).collect();
+    let q = rng.vec(n * h * hd);
+    let (ib, qb) = (upload(&gpu, "inv", &inv), upload(&gpu, "q", &q));
+    let kb = gpu.storage_init("k", &halves(&k)).unwrap();
+    let op = ctx.rope("rope", RopePairing::Halves, &ib, &qb, &kb, hd as u32, h as u32, kvh as u32, true, true).unwrap();
+    run(&gpu, &step_buf, step(n as u32, pos as u32), &[op]);
+    let mut wk = k.clone();
+    for t in 0..n {
+        let r = pos + t;
+        wk[r * kv_dim..(r + 1) * kv_dim].chunks_exact_mut(hd).for_each(|v| reference::rope(v, pos + t, &inv, RopePairing::Halves));
+    }
+    let gk = read_halves(&gpu, &kb, k.len());
+    assert!(gk.iter().zip(&wk).all(|(g, w)| (g - w).abs() <= 1e-3 * w.abs().max(1.0)), "rope on an f16 cache");
+
+    // Attention reading an f16 cache: exact against the reference on the same halves.
+    let v: Vec<f32> = rng.vec((pos + n) * kv_dim).iter().map(|x| half::f16::from_f32(*x).to_f32()).collect();
+    let (kb, vb) = (gpu.storage_init("k", &halves(&k)).unwrap(), gpu.storage_init("v", &halves(&v)).unwrap());
+    let max_splits = (pos + n).div_ceil(baleen_shaders::shape::ATTENTION_SPLIT as usize);
+    let ml = gpu.storage("ml", (n * h * max_splits * 8) as u64).unwrap();
+    let po = gpu.storage("po", (n * h * max_splits * hd * 4) as u64).unwrap();
+    let out = gpu.storage("out", (n * h * hd * 4) as u64).unwrap();
+    let ops = ctx.attention("attn", &qb, &kb, &vb, &ml, &po, &out, h as u32, kvh as u32, hd as u32, max_splits as u32, true).unwrap();
+    let q_now = download(&gpu, &qb, q.len()); // rotated above
+    run(&gpu, &step_buf, step(n as u32, pos as u32), &ops);
+    let got = download(&gpu, &out, n * h * hd);
+    let scale = 1.0 / (hd as f32).sqrt();
+    for t in 0..n {
+        for head in 0..h {
+            let kv = head / (h / kvh);
+            let qh = &q_now[(t * h + head) * hd..][..hd];
+            let mut s: Vec<f32> = (0..=pos + t).map(|p| reference::dot(qh, &k[(p * kvh + kv) * hd..][..hd]) * scale).collect();
+            reference::softmax(&mut s);
+            for d in 0..hd {
+                let want: f32 = s.iter().enumerate().map(|(p, a)| a * v[(p * kvh + kv) * hd + d]).sum();
+                assert!((got[(t * h + head) * hd + d] - want).abs() < 1e-5);
+            }
         }
     }
 }

@@ -20,6 +20,8 @@ pub struct GpuModel {
     pub cfg: ModelConfig,
     /// Positions the KV cache holds.
     context: usize,
+    /// The KV cache is f16.
+    pub kv_f16: bool,
     /// Most tokens one pass runs.
     max_pass: usize,
     step: wgpu::Buffer,
@@ -63,6 +65,8 @@ impl GpuModel {
         let (h, hd) = (cfg.hidden as u32, cfg.head_dim as u32);
         let (nh, nkv) = (cfg.n_heads as u32, cfg.n_kv_heads as u32);
         let (q_dim, kv_dim, ffn, vocab) = (nh * hd, nkv * hd, cfg.ffn as u32, cfg.vocab as u32);
+        let kv_half = opts.kv_f16.unwrap_or(true) && gpu.has_f16();
+        let kv_bytes = if kv_half { 2 } else { 4 };
         let t = max_pass as u64;
 
         let mut buffers = Vec::new();
@@ -119,8 +123,8 @@ impl GpuModel {
             w_gate: usize,
             w_up: usize,
             w_down: usize,
-            k_cache: wgpu::Buffer, // [context, kv_dim]
-            v_cache: wgpu::Buffer, // [context, kv_dim]
+            k_cache: wgpu::Buffer, // [context, kv_dim] f32, or f16 with kv_half
+            v_cache: wgpu::Buffer, // [context, kv_dim] f32, or f16 with kv_half
         }
         let embd = matrix(names::global(kind, Global::TokenEmbd), vocab, h)?;
         let mut layers = Vec::with_capacity(cfg.n_layers);
@@ -142,8 +146,8 @@ impl GpuModel {
                 w_gate: matrix(&n(Layer::Gate), ffn, h)?,
                 w_up: matrix(&n(Layer::Up), ffn, h)?,
                 w_down: matrix(&n(Layer::Down), h, ffn)?,
-                k_cache: gpu.storage(&format!("k cache {i}"), context as u64 * kv_dim as u64 * 4)?,
-                v_cache: gpu.storage(&format!("v cache {i}"), context as u64 * kv_dim as u64 * 4)?,
+                k_cache: gpu.storage(&format!("k cache {i}"), context as u64 * kv_dim as u64 * kv_bytes)?,
+                v_cache: gpu.storage(&format!("v cache {i}"), context as u64 * kv_dim as u64 * kv_bytes)?,
             });
         }
         let output_norm = vector(names::global(kind, Global::OutputNorm), h)?;
@@ -156,10 +160,10 @@ impl GpuModel {
         for (i, l) in layers.iter().enumerate() {
             let b = l.bias.as_ref();
             body.push(ctx.rms_norm(&format!("blk.{i}.attn_norm"), &x, &l.attn_norm, &xn, h, cfg.rms_eps, false)?);
-            body.extend(ctx.matmul(w(l.wq), &xn, h, &q, q_dim, b.map(|b| &b[0]), false, false, false)?);
-            body.extend(ctx.matmul(w(l.wk), &xn, h, &l.k_cache, kv_dim, b.map(|b| &b[1]), false, false, true)?);
-            body.extend(ctx.matmul(w(l.wv), &xn, h, &l.v_cache, kv_dim, b.map(|b| &b[2]), false, false, true)?);
-            body.push(ctx.rope(&format!("blk.{i}.rope"), cfg.rope_pairing, &inv_freq, &q, &l.k_cache, hd, nh, nkv, true)?);
+            body.extend(ctx.matmul(w(l.wq), &xn, h, &q, q_dim, b.map(|b| &b[0]), false, false, false, false)?);
+            body.extend(ctx.matmul(w(l.wk), &xn, h, &l.k_cache, kv_dim, b.map(|b| &b[1]), false, false, true, kv_half)?);
+            body.extend(ctx.matmul(w(l.wv), &xn, h, &l.v_cache, kv_dim, b.map(|b| &b[2]), false, false, true, kv_half)?);
+            body.push(ctx.rope(&format!("blk.{i}.rope"), cfg.rope_pairing, &inv_freq, &q, &l.k_cache, hd, nh, nkv, true, kv_half)?);
             body.extend(ctx.attention(
                 &format!("blk.{i}.attn"),
                 &q,
@@ -172,16 +176,17 @@ impl GpuModel {
                 nkv,
                 hd,
                 max_splits as u32,
+                kv_half,
             )?);
-            body.extend(ctx.matmul(w(l.wo), &attn, q_dim, &x, h, None, true, false, false)?);
+            body.extend(ctx.matmul(w(l.wo), &attn, q_dim, &x, h, None, true, false, false, false)?);
             body.push(ctx.rms_norm(&format!("blk.{i}.ffn_norm"), &x, &l.ffn_norm, &xn, h, cfg.rms_eps, false)?);
-            body.extend(ctx.matmul(w(l.w_gate), &xn, h, &gate, ffn, None, false, false, false)?);
-            body.extend(ctx.matmul(w(l.w_up), &xn, h, &up, ffn, None, false, false, false)?);
+            body.extend(ctx.matmul(w(l.w_gate), &xn, h, &gate, ffn, None, false, false, false, false)?);
+            body.extend(ctx.matmul(w(l.w_up), &xn, h, &up, ffn, None, false, false, false, false)?);
             body.push(ctx.swiglu(&format!("blk.{i}.swiglu"), &gate, &up, &mlp, ffn)?);
-            body.extend(ctx.matmul(w(l.w_down), &mlp, ffn, &x, h, None, true, false, false)?);
+            body.extend(ctx.matmul(w(l.w_down), &mlp, ffn, &x, h, None, true, false, false, false)?);
         }
         let mut head = vec![ctx.rms_norm("output_norm", &x, &output_norm, &xn, h, cfg.rms_eps, true)?];
-        head.extend(ctx.matmul(w(output), &xn, h, &logits, vocab, None, false, true, false)?);
+        head.extend(ctx.matmul(w(output), &xn, h, &logits, vocab, None, false, true, false, false)?);
         head.push(ctx.sample(&logits, &ids, vocab)?);
         for l in layers {
             buffers.extend([l.attn_norm, l.ffn_norm, l.k_cache, l.v_cache]);
@@ -193,6 +198,7 @@ impl GpuModel {
             gpu,
             cfg,
             context,
+            kv_f16: kv_half,
             max_pass,
             step,
             ids,

@@ -76,11 +76,14 @@ pub struct GpuOptions {
     pub max_binding: Option<u64>,
     /// Use subgroup operations if the device has them (default: yes).
     pub subgroups: bool,
+    /// Keep the KV cache in f16 (half the memory and attention reads); needs
+    /// shader-f16. None: whenever the device has it.
+    pub kv_f16: Option<bool>,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        GpuOptions { max_context: 4096, max_pass_tokens: 64, shape: None, max_binding: None, subgroups: true }
+        GpuOptions { max_context: 4096, max_pass_tokens: 64, shape: None, max_binding: None, subgroups: true, kv_f16: None }
     }
 }
 

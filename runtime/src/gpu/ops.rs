@@ -54,7 +54,8 @@ impl Ctx<'_> {
     }
 
     /// `y (+)= W x (+ b)`, one op per row chunk of W.
-    /// `single`: one token, x row 0 → y row 0. `y_at_pos`: y rows start at the pass position.
+    /// `single`: one token, x row 0 → y row 0. `y_at_pos`: y rows start at the
+    /// pass position. `half_y`: y is f16 (a KV cache; needs shader-f16).
     #[allow(clippy::too_many_arguments)]
     pub fn matmul(
         &self,
@@ -67,8 +68,12 @@ impl Ctx<'_> {
         acc: bool,
         single: bool,
         y_at_pos: bool,
+        half_y: bool,
     ) -> Result<Vec<Op>> {
         let mut flags = vec![format_flag(w.dtype)?, self.shape.flag()];
+        if half_y {
+            flags.push("HALF_Y");
+        }
         if w.interleaved {
             flags.push("INTERLEAVED");
         }
@@ -155,14 +160,19 @@ impl Ctx<'_> {
         n_q: u32,
         n_k: u32,
         k_at_pos: bool,
+        half_k: bool,
     ) -> Result<Op> {
         let flag = match pairing {
             crate::config::RopePairing::Halves => "HALVES",
             crate::config::RopePairing::Adjacent => "ADJACENT",
         };
+        let mut flags = vec![flag];
+        if half_k {
+            flags.push("HALF_K");
+        }
         self.op(
             name.into(),
-            PipelineKey { family: "rope", entry: "main", flags: vec![flag] },
+            PipelineKey { family: "rope", entry: "main", flags },
             &words(&[head_dim, n_q, n_k, k_at_pos as u32]),
             &[inv_freq, q, k],
             Grid::PerToken { x: (n_q + n_k) * head_dim / 2, wg: shape::ELEMENTWISE_WG, tile: 1, single: false },
@@ -184,20 +194,22 @@ impl Ctx<'_> {
         n_kv_heads: u32,
         head_dim: u32,
         max_splits: u32,
+        half_kv: bool,
     ) -> Result<[Op; 2]> {
+        let flags = if half_kv { vec!["HALF_KV"] } else { vec![] };
         let scale = 1.0 / (head_dim as f32).sqrt();
         let params = words(&[n_heads, n_kv_heads, head_dim, shape::ATTENTION_SPLIT, max_splits, scale.to_bits(), 0, 0]);
         Ok([
             self.op_at(
                 format!("{name} partial"),
-                PipelineKey { family: "attention", entry: "partial", flags: vec![] },
+                PipelineKey { family: "attention", entry: "partial", flags: flags.clone() },
                 &params,
                 &[(2, q), (3, k_cache), (4, v_cache), (5, part_ml), (6, part_o)],
                 Grid::AttnPartial { heads: n_heads, wg: shape::ATTENTION_WG, split: shape::ATTENTION_SPLIT },
             )?,
             self.op_at(
                 format!("{name} combine"),
-                PipelineKey { family: "attention", entry: "combine", flags: vec![] },
+                PipelineKey { family: "attention", entry: "combine", flags },
                 &params,
                 &[(5, part_ml), (6, part_o), (7, out)],
                 Grid::AttnCombine { heads: n_heads, head_dim, wg: shape::ATTENTION_WG },
