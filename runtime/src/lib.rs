@@ -12,6 +12,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod format;
+#[cfg(feature = "gpu")]
 pub mod gpu;
 pub mod model;
 pub mod quant;
