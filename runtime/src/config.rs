@@ -116,7 +116,10 @@ impl ModelConfig {
             hidden / n_heads.max(1)
         };
         let embd = index.require("token_embd.weight")?;
-        let vocab = embd.shape[0] as usize;
+        let vocab = match embd.shape.as_slice() {
+            [v, _] => *v as usize,
+            other => return Err(cfg_err(format!("token_embd.weight has shape {other:?}; expected [vocab, hidden]"))),
+        };
         let rope_scaling = match index.meta(&key("rope.scaling.type")).and_then(|v| v.as_str()) {
             None | Some("none") => RopeScaling::None,
             Some("linear") => RopeScaling::Linear {
@@ -204,6 +207,10 @@ impl ModelConfig {
             }
         };
         let embd = index.require("model.embed_tokens.weight")?;
+        let vocab = match embd.shape.as_slice() {
+            [v, _] => *v as usize,
+            other => return Err(cfg_err(format!("model.embed_tokens.weight has shape {other:?}; expected [vocab, hidden]"))),
+        };
         let cfg = ModelConfig {
             arch,
             hidden,
@@ -212,7 +219,7 @@ impl ModelConfig {
             n_kv_heads: opt_u("num_key_value_heads").unwrap_or(n_heads),
             head_dim: opt_u("head_dim").unwrap_or(hidden / n_heads.max(1)),
             ffn: u("intermediate_size")?,
-            vocab: embd.shape[0] as usize,
+            vocab,
             rms_eps: json.get("rms_norm_eps").and_then(|v| v.as_f64()).unwrap_or(1e-6) as f32,
             rope_theta,
             rope_pairing: Self::pairing(arch, FileKind::Safetensors),

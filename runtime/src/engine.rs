@@ -183,6 +183,9 @@ impl Session {
         params: &GenerateParams,
         on_token: impl FnMut(u32) -> bool,
     ) -> Result<(Generation, usize)> {
+        if prompt.is_empty() {
+            return Err(Error::Input("the prompt is empty: give at least one token".into()));
+        }
         let reused = self.reusable(prompt);
         backend.truncate(reused);
         self.cached.truncate(reused);

@@ -272,14 +272,25 @@ fn chat(a: ChatArgs) -> Result<()> {
             let prompt = m.tokenizer.encode_chat(&messages, true)?;
             let mut stream = m.tokenizer.stream();
             let mut reply = String::new();
-            let (g, reused) = session.generate(backend.as_mut(), &prompt, &params, |id| {
+            let result = session.generate(backend.as_mut(), &prompt, &params, |id| {
                 if let Ok(piece) = stream.push(id) {
                     let _ = write!(out, "{piece}");
                     let _ = out.flush();
                     reply += &piece;
                 }
                 true
-            })?;
+            });
+            let (g, reused) = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    // The conversation stays usable: drop the turn, say why, go on.
+                    eprintln!("\nerror: {e}\n(type /reset to start a new conversation)");
+                    messages.pop();
+                    let _ = write!(out, "> ");
+                    let _ = out.flush();
+                    continue;
+                }
+            };
             reply += &stream.finish()?;
             let _ = writeln!(out);
             params.sampling.seed = params.sampling.seed.wrapping_add(1);
@@ -308,10 +319,10 @@ fn bench(a: BenchArgs) -> Result<()> {
     }
     let m = ModelFiles::open(&a.model)?;
     let mut backend = open_backend(a.backend, &m)?;
-    if a.prompt_tokens + a.gen_tokens > backend.context_length() {
+    let total = a.prompt_tokens.checked_add(a.gen_tokens).unwrap_or(usize::MAX);
+    if total > backend.context_length() {
         return Err(Error::Input(format!(
-            "--prompt-tokens + --gen-tokens ({}) exceed the model's context ({})",
-            a.prompt_tokens + a.gen_tokens,
+            "--prompt-tokens + --gen-tokens ({total}) exceed the model's context ({})",
             backend.context_length()
         )));
     }
@@ -359,10 +370,13 @@ fn bench(a: BenchArgs) -> Result<()> {
             "decode_tokens_per_s": d,
             "peak_gpu_bytes": backend.gpu_bytes(),
         });
-        println!("{json}");
+        writeln!(std::io::stdout(), "{json}").map_err(|e| Error::io("stdout", e))?;
     } else {
-        println!("{} on {adapter} ({backend_name})", m.name);
-        println!("prefill {p:.1} tok/s ({} tokens), decode {d:.1} tok/s ({} tokens), median of {}", a.prompt_tokens, a.gen_tokens, a.runs);
+        let text = format!(
+            "{} on {adapter} ({backend_name})\nprefill {p:.1} tok/s ({} tokens), decode {d:.1} tok/s ({} tokens), median of {}\n",
+            m.name, a.prompt_tokens, a.gen_tokens, a.runs
+        );
+        std::io::stdout().write_all(text.as_bytes()).map_err(|e| Error::io("stdout", e))?;
     }
     Ok(())
 }
@@ -370,15 +384,17 @@ fn bench(a: BenchArgs) -> Result<()> {
 fn bench_kernels(json: bool, bytes: u64, only: Option<&str>) -> Result<()> {
     let gpu = baleen::gpu::Gpu::new_blocking()?;
     let r = baleen::gpu::bench::run(&gpu, bytes, only)?;
+    let mut text = String::new();
     if json {
-        println!("{}", serde_json::to_string(&r).map_err(|e| Error::Input(e.to_string()))?);
+        text = serde_json::to_string(&r).map_err(|e| Error::Input(e.to_string()))? + "\n";
     } else {
-        println!("{} — copy {:.2} GB/s", r.adapter["name"].as_str().unwrap_or(""), r.copy_gbps);
+        use std::fmt::Write as _;
+        let _ = writeln!(text, "{} — copy {:.2} GB/s", r.adapter["name"].as_str().unwrap_or(""), r.copy_gbps);
         for k in &r.kernels {
-            println!("  {:<22} {:<22} {:>7.2} GB/s  {:>5.2} of copy", k.name, k.shape, k.gbps, k.fraction_of_copy);
+            let _ = writeln!(text, "  {:<22} {:<22} {:>7.2} GB/s  {:>5.2} of copy", k.name, k.shape, k.gbps, k.fraction_of_copy);
         }
     }
-    Ok(())
+    std::io::stdout().write_all(text.as_bytes()).map_err(|e| Error::io("stdout", e))
 }
 
 fn human_bytes(n: u64) -> String {

@@ -83,6 +83,10 @@ pub fn sample(logits: &[f32], p: &SamplingParams, step: u32) -> Result<u32> {
     let max = baleen_shaders::shape::MAX_CANDIDATES as usize;
     cand.truncate(if p.top_k > 0 { p.top_k.min(max) } else { max });
     let max = cand[0].1;
+    if !max.is_finite() {
+        // +∞ wins outright; all -∞ leaves only the order (logit, id).
+        return Ok(cand[0].0);
+    }
     let mut probs: Vec<f32> = cand.iter().map(|&(_, v)| ((v - max) / p.temperature).exp()).collect();
     let sum: f32 = probs.iter().sum();
     probs.iter_mut().for_each(|x| *x /= sum);
@@ -163,6 +167,13 @@ mod tests {
         let a: Vec<u32> = (0..20).map(|s| sample(&logits, &p, s).unwrap()).collect();
         let b: Vec<u32> = (0..20).map(|s| sample(&logits, &p, s).unwrap()).collect();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn infinite_logits_pick_by_order_not_nan() {
+        let p = SamplingParams { temperature: 0.8, top_k: 0, top_p: 0.9, seed: 1 };
+        assert_eq!(sample(&[0.0, f32::INFINITY, 5.0], &p, 0).unwrap(), 1);
+        assert_eq!(sample(&[f32::NEG_INFINITY; 3], &p, 0).unwrap(), 0);
     }
 
     #[test]

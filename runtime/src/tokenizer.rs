@@ -384,6 +384,11 @@ fn spm_tokenizer(
     // as transformers derives them.
     let mut merges: Vec<(f64, String, String)> = Vec::new();
     for (id, piece) in tokens.iter().enumerate() {
+        // SentencePiece pieces are short; a huge one (a hostile file) would
+        // make this quadratic, and can only be matched whole anyway.
+        if piece.len() > 256 {
+            continue;
+        }
         let mut local: Vec<(f64, f64, String, String)> = Vec::new();
         for (i, _) in piece.char_indices().skip(1) {
             let (a, b) = piece.split_at(i);
@@ -502,7 +507,11 @@ impl TextStream<'_> {
         self.ids.push(id);
         let before = self.tok.decode(&self.ids[self.prefix..self.read])?;
         let now = self.tok.decode(&self.ids[self.prefix..])?;
-        if now.len() > before.len() && !now.ends_with('\u{FFFD}') && now.is_char_boundary(before.len()) {
+        // Hold a token back while it ends in an incomplete character; but a
+        // real U+FFFD (or bytes that never complete) must not stall the stream.
+        let held = self.ids.len() - self.read;
+        let incomplete = now.ends_with('\u{FFFD}') && held < 4;
+        if now.len() > before.len() && !incomplete && now.is_char_boundary(before.len()) {
             let delta = now[before.len()..].to_string();
             self.prefix = self.read;
             self.read = self.ids.len();

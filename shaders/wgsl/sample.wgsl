@@ -36,6 +36,10 @@ fn is_nan(v: f32) -> bool {
     return (b & 0x7f800000u) == 0x7f800000u && (b & 0x007fffffu) != 0u;
 }
 
+fn is_inf(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7fffffffu) == 0x7f800000u;
+}
+
 fn pcg_hash(x: u32) -> u32 {
     let state = x * 747796405u + 2891336453u;
     let word = ((state >> ((state >> 28u) + 4u)) ^ state) * 277803737u;
@@ -103,7 +107,8 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         ids[0] = NONE;
         return;
     }
-    if (k == 1u) {
+    // Greedy; or +∞ wins outright, and all -∞ leaves only the order (as the CPU sampler).
+    if (k == 1u || is_inf(cand_v[0])) {
         ids[0] = cand_i[0];
         return;
     }

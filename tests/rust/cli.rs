@@ -84,6 +84,8 @@ fn bad_input_gives_clear_errors() {
     fails_with(&["run", "--model", tiny, "--prompt-ids", "1,2", "--chat", r[0], r[1]], "cannot be combined");
     fails_with(&["run", "--model", tiny, "--prompt-ids", "1,99999", r[0], r[1]], "outside the vocabulary");
     fails_with(&["run", "--model", tiny, r[0], r[1]], "give a prompt");
+    fails_with(&["bench-kernels", "--bytes", "10"], "at least 65536 bytes");
+    fails_with(&["bench", "--model", tiny, "--prompt-tokens", "18446744073709551615", "--gen-tokens", "5", r[0], r[1]], "exceed the model's context");
     fails_with(&["run", "--model", tiny, "--prompt-ids", "1,x", r[0], r[1]], "invalid digit");
 
     let dir = common::TempDir::new("cli-bad");

@@ -266,3 +266,34 @@ fn safetensors_sharded_folder() {
     let e = safetensors::open_folder(&dir.0).err().unwrap().to_string();
     assert!(e.contains("weight_map"), "{e}");
 }
+
+#[test]
+fn gguf_huge_claims_in_a_partial_download_allocate_nothing() {
+    // The browser parses a prefix of a file whose full size the server states:
+    // a header claiming a 1 GiB string or a 2^40-item array inside a "10 TB"
+    // file must be refused by the limits, not allocated.
+    let total = 10u64 << 40;
+    let mut b = one_tensor();
+    b[24..32].copy_from_slice(&(1u64 << 30).to_le_bytes()); // key length
+    let e = gguf::parse(Arc::new(PrefixSource::new("big.gguf", b, total))).err().unwrap().to_string();
+    assert!(e.contains("limit"), "{e}");
+    let arr = writer::write(&[("a".into(), MetaValue::Array(vec![MetaValue::U8(1); 4]))], &[]);
+    let arr = patch(arr, 41, &(1u64 << 40).to_le_bytes());
+    let e = gguf::parse(Arc::new(PrefixSource::new("big.gguf", arr, total))).err().unwrap().to_string();
+    assert!(e.contains("claims"), "{e}");
+}
+
+#[test]
+fn hf_folder_with_a_scalar_embedding_is_an_error() {
+    let dir = common::TempDir::new("scalar-embd");
+    let h = r#"{"model.embed_tokens.weight":{"dtype":"F32","shape":[],"data_offsets":[0,4]}}"#;
+    std::fs::write(dir.0.join("model.safetensors"), st_file(h, 4)).unwrap();
+    std::fs::write(
+        dir.0.join("config.json"),
+        r#"{"architectures":["LlamaForCausalLM"],"hidden_size":64,"num_hidden_layers":1,"num_attention_heads":4,"intermediate_size":128}"#,
+    )
+    .unwrap();
+    std::fs::copy(common::fixture("tiny-llama/tokenizer.json"), dir.0.join("tokenizer.json")).unwrap();
+    let e = baleen::model::ModelFiles::open(&dir.0).err().unwrap().to_string();
+    assert!(e.contains("expected [vocab, hidden]"), "{e}");
+}

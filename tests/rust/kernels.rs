@@ -345,6 +345,11 @@ fn sampling_on_the_gpu_equals_the_cpu_sampler() {
         let want = sample::argmax(&l).unwrap() as u32;
         assert_eq!(gpu_sample(&gpu, &l, &SamplingParams::default(), 0), want, "vocab {vocab}");
     }
+    // Infinite logits: the CPU rule (order decides), not NaN probabilities.
+    let hot = SamplingParams { temperature: 0.8, top_k: 0, top_p: 0.9, seed: 1 };
+    for l in [vec![0.0, f32::INFINITY, 5.0], vec![f32::NEG_INFINITY; 3]] {
+        assert_eq!(gpu_sample(&gpu, &l, &hot, 0), sample::sample(&l, &hot, 0).unwrap(), "{l:?}");
+    }
     // Temperature, top-k, top-p: the same token for the same seed and draw.
     let l: Vec<f32> = rng.vec(3000).iter().map(|v| v * 4.0).collect();
     let cases = [

@@ -177,6 +177,10 @@ fn session_reuses_the_cache_and_matches_a_fresh_run() {
     let p2 = m.tokenizer.encode_chat(&turn2, true).unwrap();
     let (g2, reused) = session.generate(&mut r, &p2, &params, |_| true).unwrap();
     assert!(reused >= p1.len(), "only {reused} of the first turn's {} tokens reused", p1.len());
+    // An empty prompt is refused and leaves the conversation's cache alone.
+    let before = r.len();
+    assert!(session.generate(&mut r, &[], &params, |_| true).is_err());
+    assert_eq!(r.len(), before);
     let mut fresh = Reference::load(&m).unwrap();
     let g = generate(&mut fresh, &p2, &params, |_| true).unwrap();
     assert_eq!(g.tokens, g2.tokens);

@@ -24,6 +24,12 @@ const MAX_DIMS: u32 = 4;
 const MAX_NESTING: u32 = 4;
 /// Header bytes fetched per read.
 const CHUNK: u64 = 1 << 20;
+/// No single metadata string or array is larger than this (real tokenizer
+/// arrays are a few MB); it bounds what a hostile header can make us allocate.
+const MAX_VALUE_BYTES: u64 = 256 << 20;
+/// Up-front capacity for counts read from the file; vectors grow past it only
+/// as real items are parsed.
+const MAX_PREALLOC: u64 = 4096;
 
 fn err(msg: impl std::fmt::Display) -> Error {
     Error::format("GGUF", msg)
@@ -53,7 +59,8 @@ impl<'a> Reader<'a> {
         let buf_end = self.buf_start + self.buf.len() as u64;
         if self.pos < self.buf_start || self.pos + n > buf_end {
             let want = n.max(CHUNK).min(self.remaining());
-            let mut buf = vec![0u8; want as usize];
+            let len = usize::try_from(want).map_err(|_| err(format!("{what}: {want} bytes do not fit in memory")))?;
+            let mut buf = vec![0u8; len];
             match self.src.read_at(self.pos, &mut buf) {
                 Ok(()) => {}
                 // A partial source: read only what is needed, so the error (if
@@ -91,6 +98,9 @@ impl<'a> Reader<'a> {
                 self.src.len()
             )));
         }
+        if len > MAX_VALUE_BYTES {
+            return Err(err(format!("{what} at offset {at} claims {len} bytes (over the {MAX_VALUE_BYTES}-byte limit)")));
+        }
         let bytes = self.bytes(len, what)?;
         // Token strings of a few converters are not valid UTF-8; keep them usable.
         Ok(String::from_utf8_lossy(bytes).into_owned())
@@ -120,13 +130,13 @@ impl<'a> Reader<'a> {
                 let count = self.u64(key)?;
                 let min = min_value_size(elem)
                     .ok_or_else(|| err(format!("key {key:?}: array of unknown value type {elem}")))?;
-                if count.checked_mul(min).is_none_or(|n| n > self.remaining()) {
+                if count.checked_mul(min).is_none_or(|n| n > self.remaining() || n > MAX_VALUE_BYTES) {
                     return Err(err(format!(
                         "key {key:?}: array at offset {at} claims {count} items, more than the file's remaining {} bytes can hold",
                         self.remaining()
                     )));
                 }
-                let mut items = Vec::with_capacity(count as usize);
+                let mut items = Vec::with_capacity(count.min(MAX_PREALLOC) as usize);
                 for _ in 0..count {
                     items.push(self.value(elem, key, depth + 1)?);
                 }
@@ -208,7 +218,7 @@ fn parse_header(src: &dyn WeightSource) -> Result<(Vec<TensorInfo>, BTreeMap<Str
         rel_offset: u64,
         nbytes: u64,
     }
-    let mut raws = Vec::with_capacity(n_tensors as usize);
+    let mut raws = Vec::with_capacity(n_tensors.min(MAX_PREALLOC) as usize);
     for i in 0..n_tensors {
         let name = r.string(&format!("name of tensor {i}"))?;
         let n_dims = r.u32(&name)?;

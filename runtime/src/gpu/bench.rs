@@ -55,6 +55,9 @@ pub fn run(gpu: &Gpu, target_bytes: u64, only: Option<&str>) -> Result<KernelRep
 
     // ---- copy baseline
     let bytes = target_bytes.min(gpu.max_binding()) / 16 * 16;
+    if bytes < 1 << 16 {
+        return Err(crate::Error::Input(format!("--bytes {target_bytes}: give at least 65536 bytes of weights per kernel")));
+    }
     let src = gpu.storage("copy src", bytes)?;
     let dst = gpu.storage("copy dst", bytes)?;
     let key = PipelineKey { family: "copy", entry: "main", flags: vec![] };

@@ -53,7 +53,15 @@ impl GpuModel {
         let shape = opts.shape.unwrap_or(gpu.shape);
         let interleaved = shape == super::MatmulShape::RowPerThread;
         let max_binding = opts.max_binding.unwrap_or(gpu.max_binding()).min(gpu.max_binding());
-        let context = cfg.context_length.min(opts.max_context.max(1));
+        let kv_half = opts.kv_f16.unwrap_or(true) && gpu.has_f16();
+        let kv_bytes: u64 = if kv_half { 2 } else { 4 };
+        let kv_dim64 = (cfg.n_kv_heads * cfg.head_dim) as u64;
+        // Each layer's K (and V) cache is one binding: the context fits it.
+        let fits = (gpu.max_binding() / (kv_dim64 * kv_bytes).max(1)) as usize;
+        let context = cfg.context_length.min(opts.max_context.max(1)).min(fits);
+        if context == 0 {
+            return Err(Error::Unsupported(format!("one token of KV cache ({} bytes) exceeds the GPU's binding limit", kv_dim64 * kv_bytes)));
+        }
         let max_splits = context.div_ceil(shape::ATTENTION_SPLIT as usize);
         let per_token = attention_scratch_per_token(&cfg, max_splits);
         let max_pass = opts.max_pass_tokens.max(1).min((max_binding / per_token.max(1)) as usize);
@@ -62,12 +70,25 @@ impl GpuModel {
                 "a context of {context} tokens needs more attention scratch than one GPU binding holds; use a shorter context"
             )));
         }
-        let (h, hd) = (cfg.hidden as u32, cfg.head_dim as u32);
+        // Validated config sizes (≤ 2^24 each, head_dim ≤ 256): products fit u32
+        // only when checked.
+        let dim = |v: usize| u32::try_from(v).map_err(|_| Error::Config(format!("dimension {v} too large")));
+        if cfg.n_heads * cfg.head_dim > u32::MAX as usize / 4 {
+            return Err(Error::Config(format!("{} heads of {} are too large", cfg.n_heads, cfg.head_dim)));
+        }
+        let (h, hd) = (dim(cfg.hidden)?, dim(cfg.head_dim)?);
         let (nh, nkv) = (cfg.n_heads as u32, cfg.n_kv_heads as u32);
         let (q_dim, kv_dim, ffn, vocab) = (nh * hd, nkv * hd, cfg.ffn as u32, cfg.vocab as u32);
-        let kv_half = opts.kv_f16.unwrap_or(true) && gpu.has_f16();
-        let kv_bytes = if kv_half { 2 } else { 4 };
+
         let t = max_pass as u64;
+        // Activations are bound whole: each must fit one binding.
+        for (what, bytes) in [("q", t * q_dim as u64 * 4), ("ffn activations", t * ffn as u64 * 4), ("logits", vocab as u64 * 4)] {
+            if bytes > max_binding {
+                return Err(Error::Unsupported(format!(
+                    "{what} ({bytes} bytes for {t} tokens) exceed the GPU's binding limit of {max_binding} bytes"
+                )));
+            }
+        }
 
         let mut buffers = Vec::new();
         let mut act = |name: &str, bytes: u64| -> Result<wgpu::Buffer> {

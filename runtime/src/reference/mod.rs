@@ -49,7 +49,21 @@ impl Matrix {
     pub fn matmul(&self, x: &[f32], n: usize) -> Vec<f32> {
         debug_assert_eq!(x.len(), n * self.cols);
         let mut y = vec![0f32; n * self.rows];
-        let threads = std::thread::available_parallelism().map_or(1, |p| p.get()).min(8);
+        let threads = if cfg!(target_arch = "wasm32") {
+            1 // no threads in wasm32-unknown-unknown
+        } else {
+            std::thread::available_parallelism().map_or(1, |p| p.get()).min(8)
+        };
+        if threads == 1 {
+            let mut w = vec![0f32; self.cols];
+            for r in 0..self.rows {
+                self.row(r, &mut w);
+                for i in 0..n {
+                    y[i * self.rows + r] = dot(&w, &x[i * self.cols..(i + 1) * self.cols]);
+                }
+            }
+            return y;
+        }
         let chunk = self.rows.div_ceil(threads);
         // Each thread owns a range of output rows; y is [n, rows], so it
         // writes a strided set and collects into its own buffer first.
