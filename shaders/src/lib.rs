@@ -109,7 +109,7 @@ fn expand(family: &str, text: &str, mode: Option<&str>, depth: u32, out: &mut Ve
 /// constants, and `consts` passes them into the WGSL, so the two always agree.
 pub mod shape {
     /// Threads per workgroup of the thread-per-row matmul.
-    pub const MATMUL_WG_THREAD: u32 = 64;
+    pub const MATMUL_WG_THREAD: u32 = 16;
     /// Threads sharing one row in the workgroup-per-row matmul.
     pub const MATMUL_WG_GROUP: u32 = 64;
     /// Tokens one matmul invocation computes (prefill), reusing each dequantised sub-block.
