@@ -8,12 +8,18 @@ export XDG_RUNTIME_DIR ?= /tmp
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 FUZZ_SECONDS ?= 20
 
-.PHONY: test demo setup models fuzz-smoke fuzz bench tools clean
+.PHONY: test demo setup models wasm-check fuzz-smoke fuzz bench tools clean
 
 ## Everything CI runs: unit, integration and model tests, then a short fuzz run.
 test: models
 	cargo test --workspace --no-fail-fast
+	$(MAKE) wasm-check
 	$(MAKE) fuzz-smoke
+
+## The library still compiles for the browser (wasm32, WebGPU backend).
+wasm-check:
+	rustup target add wasm32-unknown-unknown
+	cargo check --lib -p baleen --target wasm32-unknown-unknown
 
 ## The demo: a chat in the terminal on the default model (the browser page comes with issue 4).
 demo: setup models

@@ -7,6 +7,7 @@ use super::ops::Ctx;
 use super::weights::GpuMatrix;
 use super::{Gpu, GpuOptions, Op, Step};
 use crate::config::ModelConfig;
+#[cfg(not(target_arch = "wasm32"))]
 use crate::engine::Backend;
 use crate::error::{Error, Result};
 use crate::model::names::{self, Global, Layer};
@@ -300,21 +301,56 @@ impl GpuModel {
         Ok(out)
     }
 
-    fn read_logits(&self) -> Result<Vec<f32>> {
-        let bytes = self.gpu.read(&self.logits, 0, self.cfg.vocab as u64 * 4)?;
-        Ok(bytemuck::cast_slice(&bytes).to_vec())
+    /// The last pass's logits (`[vocab]`), once the GPU is done.
+    pub fn read_logits_async(&self) -> impl std::future::Future<Output = Result<Vec<f32>>> {
+        let f = self.gpu.read_async(&self.logits, 0, self.cfg.vocab as u64 * 4);
+        async move { Ok(bytemuck::cast_slice(&f.await?).to_vec()) }
     }
 
-    fn read_token(&self) -> Result<u32> {
-        let bytes = self.gpu.read(&self.ids, 0, 4)?;
-        let id = u32::from_le_bytes(bytes[..4].try_into().unwrap());
-        if id as usize >= self.cfg.vocab {
-            return Err(Error::Gpu("the model produced only NaN logits (numerical failure on this GPU)".into()));
+    /// The token the last pass sampled, once the GPU is done.
+    pub fn read_token_async(&self) -> impl std::future::Future<Output = Result<u32>> {
+        let f = self.gpu.read_async(&self.ids, 0, 4);
+        let vocab = self.cfg.vocab;
+        async move {
+            let bytes = f.await?;
+            let id = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"));
+            if id as usize >= vocab {
+                return Err(Error::Gpu("the model produced only NaN logits (numerical failure on this GPU)".into()));
+            }
+            Ok(id)
         }
-        Ok(id)
+    }
+
+    /// Run `tokens` (in chunks) and sample the next token on the GPU, without
+    /// waiting: read the result with `read_token_async` / `read_logits_async`.
+    pub fn submit(&mut self, tokens: &[u32], sampling: &SamplingParams, draw: u32) -> Result<()> {
+        self.run_all(tokens, sampling, draw)
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn wait<T>(&self, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        self.gpu
+            .device
+            .poll(wgpu::PollType::Wait { submission_index: None, timeout: None })
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        self.gpu.check()?;
+        pollster::block_on(f)
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn read_logits(&self) -> Result<Vec<f32>> {
+        self.wait(self.read_logits_async())
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn read_token(&self) -> Result<u32> {
+        self.wait(self.read_token_async())
     }
 }
 
+/// Natively the GPU model is a synchronous [`Backend`]; in the browser the
+/// engine awaits `submit` + `read_token_async` instead.
+#[cfg(not(target_arch = "wasm32"))]
 impl Backend for GpuModel {
     fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
         let greedy = SamplingParams::default();

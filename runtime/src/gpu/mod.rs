@@ -304,9 +304,10 @@ impl Gpu {
         }
     }
 
-    /// Copy `size` bytes of `src` at `offset` back to the CPU (blocks natively).
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn read(&self, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+    /// Copy `size` bytes of `src` at `offset` back to the CPU. The returned
+    /// future resolves when the GPU has finished: in the browser, await it;
+    /// natively, [`Gpu::read`] drives the device to completion.
+    pub fn read_async(&self, src: &wgpu::Buffer, offset: u64, size: u64) -> impl std::future::Future<Output = Result<Vec<u8>>> {
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
             size,
@@ -316,27 +317,29 @@ impl Gpu {
         let mut enc = self.device.create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(src, offset, &staging, 0, size);
         self.queue.submit([enc.finish()]);
-        self.map_read(&staging)
+        let mapped = Mapped::default();
+        let m = mapped.clone();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| m.finish(r));
+        async move {
+            match mapped.await {
+                Ok(()) => {}
+                Err(e) => return Err(gpu_err(format!("reading a GPU buffer back failed: {e}"))),
+            }
+            let bytes = staging.get_mapped_range(..).map_err(|e| gpu_err(format!("{e:?}")))?.to_vec();
+            staging.unmap();
+            Ok(bytes)
+        }
     }
 
-    /// Map a MAP_READ buffer after the queue's work and copy it out.
+    /// [`Gpu::read_async`], blocking until the GPU is done (native only).
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn map_read(&self, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
-        let done: Arc<Mutex<Option<std::result::Result<(), wgpu::BufferAsyncError>>>> = Arc::default();
-        let d = done.clone();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| *d.lock().unwrap() = Some(r));
+    pub fn read(&self, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+        let fut = self.read_async(src, offset, size);
         self.device
             .poll(wgpu::PollType::Wait { submission_index: None, timeout: None })
             .map_err(|e| gpu_err(format!("waiting for the GPU: {e}")))?;
         self.check()?;
-        match done.lock().unwrap().take() {
-            Some(Ok(())) => {}
-            Some(Err(e)) => return Err(gpu_err(format!("reading a GPU buffer back failed: {e}"))),
-            None => return Err(gpu_err("reading a GPU buffer back did not complete")),
-        }
-        let bytes = staging.get_mapped_range(..).map_err(|e| gpu_err(format!("{e:?}")))?.to_vec();
-        staging.unmap();
-        Ok(bytes)
+        pollster::block_on(fut)
     }
 
     /// Encode `ops` into one command buffer with `step` as the pass parameters
@@ -408,4 +411,39 @@ pub struct Op {
     pub pipeline: Arc<wgpu::ComputePipeline>,
     pub bind_group: wgpu::BindGroup,
     pub grid: Grid,
+}
+
+/// The completion of a `map_async`, as a future (no executor assumed: the
+/// callback wakes whoever awaits).
+#[derive(Clone, Default)]
+struct Mapped(Arc<Mutex<MappedState>>);
+
+#[derive(Default)]
+struct MappedState {
+    result: Option<std::result::Result<(), wgpu::BufferAsyncError>>,
+    waker: Option<std::task::Waker>,
+}
+
+impl Mapped {
+    fn finish(&self, r: std::result::Result<(), wgpu::BufferAsyncError>) {
+        let mut st = self.0.lock().unwrap();
+        st.result = Some(r);
+        if let Some(w) = st.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+impl std::future::Future for Mapped {
+    type Output = std::result::Result<(), wgpu::BufferAsyncError>;
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let mut st = self.0.lock().unwrap();
+        match st.result.take() {
+            Some(r) => std::task::Poll::Ready(r),
+            None => {
+                st.waker = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        }
+    }
 }
