@@ -273,22 +273,31 @@ fn attention_causal_gqa_across_splits() {
         let ops = ctx.attention("attn", &qb, &kb, &vb, &ml, &po, &out, h as u32, kvh as u32, hd as u32, max_splits as u32, false).unwrap();
         run(&gpu, &step_buf, step(n as u32, pos as u32), &ops);
         let got = download(&gpu, &out, n * h * hd);
-        let scale = 1.0 / (hd as f32).sqrt();
-        for t in 0..n {
-            for head in 0..h {
-                let kv = head / (h / kvh);
-                let qh = &q[(t * h + head) * hd..][..hd];
-                let mut s: Vec<f32> =
-                    (0..=pos + t).map(|p| reference::dot(qh, &k[(p * kvh + kv) * hd..][..hd]) * scale).collect();
-                reference::softmax(&mut s);
-                for d in 0..hd {
-                    let want: f32 = s.iter().enumerate().map(|(p, a)| a * v[(p * kvh + kv) * hd + d]).sum();
-                    let g = got[(t * h + head) * hd + d];
-                    assert!((g - want).abs() < 1e-5, "n={n} pos={pos} t={t} head={head} d={d}: {g} vs {want}");
-                }
+        let want = reference_attention(&q, &k, &v, n, pos, h, kvh, hd);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!((g - w).abs() < 1e-5, "n={n} pos={pos} element {i}: {g} vs {w}");
+        }
+    }
+}
+
+/// Causal GQA attention of `n` queries at positions pos.. over a cache of
+/// `pos + n` rows, written out plainly: `[n, h · hd]`.
+#[allow(clippy::too_many_arguments)]
+fn reference_attention(q: &[f32], k: &[f32], v: &[f32], n: usize, pos: usize, h: usize, kvh: usize, hd: usize) -> Vec<f32> {
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut out = vec![0f32; n * h * hd];
+    for t in 0..n {
+        for head in 0..h {
+            let kv = head / (h / kvh);
+            let qh = &q[(t * h + head) * hd..][..hd];
+            let mut s: Vec<f32> = (0..=pos + t).map(|p| reference::dot(qh, &k[(p * kvh + kv) * hd..][..hd]) * scale).collect();
+            reference::softmax(&mut s);
+            for d in 0..hd {
+                out[(t * h + head) * hd + d] = s.iter().enumerate().map(|(p, a)| a * v[(p * kvh + kv) * hd + d]).sum();
             }
         }
     }
+    out
 }
 
 #[test]
@@ -431,17 +440,6 @@ fn f16_kv_cache_kernels() {
     let q_now = download(&gpu, &qb, q.len()); // rotated above
     run(&gpu, &step_buf, step(n as u32, pos as u32), &ops);
     let got = download(&gpu, &out, n * h * hd);
-    let scale = 1.0 / (hd as f32).sqrt();
-    for t in 0..n {
-        for head in 0..h {
-            let kv = head / (h / kvh);
-            let qh = &q_now[(t * h + head) * hd..][..hd];
-            let mut s: Vec<f32> = (0..=pos + t).map(|p| reference::dot(qh, &k[(p * kvh + kv) * hd..][..hd]) * scale).collect();
-            reference::softmax(&mut s);
-            for d in 0..hd {
-                let want: f32 = s.iter().enumerate().map(|(p, a)| a * v[(p * kvh + kv) * hd + d]).sum();
-                assert!((got[(t * h + head) * hd + d] - want).abs() < 1e-5);
-            }
-        }
-    }
+    let want = reference_attention(&q_now, &k, &v, n, pos, h, kvh, hd);
+    assert!(common::max_abs_diff(&got, &want) < 1e-5, "attention over an f16 cache");
 }
