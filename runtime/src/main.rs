@@ -1,6 +1,7 @@
 //! The `baleen` command line. See design.md, "The CLI contract".
 
 use baleen::engine::{generate, Backend, GenerateParams, Generation};
+use baleen::gpu::dense::GpuModel;
 use baleen::model::ModelFiles;
 use baleen::reference::Reference;
 use baleen::sample::SamplingParams;
@@ -156,13 +157,15 @@ fn main() {
     }
 }
 
+fn load_gpu_model(m: &ModelFiles) -> Result<GpuModel> {
+    let gpu = std::sync::Arc::new(baleen::gpu::Gpu::new_blocking()?);
+    GpuModel::load(gpu, m, &Default::default())
+}
+
 fn open_backend(kind: BackendKind, m: &ModelFiles) -> Result<Box<dyn Backend>> {
     match kind {
         BackendKind::Reference => Ok(Box::new(Reference::load(m)?)),
-        BackendKind::Gpu => {
-            let gpu = std::sync::Arc::new(baleen::gpu::Gpu::new_blocking()?);
-            Ok(Box::new(baleen::gpu::dense::GpuModel::load(gpu, m, &Default::default())?))
-        }
+        BackendKind::Gpu => Ok(Box::new(load_gpu_model(m)?)),
     }
 }
 
@@ -318,7 +321,12 @@ fn bench(a: BenchArgs) -> Result<()> {
         return Err(Error::Input("--runs and --prompt-tokens must be at least 1".into()));
     }
     let m = ModelFiles::open(&a.model)?;
-    let mut backend = open_backend(a.backend, &m)?;
+    // Concrete backends, so the GPU one can also be profiled after the runs.
+    let (mut gpu_model, mut reference) = (None, None);
+    let backend: &mut dyn Backend = match a.backend {
+        BackendKind::Gpu => gpu_model.insert(load_gpu_model(&m)?),
+        BackendKind::Reference => reference.insert(Reference::load(&m)?),
+    };
     let total = a.prompt_tokens.checked_add(a.gen_tokens).unwrap_or(usize::MAX);
     if total > backend.context_length() {
         return Err(Error::Input(format!(
@@ -337,16 +345,16 @@ fn bench(a: BenchArgs) -> Result<()> {
     let (mut prefill, mut decode) = (Vec::new(), Vec::new());
     for _ in 0..a.runs {
         backend.truncate(0);
-        let g = generate(backend.as_mut(), &prompt, &params, |_| true)?;
+        let g = generate(backend, &prompt, &params, |_| true)?;
         prefill.push(a.prompt_tokens as f64 / (g.prefill_ms / 1000.0));
         decode.push(g.decode_tokens_per_s());
     }
     let (adapter, backend_name) = backend.describe();
+    let gpu_bytes = backend.gpu_bytes();
     let (p, d) = (median(prefill), median(decode));
-    if std::env::var_os("BALEEN_PROFILE").is_some() && a.backend == BackendKind::Gpu {
+    if let (Some(g), Some(_)) = (gpu_model.as_mut(), std::env::var_os("BALEEN_PROFILE")) {
         // Where a decode step's time goes, by op kind (ms per step).
-        let gpu = std::sync::Arc::new(baleen::gpu::Gpu::new_blocking()?);
-        let mut g = baleen::gpu::dense::GpuModel::load(gpu, &m, &Default::default())?;
+        g.truncate(0);
         g.forward(&prompt, false)?;
         let mut by_kind: std::collections::BTreeMap<String, f64> = Default::default();
         for (name, ms) in g.profile_decode(5)? {
@@ -368,7 +376,7 @@ fn bench(a: BenchArgs) -> Result<()> {
             "runs": a.runs,
             "prefill_tokens_per_s": p,
             "decode_tokens_per_s": d,
-            "peak_gpu_bytes": backend.gpu_bytes(),
+            "peak_gpu_bytes": gpu_bytes,
         });
         writeln!(std::io::stdout(), "{json}").map_err(|e| Error::io("stdout", e))?;
     } else {

@@ -45,52 +45,48 @@ impl Matrix {
         dequantize(self.dtype, &self.data[r * rb..(r + 1) * rb], out).expect("row of a validated matrix");
     }
 
+    /// `W[r] · x[t]` for rows `r0..r1`, row-major `[r1 - r0, n]`.
+    fn rows_times(&self, r0: usize, r1: usize, x: &[f32], n: usize) -> Vec<f32> {
+        let mut w = vec![0f32; self.cols];
+        let mut part = vec![0f32; r1.saturating_sub(r0) * n];
+        for r in r0..r1 {
+            self.row(r, &mut w);
+            for i in 0..n {
+                part[(r - r0) * n + i] = dot(&w, &x[i * self.cols..(i + 1) * self.cols]);
+            }
+        }
+        part
+    }
+
     /// `y[t] = W x[t]` for each of the `n` rows of `x` (`[n, cols]` → `[n, rows]`).
     pub fn matmul(&self, x: &[f32], n: usize) -> Vec<f32> {
         debug_assert_eq!(x.len(), n * self.cols);
-        let mut y = vec![0f32; n * self.rows];
         let threads = if cfg!(target_arch = "wasm32") {
             1 // no threads in wasm32-unknown-unknown
         } else {
             std::thread::available_parallelism().map_or(1, |p| p.get()).min(8)
         };
-        if threads == 1 {
-            let mut w = vec![0f32; self.cols];
-            for r in 0..self.rows {
-                self.row(r, &mut w);
-                for i in 0..n {
-                    y[i * self.rows + r] = dot(&w, &x[i * self.cols..(i + 1) * self.cols]);
-                }
-            }
-            return y;
-        }
-        let chunk = self.rows.div_ceil(threads);
         // Each thread owns a range of output rows; y is [n, rows], so it
-        // writes a strided set and collects into its own buffer first.
-        let parts: Vec<(usize, Vec<f32>)> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..threads)
-                .map(|t| {
-                    let (r0, r1) = (t * chunk, ((t + 1) * chunk).min(self.rows));
-                    s.spawn(move || {
-                        let mut w = vec![0f32; self.cols];
-                        let mut part = vec![0f32; (r1.saturating_sub(r0)) * n];
-                        for r in r0..r1 {
-                            self.row(r, &mut w);
-                            for i in 0..n {
-                                part[(r - r0) * n + i] = dot(&w, &x[i * self.cols..(i + 1) * self.cols]);
-                            }
-                        }
-                        (r0, part)
+        // computes into its own buffer, scattered into y afterwards.
+        let parts: Vec<(usize, Vec<f32>)> = if threads == 1 {
+            vec![(0, self.rows_times(0, self.rows, x, n))]
+        } else {
+            let chunk = self.rows.div_ceil(threads);
+            std::thread::scope(|s| {
+                let handles: Vec<_> = (0..threads)
+                    .map(|t| {
+                        let (r0, r1) = (t * chunk, ((t + 1) * chunk).min(self.rows));
+                        s.spawn(move || (r0, self.rows_times(r0, r1, x, n)))
                     })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().expect("matmul thread")).collect()
-        });
+                    .collect();
+                handles.into_iter().map(|h| h.join().expect("matmul thread")).collect()
+            })
+        };
+        let mut y = vec![0f32; n * self.rows];
         for (r0, part) in parts {
-            let rows_here = part.len() / n.max(1);
-            for k in 0..rows_here {
-                for i in 0..n {
-                    y[i * self.rows + r0 + k] = part[k * n + i];
+            for (k, row) in part.chunks_exact(n.max(1)).enumerate() {
+                for (i, v) in row.iter().enumerate() {
+                    y[i * self.rows + r0 + k] = *v;
                 }
             }
         }
