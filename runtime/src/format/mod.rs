@@ -169,6 +169,28 @@ impl TensorIndex {
         self.get(name).ok_or_else(|| Error::Config(format!("the model has no tensor named {name:?}")))
     }
 
+    /// A `[rows, cols]` matrix (outer dimensions count as rows), or an error
+    /// naming the shape the configuration implies.
+    pub fn require_matrix(&self, name: &str, rows: u64, cols: u64) -> Result<&TensorInfo> {
+        let t = self.require(name)?;
+        if t.rows_cols() != (rows, cols) {
+            return Err(Error::Config(format!(
+                "tensor {name:?} has shape {:?}; the configuration implies [{rows}, {cols}]",
+                t.shape
+            )));
+        }
+        Ok(t)
+    }
+
+    /// A vector of `len` values, dequantised to f32.
+    pub fn read_vector(&self, name: &str, len: u64) -> Result<Vec<f32>> {
+        let t = self.require(name)?;
+        if t.n_elements() != len {
+            return Err(Error::Config(format!("tensor {name:?} has shape {:?}; expected {len} values", t.shape)));
+        }
+        self.read_f32(t)
+    }
+
     /// Read a tensor's raw bytes.
     pub fn read(&self, t: &TensorInfo) -> Result<Vec<u8>> {
         self.sources[t.file].read_vec(t.offset, t.nbytes)

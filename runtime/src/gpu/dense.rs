@@ -114,21 +114,13 @@ impl GpuModel {
         buffers.push(inv_freq.clone());
 
         let mut vector = |name: &str, len: u32| -> Result<wgpu::Buffer> {
-            let t = index.require(name)?;
-            if t.n_elements() != len as u64 {
-                return Err(Error::Config(format!("tensor {name:?} has shape {:?}; expected {len} values", t.shape)));
-            }
-            let b = gpu.storage_init(name, bytemuck::cast_slice(&index.read_f32(t)?))?;
+            let b = gpu.storage_init(name, bytemuck::cast_slice(&index.read_vector(name, len as u64)?))?;
             buffers.push(b.clone());
             Ok(b)
         };
         let mut weights = Vec::new();
         let mut matrix = |name: &str, rows: u32, cols: u32| -> Result<usize> {
-            let t = index.require(name)?;
-            let (r, c) = t.rows_cols();
-            if (r, c) != (rows as u64, cols as u64) {
-                return Err(Error::Config(format!("tensor {name:?} has shape {:?}; expected [{rows}, {cols}]", t.shape)));
-            }
+            let t = index.require_matrix(name, rows as u64, cols as u64)?;
             weights.push(GpuMatrix::load(&gpu, index, t, max_binding, interleaved)?);
             Ok(weights.len() - 1)
         };

@@ -8,7 +8,7 @@
 use crate::config::{ModelConfig, RopePairing};
 use crate::engine::Backend;
 use crate::error::{Error, Result};
-use crate::format::{TensorIndex, TensorInfo};
+use crate::format::TensorIndex;
 use crate::model::names::{self, Global, Layer};
 use crate::model::ModelFiles;
 use crate::quant::{dequantize, DType};
@@ -23,16 +23,10 @@ pub struct Matrix {
 }
 
 impl Matrix {
-    fn load(index: &TensorIndex, t: &TensorInfo, expect: [usize; 2]) -> Result<Self> {
+    fn load(index: &TensorIndex, name: &str, [rows, cols]: [usize; 2]) -> Result<Self> {
+        let t = index.require_matrix(name, rows as u64, cols as u64)?;
         t.dtype.check_supported(&format!("tensor {:?}", t.name))?;
-        let (rows, cols) = t.rows_cols();
-        if [rows as usize, cols as usize] != expect {
-            return Err(Error::Config(format!(
-                "tensor {:?} has shape {:?}; the configuration implies [{}, {}]",
-                t.name, t.shape, expect[0], expect[1]
-            )));
-        }
-        Ok(Matrix { name: t.name.clone(), dtype: t.dtype, rows: rows as usize, cols: cols as usize, data: index.read(t)? })
+        Ok(Matrix { name: t.name.clone(), dtype: t.dtype, rows, cols, data: index.read(t)? })
     }
 
     fn row_bytes(&self) -> usize {
@@ -177,26 +171,19 @@ pub struct Reference {
     pub len: usize,
 }
 
-fn vector(index: &TensorIndex, name: &str, len: usize) -> Result<Vec<f32>> {
-    let t = index.require(name)?;
-    if t.n_elements() != len as u64 {
-        return Err(Error::Config(format!("tensor {name:?} has shape {:?}; expected {len} values", t.shape)));
-    }
-    index.read_f32(t)
-}
 
 impl Reference {
     pub fn load(m: &ModelFiles) -> Result<Self> {
         let (cfg, index) = (&m.config, &m.index);
         let kind = index.kind;
         let (h, hd, q_dim, kv_dim) = (cfg.hidden, cfg.head_dim, cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim);
-        let mat = |name: &str, shape: [usize; 2]| Matrix::load(index, index.require(name)?, shape);
+        let mat = |name: &str, shape: [usize; 2]| Matrix::load(index, name, shape);
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
             let n = |w| names::layer(kind, i, w);
-            let bias = |w, len| if cfg.qkv_bias { vector(index, &n(w), len).map(Some) } else { Ok(None) };
+            let bias = |w, len| if cfg.qkv_bias { index.read_vector(&n(w), len as u64).map(Some) } else { Ok(None) };
             layers.push(LayerWeights {
-                attn_norm: vector(index, &n(Layer::AttnNorm), h)?,
+                attn_norm: index.read_vector(&n(Layer::AttnNorm), h as u64)?,
                 wq: mat(&n(Layer::Q), [q_dim, h])?,
                 wk: mat(&n(Layer::K), [kv_dim, h])?,
                 wv: mat(&n(Layer::V), [kv_dim, h])?,
@@ -204,7 +191,7 @@ impl Reference {
                 bk: bias(Layer::KBias, kv_dim)?,
                 bv: bias(Layer::VBias, kv_dim)?,
                 wo: mat(&n(Layer::O), [h, q_dim])?,
-                ffn_norm: vector(index, &n(Layer::FfnNorm), h)?,
+                ffn_norm: index.read_vector(&n(Layer::FfnNorm), h as u64)?,
                 w_gate: mat(&n(Layer::Gate), [cfg.ffn, h])?,
                 w_up: mat(&n(Layer::Up), [cfg.ffn, h])?,
                 w_down: mat(&n(Layer::Down), [h, cfg.ffn])?,
@@ -213,7 +200,7 @@ impl Reference {
         let _ = hd;
         Ok(Reference {
             token_embd: mat(names::global(kind, Global::TokenEmbd), [cfg.vocab, h])?,
-            output_norm: vector(index, names::global(kind, Global::OutputNorm), h)?,
+            output_norm: index.read_vector(names::global(kind, Global::OutputNorm), h as u64)?,
             output: if cfg.tie_embeddings {
                 None
             } else {
