@@ -7,24 +7,59 @@ export XDG_RUNTIME_DIR ?= /tmp
 
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 FUZZ_SECONDS ?= 20
+PORT ?= 8080
+# wasm-bindgen-cli must be the very version of the wasm-bindgen crate in Cargo.lock.
+WASM_BINDGEN_VERSION := $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/^version = "\(.*\)"$$/\1/p;}' Cargo.lock)
+NODE_DEPS := tests/browser/node_modules/.package-lock.json
+WASM_OPT := tests/browser/node_modules/.bin/wasm-opt
 
-.PHONY: test demo setup models wasm-check fuzz-smoke fuzz bench tools clean
+.PHONY: test demo setup models wasm wasm-check browser-test fuzz-smoke fuzz bench bench-browser tools clean
 
-## Everything CI runs: unit, integration and model tests, then a short fuzz run.
+## Everything CI runs: unit, integration and model tests, the browser tests,
+## then a short fuzz run.
 test: models
 	cargo test --workspace --no-fail-fast
-	$(MAKE) wasm-check
+	$(MAKE) browser-test
 	$(MAKE) fuzz-smoke
+
+
+## The demo: the chat page on the default model, served on 127.0.0.1:$(PORT).
+demo: setup models wasm
+	cargo build --release
+	./target/release/baleen serve --port $(PORT) --models models
+
+## The browser package: the runtime for wasm32 (WebGPU), wasm-bindgen's JS glue
+## and wasm-opt, into pkg/.
+wasm: tools/bin/wasm-bindgen $(NODE_DEPS)
+	rustup target add wasm32-unknown-unknown
+	cargo rustc -p baleen --lib --target wasm32-unknown-unknown --profile wasm \
+	  --no-default-features --features gpu --crate-type cdylib
+	tools/bin/wasm-bindgen --target web --out-dir pkg --out-name baleen \
+	  target/wasm32-unknown-unknown/wasm/baleen.wasm
+	$(WASM_OPT) -Oz --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
+	  --enable-mutable-globals --enable-reference-types --enable-multivalue \
+	  pkg/baleen_bg.wasm -o pkg/baleen_bg.wasm
+	@echo "pkg/baleen_bg.wasm: $$(stat -c %s pkg/baleen_bg.wasm) bytes, $$(gzip -9 -c pkg/baleen_bg.wasm | wc -c) gzipped"
 
 ## The library still compiles for the browser (wasm32, WebGPU backend).
 wasm-check:
 	rustup target add wasm32-unknown-unknown
-	cargo check --lib -p baleen --target wasm32-unknown-unknown
+	cargo check --lib -p baleen --target wasm32-unknown-unknown --no-default-features --features gpu
 
-## The demo: a chat in the terminal on the default model (the browser page comes with issue 4).
-demo: setup models
-	cargo build --release
-	./target/release/baleen chat --model $(MODEL)
+## The page in Chromium (WebGPU on SwiftShader), driven by Playwright.
+browser-test: models wasm $(NODE_DEPS)
+	cargo build -p baleen
+	node tests/browser/run.mjs
+
+## Installed once into tools/ (ignored) and reused: the build takes ~9 minutes
+## here. Not --locked: the registry mirror lacks one pinned transitive crate.
+tools/bin/wasm-bindgen: Cargo.lock
+	@if [ "$$(tools/bin/wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen $(WASM_BINDGEN_VERSION)" ]; then \
+	  cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --root tools --force; fi
+	@touch $@
+
+$(NODE_DEPS): tests/browser/package.json tests/browser/package-lock.json
+	cd tests/browser && npm ci --no-audit --no-fund
 
 ## System packages (make, Python, Mesa lavapipe for the GPU backend without a GPU).
 setup:
@@ -54,6 +89,11 @@ fuzz: tools/bin/cargo-fuzz
 ## Speed: baleen (GPU and reference) beside llama.cpp, and bench-kernels (tests/scripts/bench.sh).
 bench: models
 	tests/scripts/bench.sh
+
+## Speed in the browser: baleen beside wllama in the same Chromium.
+bench-browser: models wasm $(NODE_DEPS)
+	cargo build --release
+	node tests/browser/bench.mjs
 
 clean:
 	cargo clean

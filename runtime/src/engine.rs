@@ -100,10 +100,71 @@ pub fn now_ms() -> f64 {
     }
 }
 
+/// What generation needs of a backend, awaitable: in the browser every GPU
+/// readback is a promise. Any [`Backend`] is one through [`Ready`].
+#[allow(async_fn_in_trait)]
+pub trait AsyncBackend {
+    fn len(&self) -> usize;
+    fn truncate(&mut self, len: usize);
+    fn context_length(&self) -> usize;
+    /// As [`Backend::forward_sample`].
+    async fn forward_sample(
+        &mut self,
+        tokens: &[u32],
+        sampling: &SamplingParams,
+        draw: u32,
+        want_logits: bool,
+    ) -> Result<(u32, Option<Vec<f32>>)>;
+}
+
+/// A synchronous backend as an [`AsyncBackend`] whose steps are ready at once.
+pub struct Ready<'a>(pub &'a mut dyn Backend);
+
+impl AsyncBackend for Ready<'_> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn truncate(&mut self, len: usize) {
+        self.0.truncate(len)
+    }
+    fn context_length(&self) -> usize {
+        self.0.context_length()
+    }
+    async fn forward_sample(
+        &mut self,
+        tokens: &[u32],
+        sampling: &SamplingParams,
+        draw: u32,
+        want_logits: bool,
+    ) -> Result<(u32, Option<Vec<f32>>)> {
+        self.0.forward_sample(tokens, sampling, draw, want_logits)
+    }
+}
+
+/// Drive a future that never waits (one over [`Ready`]) to its end.
+pub fn run_ready<T>(f: impl std::future::Future<Output = T>) -> T {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => unreachable!("a synchronous backend's future waited"),
+    }
+}
+
 /// Run the prompt (appended to whatever the backend already holds) and decode.
 /// `on_token` sees each new token and returns `false` to cancel.
 pub fn generate(
     backend: &mut dyn Backend,
+    prompt: &[u32],
+    params: &GenerateParams,
+    on_token: impl FnMut(u32) -> bool,
+) -> Result<Generation> {
+    run_ready(generate_async(&mut Ready(backend), prompt, params, on_token))
+}
+
+/// [`generate`] over an [`AsyncBackend`].
+pub async fn generate_async(
+    backend: &mut impl AsyncBackend,
     prompt: &[u32],
     params: &GenerateParams,
     mut on_token: impl FnMut(u32) -> bool,
@@ -122,7 +183,7 @@ pub fn generate(
         )));
     }
     let t0 = now_ms();
-    let (mut next, logits) = backend.forward_sample(prompt, &params.sampling, 0, true)?;
+    let (mut next, logits) = backend.forward_sample(prompt, &params.sampling, 0, true).await?;
     let prefill_ms = now_ms() - t0;
     let prompt_logits = logits.unwrap_or_default();
 
@@ -145,7 +206,7 @@ pub fn generate(
         if backend.len() >= ctx {
             break StopReason::ContextFull;
         }
-        next = backend.forward_sample(&[next], &params.sampling, tokens.len() as u32, false)?.0;
+        next = backend.forward_sample(&[next], &params.sampling, tokens.len() as u32, false).await?.0;
     };
     Ok(Generation { tokens, stop, prompt_logits, prefill_ms, decode_ms: now_ms() - t1 })
 }
@@ -171,7 +232,7 @@ impl Session {
         common.min(prompt.len().saturating_sub(1))
     }
 
-    pub fn reset(&mut self, backend: &mut dyn Backend) {
+    pub fn reset(&mut self, backend: &mut impl AsyncBackend) {
         backend.truncate(0);
         self.cached.clear();
     }
@@ -183,13 +244,24 @@ impl Session {
         params: &GenerateParams,
         on_token: impl FnMut(u32) -> bool,
     ) -> Result<(Generation, usize)> {
+        run_ready(self.generate_async(&mut Ready(backend), prompt, params, on_token))
+    }
+
+    /// [`Session::generate`] over an [`AsyncBackend`].
+    pub async fn generate_async(
+        &mut self,
+        backend: &mut impl AsyncBackend,
+        prompt: &[u32],
+        params: &GenerateParams,
+        on_token: impl FnMut(u32) -> bool,
+    ) -> Result<(Generation, usize)> {
         if prompt.is_empty() {
             return Err(Error::Input("the prompt is empty: give at least one token".into()));
         }
         let reused = self.reusable(prompt);
         backend.truncate(reused);
         self.cached.truncate(reused);
-        let result = generate(backend, &prompt[reused..], params, on_token);
+        let result = generate_async(backend, &prompt[reused..], params, on_token).await;
         // Whatever happened, remember exactly what the cache now holds.
         let mut all = prompt.to_vec();
         if let Ok(g) = &result {

@@ -18,7 +18,12 @@ pub mod model;
 pub mod quant;
 pub mod reference;
 pub mod sample;
+#[cfg(all(feature = "serve", not(target_arch = "wasm32")))]
+pub mod serve;
 pub mod source;
 pub mod tokenizer;
+/// The browser engine (wasm-bindgen exports for `web/`).
+#[cfg(all(target_arch = "wasm32", feature = "gpu"))]
+pub mod web;
 
 pub use error::{Error, Result};

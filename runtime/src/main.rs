@@ -50,6 +50,19 @@ enum Cmd {
         /// A .gguf file or a Hugging Face model folder.
         path: PathBuf,
     },
+    /// Serve the chat page (web/), the wasm package (pkg/) and a models folder on 127.0.0.1.
+    Serve {
+        /// 0 picks a free port.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// The folder served at /models/.
+        #[arg(long, default_value = "models")]
+        models: PathBuf,
+        #[arg(long, default_value = "web")]
+        web: PathBuf,
+        #[arg(long, default_value = "pkg")]
+        pkg: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -149,6 +162,9 @@ fn main() {
         Cmd::Chat(a) => chat(a),
         Cmd::Bench(a) => bench(a),
         Cmd::Inspect { path } => inspect(&path),
+        Cmd::Serve { port, models, web, pkg } => baleen::serve::serve(baleen::serve::ServeOptions { port, web, pkg, models }, |url| {
+            println!("baleen: serving the chat page at {url}");
+        }),
         Cmd::BenchKernels { json, bytes, only } => bench_kernels(json, bytes, only.as_deref()),
     };
     if let Err(e) = result {
@@ -269,7 +285,7 @@ fn chat(a: ChatArgs) -> Result<()> {
         let line = line.trim();
         if line == "/reset" {
             messages.retain(|m| m.role == "system");
-            session.reset(backend.as_mut());
+            session.reset(&mut baleen::engine::Ready(backend.as_mut()));
         } else if !line.is_empty() {
             messages.push(Message::new("user", line));
             let prompt = m.tokenizer.encode_chat(&messages, true)?;

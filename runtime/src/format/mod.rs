@@ -184,11 +184,16 @@ impl TensorIndex {
 
     /// A vector of `len` values, dequantised to f32.
     pub fn read_vector(&self, name: &str, len: u64) -> Result<Vec<f32>> {
+        crate::engine::run_ready(self.read_vector_from(self, name, len))
+    }
+
+    /// [`TensorIndex::read_vector`], its bytes from `reader`.
+    pub async fn read_vector_from(&self, reader: &impl TensorReader, name: &str, len: u64) -> Result<Vec<f32>> {
         let t = self.require(name)?;
         if t.n_elements() != len {
             return Err(Error::Config(format!("tensor {name:?} has shape {:?}; expected {len} values", t.shape)));
         }
-        self.read_f32(t)
+        self.read_f32_from(reader, t).await
     }
 
     /// Read a tensor's raw bytes.
@@ -198,8 +203,13 @@ impl TensorIndex {
 
     /// Read a tensor and dequantise it to f32.
     pub fn read_f32(&self, t: &TensorInfo) -> Result<Vec<f32>> {
+        crate::engine::run_ready(self.read_f32_from(self, t))
+    }
+
+    /// [`TensorIndex::read_f32`], its bytes from `reader`.
+    pub async fn read_f32_from(&self, reader: &impl TensorReader, t: &TensorInfo) -> Result<Vec<f32>> {
         t.dtype.check_supported(&format!("tensor {:?}", t.name))?;
-        let bytes = self.read(t)?;
+        let bytes = reader.read_range(t, 0, t.nbytes).await?;
         let mut out = vec![0f32; t.n_elements() as usize];
         crate::quant::dequantize(t.dtype, &bytes, &mut out)?;
         Ok(out)
@@ -211,6 +221,30 @@ impl TensorIndex {
 
     pub fn meta(&self, key: &str) -> Option<&MetaValue> {
         self.metadata.get(key)
+    }
+}
+
+/// Where a loader gets tensor bytes: natively the index's own files (ready at
+/// once); in the browser a download, which resolves when the bytes arrive.
+#[allow(async_fn_in_trait)]
+pub trait TensorReader {
+    /// Bytes `start..start + len` of tensor `t`'s data.
+    async fn read_range(&self, t: &TensorInfo, start: u64, len: u64) -> Result<Vec<u8>>;
+}
+
+/// Checks a range of a tensor's data and returns its absolute file offset.
+pub fn tensor_range(t: &TensorInfo, start: u64, len: u64) -> Result<u64> {
+    match start.checked_add(len) {
+        Some(end) if end <= t.nbytes => Ok(t.offset + start),
+        _ => Err(Error::Input(format!("tensor {:?}: bytes {start}+{len} lie outside its {} bytes", t.name, t.nbytes))),
+    }
+}
+
+impl TensorReader for TensorIndex {
+    async fn read_range(&self, t: &TensorInfo, start: u64, len: u64) -> Result<Vec<u8>> {
+        let offset = tensor_range(t, start, len)?;
+        let src = self.sources.get(t.file).ok_or_else(|| Error::Input(format!("tensor {:?}: no file {}", t.name, t.file)))?;
+        src.read_vec(offset, len)
     }
 }
 

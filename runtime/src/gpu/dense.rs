@@ -11,6 +11,7 @@ use crate::config::ModelConfig;
 use crate::engine::Backend;
 use crate::error::{Error, Result};
 use crate::model::names::{self, Global, Layer};
+use crate::format::TensorReader;
 use crate::model::ModelFiles;
 use crate::sample::SamplingParams;
 use baleen_shaders::shape;
@@ -44,7 +45,14 @@ fn attention_scratch_per_token(cfg: &ModelConfig, max_splits: usize) -> u64 {
 }
 
 impl GpuModel {
+    /// Load a model from its own files.
     pub fn load(gpu: Arc<Gpu>, m: &ModelFiles, opts: &GpuOptions) -> Result<Self> {
+        crate::engine::run_ready(Self::load_from(gpu, m, &m.index, opts))
+    }
+
+    /// Load a model whose tensor bytes come from `reader` (in the browser, a
+    /// download): one tensor, or one chunk of a large one, at a time.
+    pub async fn load_from(gpu: Arc<Gpu>, m: &ModelFiles, reader: &impl TensorReader, opts: &GpuOptions) -> Result<Self> {
         let cfg = m.config.clone();
         let index = &m.index;
         let kind = index.kind;
@@ -113,16 +121,15 @@ impl GpuModel {
         let inv_freq = gpu.storage_init("rope inv_freq", bytemuck::cast_slice(&inv_freq_data))?;
         buffers.push(inv_freq.clone());
 
-        let mut vector = |name: &str, len: u32| -> Result<wgpu::Buffer> {
-            let b = gpu.storage_init(name, bytemuck::cast_slice(&index.read_vector(name, len as u64)?))?;
-            buffers.push(b.clone());
-            Ok(b)
+        let g: &Gpu = &gpu;
+        let vector = |name: String, len: u32| async move {
+            let v = index.read_vector_from(reader, &name, len as u64).await?;
+            g.storage_init(&name, bytemuck::cast_slice(&v))
         };
         let mut weights = Vec::new();
-        let mut matrix = |name: &str, rows: u32, cols: u32| -> Result<usize> {
-            let t = index.require_matrix(name, rows as u64, cols as u64)?;
-            weights.push(GpuMatrix::load(&gpu, index, t, max_binding, interleaved)?);
-            Ok(weights.len() - 1)
+        let matrix = |name: String, rows: u32, cols: u32| async move {
+            let t = index.require_matrix(&name, rows as u64, cols as u64)?;
+            GpuMatrix::load(g, reader, t, max_binding, interleaved).await
         };
 
         // Load everything first (indices into `weights`), then build ops.
@@ -140,32 +147,42 @@ impl GpuModel {
             k_cache: wgpu::Buffer, // [context, kv_dim] f32, or f16 with kv_half
             v_cache: wgpu::Buffer, // [context, kv_dim] f32, or f16 with kv_half
         }
-        let embd = matrix(names::global(kind, Global::TokenEmbd), vocab, h)?;
+        weights.push(matrix(names::global(kind, Global::TokenEmbd).into(), vocab, h).await?);
+        let embd = 0;
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
             let n = |w| names::layer(kind, i, w);
             let bias = if cfg.qkv_bias {
-                Some([vector(&n(Layer::QBias), q_dim)?, vector(&n(Layer::KBias), kv_dim)?, vector(&n(Layer::VBias), kv_dim)?])
+                Some([vector(n(Layer::QBias), q_dim).await?, vector(n(Layer::KBias), kv_dim).await?, vector(n(Layer::VBias), kv_dim).await?])
             } else {
                 None
             };
+            let mut w = |m: GpuMatrix| {
+                weights.push(m);
+                weights.len() - 1
+            };
             layers.push(L {
-                attn_norm: vector(&n(Layer::AttnNorm), h)?,
-                wq: matrix(&n(Layer::Q), q_dim, h)?,
-                wk: matrix(&n(Layer::K), kv_dim, h)?,
-                wv: matrix(&n(Layer::V), kv_dim, h)?,
+                attn_norm: vector(n(Layer::AttnNorm), h).await?,
+                wq: w(matrix(n(Layer::Q), q_dim, h).await?),
+                wk: w(matrix(n(Layer::K), kv_dim, h).await?),
+                wv: w(matrix(n(Layer::V), kv_dim, h).await?),
                 bias,
-                wo: matrix(&n(Layer::O), h, q_dim)?,
-                ffn_norm: vector(&n(Layer::FfnNorm), h)?,
-                w_gate: matrix(&n(Layer::Gate), ffn, h)?,
-                w_up: matrix(&n(Layer::Up), ffn, h)?,
-                w_down: matrix(&n(Layer::Down), h, ffn)?,
+                wo: w(matrix(n(Layer::O), h, q_dim).await?),
+                ffn_norm: vector(n(Layer::FfnNorm), h).await?,
+                w_gate: w(matrix(n(Layer::Gate), ffn, h).await?),
+                w_up: w(matrix(n(Layer::Up), ffn, h).await?),
+                w_down: w(matrix(n(Layer::Down), h, ffn).await?),
                 k_cache: gpu.storage(&format!("k cache {i}"), context as u64 * kv_dim as u64 * kv_bytes)?,
                 v_cache: gpu.storage(&format!("v cache {i}"), context as u64 * kv_dim as u64 * kv_bytes)?,
             });
         }
-        let output_norm = vector(names::global(kind, Global::OutputNorm), h)?;
-        let output = if cfg.tie_embeddings { embd } else { matrix(names::global(kind, Global::Output), vocab, h)? };
+        let output_norm = vector(names::global(kind, Global::OutputNorm).into(), h).await?;
+        let output = if cfg.tie_embeddings {
+            embd
+        } else {
+            weights.push(matrix(names::global(kind, Global::Output).into(), vocab, h).await?);
+            weights.len() - 1
+        };
 
         // ---- the graph
         let ctx = Ctx { gpu: &gpu, step: &step, shape, subgroups: opts.subgroups && gpu.has_subgroups() };
@@ -340,8 +357,36 @@ impl GpuModel {
     }
 }
 
-/// Natively the GPU model is a synchronous [`Backend`]; in the browser the
-/// engine awaits `submit` + `read_token_async` instead.
+/// In the browser every readback is awaited.
+#[cfg(target_arch = "wasm32")]
+impl crate::engine::AsyncBackend for GpuModel {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn truncate(&mut self, len: usize) {
+        // Positions past `len` are simply overwritten by later passes.
+        self.len = self.len.min(len);
+    }
+    fn context_length(&self) -> usize {
+        self.context
+    }
+    async fn forward_sample(
+        &mut self,
+        tokens: &[u32],
+        sampling: &SamplingParams,
+        draw: u32,
+        want_logits: bool,
+    ) -> Result<(u32, Option<Vec<f32>>)> {
+        self.run_all(tokens, sampling, draw)?;
+        let logits = if want_logits { Some(self.read_logits_async().await?) } else { None };
+        let token = self.read_token_async().await?;
+        self.gpu.check()?;
+        Ok((token, logits))
+    }
+}
+
+/// Natively the GPU model is a synchronous [`Backend`]; in the browser it is
+/// an [`AsyncBackend`](crate::engine::AsyncBackend).
 #[cfg(not(target_arch = "wasm32"))]
 impl Backend for GpuModel {
     fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {

@@ -176,7 +176,9 @@ impl Gpu {
     }
 
     pub fn adapter_name(&self) -> String {
-        format!("{} ({:?})", self.info.name, self.info.device_type)
+        // Browsers may hide the adapter's name.
+        let name = if self.info.name.is_empty() { "unnamed adapter" } else { &self.info.name };
+        format!("{name} ({:?})", self.info.device_type)
     }
 
     pub fn backend_name(&self) -> String {

@@ -14,7 +14,7 @@
 
 use super::Gpu;
 use crate::error::{Error, Result};
-use crate::format::{TensorIndex, TensorInfo};
+use crate::format::{TensorInfo, TensorReader};
 use crate::quant::DType;
 use baleen_shaders::{block_layout, BlockLayout};
 
@@ -107,6 +107,19 @@ pub fn repack(dtype: DType, bytes: &[u8], rows: usize, interleaved: bool) -> Res
     Ok((quads, offset))
 }
 
+/// File bytes of one row of `cols` values, once the GPU layout can hold such rows.
+fn file_row_bytes(name: &str, dtype: DType, cols: u64) -> Result<u64> {
+    let l = layout(dtype)?;
+    if cols % l.block_values as u64 != 0 {
+        return Err(Error::Unsupported(format!(
+            "{name}: rows of {cols} values; the GPU kernels read {} in blocks of {} values",
+            dtype.name(),
+            l.block_values
+        )));
+    }
+    Ok(cols / dtype.block_size() * dtype.block_bytes())
+}
+
 /// A weight matrix `[rows, cols]` on the GPU, in row chunks.
 pub struct GpuMatrix {
     pub name: String,
@@ -153,37 +166,56 @@ impl GpuMatrix {
         max_binding: u64,
         interleaved: bool,
     ) -> Result<Self> {
-        let l = layout(dtype)?;
-        if cols % l.block_values as u64 != 0 {
-            return Err(Error::Unsupported(format!(
-                "{name}: rows of {cols} values; the GPU kernels read {} in blocks of {} values",
-                dtype.name(),
-                l.block_values
-            )));
-        }
-        let file_row = (cols / dtype.block_size() * dtype.block_bytes()) as usize;
-        if bytes.len() != file_row * rows as usize {
+        let file_row = file_row_bytes(name, dtype, cols)?;
+        if bytes.len() as u64 != file_row * rows {
             return Err(Error::Input(format!("{name}: {} bytes for {rows} × {cols} {}", bytes.len(), dtype.name())));
         }
+        let fetch = |start: u64, len: u64| std::future::ready(Ok(bytes[start as usize..(start + len) as usize].to_vec()));
+        crate::engine::run_ready(Self::upload(gpu, name, dtype, rows, cols, fetch, max_binding, interleaved))
+    }
+
+    /// Read a tensor from `reader`, one chunk of rows at a time, and upload it.
+    pub async fn load(
+        gpu: &Gpu,
+        reader: &impl TensorReader,
+        t: &TensorInfo,
+        max_binding: u64,
+        interleaved: bool,
+    ) -> Result<Self> {
+        t.dtype.check_supported(&format!("tensor {:?}", t.name))?;
+        let (rows, cols) = t.rows_cols();
+        if t.nbytes != file_row_bytes(&t.name, t.dtype, cols)? * rows {
+            return Err(Error::Input(format!("tensor {:?}: {} bytes for {rows} × {cols} {}", t.name, t.nbytes, t.dtype.name())));
+        }
+        let fetch = |start: u64, len: u64| reader.read_range(t, start, len);
+        Self::upload(gpu, &t.name, t.dtype, rows, cols, fetch, max_binding, interleaved).await
+    }
+
+    /// Fetch (`fetch(start, len)`: bytes of the file's rows) and upload each
+    /// chunk in turn, so no more than one chunk is held in memory.
+    #[allow(clippy::too_many_arguments)]
+    async fn upload<F: std::future::Future<Output = Result<Vec<u8>>>>(
+        gpu: &Gpu,
+        name: &str,
+        dtype: DType,
+        rows: u64,
+        cols: u64,
+        fetch: impl Fn(u64, u64) -> F,
+        max_binding: u64,
+        interleaved: bool,
+    ) -> Result<Self> {
+        let file_row = file_row_bytes(name, dtype, cols)?;
         let per = rows_per_chunk(dtype, cols, max_binding)?;
         let mut chunks = Vec::new();
         let mut r = 0u64;
         while r < rows {
             let n = per.min(rows - r);
-            let part = &bytes[r as usize * file_row..(r + n) as usize * file_row];
-            let (packed, scale_offset) = repack(dtype, part, n as usize, interleaved)?;
+            let part = fetch(r * file_row, n * file_row).await?;
+            let (packed, scale_offset) = repack(dtype, &part, n as usize, interleaved)?;
             let buffer = gpu.storage_init(&format!("{name}[{r}..{}]", r + n), &packed)?;
             chunks.push(Chunk { buffer, scale_offset, row_start: r as u32, rows: n as u32 });
             r += n;
         }
         Ok(GpuMatrix { name: name.into(), dtype, interleaved, rows: rows as u32, cols: cols as u32, chunks })
-    }
-
-    /// Read a tensor from the model files and upload it.
-    pub fn load(gpu: &Gpu, index: &TensorIndex, t: &TensorInfo, max_binding: u64, interleaved: bool) -> Result<Self> {
-        t.dtype.check_supported(&format!("tensor {:?}", t.name))?;
-        let (rows, cols) = t.rows_cols();
-        let bytes = index.read(t)?;
-        Self::from_bytes(gpu, &t.name, t.dtype, rows, cols, &bytes, max_binding, interleaved)
     }
 }

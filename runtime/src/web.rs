@@ -1,0 +1,257 @@
+//! The browser's engine, exported to JavaScript with wasm-bindgen. A model is
+//! loaded from a download (`read(offset, len)` → a promise of bytes, answered by
+//! `web/loader.js` from HTTP Range requests and the browser's cache): the GGUF
+//! header first, then one tensor (or one chunk of a large one) at a time,
+//! straight to WebGPU. Chat turns reuse the KV cache of earlier turns.
+//! `web/worker.js` drives this module inside a Web Worker.
+
+use crate::engine::{AsyncBackend, GenerateParams, Session, StopReason};
+use crate::error::{Error, Result};
+use crate::format::{tensor_range, TensorInfo, TensorReader};
+use crate::gpu::dense::GpuModel;
+use crate::gpu::{Gpu, GpuOptions};
+use crate::model::ModelFiles;
+use crate::sample::SamplingParams;
+use crate::source::PrefixSource;
+use crate::tokenizer::{Message, Tokenizer};
+use js_sys::{Function, Promise, Uint8Array};
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::JsFuture;
+
+/// Bytes of the header the first request asks for; more follow if it is larger.
+const FIRST_HEADER_BYTES: u64 = 4 << 20;
+/// The most bytes of one tensor fetched at once (a chunk of rows): bounds the
+/// wasm memory a load needs, whatever the model's size.
+const MAX_FETCH_BYTES: u64 = 128 << 20;
+
+fn js_message(v: &JsValue) -> String {
+    if let Some(e) = v.dyn_ref::<js_sys::Error>() {
+        return String::from(e.message());
+    }
+    v.as_string().unwrap_or_else(|| format!("{v:?}"))
+}
+
+fn to_js(e: Error) -> JsValue {
+    JsError::new(&e.to_string()).into()
+}
+
+/// Bytes from the page's loader: `read(offset, len)` returns a promise of a
+/// `Uint8Array` of exactly `len` bytes; `on_tensor(done, total)` after each tensor.
+struct JsReader {
+    read: Function,
+    on_tensor: Function,
+    done: Cell<usize>,
+    total: usize,
+}
+
+impl JsReader {
+    async fn fetch(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let download = |v: &JsValue| Error::Input(format!("download failed: {}", js_message(v)));
+        let p = self
+            .read
+            .call2(&JsValue::NULL, &JsValue::from_f64(offset as f64), &JsValue::from_f64(len as f64))
+            .map_err(|e| download(&e))?;
+        let v = JsFuture::from(Promise::resolve(&p)).await.map_err(|e| download(&e))?;
+        let bytes = Uint8Array::new(&v);
+        if bytes.length() as u64 != len {
+            return Err(Error::Input(format!(
+                "download failed: asked for {len} bytes at {offset}, got {} (is the file complete on the server?)",
+                bytes.length()
+            )));
+        }
+        Ok(bytes.to_vec())
+    }
+}
+
+impl TensorReader for JsReader {
+    async fn read_range(&self, t: &TensorInfo, start: u64, len: u64) -> Result<Vec<u8>> {
+        let bytes = self.fetch(tensor_range(t, start, len)?, len).await?;
+        if start + len == t.nbytes {
+            self.done.set(self.done.get() + 1);
+            let (d, n) = (JsValue::from_f64(self.done.get() as f64), JsValue::from_f64(self.total as f64));
+            let _ = self.on_tensor.call2(&JsValue::NULL, &d, &n);
+        }
+        Ok(bytes)
+    }
+}
+
+struct Inner {
+    model: GpuModel,
+    tokenizer: Tokenizer,
+    session: Session,
+    name: String,
+    tensors: usize,
+}
+
+/// A loaded model and its conversation.
+#[wasm_bindgen]
+pub struct WebEngine {
+    inner: Rc<RefCell<Inner>>,
+}
+
+/// Parse the GGUF header of a `size`-byte file, fetching more of its start
+/// until the parser has what it needs.
+async fn open_header(name: &str, size: u64, reader: &JsReader) -> Result<ModelFiles> {
+    let mut have = FIRST_HEADER_BYTES.min(size);
+    loop {
+        let bytes = reader.fetch(0, have).await?;
+        let src = Arc::new(PrefixSource::new(name, bytes, size));
+        match ModelFiles::from_gguf(name.to_string(), src) {
+            Err(Error::NeedBytes { needed, .. }) if needed > have && have < size => {
+                have = needed.max(have.saturating_mul(2)).min(size);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Load a GGUF model of `size` bytes named `name`: `read(offset, len)` returns
+/// a promise of its bytes; `on_tensor(done, total)` reports each tensor uploaded.
+#[wasm_bindgen(js_name = loadModel)]
+pub async fn load_model(name: String, size: f64, read: Function, on_tensor: Function) -> std::result::Result<WebEngine, JsValue> {
+    if !(size.is_finite() && size > 0.0) {
+        return Err(to_js(Error::Input(format!("{name}: the server gave no file size ({size}); it must answer Range requests"))));
+    }
+    let mut reader = JsReader { read, on_tensor, done: Cell::new(0), total: 0 };
+    let files = open_header(&name, size as u64, &reader).await.map_err(to_js)?;
+    let tensors = files.index.tensors.len();
+    reader.total = tensors;
+    let gpu = Arc::new(Gpu::new().await.map_err(to_js)?);
+    let opts = GpuOptions { max_binding: Some(MAX_FETCH_BYTES), ..GpuOptions::default() };
+    let model = GpuModel::load_from(gpu, &files, &reader, &opts).await.map_err(to_js)?;
+    model.gpu.check().map_err(to_js)?;
+    let ModelFiles { tokenizer, .. } = files;
+    let inner = Inner { model, tokenizer, session: Session::new(), name, tensors };
+    Ok(WebEngine { inner: Rc::new(RefCell::new(inner)) })
+}
+
+/// Chat options as `web/engine.js` passes them (OpenAI's names).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChatOptions {
+    max_tokens: Option<u64>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<u64>,
+    seed: Option<u64>,
+}
+
+#[derive(serde::Serialize)]
+struct ChatResult {
+    content: String,
+    stop_reason: StopReason,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    /// Prompt tokens whose keys and values came from the previous turns' cache.
+    reused_tokens: usize,
+    prefill_ms: f64,
+    decode_ms: f64,
+}
+
+fn busy() -> JsValue {
+    to_js(Error::Input("the engine is busy with another request; wait for it or interrupt it".into()))
+}
+
+#[wasm_bindgen]
+impl WebEngine {
+    /// A JSON object describing the model and the GPU.
+    pub fn info(&self) -> std::result::Result<String, JsValue> {
+        let inner = self.inner.try_borrow().map_err(|_| busy())?;
+        let m = &inner.model;
+        let (adapter, backend) = (m.gpu.adapter_name(), m.gpu.backend_name());
+        Ok(serde_json::json!({
+            "name": inner.name,
+            "architecture": m.cfg.arch.name(),
+            "layers": m.cfg.n_layers,
+            "context": AsyncBackend::context_length(m),
+            "vocab": m.cfg.vocab,
+            "tensors": inner.tensors,
+            "adapter": adapter,
+            "backend": backend,
+            "gpu_bytes": m.gpu.allocated_bytes(),
+            "kv_f16": m.kv_f16,
+            "chat_template": inner.tokenizer.has_chat_template(),
+        })
+        .to_string())
+    }
+
+    /// Reply to `messages` (JSON `[{role, content}]`, the whole conversation)
+    /// with `options` (JSON). `on_text(delta)` gets the reply as it grows and
+    /// returns `false` to stop. Resolves to a JSON `ChatResult`.
+    pub fn chat(&self, messages: String, options: String, on_text: Function) -> Promise {
+        let inner = self.inner.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let mut guard = inner.try_borrow_mut().map_err(|_| busy())?;
+            let r = chat(&mut guard, &messages, &options, &on_text).await.map_err(to_js)?;
+            Ok(JsValue::from_str(&serde_json::to_string(&r).expect("serialisable")))
+        })
+    }
+
+    /// Forget the conversation (the next turn runs its whole prompt).
+    pub fn reset(&self) -> std::result::Result<(), JsValue> {
+        let mut guard = self.inner.try_borrow_mut().map_err(|_| busy())?;
+        let Inner { model, session, .. } = &mut *guard;
+        session.reset(model);
+        Ok(())
+    }
+}
+
+async fn chat(inner: &mut Inner, messages: &str, options: &str, on_text: &Function) -> Result<ChatResult> {
+    let messages: Vec<Message> = serde_json::from_str(messages)
+        .map_err(|e| Error::Input(format!("messages must be a list of {{role, content}} objects: {e}")))?;
+    if messages.is_empty() {
+        return Err(Error::Input("messages is empty: give at least one message".into()));
+    }
+    let o: ChatOptions = serde_json::from_str(options).map_err(|e| Error::Input(format!("bad chat options: {e}")))?;
+    let Inner { model, tokenizer, session, .. } = inner;
+    let prompt = tokenizer.encode_chat(&messages, true)?;
+    let context = AsyncBackend::context_length(model);
+    let sampling = SamplingParams {
+        temperature: o.temperature.unwrap_or(1.0),
+        top_p: o.top_p.unwrap_or(1.0),
+        top_k: o.top_k.unwrap_or(0).min(usize::MAX as u64) as usize,
+        seed: o.seed.unwrap_or_else(|| (js_sys::Math::random() * 2f64.powi(53)) as u64),
+    };
+    let max_tokens = o.max_tokens.map_or(context, |n| n.min(context as u64) as usize);
+    let params = GenerateParams { max_tokens, sampling, stop_ids: tokenizer.stop_ids.clone() };
+    let mut stream = tokenizer.stream();
+    let mut content = String::new();
+    let mut failed = None;
+    let (g, reused) = session
+        .generate_async(model, &prompt, &params, |id| {
+            let delta = match stream.push(id) {
+                Ok(d) => d,
+                Err(e) => {
+                    failed = Some(e);
+                    return false;
+                }
+            };
+            if delta.is_empty() {
+                return true;
+            }
+            content.push_str(&delta);
+            // The worker answers false once interrupted or a stop string is seen.
+            on_text.call1(&JsValue::NULL, &JsValue::from_str(&delta)).map(|v| v.as_bool() != Some(false)).unwrap_or(false)
+        })
+        .await?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let rest = stream.finish()?;
+    if !rest.is_empty() {
+        content.push_str(&rest);
+        let _ = on_text.call1(&JsValue::NULL, &JsValue::from_str(&rest));
+    }
+    Ok(ChatResult {
+        content,
+        stop_reason: g.stop,
+        prompt_tokens: prompt.len(),
+        completion_tokens: g.tokens.len(),
+        reused_tokens: reused,
+        prefill_ms: g.prefill_ms,
+        decode_ms: g.decode_ms,
+    })
+}

@@ -1,0 +1,289 @@
+// Browser tests: the chat page and /engine.js in Chromium with WebGPU on
+// SwiftShader — every shader compiled by the browser's own WGSL compiler.
+// Run by `make browser-test` (part of `make test`). Needs pkg/ (make wasm),
+// target/debug/baleen and the test model.
+
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { ROOT, baleenJson, launchChromium, openPage, startProxy, startServe } from './harness.mjs';
+
+const BIN = process.env.BALEEN_BIN ?? `${ROOT}target/debug/baleen`;
+const MODEL_FILE = 'SmolLM2-135M-Instruct.Q4_1.gguf';
+const MODEL_PATH = `${ROOT}models/${MODEL_FILE}`;
+const MODEL_URL = `/models/${MODEL_FILE}`;
+const ARTIFACTS = `${ROOT}target/browser-artifacts`;
+const QUESTION = 'What is the capital of France?';
+const MAX_TOKENS = 24;
+
+// A models folder: the real model, and a file that is not a model.
+const models = fs.mkdtempSync(path.join(os.tmpdir(), 'baleen-models-'));
+fs.symlinkSync(MODEL_PATH, path.join(models, MODEL_FILE));
+fs.writeFileSync(path.join(models, 'not-a-model.gguf'), 'this is a text file, not a GGUF model\n'.repeat(100));
+fs.mkdirSync(ARTIFACTS, { recursive: true });
+
+const results = [];
+async function test(name, fn) {
+  const t0 = Date.now();
+  try {
+    await fn();
+    results.push([name, true]);
+    console.log(`ok   ${name} (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+  } catch (e) {
+    results.push([name, false]);
+    console.log(`FAIL ${name}: ${e.stack ?? e}`);
+  }
+}
+
+/** A raw HTTP/1.1 request (no client-side path normalisation). */
+function rawGet(url, pathname) {
+  const u = new URL(url);
+  return new Promise((resolve, reject) => {
+    const s = net.connect(Number(u.port), u.hostname, () => s.write(`GET ${pathname} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`));
+    let out = '';
+    s.on('data', (d) => (out += d.toString('latin1')));
+    s.on('end', () => resolve(out));
+    s.on('error', reject);
+  });
+}
+
+const serve = await startServe(BIN, { models });
+const proxy = await startProxy(serve.url);
+const browser = await launchChromium();
+const context = await browser.newContext();
+const base = proxy.url;
+
+// The same greedy reply from the native CLI (the f32 reference backend: the
+// browser's SwiftShader has no f16, so its KV cache is f32 too).
+const cli = await baleenJson(BIN, [
+  'run', '--model', MODEL_PATH, '--chat', '--prompt', QUESTION, '--temperature', '0',
+  '--max-tokens', String(MAX_TOKENS), '--backend', 'reference', '--json',
+]);
+
+const greedy = { messages: [{ role: 'user', content: QUESTION }], temperature: 0, max_tokens: MAX_TOKENS };
+
+/** Load the model through /engine.js in `page`; returns { info, progress }. */
+async function loadInPage(page, url = MODEL_URL) {
+  return page.evaluate(async (url) => {
+    const { createEngine } = await import('/engine.js');
+    const progress = [];
+    window.__engine = await createEngine(url, { onProgress: (p) => progress.push(p) });
+    return { info: window.__engine.info, progress };
+  }, url);
+}
+
+const loadError = (page, url) =>
+  page.evaluate(async (url) => {
+    const { createEngine } = await import('/engine.js');
+    try {
+      await createEngine(url);
+      return null;
+    } catch (e) {
+      return e.message;
+    }
+  }, url);
+
+const reply = (page, req) => page.evaluate((req) => window.__engine.chat.completions.create(req), req);
+
+let page = await openPage(context, `${base}?autoload=0`);
+let size = 0;
+
+await test('serve: Range, MIME types, COOP/COEP, no path traversal', async () => {
+  const wasm = await fetch(`${serve.url}pkg/baleen_bg.wasm`, { method: 'HEAD' });
+  assert.equal(wasm.headers.get('content-type'), 'application/wasm');
+  assert.equal(wasm.headers.get('cross-origin-opener-policy'), 'same-origin');
+  assert.equal(wasm.headers.get('cross-origin-embedder-policy'), 'require-corp');
+  const r = await fetch(`${serve.url}models/${MODEL_FILE}`, { headers: { Range: 'bytes=0-3' } });
+  assert.equal(r.status, 206);
+  assert.equal(Buffer.from(await r.arrayBuffer()).toString(), 'GGUF');
+  size = Number(r.headers.get('content-range').split('/')[1]);
+  assert.equal(size, fs.statSync(MODEL_PATH).size);
+  const list = await (await fetch(`${serve.url}models.json`)).json();
+  assert.ok(list.some((m) => m.url === MODEL_URL && m.bytes === fs.statSync(MODEL_PATH).size), JSON.stringify(list));
+  for (const p of ['/models/../Cargo.toml', '/models/%2e%2e/Cargo.toml', '/pkg/../../etc/passwd', '/../Cargo.toml']) {
+    const head = (await rawGet(serve.url, p)).split('\r\n')[0];
+    assert.ok(!head.includes(' 200 '), `${p} must not be served (${head})`);
+  }
+  const index = await fetch(serve.url);
+  assert.ok((await index.text()).includes('<title>baleen'));
+});
+
+let loaded = null;
+await test('the model loads through /engine.js with progress events', async () => {
+  loaded = await loadInPage(page);
+  const { info, progress } = loaded;
+  assert.equal(info.name, MODEL_FILE);
+  assert.equal(info.architecture, 'llama');
+  assert.equal(info.bytes, size);
+  assert.equal(info.downloadedBytes, size, 'a first load downloads the whole file once');
+  assert.equal(progress[0].phase, 'header');
+  assert.equal(progress.at(-1).phase, 'ready');
+  assert.equal(progress.at(-1).loadedBytes, size);
+  assert.equal(progress.at(-1).tensorsLoaded, progress.at(-1).tensorsTotal);
+  assert.ok(progress.at(-1).tensorsTotal > 100);
+  for (let i = 1; i < progress.length; i++) {
+    assert.ok(progress[i].loadedBytes >= progress[i - 1].loadedBytes, 'loadedBytes never goes back');
+    assert.ok(progress[i].loadedBytes - progress[i - 1].loadedBytes <= 8 << 20, 'an event at least every 8 MB');
+  }
+  console.log(`     loaded ${(size / 1e6).toFixed(1)} MB in ${(info.loadMs / 1000).toFixed(1)} s on ${info.adapter} (${progress.length} progress events)`);
+});
+
+let greedyText = null;
+await test('a greedy chat reply equals the native CLI greedy reply', async () => {
+  const r = await reply(page, greedy);
+  greedyText = r.choices[0].message.content;
+  console.log(`     browser: ${JSON.stringify(greedyText)}\n     cli:     ${JSON.stringify(cli.text)}`);
+  assert.equal(greedyText, cli.text);
+  assert.equal(r.object, 'chat.completion');
+  assert.equal(r.choices[0].message.role, 'assistant');
+  assert.ok(['stop', 'length'].includes(r.choices[0].finish_reason));
+  assert.equal(r.usage.prompt_tokens, cli.prompt_ids.length);
+  assert.equal(r.usage.completion_tokens, cli.token_ids.length);
+});
+
+await test('streaming gives the same reply in chunks, and a repeated prompt reuses the KV cache', async () => {
+  const out = await page.evaluate(async (req) => {
+    const chunks = [];
+    for await (const c of await window.__engine.chat.completions.create({ ...req, stream: true })) chunks.push(c);
+    return { chunks, stats: window.__engine.stats() };
+  }, greedy);
+  const { chunks, stats } = out;
+  assert.ok(chunks.length > 3, `${chunks.length} chunks`);
+  assert.equal(chunks[0].choices[0].delta.role, 'assistant');
+  assert.ok(chunks.every((c) => c.object === 'chat.completion.chunk'));
+  assert.equal(chunks.map((c) => c.choices[0].delta.content ?? '').join(''), greedyText);
+  assert.ok(chunks.at(-1).choices[0].finish_reason);
+  assert.ok(chunks.slice(0, -1).every((c) => c.choices[0].finish_reason === null));
+  assert.ok(chunks.at(-1).usage.completion_tokens > 0);
+  assert.equal(stats.reused_tokens, stats.prompt_tokens - 1, 'the same prompt again runs one token');
+  assert.ok(stats.decode_tokens_per_s > 0 && stats.prefill_tokens_per_s > 0);
+  console.log(`     decode ${stats.decode_tokens_per_s.toFixed(1)} tok/s, prefill ${stats.prefill_tokens_per_s.toFixed(1)} tok/s`);
+});
+
+await test('stop strings, interrupt, and bad requests', async () => {
+  const word = greedyText.split(' ').filter((w) => w.length > 2)[1];
+  const stopped = await reply(page, { ...greedy, stop: [word] });
+  assert.equal(stopped.choices[0].message.content, greedyText.slice(0, greedyText.indexOf(word)));
+  assert.equal(stopped.choices[0].finish_reason, 'stop');
+  const aborted = await page.evaluate(async (req) => {
+    const chunks = [];
+    for await (const c of await window.__engine.chat.completions.create({ ...req, max_tokens: 200, stream: true })) {
+      chunks.push(c);
+      if (chunks.length === 2) window.__engine.interrupt();
+    }
+    return chunks.at(-1).choices[0].finish_reason;
+  }, greedy);
+  assert.equal(aborted, 'abort');
+  const errors = await page.evaluate(async () => {
+    const e = window.__engine;
+    const bad = [
+      { messages: [] },
+      { messages: [{ role: 'robot', content: 'hi' }] },
+      { messages: [{ role: 'user', content: 'hi' }], temperature: -1 },
+      { messages: [{ role: 'user', content: 'hi' }], top_p: 2 },
+      { messages: [{ role: 'user', content: 'hi' }], max_tokens: 1.5 },
+      { messages: [{ role: 'user', content: 'hi' }], stop: 3 },
+      { messages: [{ role: 'user', content: 'x '.repeat(9000) }] },
+    ];
+    const out = [];
+    for (const req of bad) {
+      try {
+        await e.chat.completions.create(req);
+        out.push(null);
+      } catch (err) {
+        out.push(err.message);
+      }
+    }
+    return out;
+  });
+  assert.match(errors[0], /non-empty array/);
+  assert.match(errors[1], /role/);
+  assert.match(errors[2], /temperature/);
+  assert.match(errors[3], /top_p/);
+  assert.match(errors[4], /max_tokens/);
+  assert.match(errors[5], /stop/);
+  assert.match(errors[6], /does not fit the model's context/);
+  // The engine still answers after the errors.
+  assert.equal((await reply(page, greedy)).choices[0].message.content, greedyText);
+});
+
+await test('bad model URLs give plain-words errors', async () => {
+  assert.match(await loadError(page, '/models/missing.gguf'), /not found \(HTTP 404\)/);
+  assert.match(await loadError(page, '/models/not-a-model.gguf'), /GGUF/);
+});
+
+await test('the chat page: load, reply streamed as text, screenshot', async () => {
+  const p = await openPage(context, `${base}?model=${encodeURIComponent(MODEL_URL)}`);
+  await p.waitForSelector('body[data-state=ready]', { timeout: 300_000 });
+  await p.evaluate(() => {
+    const t = document.getElementById('temperature');
+    t.value = '0';
+    t.dispatchEvent(new Event('input'));
+    document.getElementById('max-tokens').value = '24';
+  });
+  await p.fill('#input', QUESTION);
+  await p.click('#send');
+  await p.waitForSelector('body[data-state=ready]', { timeout: 300_000 });
+  const bubbles = await p.$$eval('.msg', (els) => els.map((e) => [e.className, e.textContent]));
+  assert.deepEqual(bubbles, [['msg user', QUESTION], ['msg assistant', greedyText]]);
+  assert.match(await p.textContent('#stats'), /decode [\d.]+ tok\/s/);
+  // A follow-up turn reuses the cache of the first.
+  await p.fill('#input', 'And of Italy?');
+  await p.click('#send');
+  await p.waitForSelector('body[data-state=ready]', { timeout: 300_000 });
+  const s = await p.evaluate(() => window.baleenApp.engine.stats());
+  assert.ok(s.reused_tokens > s.prompt_tokens / 2, `follow-up reused ${s.reused_tokens} of ${s.prompt_tokens} prompt tokens`);
+  await p.screenshot({ path: `${ARTIFACTS}/chat.png`, fullPage: true });
+  console.log(`     screenshot: ${ARTIFACTS}/chat.png`);
+
+  // Model output and user input are text, never HTML.
+  let dialogs = 0;
+  p.on('dialog', (d) => {
+    dialogs++;
+    d.dismiss();
+  });
+  const xss = '<img src=x onerror=alert(1)>';
+  await p.evaluate((x) => window.baleenApp.addMessage('assistant', `Here: ${x}`), xss);
+  await p.fill('#input', xss);
+  await p.click('#send');
+  await p.waitForSelector('body[data-state=ready]', { timeout: 300_000 });
+  const texts = await p.$$eval('.msg', (els) => els.map((e) => e.textContent));
+  assert.ok(texts.includes(`Here: ${xss}`) && texts.includes(xss));
+  assert.equal(await p.$$eval('#transcript img', (els) => els.length), 0);
+  assert.equal(dialogs, 0);
+  await p.close();
+});
+
+await test('a reload loads from the cache: zero model bytes requested', async () => {
+  await page.close();
+  proxy.reset();
+  page = await openPage(context, `${base}?autoload=0`);
+  const { info } = await loadInPage(page);
+  assert.equal(proxy.stats.modelBytes, 0, `${proxy.stats.modelBytes} model bytes requested`);
+  assert.equal(proxy.stats.modelGets, 0);
+  assert.equal(info.cachedBytes, size);
+  assert.equal((await reply(page, greedy)).choices[0].message.content, greedyText);
+});
+
+await test('a download broken off mid-file resumes and gives the same reply', async () => {
+  await page.evaluate(() => caches.delete('baleen-models-v1'));
+  await page.close();
+  proxy.reset();
+  proxy.cutNext({ fromOffset: 20 << 20, afterBytes: 1 << 20 });
+  page = await openPage(context, `${base}?autoload=0`);
+  const { info } = await loadInPage(page);
+  assert.equal(proxy.stats.cuts, 1, 'the proxy broke one response off');
+  assert.ok(proxy.stats.modelBytes < size + (5 << 20), `${proxy.stats.modelBytes} bytes for a ${size}-byte file`);
+  assert.equal(info.downloadedBytes, size);
+  assert.equal((await reply(page, greedy)).choices[0].message.content, greedyText);
+});
+
+await browser.close();
+proxy.stop();
+serve.stop();
+fs.rmSync(models, { recursive: true, force: true });
+const failed = results.filter(([, ok]) => !ok);
+console.log(`\nbrowser tests: ${results.length - failed.length} passed, ${failed.length} failed`);
+process.exit(failed.length ? 1 : 0);

@@ -1,0 +1,110 @@
+// Types for /engine.js, baleen's OpenAI-shaped chat API.
+
+export interface ChatMessage {
+  role: 'system' | 'user' | 'assistant';
+  content: string;
+}
+
+export interface LoadProgress {
+  /** 'header': the file's index is read; 'weights': tensors are arriving; 'ready': loaded. */
+  phase: 'header' | 'weights' | 'ready';
+  loadedBytes: number;
+  totalBytes: number;
+  /** Of loadedBytes, how many came from the browser's cache. */
+  cachedBytes: number;
+  tensorsLoaded: number;
+  tensorsTotal: number;
+  elapsedMs: number;
+}
+
+export interface ChatCompletionRequest {
+  messages: ChatMessage[];
+  /** Most tokens to generate (default: until the end of the reply or of the context). */
+  max_tokens?: number;
+  /** 0 is greedy; default 1. */
+  temperature?: number;
+  top_p?: number;
+  /** 0 keeps all candidates (at most 256 are considered). */
+  top_k?: number;
+  seed?: number;
+  /** Generation stops before any of these strings. */
+  stop?: string | string[];
+  stream?: boolean;
+}
+
+/** 'stop': end of reply or a stop string; 'length': max_tokens or the context; 'abort': interrupt(). */
+export type FinishReason = 'stop' | 'length' | 'abort';
+
+export interface Usage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+}
+
+export interface ChatCompletion {
+  id: string;
+  object: 'chat.completion';
+  created: number;
+  model: string;
+  choices: [{ index: 0; message: { role: 'assistant'; content: string }; finish_reason: FinishReason }];
+  usage: Usage;
+}
+
+export interface ChatCompletionChunk {
+  id: string;
+  object: 'chat.completion.chunk';
+  created: number;
+  model: string;
+  choices: [{ index: 0; delta: { role?: 'assistant'; content?: string }; finish_reason: FinishReason | null }];
+  /** On the last chunk only. */
+  usage?: Usage;
+}
+
+export interface EngineStats {
+  prompt_tokens: number;
+  /** Prompt tokens served from the previous turns' KV cache. */
+  reused_tokens: number;
+  completion_tokens: number;
+  prefill_ms: number;
+  decode_ms: number;
+  prefill_tokens_per_s: number;
+  decode_tokens_per_s: number;
+}
+
+export interface ModelInfo {
+  name: string;
+  architecture: string;
+  layers: number;
+  context: number;
+  vocab: number;
+  tensors: number;
+  adapter: string;
+  backend: string;
+  gpu_bytes: number;
+  kv_f16: boolean;
+  chat_template: boolean;
+  loadMs: number;
+  bytes: number;
+  downloadedBytes: number;
+  cachedBytes: number;
+}
+
+export interface Engine {
+  readonly info: ModelInfo;
+  chat: {
+    completions: {
+      create(req: ChatCompletionRequest & { stream: true }): Promise<AsyncIterable<ChatCompletionChunk>>;
+      create(req: ChatCompletionRequest & { stream?: false }): Promise<ChatCompletion>;
+    };
+  };
+  interrupt(): void;
+  resetChat(): Promise<void>;
+  /** The last reply's speed; null before the first. */
+  stats(): EngineStats | null;
+  dispose(): Promise<void>;
+}
+
+export function createEngine(
+  modelUrl: string,
+  opts?: { onProgress?: (p: LoadProgress) => void; workerUrl?: string | URL },
+): Promise<Engine>;

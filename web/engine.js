@@ -1,0 +1,235 @@
+// baleen's JavaScript API, shaped like OpenAI's chat completions. The engine
+// runs in a Web Worker (web/worker.js); this module only passes messages.
+//
+//   import { createEngine } from '/engine.js';
+//   const engine = await createEngine('/models/SmolLM2-135M-Instruct.Q4_1.gguf', { onProgress: console.log });
+//   const r = await engine.chat.completions.create({ messages: [{ role: 'user', content: 'Hi' }] });
+//   for await (const c of await engine.chat.completions.create({ messages, stream: true })) ...
+//
+// See engine.d.ts for the types.
+
+const ROLES = new Set(['system', 'user', 'assistant']);
+const OPTIONS = ['max_tokens', 'temperature', 'top_p', 'top_k', 'seed'];
+
+function checkRequest(req) {
+  if (!req || !Array.isArray(req.messages) || req.messages.length === 0)
+    throw new TypeError('messages must be a non-empty array of { role, content }');
+  for (const [i, m] of req.messages.entries()) {
+    if (!m || !ROLES.has(m.role)) throw new TypeError(`messages[${i}].role must be "system", "user" or "assistant"`);
+    if (typeof m.content !== 'string') throw new TypeError(`messages[${i}].content must be a string`);
+  }
+  const options = {};
+  for (const k of OPTIONS) {
+    const v = req[k];
+    if (v === undefined || v === null) continue;
+    if (typeof v !== 'number' || !Number.isFinite(v)) throw new TypeError(`${k} must be a number`);
+    if ((k === 'max_tokens' || k === 'top_k' || k === 'seed') && (!Number.isInteger(v) || v < 0))
+      throw new TypeError(`${k} must be a whole number ≥ 0`);
+    if (k === 'temperature' && v < 0) throw new TypeError('temperature must be ≥ 0 (0 is greedy)');
+    if (k === 'top_p' && !(v > 0 && v <= 1)) throw new TypeError('top_p must be in (0, 1]');
+    options[k] = v;
+  }
+  let stop = req.stop ?? [];
+  if (typeof stop === 'string') stop = [stop];
+  if (!Array.isArray(stop) || stop.some((s) => typeof s !== 'string')) throw new TypeError('stop must be a string or an array of strings');
+  return { messages: req.messages.map(({ role, content }) => ({ role, content })), options, stop };
+}
+
+class Engine {
+  #worker;
+  #pending = new Map(); // id → { resolve, reject, onDelta }
+  #next = 1;
+  #queue = Promise.resolve(); // one request at a time, in order
+  #stats = null;
+  #model;
+
+  constructor(worker, info) {
+    this.#worker = worker;
+    this.info = info;
+    this.#model = info.name;
+    this.chat = { completions: { create: (req) => this.#create(req) } };
+  }
+
+  /** @internal */
+  static async start(modelUrl, { onProgress, workerUrl } = {}) {
+    const worker = new Worker(workerUrl ?? new URL('./worker.js', import.meta.url), { type: 'module' });
+    const pending = new Map();
+    let failWorker;
+    const workerFailed = new Promise((_, reject) => (failWorker = reject));
+    worker.onerror = (e) => failWorker(new Error(`the engine's worker failed to start: ${e.message ?? 'script error'}`));
+    worker.onmessage = (e) => {
+      const m = e.data;
+      if (m.type === 'progress') onProgress?.(m.progress);
+      else pending.get(m.id)?.(m);
+    };
+    const loaded = new Promise((resolve, reject) =>
+      pending.set(0, (m) => (m.error !== undefined ? reject(new Error(m.error)) : resolve(m.result))),
+    );
+    const pkg = new URL('/pkg/baleen.js', import.meta.url).href;
+    worker.postMessage({ id: 0, type: 'load', url: new URL(modelUrl, location.href).href, pkg });
+    let info;
+    try {
+      info = await Promise.race([loaded, workerFailed]);
+    } catch (e) {
+      worker.terminate();
+      throw e;
+    }
+    const engine = new Engine(worker, info);
+    worker.onmessage = (e) => engine.#onMessage(e.data);
+    worker.onerror = (e) => engine.#failAll(new Error(`the engine's worker crashed: ${e.message ?? 'script error'}`));
+    return engine;
+  }
+
+  #onMessage(m) {
+    if (m.type === 'progress') return;
+    const p = this.#pending.get(m.id);
+    if (!p) return;
+    if (m.delta !== undefined) return p.onDelta?.(m.delta);
+    this.#pending.delete(m.id);
+    if (m.error !== undefined) p.reject(new Error(m.error));
+    else p.resolve(m.result);
+  }
+
+  #failAll(err) {
+    for (const p of this.#pending.values()) p.reject(err);
+    this.#pending.clear();
+  }
+
+  #call(msg, onDelta) {
+    if (!this.#worker) return Promise.reject(new Error('the engine was disposed'));
+    const id = this.#next++;
+    const run = () =>
+      new Promise((resolve, reject) => {
+        if (!this.#worker) return reject(new Error('the engine was disposed'));
+        this.#pending.set(id, { resolve, reject, onDelta });
+        this.#worker.postMessage({ ...msg, id });
+      });
+    const p = this.#queue.then(run, run);
+    this.#queue = p.catch(() => {});
+    return p;
+  }
+
+  #record(r) {
+    const ran = r.prompt_tokens - r.reused_tokens;
+    this.#stats = {
+      prompt_tokens: r.prompt_tokens,
+      reused_tokens: r.reused_tokens,
+      completion_tokens: r.completion_tokens,
+      prefill_ms: r.prefill_ms,
+      decode_ms: r.decode_ms,
+      prefill_tokens_per_s: r.prefill_ms > 0 ? (ran / r.prefill_ms) * 1000 : 0,
+      // The first token comes from the prefill; decode steps are the rest.
+      decode_tokens_per_s: r.decode_ms > 0 && r.completion_tokens > 1 ? ((r.completion_tokens - 1) / r.decode_ms) * 1000 : 0,
+    };
+  }
+
+  #usage(r) {
+    return { prompt_tokens: r.prompt_tokens, completion_tokens: r.completion_tokens, total_tokens: r.prompt_tokens + r.completion_tokens };
+  }
+
+  async #create(req) {
+    const { messages, options, stop } = checkRequest(req);
+    const id = `chatcmpl-${Math.random().toString(36).slice(2, 14)}`;
+    const created = Math.floor(Date.now() / 1000);
+    const base = { id, created, model: this.#model };
+    if (!req.stream) {
+      const r = await this.#call({ type: 'chat', messages, options, stop });
+      this.#record(r);
+      return {
+        ...base,
+        object: 'chat.completion',
+        choices: [{ index: 0, message: { role: 'assistant', content: r.content }, finish_reason: r.finish_reason }],
+        usage: this.#usage(r),
+      };
+    }
+    // Streaming: chunks queue up as the worker sends them; the iterator drains them.
+    const chunks = [];
+    let wake = null;
+    let finished = false;
+    let failure = null;
+    const push = (c) => {
+      chunks.push(c);
+      wake?.();
+    };
+    const chunk = (delta, finish_reason, extra = {}) => ({
+      ...base,
+      object: 'chat.completion.chunk',
+      choices: [{ index: 0, delta, finish_reason }],
+      ...extra,
+    });
+    let first = true;
+    this.#call({ type: 'chat', messages, options, stop }, (content) => {
+      push(chunk(first ? { role: 'assistant', content } : { content }, null));
+      first = false;
+    }).then(
+      (r) => {
+        this.#record(r);
+        push(chunk({}, r.finish_reason, { usage: this.#usage(r) }));
+        finished = true;
+        wake?.();
+      },
+      (e) => {
+        failure = e;
+        finished = true;
+        wake?.();
+      },
+    );
+    const engine = this;
+    return {
+      async *[Symbol.asyncIterator]() {
+        try {
+          for (;;) {
+            if (chunks.length) {
+              yield chunks.shift();
+              continue;
+            }
+            if (finished) {
+              if (failure) throw failure;
+              return;
+            }
+            await new Promise((r) => (wake = r));
+            wake = null;
+          }
+        } finally {
+          // A consumer that stops early (break) stops the generation too.
+          if (!finished) engine.interrupt();
+        }
+      },
+    };
+  }
+
+  /** Stop the reply being generated (it ends with finish_reason "abort"). */
+  interrupt() {
+    this.#worker?.postMessage({ type: 'interrupt' });
+  }
+
+  /** Forget the cached conversation (the next request runs its whole prompt). */
+  resetChat() {
+    return this.#call({ type: 'reset' });
+  }
+
+  /** Speed of the last reply: prefill and decode tokens/s, and the counts they come from. */
+  stats() {
+    return this.#stats && { ...this.#stats };
+  }
+
+  /** Free the model and the GPU memory; the engine cannot be used afterwards. */
+  async dispose() {
+    if (!this.#worker) return;
+    this.interrupt();
+    await this.#call({ type: 'dispose' }).catch(() => {});
+    this.#worker.terminate();
+    this.#worker = null;
+    this.#failAll(new Error('the engine was disposed'));
+  }
+}
+
+/**
+ * Load a GGUF model (by URL) into a new engine running in a Web Worker.
+ * @param {string} modelUrl
+ * @param {{ onProgress?: (p: object) => void, workerUrl?: string | URL }} [opts]
+ */
+export function createEngine(modelUrl, opts) {
+  if (typeof modelUrl !== 'string' || modelUrl.length === 0) return Promise.reject(new TypeError('createEngine needs a model URL'));
+  return Engine.start(modelUrl, opts);
+}

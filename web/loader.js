@@ -1,0 +1,218 @@
+// Model bytes for the engine: HTTP Range requests in fixed chunks, each kept in
+// the browser's Cache Storage once complete, so a reload downloads nothing and
+// an interrupted download resumes from the last completed chunk. The engine
+// asks for byte ranges (`read(offset, len)`); nothing holds the whole file.
+
+export const CHUNK_BYTES = 4 << 20;
+const CACHE_NAME = 'baleen-models-v1';
+const RETRIES = 6;
+// Chunks kept in memory: the engine reads tensors in its own order, which
+// jumps back and forth inside a layer's few chunks.
+const RECENT_CHUNKS = 8;
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const mb = (n) => `${(n / 1e6).toFixed(1)} MB`;
+
+/** A plain-words error for a failed request. */
+function httpError(url, res) {
+  if (res.status === 404) return new Error(`download failed: ${url} was not found (HTTP 404); check the model URL`);
+  if (res.status === 401 || res.status === 403)
+    return new Error(`download failed: ${url} needs permission (HTTP ${res.status}); gated models need a direct download URL`);
+  return new Error(`download failed: ${url} answered HTTP ${res.status}`);
+}
+
+export class ModelFile {
+  /**
+   * @param {string} url
+   * @param {{ onBytes?: (loaded: number, total: number, fromCache: number) => void }} [opts]
+   */
+  constructor(url, opts = {}) {
+    this.url = new URL(url, self.location.href).href;
+    this.onBytes = opts.onBytes ?? (() => {});
+    this.size = 0;
+    this.loaded = 0; // bytes obtained so far (network or cache)
+    this.fromCache = 0;
+    this.network = 0; // bytes downloaded
+    this.cache = null;
+    this.recent = new Map(); // index → bytes, least recently used first
+    this.seen = new Set(); // chunks counted in `loaded`
+  }
+
+  key(what) {
+    return `https://baleen.cache/${encodeURIComponent(this.url)}/${what}`;
+  }
+
+  /** Learn the size (and whether the cached copy is still this file). */
+  async open() {
+    try {
+      this.cache = await caches.open(CACHE_NAME);
+    } catch (e) {
+      console.warn(`baleen: no Cache Storage (${e.message}); the model will be downloaded on every load`);
+      this.cache = null;
+    }
+    const cachedMeta = this.cache && (await this.cache.match(this.key('meta')));
+    const meta = cachedMeta ? await cachedMeta.json() : null;
+    let head;
+    try {
+      head = await this.probe();
+    } catch (e) {
+      if (meta) {
+        // Offline, but the whole file may be in the cache.
+        this.size = meta.size;
+        return this;
+      }
+      throw e;
+    }
+    this.size = head.size;
+    if (meta && (meta.size !== head.size || meta.validator !== head.validator)) await this.forget();
+    if (this.cache) {
+      await this.checkQuota();
+      await this.put(this.key('meta'), new Response(JSON.stringify({ size: head.size, validator: head.validator })));
+    }
+    return this;
+  }
+
+  /** Size and validator from a HEAD request (or a one-byte Range GET). */
+  async probe() {
+    let res;
+    try {
+      res = await fetch(this.url, { method: 'HEAD', cache: 'no-store' });
+    } catch (e) {
+      throw new Error(`download failed: cannot reach ${this.url} (${e.message}); check the URL and your connection`);
+    }
+    let size = Number(res.headers.get('content-length'));
+    if (!res.ok || !(size > 0)) {
+      // Some servers do not answer HEAD: ask for one byte instead.
+      res = await fetch(this.url, { headers: { Range: 'bytes=0-0' }, cache: 'no-store' });
+      if (!res.ok) throw httpError(this.url, res);
+      size = Number((res.headers.get('content-range') || '').split('/')[1]);
+      await res.body?.cancel();
+      if (!(size > 0)) throw new Error(`download failed: ${this.url} does not say its size; the server must support Range requests`);
+    }
+    const validator = res.headers.get('etag') || res.headers.get('last-modified') || '';
+    return { size, validator };
+  }
+
+  async checkQuota() {
+    if (!navigator.storage?.estimate) return;
+    const { usage = 0, quota = Infinity } = await navigator.storage.estimate();
+    let cached = 0;
+    for (let i = 0; i * CHUNK_BYTES < this.size; i++) {
+      if (await this.cache.match(this.key(i))) cached += Math.min(CHUNK_BYTES, this.size - i * CHUNK_BYTES);
+    }
+    const need = this.size - cached;
+    if (need > quota - usage)
+      throw new Error(
+        `browser storage is full: the model needs ${mb(need)} more but only ${mb(Math.max(0, quota - usage))} is free. ` +
+          `Free space (clear this site's data or other sites') or choose a smaller model.`,
+      );
+  }
+
+  async put(key, response) {
+    try {
+      await this.cache.put(key, response);
+    } catch (e) {
+      if (e?.name === 'QuotaExceededError')
+        throw new Error(
+          `browser storage is full after ${mb(this.loaded)} of ${mb(this.size)}. ` +
+            `Free space (clear this site's data or other sites') or choose a smaller model.`,
+        );
+      throw e;
+    }
+  }
+
+  /** Drop this file's cached chunks (the server's copy changed). */
+  async forget() {
+    for (const req of await this.cache.keys()) {
+      if (req.url.startsWith(this.key(''))) await this.cache.delete(req);
+    }
+  }
+
+  /** Bytes `offset .. offset + len` of the file. */
+  async read(offset, len) {
+    if (offset < 0 || len < 0 || offset + len > this.size)
+      throw new Error(`read of ${len} bytes at ${offset} is outside the file (${this.size} bytes)`);
+    const out = new Uint8Array(len);
+    let done = 0;
+    while (done < len) {
+      const pos = offset + done;
+      const index = Math.floor(pos / CHUNK_BYTES);
+      const chunk = await this.chunk(index);
+      const start = pos - index * CHUNK_BYTES;
+      const n = Math.min(len - done, chunk.length - start);
+      out.set(chunk.subarray(start, start + n), done);
+      done += n;
+    }
+    return out;
+  }
+
+  async chunk(index) {
+    const recent = this.recent.get(index);
+    if (recent) {
+      this.recent.delete(index);
+      this.recent.set(index, recent);
+      return recent;
+    }
+    const key = this.key(index);
+    const expected = Math.min(CHUNK_BYTES, this.size - index * CHUNK_BYTES);
+    let bytes = null;
+    const hit = this.cache && (await this.cache.match(key));
+    if (hit) {
+      bytes = new Uint8Array(await hit.arrayBuffer());
+      if (bytes.length !== expected) bytes = null; // a damaged entry: fetch again
+      else if (!this.seen.has(index)) this.fromCache += bytes.length;
+    }
+    if (!bytes) {
+      bytes = await this.download(index, expected);
+      if (this.cache) await this.put(key, new Response(bytes));
+    }
+    if (!this.seen.has(index)) {
+      this.seen.add(index);
+      this.loaded += bytes.length;
+      this.onBytes(this.loaded, this.size, this.fromCache);
+    }
+    this.recent.set(index, bytes);
+    if (this.recent.size > RECENT_CHUNKS) this.recent.delete(this.recent.keys().next().value);
+    return bytes;
+  }
+
+  /** One chunk by Range request, retried with backoff if the connection drops. */
+  async download(index, expected) {
+    const start = index * CHUNK_BYTES;
+    const range = `bytes=${start}-${start + expected - 1}`;
+    let lastError;
+    for (let attempt = 0; attempt <= RETRIES; attempt++) {
+      if (attempt > 0) await sleep(Math.min(8000, 250 * 2 ** attempt));
+      let res;
+      try {
+        res = await fetch(this.url, { headers: { Range: range }, cache: 'no-store' });
+      } catch (e) {
+        lastError = e;
+        continue;
+      }
+      if (res.status !== 206) {
+        await res.body?.cancel();
+        if (res.status === 200) throw new Error(`download failed: ${this.url} ignores Range requests; serve it from a server that supports them`);
+        if (res.status >= 500 || res.status === 429) {
+          lastError = httpError(this.url, res);
+          continue;
+        }
+        throw httpError(this.url, res);
+      }
+      try {
+        const bytes = new Uint8Array(await res.arrayBuffer());
+        if (bytes.length === expected) {
+          this.network += bytes.length;
+          return bytes;
+        }
+        lastError = new Error(`got ${bytes.length} of ${expected} bytes`);
+      } catch (e) {
+        lastError = e; // the connection dropped mid-chunk: fetch the chunk again
+      }
+    }
+    throw new Error(
+      `download failed: ${this.url} broke off at ${mb(start)} of ${mb(this.size)} after ${RETRIES} retries ` +
+        `(${lastError?.message ?? lastError}). Reload to resume from there.`,
+    );
+  }
+}

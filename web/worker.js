@@ -1,0 +1,142 @@
+// The engine's Web Worker: loads the wasm module and a model, runs chat turns,
+// and answers `web/engine.js` by message. Everything slow happens here, so the
+// page never blocks.
+//
+// Messages in:  { id, type: 'load', url, pkg }
+//               { id, type: 'chat', messages, options: { max_tokens, temperature, top_p, top_k, seed }, stop }
+//               { type: 'interrupt' } · { id, type: 'reset' } · { id, type: 'dispose' }
+// Messages out: { type: 'progress', progress } · { id, delta } · { id, result } · { id, error }
+
+import { ModelFile } from './loader.js';
+
+let wasm = null;
+let engine = null;
+let interrupted = false;
+
+const post = (m) => self.postMessage(m);
+
+/** The longest suffix of `text` that starts some stop string (held back while streaming). */
+function partialStop(text, stops) {
+  let hold = 0;
+  for (const s of stops) {
+    for (let n = Math.min(s.length - 1, text.length); n > hold; n--) {
+      if (text.endsWith(s.slice(0, n))) {
+        hold = n;
+        break;
+      }
+    }
+  }
+  return hold;
+}
+
+async function load({ url, pkg }) {
+  if (!self.navigator.gpu) {
+    throw new Error(
+      'WebGPU is not available in this browser. Use a recent Chrome or Edge (113+), or Firefox/Safari with WebGPU enabled.',
+    );
+  }
+  const adapter = await self.navigator.gpu.requestAdapter();
+  if (!adapter) throw new Error('WebGPU is enabled but no GPU adapter was found (the GPU may be blocklisted; check chrome://gpu).');
+  wasm = await import(pkg);
+  await wasm.default();
+  const t0 = performance.now();
+  let tensorsLoaded = 0;
+  let tensorsTotal = 0;
+  let lastBytes = 0;
+  let lastPost = 0;
+  const progress = (phase, file) => {
+    post({
+      type: 'progress',
+      progress: {
+        phase,
+        loadedBytes: file.loaded,
+        totalBytes: file.size,
+        cachedBytes: file.fromCache,
+        tensorsLoaded,
+        tensorsTotal,
+        elapsedMs: performance.now() - t0,
+      },
+    });
+  };
+  const file = new ModelFile(url, {
+    onBytes: () => {
+      // At least every 4 MB (one chunk), at most every 50 ms otherwise.
+      const now = performance.now();
+      if (file.loaded - lastBytes >= 4 << 20 || now - lastPost > 50 || file.loaded === file.size) {
+        lastBytes = file.loaded;
+        lastPost = now;
+        progress('weights', file);
+      }
+    },
+  });
+  await file.open();
+  progress('header', file);
+  const name = decodeURIComponent(new URL(file.url).pathname.split('/').pop() || 'model');
+  engine = await wasm.loadModel(
+    name,
+    file.size,
+    (offset, len) => file.read(offset, len),
+    (done, total) => {
+      tensorsLoaded = done;
+      tensorsTotal = total;
+    },
+  );
+  progress('ready', file);
+  const info = JSON.parse(engine.info());
+  return { ...info, loadMs: performance.now() - t0, downloadedBytes: file.network, cachedBytes: file.fromCache, bytes: file.size };
+}
+
+async function chat(id, { messages, options, stop }) {
+  if (!engine) throw new Error('no model is loaded');
+  interrupted = false;
+  const stops = (stop ?? []).filter((s) => typeof s === 'string' && s.length > 0);
+  let text = '';
+  let sent = 0;
+  let stopped = false;
+  const r = JSON.parse(
+    await engine.chat(JSON.stringify(messages), JSON.stringify(options ?? {}), (delta) => {
+      text += delta;
+      for (const s of stops) {
+        const at = text.indexOf(s, Math.max(0, sent - s.length + 1));
+        if (at >= 0) {
+          stopped = true;
+          text = text.slice(0, at);
+        }
+      }
+      const upto = stopped ? text.length : text.length - partialStop(text, stops);
+      if (upto > sent) {
+        post({ id, delta: text.slice(sent, upto) });
+        sent = upto;
+      }
+      return !(stopped || interrupted);
+    }),
+  );
+  if (!stopped && text.length > sent) post({ id, delta: text.slice(sent) });
+  let finish;
+  if (stopped || r.stop_reason === 'eos') finish = 'stop';
+  else if (r.stop_reason === 'cancelled') finish = 'abort';
+  else finish = 'length'; // max_tokens or the context is full
+  return { ...r, content: text, finish_reason: finish };
+}
+
+self.onmessage = async (e) => {
+  const m = e.data;
+  if (m.type === 'interrupt') {
+    interrupted = true;
+    return;
+  }
+  try {
+    let result;
+    if (m.type === 'load') result = await load(m);
+    else if (m.type === 'chat') result = await chat(m.id, m);
+    else if (m.type === 'reset') result = engine?.reset();
+    else if (m.type === 'dispose') {
+      engine?.free();
+      engine = null;
+      result = null;
+    } else throw new Error(`unknown request ${m.type}`);
+    post({ id: m.id, result });
+  } catch (err) {
+    post({ id: m.id, error: err?.message ?? String(err) });
+  }
+};
