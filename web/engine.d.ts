@@ -101,6 +101,8 @@ export interface Engine {
   resetChat(): Promise<void>;
   /** The last reply's speed; null before the first. */
   stats(): EngineStats | null;
+  /** Where a decode step's time goes on this GPU: [op kind, ms per step], largest first. */
+  profile(reps?: number): Promise<[string, number][]>;
   dispose(): Promise<void>;
 }
 

@@ -208,6 +208,11 @@ class Engine {
     return this.#call({ type: 'reset' });
   }
 
+  /** Where a decode step's time goes: [[op kind, ms per step], …], largest first. */
+  profile(reps = 5) {
+    return this.#call({ type: 'profile', reps });
+  }
+
   /** Speed of the last reply: prefill and decode tokens/s, and the counts they come from. */
   stats() {
     return this.#stats && { ...this.#stats };

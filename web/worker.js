@@ -4,7 +4,7 @@
 //
 // Messages in:  { id, type: 'load', url, pkg }
 //               { id, type: 'chat', messages, options: { max_tokens, temperature, top_p, top_k, seed }, stop }
-//               { type: 'interrupt' } · { id, type: 'reset' } · { id, type: 'dispose' }
+//               { type: 'interrupt' } · { id, type: 'reset' } · { id, type: 'profile', reps } · { id, type: 'dispose' }
 // Messages out: { type: 'progress', progress } · { id, delta } · { id, result } · { id, error }
 
 import { ModelFile } from './loader.js';
@@ -130,6 +130,7 @@ self.onmessage = async (e) => {
     if (m.type === 'load') result = await load(m);
     else if (m.type === 'chat') result = await chat(m.id, m);
     else if (m.type === 'reset') result = engine?.reset();
+    else if (m.type === 'profile') result = JSON.parse(await engine.profile(m.reps ?? 5));
     else if (m.type === 'dispose') {
       engine?.free();
       engine = null;

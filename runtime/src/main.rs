@@ -372,14 +372,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         // Where a decode step's time goes, by op kind (ms per step).
         g.truncate(0);
         g.forward(&prompt, false)?;
-        let mut by_kind: std::collections::BTreeMap<String, f64> = Default::default();
-        for (name, ms) in g.profile_decode(5)? {
-            let kind = name.split(['.', ' ']).filter(|w| !w.is_empty() && !w.chars().all(|c| c.is_ascii_digit()) && *w != "blk").take(2).collect::<Vec<_>>().join(" ");
-            *by_kind.entry(kind).or_default() += ms;
-        }
-        let mut v: Vec<_> = by_kind.into_iter().collect();
-        v.sort_by(|a, b| b.1.total_cmp(&a.1));
-        for (k, ms) in v {
+        for (k, ms) in pollster::block_on(g.profile_decode_by_kind(5))? {
             eprintln!("{ms:8.2} ms  {k}");
         }
     }

@@ -190,6 +190,17 @@ impl WebEngine {
         })
     }
 
+    /// Where a decode step's time goes on this GPU: `[[op kind, ms per step], …]`
+    /// (JSON), each op run alone `reps` times at the conversation's position.
+    pub fn profile(&self, reps: u32) -> Promise {
+        let inner = self.inner.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let mut guard = inner.try_borrow_mut().map_err(|_| busy())?;
+            let v = guard.model.profile_decode_by_kind(reps.max(1) as usize).await.map_err(to_js)?;
+            Ok(JsValue::from_str(&serde_json::to_string(&v).expect("serialisable")))
+        })
+    }
+
     /// Forget the conversation (the next turn runs its whole prompt).
     pub fn reset(&self) -> std::result::Result<(), JsValue> {
         let mut guard = self.inner.try_borrow_mut().map_err(|_| busy())?;

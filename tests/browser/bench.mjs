@@ -13,6 +13,9 @@ const MODEL_FILE = 'SmolLM2-135M-Instruct.Q4_1.gguf';
 const MODEL_URL = `/models/${MODEL_FILE}`;
 const TOKENS = Number(process.env.BALEEN_BENCH_TOKENS ?? 64);
 const RUNS = Number(process.env.BALEEN_BENCH_RUNS ?? 3);
+// BALEEN_PROFILE=1: also time each op of a decode step. BALEEN_BENCH_ONLY=baleen: skip wllama.
+const PROFILE = Boolean(process.env.BALEEN_PROFILE);
+const ONLY_BALEEN = process.env.BALEEN_BENCH_ONLY === 'baleen';
 // A prompt whose greedy reply is long enough to decode TOKENS tokens.
 const PROMPT = 'Write a long story about a lighthouse keeper who finds a message in a bottle. Describe every day of his week.';
 const messages = [{ role: 'user', content: PROMPT }];
@@ -24,7 +27,7 @@ const page = await openPage(await browser.newContext(), `${proxy.url}?autoload=0
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 const baleen = await page.evaluate(
-  async ({ url, messages, TOKENS, RUNS }) => {
+  async ({ url, messages, TOKENS, RUNS, PROFILE }) => {
     await caches.delete('baleen-models-v1'); // a first visit: download, not cache
     const { createEngine } = await import('/engine.js');
     const t0 = performance.now();
@@ -39,11 +42,19 @@ const baleen = await page.evaluate(
       runs.push({ ...engine.stats(), text: r.choices[0].message.content });
     }
     const info = engine.info;
+    const profile = PROFILE ? await engine.profile(5) : null;
     await engine.dispose();
-    return { loadMs, runs, adapter: info.adapter, kv_f16: info.kv_f16 };
+    return { loadMs, runs, adapter: info.adapter, kv_f16: info.kv_f16, profile };
   },
-  { url: MODEL_URL, messages, TOKENS, RUNS },
+  { url: MODEL_URL, messages, TOKENS, RUNS, PROFILE },
 );
+if (baleen.profile) {
+  console.log('baleen: where a decode step goes (ms per step, each op alone):');
+  for (const [kind, ms] of baleen.profile) console.log(`${ms.toFixed(2).padStart(9)} ms  ${kind}`);
+}
+if (ONLY_BALEEN) {
+  console.log(baleen.runs.map((r) => `decode ${r.decode_tokens_per_s.toFixed(2)} tok/s, prefill ${r.prefill_tokens_per_s.toFixed(2)} tok/s`).join('\n'));
+}
 
 async function wllama(gpuLayers) {
   return page.evaluate(
@@ -75,7 +86,7 @@ async function wllama(gpuLayers) {
 }
 
 const rows = [['baleen (WebGPU)', baleen]];
-for (const [name, layers] of [['wllama (wasm, 1 thread)', 0], ['wllama (WebGPU)', 999]]) {
+for (const [name, layers] of ONLY_BALEEN ? [] : [['wllama (wasm, 1 thread)', 0], ['wllama (WebGPU)', 999]]) {
   try {
     rows.push([name, await wllama(layers)]);
   } catch (e) {

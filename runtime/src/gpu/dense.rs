@@ -293,21 +293,49 @@ impl GpuModel {
 
     /// Wall time of each op of a decode step (at the current position), run
     /// alone `reps` times: where a step's time goes. Leaves the cache as it was.
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn profile_decode(&mut self, reps: usize) -> Result<Vec<(String, f64)>> {
+    pub async fn profile_decode(&mut self, reps: usize) -> Result<Vec<(String, f64)>> {
         let step = Step { n_tokens: 1, pos: self.len as u32, ..Default::default() };
         self.gpu.queue.write_buffer(&self.ids, 0, bytemuck::cast_slice(&[1u32]));
         let mut out = Vec::new();
         for op in self.body.iter().chain(&self.head) {
             let ops = vec![op; reps];
             self.gpu.run(&self.step, &step, &ops)?;
-            self.gpu.device.poll(wgpu::PollType::Wait { submission_index: None, timeout: None }).ok();
+            self.finished().await?;
             let t0 = crate::engine::now_ms();
             self.gpu.run(&self.step, &step, &ops)?;
-            self.gpu.device.poll(wgpu::PollType::Wait { submission_index: None, timeout: None }).ok();
+            self.finished().await?;
             out.push((op.name.clone(), (crate::engine::now_ms() - t0) / reps as f64));
         }
         Ok(out)
+    }
+
+    /// [`GpuModel::profile_decode`] summed by kind of op (`attn_q`, `rope`,
+    /// …), largest first: milliseconds per decode step.
+    pub async fn profile_decode_by_kind(&mut self, reps: usize) -> Result<Vec<(String, f64)>> {
+        let mut by_kind: std::collections::BTreeMap<String, f64> = Default::default();
+        for (name, ms) in self.profile_decode(reps).await? {
+            let words = name.split(['.', ' ']).filter(|w| !w.is_empty() && !w.chars().all(|c| c.is_ascii_digit()) && *w != "blk");
+            *by_kind.entry(words.take(2).collect::<Vec<_>>().join(" ")).or_default() += ms;
+        }
+        let mut v: Vec<_> = by_kind.into_iter().collect();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Ok(v)
+    }
+
+    /// Resolves once the GPU has run everything submitted so far.
+    async fn finished(&self) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            self.gpu
+                .device
+                .poll(wgpu::PollType::Wait { submission_index: None, timeout: None })
+                .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+            self.gpu.check()
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            self.gpu.read_async(&self.ids, 0, 4).await.map(|_| ())
+        }
     }
 
     /// The last pass's logits (`[vocab]`), once the GPU is done.
