@@ -12,6 +12,9 @@ pub enum Arch {
     Llama,
     /// Qwen2/2.5, DeepSeek-R1-Distill-Qwen: q/k/v biases.
     Qwen2,
+    /// DeepSeek-V2, V2-Lite, V3: multi-head latent attention and DeepSeekMoE
+    /// (llama.cpp's `deepseek2`).
+    DeepSeek2,
 }
 
 impl Arch {
@@ -19,7 +22,69 @@ impl Arch {
         match self {
             Arch::Llama => "llama",
             Arch::Qwen2 => "qwen2",
+            Arch::DeepSeek2 => "deepseek2",
         }
+    }
+}
+
+/// Multi-head latent attention (DeepSeek-V2/V3).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mla {
+    /// Queries through a low-rank bottleneck (`W_qb · RMSNorm(W_qa x)`); None: one `W_q`.
+    pub q_lora_rank: Option<usize>,
+    /// The latent `c_kv` the cache holds.
+    pub kv_lora_rank: usize,
+    pub qk_nope: usize,
+    pub qk_rope: usize,
+    pub v_head_dim: usize,
+    /// The softmax scale is `softmax_mscale / sqrt(qk_nope + qk_rope)` (YaRN's
+    /// `mscale(factor, mscale_all_dim)²`; 1 without scaling).
+    pub softmax_mscale: f64,
+}
+
+/// How a router turns its logits into expert scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scoring {
+    Softmax,
+    Sigmoid,
+}
+
+/// A group's score in group-limited routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupScore {
+    /// Its best expert (DeepSeek-V2 `group_limited_greedy`).
+    Max,
+    /// The sum of its best two (DeepSeek-V3 `noaux_tc`).
+    TopTwoSum,
+}
+
+/// A mixture-of-experts feed-forward block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Moe {
+    pub n_experts: usize,
+    pub top_k: usize,
+    /// SwiGLU width of one routed expert.
+    pub expert_ffn: usize,
+    /// SwiGLU width of the shared expert(s) (all of them as one MLP); 0: none.
+    pub shared_ffn: usize,
+    /// Layers before this one are dense.
+    pub first_dense: usize,
+    /// Of the other layers, every `layer_freq`-th is MoE.
+    pub layer_freq: usize,
+    pub scoring: Scoring,
+    /// Experts split into `groups`; only the best `topk_groups` groups compete.
+    pub groups: usize,
+    pub topk_groups: usize,
+    pub group_score: GroupScore,
+    /// Chosen weights divided by their sum.
+    pub norm_topk: bool,
+    /// Chosen weights multiplied by this (`routed_scaling_factor`).
+    pub scale: f32,
+}
+
+impl Moe {
+    pub fn is_moe_layer(&self, layer: usize) -> bool {
+        layer >= self.first_dense && (layer - self.first_dense) % self.layer_freq.max(1) == 0
     }
 }
 
@@ -43,6 +108,19 @@ pub enum RopeScaling {
     /// Per-dimension frequency divisors stored in the file (GGUF `rope_freqs.weight`,
     /// what llama.cpp's converter writes for Llama 3 scaling).
     FreqFactors(Vec<f32>),
+    /// YaRN (DeepSeek-V2/V3): interpolated and extrapolated frequencies blended
+    /// by a linear ramp between the `beta_fast` and `beta_slow` rotations;
+    /// cos and sin multiplied by `attention_factor`.
+    Yarn { factor: f64, original_max_position: f64, beta_fast: f64, beta_slow: f64, attention_factor: f64 },
+}
+
+/// YaRN's magnitude correction `0.1·m·ln(factor) + 1` (1 when not scaling up).
+pub fn yarn_mscale(factor: f64, m: f64) -> f64 {
+    if factor <= 1.0 {
+        1.0
+    } else {
+        0.1 * m * factor.ln() + 1.0
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -63,6 +141,10 @@ pub struct ModelConfig {
     pub context_length: usize,
     pub tie_embeddings: bool,
     pub qkv_bias: bool,
+    /// DeepSeek's attention; None: grouped-query attention.
+    pub mla: Option<Mla>,
+    /// Mixture-of-experts layers; None: every layer is a dense SwiGLU MLP.
+    pub moe: Option<Moe>,
 }
 
 fn cfg_err(msg: impl std::fmt::Display) -> Error {
@@ -73,9 +155,10 @@ fn arch_from_name(name: &str) -> Result<Arch> {
     match name {
         "llama" | "LlamaForCausalLM" => Ok(Arch::Llama),
         "qwen2" | "Qwen2ForCausalLM" => Ok(Arch::Qwen2),
+        "deepseek2" | "DeepseekV2ForCausalLM" | "DeepseekV3ForCausalLM" | "deepseek_v2" | "deepseek_v3" => Ok(Arch::DeepSeek2),
         other => Err(Error::Unsupported(format!(
-            "architecture {other:?}; baleen runs llama (Llama, SmolLM2, DeepSeek-R1-Distill-Llama) and qwen2 \
-             (Qwen2, DeepSeek-R1-Distill-Qwen)"
+            "architecture {other:?}; baleen runs llama (Llama, SmolLM2, DeepSeek-R1-Distill-Llama), qwen2 \
+             (Qwen2, DeepSeek-R1-Distill-Qwen) and deepseek2 (DeepSeek-V2, V2-Lite, V3)"
         ))),
     }
 }
@@ -84,7 +167,7 @@ impl ModelConfig {
     /// The architecture's rope pairing for a given file kind.
     fn pairing(arch: Arch, kind: FileKind) -> RopePairing {
         match (arch, kind) {
-            (Arch::Llama, FileKind::Gguf) => RopePairing::Adjacent,
+            (Arch::Llama, FileKind::Gguf) | (Arch::DeepSeek2, _) => RopePairing::Adjacent,
             _ => RopePairing::Halves,
         }
     }
@@ -120,10 +203,20 @@ impl ModelConfig {
             [v, _] => *v as usize,
             other => return Err(cfg_err(format!("token_embd.weight has shape {other:?}; expected [vocab, hidden]"))),
         };
+        let factor = || opt_f("rope.scaling.factor").ok_or_else(|| cfg_err("rope scaling without a factor"));
         let rope_scaling = match index.meta(&key("rope.scaling.type")).and_then(|v| v.as_str()) {
             None | Some("none") => RopeScaling::None,
-            Some("linear") => RopeScaling::Linear {
-                factor: opt_f("rope.scaling.factor").ok_or_else(|| cfg_err("linear rope scaling without a factor"))?,
+            Some("linear") => RopeScaling::Linear { factor: factor()? },
+            Some("yarn") => RopeScaling::Yarn {
+                factor: factor()?,
+                original_max_position: opt_f("rope.scaling.original_context_length")
+                    .ok_or_else(|| cfg_err("yarn rope scaling without rope.scaling.original_context_length"))?,
+                beta_fast: opt_f("rope.scaling.yarn_beta_fast").unwrap_or(32.0),
+                beta_slow: opt_f("rope.scaling.yarn_beta_slow").unwrap_or(1.0),
+                // llama.cpp's converter keeps only mscale_all_dim; released
+                // DeepSeek configs have mscale = mscale_all_dim, for which
+                // transformers' attention factor is 1.
+                attention_factor: opt_f("rope.scaling.yarn_attn_factor").unwrap_or(1.0),
             },
             Some(other) => return Err(Error::Unsupported(format!("rope scaling type {other:?} for {arch_name}"))),
         };
@@ -131,6 +224,57 @@ impl ModelConfig {
             Some(t) => RopeScaling::FreqFactors(index.read_f32(t)?),
             None => rope_scaling,
         };
+        let opt_u = |k: &str| index.meta(&key(k)).and_then(|v| v.as_u64()).map(|v| v as usize);
+        let (mut n_kv_heads, mut head_dim, mut mla, mut moe) = (n_kv_heads, head_dim, None, None);
+        if arch == Arch::DeepSeek2 {
+            let qk_rope = get_u("rope.dimension_count")?;
+            // Files from before llama.cpp split attn_kv_b give the per-head
+            // sizes in key_length / value_length.
+            let (qk, v_head_dim) = match (opt_u("attention.key_length_mla"), opt_u("attention.value_length_mla")) {
+                (Some(k), Some(v)) => (k, v),
+                _ => (get_u("attention.key_length")?, get_u("attention.value_length")?),
+            };
+            let softmax_mscale = match &rope_scaling {
+                RopeScaling::Yarn { factor, .. } => {
+                    let m = 1.0 + opt_f("rope.scaling.yarn_log_multiplier").unwrap_or(0.0) * factor.ln();
+                    if *factor > 1.0 { m * m } else { 1.0 }
+                }
+                _ => 1.0,
+            };
+            mla = Some(Mla {
+                q_lora_rank: opt_u("attention.q_lora_rank").filter(|&r| r > 0),
+                kv_lora_rank: get_u("attention.kv_lora_rank")?,
+                qk_nope: qk.checked_sub(qk_rope).ok_or_else(|| cfg_err(format!("key length {qk} < rope dims {qk_rope}")))?,
+                qk_rope,
+                v_head_dim,
+                softmax_mscale,
+            });
+            (n_kv_heads, head_dim) = (n_heads, qk);
+            if let Some(n_experts) = opt_u("expert_count").filter(|&e| e > 0) {
+                let scoring = match opt_u("expert_gating_func") {
+                    None | Some(1) => Scoring::Softmax,
+                    Some(2) => Scoring::Sigmoid,
+                    Some(other) => return Err(Error::Unsupported(format!("{arch_name}.expert_gating_func {other}"))),
+                };
+                let expert_ffn = get_u("expert_feed_forward_length")?;
+                moe = Some(Moe {
+                    n_experts,
+                    top_k: get_u("expert_used_count")?,
+                    expert_ffn,
+                    shared_ffn: opt_u("expert_shared_count").unwrap_or(0) * expert_ffn,
+                    first_dense: opt_u("leading_dense_block_count").unwrap_or(0),
+                    layer_freq: 1,
+                    scoring,
+                    groups: opt_u("expert_group_count").unwrap_or(1).max(1),
+                    topk_groups: opt_u("expert_group_used_count").unwrap_or(1).max(1),
+                    // A softmax router is V2's (group = its best expert); a
+                    // sigmoid one V3's (the sum of its best two).
+                    group_score: if scoring == Scoring::Softmax { GroupScore::Max } else { GroupScore::TopTwoSum },
+                    norm_topk: index.meta(&key("expert_weights_norm")).and_then(|v| v.as_bool()).unwrap_or(false),
+                    scale: opt_f("expert_weights_scale").unwrap_or(1.0) as f32,
+                });
+            }
+        }
         let cfg = ModelConfig {
             arch,
             hidden,
@@ -147,6 +291,8 @@ impl ModelConfig {
             context_length: get_u("context_length")?,
             tie_embeddings: index.get("output.weight").is_none(),
             qkv_bias: index.get("blk.0.attn_q.bias").is_some(),
+            mla,
+            moe,
         };
         cfg.validate()
     }
@@ -202,32 +348,108 @@ impl ModelConfig {
                         high_freq_factor: f("high_freq_factor")?,
                         original_max_position: f("original_max_position_embeddings")?,
                     },
+                    "yarn" => {
+                        let factor = f("factor")?;
+                        let opt = |k: &str| s.get(k).and_then(|v| v.as_f64()).filter(|v| *v != 0.0);
+                        let attention_factor = match (opt("attention_factor"), opt("mscale"), opt("mscale_all_dim")) {
+                            (Some(a), _, _) => a,
+                            (None, Some(m), Some(all)) => yarn_mscale(factor, m) / yarn_mscale(factor, all),
+                            _ => yarn_mscale(factor, 1.0),
+                        };
+                        RopeScaling::Yarn {
+                            factor,
+                            original_max_position: f("original_max_position_embeddings")?,
+                            beta_fast: opt("beta_fast").unwrap_or(32.0),
+                            beta_slow: opt("beta_slow").unwrap_or(1.0),
+                            attention_factor,
+                        }
+                    }
                     other => return Err(Error::Unsupported(format!("rope scaling type {other:?} for {arch_name}"))),
                 }
             }
+        };
+        // YaRN's softmax scale correction (DeepSeek): mscale(factor, mscale_all_dim)².
+        let softmax_mscale = match (&rope_scaling, scaling.and_then(|s| s.get("mscale_all_dim")).and_then(|v| v.as_f64())) {
+            (RopeScaling::Yarn { factor, .. }, Some(all)) if all != 0.0 => yarn_mscale(*factor, all).powi(2),
+            _ => 1.0,
         };
         let embd = index.require("model.embed_tokens.weight")?;
         let vocab = match embd.shape.as_slice() {
             [v, _] => *v as usize,
             other => return Err(cfg_err(format!("model.embed_tokens.weight has shape {other:?}; expected [vocab, hidden]"))),
         };
+        let (mut n_kv_heads, mut head_dim) =
+            (opt_u("num_key_value_heads").unwrap_or(n_heads), opt_u("head_dim").unwrap_or(hidden / n_heads.max(1)));
+        let (mut mla, mut moe) = (None, None);
+        let mut rope_pairing = Self::pairing(arch, FileKind::Safetensors);
+        if arch == Arch::DeepSeek2 {
+            let v3 = arch_name == "DeepseekV3ForCausalLM" || arch_name == "deepseek_v3";
+            let (qk_nope, qk_rope) = (u("qk_nope_head_dim")?, u("qk_rope_head_dim")?);
+            mla = Some(Mla {
+                q_lora_rank: opt_u("q_lora_rank").filter(|&r| r > 0),
+                kv_lora_rank: u("kv_lora_rank")?,
+                qk_nope,
+                qk_rope,
+                v_head_dim: u("v_head_dim")?,
+                softmax_mscale,
+            });
+            (n_kv_heads, head_dim) = (n_heads, qk_nope + qk_rope);
+            if v3 && json.get("rope_interleave").and_then(|v| v.as_bool()) == Some(false) {
+                rope_pairing = RopePairing::Halves;
+            }
+            if let Some(n_experts) = opt_u("n_routed_experts").filter(|&e| e > 0) {
+                let text = |k: &str| json.get(k).and_then(|v| v.as_str());
+                // transformers 5 drops scoring_func / topk_method from saved
+                // configs; each version's own defaults apply then.
+                let scoring = match text("scoring_func").unwrap_or(if v3 { "sigmoid" } else { "softmax" }) {
+                    "softmax" => Scoring::Softmax,
+                    "sigmoid" => Scoring::Sigmoid,
+                    other => return Err(Error::Unsupported(format!("scoring_func {other:?}"))),
+                };
+                let method = text("topk_method").unwrap_or(if v3 { "noaux_tc" } else { "greedy" });
+                let (groups, topk_groups, group_score) = match method {
+                    "greedy" => (1, 1, GroupScore::Max),
+                    "group_limited_greedy" => (opt_u("n_group").unwrap_or(1), opt_u("topk_group").unwrap_or(1), GroupScore::Max),
+                    "noaux_tc" => (opt_u("n_group").unwrap_or(1), opt_u("topk_group").unwrap_or(1), GroupScore::TopTwoSum),
+                    other => return Err(Error::Unsupported(format!("topk_method {other:?}"))),
+                };
+                let expert_ffn = u("moe_intermediate_size")?;
+                moe = Some(Moe {
+                    n_experts,
+                    top_k: u("num_experts_per_tok")?,
+                    expert_ffn,
+                    shared_ffn: opt_u("n_shared_experts").unwrap_or(0) * expert_ffn,
+                    first_dense: opt_u("first_k_dense_replace").unwrap_or(0),
+                    layer_freq: opt_u("moe_layer_freq").unwrap_or(1).max(1),
+                    scoring,
+                    groups: groups.max(1),
+                    topk_groups: topk_groups.max(1),
+                    group_score,
+                    norm_topk: json.get("norm_topk_prob").and_then(|v| v.as_bool()).unwrap_or(v3),
+                    scale: json.get("routed_scaling_factor").and_then(|v| v.as_f64()).unwrap_or(1.0) as f32,
+                });
+            }
+        }
         let cfg = ModelConfig {
             arch,
             hidden,
             n_layers: u("num_hidden_layers")?,
             n_heads,
-            n_kv_heads: opt_u("num_key_value_heads").unwrap_or(n_heads),
-            head_dim: opt_u("head_dim").unwrap_or(hidden / n_heads.max(1)),
+            n_kv_heads,
+            head_dim,
             ffn: u("intermediate_size")?,
             vocab,
             rms_eps: json.get("rms_norm_eps").and_then(|v| v.as_f64()).unwrap_or(1e-6) as f32,
             rope_theta,
-            rope_pairing: Self::pairing(arch, FileKind::Safetensors),
+            rope_pairing,
             rope_scaling,
             context_length: opt_u("max_position_embeddings").unwrap_or(4096),
             tie_embeddings: json.get("tie_word_embeddings").and_then(|v| v.as_bool()).unwrap_or(false)
                 || index.get("lm_head.weight").is_none(),
-            qkv_bias: arch == Arch::Qwen2 || json.get("attention_bias").and_then(|v| v.as_bool()).unwrap_or(false),
+            qkv_bias: arch == Arch::Qwen2
+                || (arch != Arch::DeepSeek2 && json.get("attention_bias").and_then(|v| v.as_bool()).unwrap_or(false)),
+            mla,
+            moe,
         };
         cfg.validate()
     }
@@ -257,22 +479,72 @@ impl ModelConfig {
         if self.head_dim % 2 != 0 {
             return Err(cfg_err(format!("head dim {} is odd; RoPE needs pairs", self.head_dim)));
         }
+        if let Some(m) = &self.mla {
+            for (what, v) in [("kv_lora_rank", m.kv_lora_rank), ("qk_rope_head_dim", m.qk_rope), ("v_head_dim", m.v_head_dim)] {
+                if v == 0 || v > 1 << 16 {
+                    return Err(cfg_err(format!("{what} is {v}")));
+                }
+            }
+            if m.qk_rope % 2 != 0 {
+                return Err(cfg_err(format!("qk_rope_head_dim {} is odd; RoPE needs pairs", m.qk_rope)));
+            }
+        }
+        if let Some(m) = &self.moe {
+            if m.n_experts == 0 || m.n_experts > 1 << 16 || m.top_k == 0 || m.top_k > m.n_experts || m.expert_ffn == 0 {
+                return Err(cfg_err(format!("{} experts, {} per token, width {}", m.n_experts, m.top_k, m.expert_ffn)));
+            }
+            if m.n_experts % m.groups != 0 || m.topk_groups > m.groups || m.top_k > m.topk_groups * (m.n_experts / m.groups) {
+                return Err(cfg_err(format!(
+                    "{} experts in {} groups (best {} kept) cannot give {} experts per token",
+                    m.n_experts, m.groups, m.topk_groups, m.top_k
+                )));
+            }
+        }
         if let RopeScaling::FreqFactors(f) = &self.rope_scaling {
-            if f.len() != self.head_dim / 2 {
+            if f.len() != self.rope_dim() / 2 {
                 return Err(cfg_err(format!("rope_freqs has {} factors for head dim {}", f.len(), self.head_dim)));
             }
         }
         Ok(self)
     }
 
-    /// RoPE inverse frequencies, one per rotated pair (`head_dim / 2`).
+    /// Dimensions RoPE rotates per head: all of it, or MLA's rope part.
+    pub fn rope_dim(&self) -> usize {
+        self.mla.as_ref().map_or(self.head_dim, |m| m.qk_rope)
+    }
+
+    /// What RoPE multiplies cos and sin by (YaRN's attention factor; else 1).
+    pub fn rope_attention_factor(&self) -> f32 {
+        match self.rope_scaling {
+            RopeScaling::Yarn { attention_factor, .. } => attention_factor as f32,
+            _ => 1.0,
+        }
+    }
+
+    /// RoPE inverse frequencies, one per rotated pair (`rope_dim / 2`).
     pub fn rope_inv_freq(&self) -> Vec<f32> {
-        let d = self.head_dim as f64;
-        (0..self.head_dim / 2)
+        let d = self.rope_dim() as f64;
+        let half = self.rope_dim() / 2;
+        // YaRN's ramp: pairs below `low` keep their frequency, above `high`
+        // are interpolated (divided by the factor), linear between.
+        let yarn_ramp = |beta_fast: f64, beta_slow: f64, orig: f64| {
+            let correction = |rot: f64| d * (orig / (rot * 2.0 * std::f64::consts::PI)).ln() / (2.0 * self.rope_theta.ln());
+            let low = correction(beta_fast).floor().max(0.0);
+            let mut high = correction(beta_slow).ceil().min(d - 1.0);
+            if low == high {
+                high += 0.001;
+            }
+            move |i: usize| ((i as f64 - low) / (high - low)).clamp(0.0, 1.0)
+        };
+        (0..half)
             .map(|i| {
                 let base = 1.0 / self.rope_theta.powf(2.0 * i as f64 / d);
                 let f = match &self.rope_scaling {
                     RopeScaling::None => base,
+                    &RopeScaling::Yarn { factor, original_max_position, beta_fast, beta_slow, .. } => {
+                        let extrapolate = 1.0 - yarn_ramp(beta_fast, beta_slow, original_max_position)(i);
+                        base / factor * (1.0 - extrapolate) + base * extrapolate
+                    }
                     RopeScaling::Linear { factor } => base / factor,
                     RopeScaling::FreqFactors(f) => base / f[i] as f64,
                     &RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position } => {
@@ -295,8 +567,19 @@ impl ModelConfig {
             .collect()
     }
 
-    /// Bytes of KV cache per token (f32 K and V, all layers).
+    /// Bytes of KV cache per token (f32, all layers): K and V per kv head, or
+    /// MLA's latent `c_kv` and shared `k_pe`.
     pub fn kv_bytes_per_token(&self) -> usize {
-        2 * self.n_layers * self.n_kv_heads * self.head_dim * 4
+        match &self.mla {
+            Some(m) => self.n_layers * (m.kv_lora_rank + m.qk_rope) * 4,
+            None => 2 * self.n_layers * self.n_kv_heads * self.head_dim * 4,
+        }
+    }
+
+    /// What an equivalent multi-head attention cache would hold per token (f32
+    /// K and V of every head), for comparison with MLA's.
+    pub fn mha_kv_bytes_per_token(&self) -> usize {
+        let v = self.mla.as_ref().map_or(self.head_dim, |m| m.v_head_dim);
+        self.n_layers * self.n_heads * (self.head_dim + v) * 4
     }
 }

@@ -444,7 +444,26 @@ fn inspect(path: &std::path::Path) -> Result<()> {
     let _ = writeln!(out, "rms eps         {}", c.rms_eps);
     let _ = writeln!(out, "tied embeddings {}", c.tie_embeddings);
     let _ = writeln!(out, "chat template   {}", if m.tokenizer.has_chat_template() { "yes" } else { "no" });
-    let _ = writeln!(out, "kv cache        {} per token (f32)", human_bytes(c.kv_bytes_per_token() as u64));
+    if let Some(a) = &c.mla {
+        let q = a.q_lora_rank.map_or("direct".to_string(), |r| format!("LoRA rank {r}"));
+        let _ = writeln!(
+            out,
+            "latent attn     kv rank {}, nope {} + rope {}, v {}, queries {q}, softmax mscale {:.4}",
+            a.kv_lora_rank, a.qk_nope, a.qk_rope, a.v_head_dim, a.softmax_mscale
+        );
+    }
+    if let Some(e) = &c.moe {
+        let _ = writeln!(
+            out,
+            "experts         {} routed (top {}, width {}), shared width {}, dense layers < {}, {:?} scores, {} groups (best {}, {:?}), normalised {}, scale {}",
+            e.n_experts, e.top_k, e.expert_ffn, e.shared_ffn, e.first_dense, e.scoring, e.groups, e.topk_groups, e.group_score, e.norm_topk, e.scale
+        );
+    }
+    let _ = write!(out, "kv cache        {} per token (f32)", human_bytes(c.kv_bytes_per_token() as u64));
+    if c.mla.is_some() {
+        let _ = write!(out, "; multi-head attention would hold {}", human_bytes(c.mha_kv_bytes_per_token() as u64));
+    }
+    let _ = writeln!(out);
     if !idx.metadata.is_empty() {
         let _ = writeln!(out, "\nmetadata:");
         for (k, v) in &idx.metadata {

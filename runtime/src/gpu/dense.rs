@@ -56,6 +56,12 @@ impl GpuModel {
         let cfg = m.config.clone();
         let index = &m.index;
         let kind = index.kind;
+        if cfg.mla.is_some() || cfg.moe.is_some() {
+            return Err(Error::Unsupported(format!(
+                "{} (latent attention / mixture of experts) on the GPU backend yet; run it with --backend reference",
+                cfg.arch.name()
+            )));
+        }
         if cfg.head_dim as u32 > shape::MAX_HEAD_DIM {
             return Err(Error::Unsupported(format!("head dim {} (the GPU kernels hold up to {})", cfg.head_dim, shape::MAX_HEAD_DIM)));
         }

@@ -24,6 +24,59 @@ pub enum Layer {
     Gate,
     Up,
     Down,
+    // Multi-head latent attention (DeepSeek).
+    /// `W_qa` (with q-LoRA; else `Q` is `W_q`).
+    QA,
+    QANorm,
+    QB,
+    /// `W_kva`: `c_kv` and `k_pe` in one projection.
+    KvA,
+    KvANorm,
+    /// `W_kvb` as one `[heads · (nope + v), rank]` matrix (Hugging Face,
+    /// older GGUF files) …
+    KvB,
+    /// … or split, as llama.cpp writes it now: `[heads, rank, nope]`, `[heads, v, rank]`.
+    KB,
+    VB,
+    // Mixture of experts.
+    Router,
+    /// DeepSeek-V3's `e_score_correction_bias`.
+    RouterBias,
+    SharedGate,
+    SharedUp,
+    SharedDown,
+}
+
+/// One weight of the routed experts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expert {
+    Gate,
+    Up,
+    Down,
+}
+
+/// Where expert `e`'s weight is: GGUF stacks all experts of a layer in one
+/// `[experts, rows, cols]` tensor (`(name, Some(e))`); Hugging Face has one
+/// tensor per expert (`(name, None)`).
+pub fn expert(kind: FileKind, i: usize, e: usize, w: Expert) -> (String, Option<usize>) {
+    match kind {
+        FileKind::Gguf => {
+            let s = match w {
+                Expert::Gate => "ffn_gate_exps",
+                Expert::Up => "ffn_up_exps",
+                Expert::Down => "ffn_down_exps",
+            };
+            (format!("blk.{i}.{s}.weight"), Some(e))
+        }
+        FileKind::Safetensors => {
+            let s = match w {
+                Expert::Gate => "gate_proj",
+                Expert::Up => "up_proj",
+                Expert::Down => "down_proj",
+            };
+            (format!("model.layers.{i}.mlp.experts.{e}.{s}.weight"), None)
+        }
+    }
 }
 
 pub fn global(kind: FileKind, g: Global) -> &'static str {
@@ -53,6 +106,19 @@ pub fn layer(kind: FileKind, i: usize, w: Layer) -> String {
                 Layer::Gate => "ffn_gate.weight",
                 Layer::Up => "ffn_up.weight",
                 Layer::Down => "ffn_down.weight",
+                Layer::QA => "attn_q_a.weight",
+                Layer::QANorm => "attn_q_a_norm.weight",
+                Layer::QB => "attn_q_b.weight",
+                Layer::KvA => "attn_kv_a_mqa.weight",
+                Layer::KvANorm => "attn_kv_a_norm.weight",
+                Layer::KvB => "attn_kv_b.weight",
+                Layer::KB => "attn_k_b.weight",
+                Layer::VB => "attn_v_b.weight",
+                Layer::Router => "ffn_gate_inp.weight",
+                Layer::RouterBias => "exp_probs_b.bias",
+                Layer::SharedGate => "ffn_gate_shexp.weight",
+                Layer::SharedUp => "ffn_up_shexp.weight",
+                Layer::SharedDown => "ffn_down_shexp.weight",
             };
             format!("blk.{i}.{s}")
         }
@@ -70,6 +136,19 @@ pub fn layer(kind: FileKind, i: usize, w: Layer) -> String {
                 Layer::Gate => "mlp.gate_proj.weight",
                 Layer::Up => "mlp.up_proj.weight",
                 Layer::Down => "mlp.down_proj.weight",
+                Layer::QA => "self_attn.q_a_proj.weight",
+                Layer::QANorm => "self_attn.q_a_layernorm.weight",
+                Layer::QB => "self_attn.q_b_proj.weight",
+                Layer::KvA => "self_attn.kv_a_proj_with_mqa.weight",
+                Layer::KvANorm => "self_attn.kv_a_layernorm.weight",
+                Layer::KvB => "self_attn.kv_b_proj.weight",
+                Layer::KB => "self_attn.k_b_proj.weight",
+                Layer::VB => "self_attn.v_b_proj.weight",
+                Layer::Router => "mlp.gate.weight",
+                Layer::RouterBias => "mlp.gate.e_score_correction_bias",
+                Layer::SharedGate => "mlp.shared_experts.gate_proj.weight",
+                Layer::SharedUp => "mlp.shared_experts.up_proj.weight",
+                Layer::SharedDown => "mlp.shared_experts.down_proj.weight",
             };
             format!("model.layers.{i}.{s}")
         }

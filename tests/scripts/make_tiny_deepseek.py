@@ -1,0 +1,223 @@
+#!/usr/bin/env python3
+"""Generate tiny random-weight DeepSeek models with reference outputs.
+
+Writes tests/fixtures/tiny-deepseek-{v3,v2,v2-lite}/, each holding
+- config.json and model.safetensors (float32) in the Hugging Face hub layout
+  (one tensor per routed expert, `kv_b_proj` unsplit), with `scoring_func` and
+  `topk_method` written out (transformers 5 leaves them out of saved configs);
+- model.gguf: the same weights converted by llama.cpp's convert_hf_to_gguf.py
+  (`--outtype f32`), which stacks the experts and splits kv_b into k_b / v_b;
+- tokenizer.json / tokenizer_config.json: the tiny byte-level BPE of tiny-llama;
+- expected.json: transformers' float32 logits at every prompt position, a greedy
+  continuation with each step's top-2 margin, and router cases (random hidden
+  states through the first MoE layer's router: its chosen experts and weights).
+
+The three models:
+- v3: q-LoRA, YaRN (factor 4, mscale = mscale_all_dim = 0.707), sigmoid routing
+  with a non-zero random correction bias, 8 experts in 4 groups (best 2 kept),
+  top-2, normalised weights × 2.5, one shared expert, first layer dense;
+- v2: no q-LoRA, softmax routing, `group_limited_greedy` over 4 groups (best 2);
+- v2-lite: no q-LoRA, softmax, plain greedy top-k (one group), like V2-Lite.
+
+Needs the fixtures venv (requirements-fixtures.txt) and llama.cpp's converter
+from the llama-cpp-python sdist:
+    pip download --no-deps --no-binary :all: --no-build-isolation llama-cpp-python==0.3.36  # or fetch the .tar.gz
+    tar xzf llama_cpp_python-0.3.36.tar.gz
+    LLAMA_CPP=llama_cpp_python-0.3.36/vendor/llama.cpp python tests/scripts/make_tiny_deepseek.py
+"""
+
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import torch
+from safetensors.torch import save_file
+
+import transformers
+from transformers import AutoModelForCausalLM, DeepseekV2Config, DeepseekV3Config
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
+TOKENIZER_FROM = os.path.join(FIXTURES, "tiny-llama")
+SEED = 20261129
+PROMPT = [1, 17, 200, 45, 300, 12, 99, 7, 150, 260, 33, 81, 5, 240, 120, 64, 310, 2, 18, 77]
+GREEDY = 16
+
+COMMON = dict(
+    vocab_size=384,
+    hidden_size=64,
+    intermediate_size=96,
+    moe_intermediate_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    kv_lora_rank=32,
+    qk_nope_head_dim=16,
+    qk_rope_head_dim=8,
+    v_head_dim=16,
+    n_routed_experts=8,
+    num_experts_per_tok=2,
+    n_shared_experts=1,
+    first_k_dense_replace=1,
+    rms_norm_eps=1e-6,
+    max_position_embeddings=256,
+    tie_word_embeddings=False,
+    bos_token_id=0,
+    eos_token_id=2,
+    pad_token_id=0,
+)
+
+MODELS = {
+    "tiny-deepseek-v3": (
+        DeepseekV3Config,
+        dict(
+            q_lora_rank=24,
+            n_group=4,
+            topk_group=2,
+            norm_topk_prob=True,
+            routed_scaling_factor=2.5,
+            rope_parameters=dict(
+                rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=64,
+                beta_fast=32.0, beta_slow=1.0, mscale=0.707, mscale_all_dim=0.707,
+            ),
+        ),
+        dict(scoring_func="sigmoid", topk_method="noaux_tc"),
+    ),
+    "tiny-deepseek-v2": (
+        DeepseekV2Config,
+        dict(
+            q_lora_rank=None, n_group=4, topk_group=2, topk_method="group_limited_greedy",
+            norm_topk_prob=False, routed_scaling_factor=1.5, rope_parameters=dict(rope_type="default", rope_theta=10000.0),
+        ),
+        dict(scoring_func="softmax", topk_method="group_limited_greedy"),
+    ),
+    "tiny-deepseek-v2-lite": (
+        DeepseekV2Config,
+        dict(
+            q_lora_rank=None, n_group=1, topk_group=1, topk_method="greedy",
+            norm_topk_prob=False, routed_scaling_factor=1.0, rope_parameters=dict(rope_type="default", rope_theta=10000.0),
+        ),
+        dict(scoring_func="softmax", topk_method="greedy"),
+    ),
+}
+
+
+def hub_state_dict(model, cfg):
+    """transformers 5 keeps experts fused ([E, 2I, H] gate_up, [E, H, I] down);
+    checkpoints on the hub (and llama.cpp's converter) have one tensor per expert."""
+    out = {}
+    inter = cfg.moe_intermediate_size
+    for name, t in model.state_dict().items():
+        t = t.detach().float().contiguous()
+        if name.endswith("mlp.experts.gate_up_proj"):
+            base = name[: -len("gate_up_proj")]
+            for e in range(t.shape[0]):
+                out[f"{base}{e}.gate_proj.weight"] = t[e, :inter].contiguous()
+                out[f"{base}{e}.up_proj.weight"] = t[e, inter:].contiguous()
+        elif name.endswith("mlp.experts.down_proj"):
+            base = name[: -len("down_proj")]
+            for e in range(t.shape[0]):
+                out[f"{base}{e}.down_proj.weight"] = t[e].contiguous()
+        else:
+            out[name] = t
+    return out
+
+
+@torch.no_grad()
+def make(name, config_cls, extra, routing):
+    torch.manual_seed(SEED)
+    cfg = config_cls(**COMMON, **extra)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    # Wider weights than the default init, so logits and routing are far from uniform.
+    for pname, p in model.named_parameters():
+        if p.dim() >= 2:
+            p.normal_(0.0, 0.15)
+        elif "norm" in pname:
+            p.copy_(1.0 + 0.1 * torch.randn_like(p))
+    moe_layer = cfg.first_k_dense_replace
+    for layer in model.model.layers:
+        gate = getattr(layer.mlp, "gate", None)
+        if gate is not None and hasattr(gate, "e_score_correction_bias"):
+            gate.e_score_correction_bias.copy_(0.3 * torch.randn_like(gate.e_score_correction_bias))
+
+    ids = torch.tensor([PROMPT])
+    logits = model(ids).logits[0]
+    seq = list(PROMPT)
+    greedy, margins = [], []
+    for _ in range(GREEDY):
+        last = model(torch.tensor([seq])).logits[0, -1]
+        top = torch.topk(last, 2)
+        greedy.append(int(top.indices[0]))
+        margins.append(float(top.values[0] - top.values[1]))
+        seq.append(greedy[-1])
+
+    # Router cases: random hidden states through the first MoE layer's router.
+    router = model.model.layers[moe_layer].mlp.gate
+    hidden = torch.randn(12, cfg.hidden_size) * 3.0
+    r_logits, r_weights, r_indices = router(hidden)
+    router_cases = []
+    for i in range(hidden.shape[0]):
+        order = torch.argsort(r_indices[i])
+        router_cases.append(
+            dict(
+                logits=r_logits[i].tolist(),
+                experts=r_indices[i][order].tolist(),
+                weights=r_weights[i][order].tolist(),
+            )
+        )
+
+    out = os.path.join(FIXTURES, name)
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    save_file(hub_state_dict(model, cfg), os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
+    config = cfg.to_dict()
+    config.update(routing)
+    config["architectures"] = [type(model).__name__]
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(TOKENIZER_FROM, f), out)
+    expected = dict(
+        transformers=transformers.__version__,
+        torch=torch.__version__,
+        llama_cpp_converter=os.environ.get("LLAMA_CPP", ""),
+        seed=SEED,
+        prompt_ids=PROMPT,
+        logits=[row.tolist() for row in logits],
+        greedy_ids=greedy,
+        greedy_margins=margins,
+        router_layer=moe_layer,
+        router_bias=(router.e_score_correction_bias.tolist() if hasattr(router, "e_score_correction_bias") else None),
+        router_cases=router_cases,
+    )
+    with open(os.path.join(out, "expected.json"), "w") as f:
+        json.dump(expected, f)
+    convert(out)
+    print(f"{name}: {sum(p.numel() for p in model.parameters())} parameters, greedy {greedy}, min margin {min(margins):.3f}")
+
+
+def convert(folder):
+    """llama.cpp's converter; the tiny tokenizer's pre-tokenizer is Qwen2's
+    regex, which the converter cannot recognise by hash, so name it."""
+    llama_cpp = os.environ.get("LLAMA_CPP")
+    if not llama_cpp:
+        sys.exit("set LLAMA_CPP to the llama.cpp folder of the llama-cpp-python sdist (see the docstring)")
+    code = (
+        "import sys\n"
+        f"sys.path[:0] = [{os.path.join(llama_cpp, 'gguf-py')!r}, {llama_cpp!r}]\n"
+        "from conversion import base\n"
+        "base.TextModel.get_vocab_base_pre = lambda self, tokenizer: 'qwen2'\n"
+        "import convert_hf_to_gguf\n"
+        f"sys.argv = ['convert', {folder!r}, '--outfile', {os.path.join(folder, 'model.gguf')!r}, '--outtype', 'f32']\n"
+        "convert_hf_to_gguf.main()\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+if __name__ == "__main__":
+    print(f"transformers {transformers.__version__}, torch {torch.__version__}, safetensors {importlib.metadata.version('safetensors')}")
+    for name, (cls, extra, routing) in MODELS.items():
+        make(name, cls, extra, routing)
