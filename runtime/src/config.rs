@@ -15,6 +15,9 @@ pub enum Arch {
     /// DeepSeek-V2, V2-Lite, V3: multi-head latent attention and DeepSeekMoE
     /// (llama.cpp's `deepseek2`).
     DeepSeek2,
+    /// Qwen1.5-MoE / Qwen2-MoE: qwen2 attention, softmax top-k experts and a
+    /// sigmoid-gated shared expert. (Mixtral is `Llama` with experts, as GGUF has it.)
+    Qwen2Moe,
 }
 
 impl Arch {
@@ -23,6 +26,7 @@ impl Arch {
             Arch::Llama => "llama",
             Arch::Qwen2 => "qwen2",
             Arch::DeepSeek2 => "deepseek2",
+            Arch::Qwen2Moe => "qwen2moe",
         }
     }
 }
@@ -69,8 +73,11 @@ pub struct Moe {
     pub shared_ffn: usize,
     /// Layers before this one are dense.
     pub first_dense: usize,
-    /// Of the other layers, every `layer_freq`-th is MoE.
-    pub layer_freq: usize,
+    /// Of the other layers, those with `layer % every == phase` are MoE
+    /// (DeepSeek's `moe_layer_freq`: phase 0; Qwen2-MoE's `decoder_sparse_step`
+    /// s: every s, phase s − 1).
+    pub every: usize,
+    pub phase: usize,
     pub scoring: Scoring,
     /// Experts split into `groups`; only the best `topk_groups` groups compete.
     pub groups: usize,
@@ -80,11 +87,33 @@ pub struct Moe {
     pub norm_topk: bool,
     /// Chosen weights multiplied by this (`routed_scaling_factor`).
     pub scale: f32,
+    /// The shared expert's output is scaled by `sigmoid(w · x)` (Qwen2-MoE).
+    pub shared_gate: bool,
 }
 
 impl Moe {
     pub fn is_moe_layer(&self, layer: usize) -> bool {
-        layer >= self.first_dense && (layer - self.first_dense) % self.layer_freq.max(1) == 0
+        layer >= self.first_dense && layer % self.every.max(1) == self.phase
+    }
+
+    /// Softmax top-k routing (Mixtral, Qwen2-MoE).
+    pub fn softmax_top_k(n_experts: usize, top_k: usize, expert_ffn: usize, norm_topk: bool) -> Self {
+        Moe {
+            n_experts,
+            top_k,
+            expert_ffn,
+            shared_ffn: 0,
+            first_dense: 0,
+            every: 1,
+            phase: 0,
+            scoring: Scoring::Softmax,
+            groups: 1,
+            topk_groups: 1,
+            group_score: GroupScore::Max,
+            norm_topk,
+            scale: 1.0,
+            shared_gate: false,
+        }
     }
 }
 
@@ -155,10 +184,13 @@ fn arch_from_name(name: &str) -> Result<Arch> {
     match name {
         "llama" | "LlamaForCausalLM" => Ok(Arch::Llama),
         "qwen2" | "Qwen2ForCausalLM" => Ok(Arch::Qwen2),
+        "qwen2moe" | "Qwen2MoeForCausalLM" | "qwen2_moe" => Ok(Arch::Qwen2Moe),
+        "MixtralForCausalLM" | "mixtral" => Ok(Arch::Llama),
         "deepseek2" | "DeepseekV2ForCausalLM" | "DeepseekV3ForCausalLM" | "deepseek_v2" | "deepseek_v3" => Ok(Arch::DeepSeek2),
         other => Err(Error::Unsupported(format!(
             "architecture {other:?}; baleen runs llama (Llama, SmolLM2, DeepSeek-R1-Distill-Llama), qwen2 \
-             (Qwen2, DeepSeek-R1-Distill-Qwen) and deepseek2 (DeepSeek-V2, V2-Lite, V3)"
+             (Qwen2, DeepSeek-R1-Distill-Qwen) deepseek2 (DeepSeek-V2, V2-Lite, V3), \
+             qwen2moe and Mixtral"
         ))),
     }
 }
@@ -263,7 +295,9 @@ impl ModelConfig {
                     expert_ffn,
                     shared_ffn: opt_u("expert_shared_count").unwrap_or(0) * expert_ffn,
                     first_dense: opt_u("leading_dense_block_count").unwrap_or(0),
-                    layer_freq: 1,
+                    every: 1,
+                    phase: 0,
+                    shared_gate: false,
                     scoring,
                     groups: opt_u("expert_group_count").unwrap_or(1).max(1),
                     topk_groups: opt_u("expert_group_used_count").unwrap_or(1).max(1),
@@ -273,6 +307,19 @@ impl ModelConfig {
                     norm_topk: index.meta(&key("expert_weights_norm")).and_then(|v| v.as_bool()).unwrap_or(false),
                     scale: opt_f("expert_weights_scale").unwrap_or(1.0) as f32,
                 });
+            }
+        }
+        if arch != Arch::DeepSeek2 {
+            if let Some(n_experts) = opt_u("expert_count").filter(|&e| e > 0) {
+                // Mixtral (llama.*): experts as wide as feed_forward_length, weights
+                // renormalised; qwen2moe: its own widths, a gated shared expert.
+                let expert_ffn = opt_u("expert_feed_forward_length").map_or_else(|| get_u("feed_forward_length"), Ok)?;
+                let norm = arch == Arch::Llama
+                    || index.meta(&key("expert_weights_norm")).and_then(|v| v.as_bool()).unwrap_or(false);
+                let mut m = Moe::softmax_top_k(n_experts, get_u("expert_used_count")?, expert_ffn, norm);
+                m.shared_ffn = opt_u("expert_shared_feed_forward_length").unwrap_or(0);
+                m.shared_gate = index.get("blk.0.ffn_gate_inp_shexp.weight").is_some();
+                moe = Some(m);
             }
         }
         let cfg = ModelConfig {
@@ -420,7 +467,9 @@ impl ModelConfig {
                     expert_ffn,
                     shared_ffn: opt_u("n_shared_experts").unwrap_or(0) * expert_ffn,
                     first_dense: opt_u("first_k_dense_replace").unwrap_or(0),
-                    layer_freq: opt_u("moe_layer_freq").unwrap_or(1).max(1),
+                    every: opt_u("moe_layer_freq").unwrap_or(1).max(1),
+                    phase: 0,
+                    shared_gate: false,
                     scoring,
                     groups: groups.max(1),
                     topk_groups: topk_groups.max(1),
@@ -429,6 +478,21 @@ impl ModelConfig {
                     scale: json.get("routed_scaling_factor").and_then(|v| v.as_f64()).unwrap_or(1.0) as f32,
                 });
             }
+        }
+        if arch_name == "MixtralForCausalLM" || arch_name == "mixtral" {
+            moe = Some(Moe::softmax_top_k(u("num_local_experts")?, u("num_experts_per_tok")?, u("intermediate_size")?, true));
+        }
+        if arch == Arch::Qwen2Moe {
+            if json.get("mlp_only_layers").and_then(|v| v.as_array()).is_some_and(|a| !a.is_empty()) {
+                return Err(Error::Unsupported("Qwen2-MoE with mlp_only_layers".into()));
+            }
+            let norm = json.get("norm_topk_prob").and_then(|v| v.as_bool()).unwrap_or(false);
+            let mut m = Moe::softmax_top_k(u("num_experts")?, u("num_experts_per_tok")?, u("moe_intermediate_size")?, norm);
+            m.shared_ffn = opt_u("shared_expert_intermediate_size").unwrap_or(0);
+            m.shared_gate = m.shared_ffn > 0;
+            let step = opt_u("decoder_sparse_step").unwrap_or(1).max(1);
+            (m.every, m.phase) = (step, step - 1);
+            moe = Some(m);
         }
         let cfg = ModelConfig {
             arch,
@@ -447,6 +511,7 @@ impl ModelConfig {
             tie_embeddings: json.get("tie_word_embeddings").and_then(|v| v.as_bool()).unwrap_or(false)
                 || index.get("lm_head.weight").is_none(),
             qkv_bias: arch == Arch::Qwen2
+                || arch == Arch::Qwen2Moe
                 || (arch != Arch::DeepSeek2 && json.get("attention_bias").and_then(|v| v.as_bool()).unwrap_or(false)),
             mla,
             moe,

@@ -1,6 +1,7 @@
 //! Weight names as each format spells them. Model code asks for a role; this
 //! answers with the checkpoint's own name, so errors and dumps use real names.
 
+use crate::config::Arch;
 use crate::format::FileKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +46,8 @@ pub enum Layer {
     SharedGate,
     SharedUp,
     SharedDown,
+    /// Qwen2-MoE's `[1, hidden]` gate on the shared expert's output.
+    SharedExpertGate,
 }
 
 /// One weight of the routed experts.
@@ -58,7 +61,7 @@ pub enum Expert {
 /// Where expert `e`'s weight is: GGUF stacks all experts of a layer in one
 /// `[experts, rows, cols]` tensor (`(name, Some(e))`); Hugging Face has one
 /// tensor per expert (`(name, None)`).
-pub fn expert(kind: FileKind, i: usize, e: usize, w: Expert) -> (String, Option<usize>) {
+pub fn expert(kind: FileKind, arch: Arch, i: usize, e: usize, w: Expert) -> (String, Option<usize>) {
     match kind {
         FileKind::Gguf => {
             let s = match w {
@@ -68,6 +71,15 @@ pub fn expert(kind: FileKind, i: usize, e: usize, w: Expert) -> (String, Option<
             };
             (format!("blk.{i}.{s}.weight"), Some(e))
         }
+        // Mixtral's checkpoints name its experts' weights w1 (gate), w3 (up), w2 (down).
+        FileKind::Safetensors if arch == Arch::Llama => {
+            let s = match w {
+                Expert::Gate => "w1",
+                Expert::Up => "w3",
+                Expert::Down => "w2",
+            };
+            (format!("model.layers.{i}.block_sparse_moe.experts.{e}.{s}.weight"), None)
+        }
         FileKind::Safetensors => {
             let s = match w {
                 Expert::Gate => "gate_proj",
@@ -76,6 +88,19 @@ pub fn expert(kind: FileKind, i: usize, e: usize, w: Expert) -> (String, Option<
             };
             (format!("model.layers.{i}.mlp.experts.{e}.{s}.weight"), None)
         }
+    }
+}
+
+/// A mixture-of-experts weight other than the routed experts' (router, its
+/// bias, shared experts): DeepSeek's names, with Mixtral's and Qwen2-MoE's own
+/// in Hugging Face checkpoints.
+pub fn moe(kind: FileKind, arch: Arch, i: usize, w: Layer) -> String {
+    match (kind, arch, w) {
+        (FileKind::Safetensors, Arch::Llama, Layer::Router) => format!("model.layers.{i}.block_sparse_moe.gate.weight"),
+        (FileKind::Safetensors, Arch::Qwen2Moe, Layer::SharedGate | Layer::SharedUp | Layer::SharedDown) => {
+            layer(kind, i, w).replace("shared_experts", "shared_expert")
+        }
+        _ => layer(kind, i, w),
     }
 }
 
@@ -119,6 +144,7 @@ pub fn layer(kind: FileKind, i: usize, w: Layer) -> String {
                 Layer::SharedGate => "ffn_gate_shexp.weight",
                 Layer::SharedUp => "ffn_up_shexp.weight",
                 Layer::SharedDown => "ffn_down_shexp.weight",
+                Layer::SharedExpertGate => "ffn_gate_inp_shexp.weight",
             };
             format!("blk.{i}.{s}")
         }
@@ -149,6 +175,7 @@ pub fn layer(kind: FileKind, i: usize, w: Layer) -> String {
                 Layer::SharedGate => "mlp.shared_experts.gate_proj.weight",
                 Layer::SharedUp => "mlp.shared_experts.up_proj.weight",
                 Layer::SharedDown => "mlp.shared_experts.down_proj.weight",
+                Layer::SharedExpertGate => "mlp.shared_expert_gate.weight",
             };
             format!("model.layers.{i}.{s}")
         }

@@ -5,7 +5,7 @@
 //! rows across threads. Weights stay in their file's block format and are
 //! dequantised a row at a time, so memory is the file's size, not 4 bytes a weight.
 
-use crate::config::{GroupScore, Mla, ModelConfig, Moe, RopePairing, Scoring};
+use crate::config::{Arch, GroupScore, Mla, ModelConfig, Moe, RopePairing, Scoring};
 use crate::engine::Backend;
 use crate::error::{Error, Result};
 use crate::format::TensorIndex;
@@ -42,8 +42,9 @@ impl Matrix {
     }
 
     /// A routed expert's weight, stacked (GGUF) or on its own (Hugging Face).
-    fn load_expert(index: &TensorIndex, i: usize, e: usize, n_experts: usize, w: names::Expert, shape: [usize; 2]) -> Result<Self> {
-        match names::expert(index.kind, i, e, w) {
+    #[allow(clippy::too_many_arguments)]
+    fn load_expert(index: &TensorIndex, arch: Arch, i: usize, e: usize, n_experts: usize, w: names::Expert, shape: [usize; 2]) -> Result<Self> {
+        match names::expert(index.kind, arch, i, e, w) {
             (name, Some(part)) => Self::load_part(index, &name, part, n_experts, shape),
             (name, None) => Self::load(index, &name, shape),
         }
@@ -220,6 +221,8 @@ struct MoeWeights {
     bias: Option<Vec<f32>>, // [experts]: added to scores for selection only
     experts: Vec<Mlp>,
     shared: Option<Mlp>,
+    /// Qwen2-MoE: the shared expert's output times `sigmoid(gate · x)`.
+    shared_gate: Option<Vec<f32>>, // [hidden]
 }
 
 enum Ffn {
@@ -334,21 +337,24 @@ impl Reference {
                 Some(moe) if moe.is_moe_layer(i) => {
                     let experts = (0..moe.n_experts)
                         .map(|e| {
-                            let w = |which, shape| Matrix::load_expert(index, i, e, moe.n_experts, which, shape);
+                            let w = |which, shape| Matrix::load_expert(index, cfg.arch, i, e, moe.n_experts, which, shape);
                             let f = moe.expert_ffn;
                             Ok(Mlp { gate: w(names::Expert::Gate, [f, h])?, up: w(names::Expert::Up, [f, h])?, down: w(names::Expert::Down, [h, f])? })
                         })
                         .collect::<Result<Vec<_>>>()?;
+                    let mn = |w| names::moe(kind, cfg.arch, i, w);
                     let shared = if moe.shared_ffn > 0 {
-                        Some(Mlp::load(index, [n(Layer::SharedGate), n(Layer::SharedUp), n(Layer::SharedDown)], h, moe.shared_ffn)?)
+                        Some(Mlp::load(index, [mn(Layer::SharedGate), mn(Layer::SharedUp), mn(Layer::SharedDown)], h, moe.shared_ffn)?)
                     } else {
                         None
                     };
-                    let bias = match index.get(&n(Layer::RouterBias)) {
-                        Some(_) => Some(vector(Layer::RouterBias, moe.n_experts)?),
+                    let shared_gate = if moe.shared_gate { Some(index.read_vector(&mn(Layer::SharedExpertGate), h as u64)?) } else { None };
+                    let bias = match index.get(&mn(Layer::RouterBias)) {
+                        Some(_) => Some(index.read_vector(&mn(Layer::RouterBias), moe.n_experts as u64)?),
                         None => None,
                     };
-                    Ffn::Moe(MoeWeights { router: mat(&n(Layer::Router), [moe.n_experts, h])?, bias, experts, shared })
+                    let router = mat(&mn(Layer::Router), [moe.n_experts, h])?;
+                    Ffn::Moe(MoeWeights { router, bias, experts, shared, shared_gate })
                 }
                 _ => Ffn::Dense(Mlp::load(index, [n(Layer::Gate), n(Layer::Up), n(Layer::Down)], h, cfg.ffn)?),
             };
@@ -509,6 +515,12 @@ impl Reference {
                     Some(s) => s.forward(xn, n),
                     None => vec![0f32; n * h],
                 };
+                if let Some(g) = &w.shared_gate {
+                    for (row, x) in y.chunks_exact_mut(h).zip(xn.chunks_exact(h)) {
+                        let gate = 1.0 / (1.0 + (-dot(g, x)).exp());
+                        row.iter_mut().for_each(|v| *v *= gate);
+                    }
+                }
                 for i in 0..n {
                     let x = &xn[i * h..][..h];
                     for (e, weight) in route(&logits[i * moe.n_experts..][..moe.n_experts], w.bias.as_deref(), moe) {

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Generate tiny random-weight DeepSeek models with reference outputs.
+"""Generate tiny random-weight mixture-of-experts models with reference outputs.
 
-Writes tests/fixtures/tiny-deepseek-{v3,v2,v2-lite}/, each holding
+Writes tests/fixtures/tiny-deepseek-{v3,v2,v2-lite}/, tiny-mixtral/ and
+tiny-qwen2-moe/, each holding
 - config.json and model.safetensors (float32) in the Hugging Face hub layout
   (one tensor per routed expert, `kv_b_proj` unsplit), with `scoring_func` and
   `topk_method` written out (transformers 5 leaves them out of saved configs);
@@ -17,7 +18,11 @@ The three models:
   with a non-zero random correction bias, 8 experts in 4 groups (best 2 kept),
   top-2, normalised weights × 2.5, one shared expert, first layer dense;
 - v2: no q-LoRA, softmax routing, `group_limited_greedy` over 4 groups (best 2);
-- v2-lite: no q-LoRA, softmax, plain greedy top-k (one group), like V2-Lite.
+- v2-lite: no q-LoRA, softmax, plain greedy top-k (one group), like V2-Lite;
+- mixtral: llama attention (GQA), softmax top-2 of 4 experts, renormalised;
+- qwen2-moe: qwen2 attention (q/k/v bias), softmax top-2 of 8 without
+  renormalisation, a sigmoid-gated shared expert (every layer sparse: llama.cpp's
+  qwen2moe converter cannot map the dense layers of decoder_sparse_step > 1).
 
 Needs the fixtures venv (requirements-fixtures.txt) and llama.cpp's converter
 from the llama-cpp-python sdist:
@@ -37,7 +42,7 @@ import torch
 from safetensors.torch import save_file
 
 import transformers
-from transformers import AutoModelForCausalLM, DeepseekV2Config, DeepseekV3Config
+from transformers import AutoModelForCausalLM, DeepseekV2Config, DeepseekV3Config, MixtralConfig, Qwen2MoeConfig
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
@@ -45,6 +50,18 @@ TOKENIZER_FROM = os.path.join(FIXTURES, "tiny-llama")
 SEED = 20261129
 PROMPT = [1, 17, 200, 45, 300, 12, 99, 7, 150, 260, 33, 81, 5, 240, 120, 64, 310, 2, 18, 77]
 GREEDY = 16
+
+BASE = dict(
+    vocab_size=384,
+    hidden_size=64,
+    num_hidden_layers=3,
+    rms_norm_eps=1e-6,
+    max_position_embeddings=256,
+    tie_word_embeddings=False,
+    bos_token_id=0,
+    eos_token_id=2,
+    pad_token_id=0,
+)
 
 COMMON = dict(
     vocab_size=384,
@@ -102,25 +119,47 @@ MODELS = {
         ),
         dict(scoring_func="softmax", topk_method="greedy"),
     ),
+    "tiny-mixtral": (
+        MixtralConfig,
+        dict(
+            BASE, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            num_local_experts=4, num_experts_per_tok=2, rope_parameters=dict(rope_type="default", rope_theta=10000.0),
+        ),
+        {},
+    ),
+    "tiny-qwen2-moe": (
+        Qwen2MoeConfig,
+        dict(
+            BASE, intermediate_size=96, moe_intermediate_size=32, shared_expert_intermediate_size=48,
+            num_attention_heads=4, num_key_value_heads=2, num_experts=8, num_experts_per_tok=2, norm_topk_prob=False,
+            decoder_sparse_step=1, rope_parameters=dict(rope_type="default", rope_theta=10000.0),
+        ),
+        {},
+    ),
 }
 
 
 def hub_state_dict(model, cfg):
     """transformers 5 keeps experts fused ([E, 2I, H] gate_up, [E, H, I] down);
-    checkpoints on the hub (and llama.cpp's converter) have one tensor per expert."""
+    checkpoints on the hub (and llama.cpp's converter) have one tensor per
+    expert, named as each architecture's own checkpoints name them."""
+    mixtral = isinstance(cfg, MixtralConfig)
+    inter = cfg.intermediate_size if mixtral else cfg.moe_intermediate_size
+    names = ("w1", "w3", "w2") if mixtral else ("gate_proj", "up_proj", "down_proj")
     out = {}
-    inter = cfg.moe_intermediate_size
     for name, t in model.state_dict().items():
         t = t.detach().float().contiguous()
-        if name.endswith("mlp.experts.gate_up_proj"):
+        if mixtral:
+            name = name.replace(".mlp.", ".block_sparse_moe.")
+        if name.endswith("experts.gate_up_proj"):
             base = name[: -len("gate_up_proj")]
             for e in range(t.shape[0]):
-                out[f"{base}{e}.gate_proj.weight"] = t[e, :inter].contiguous()
-                out[f"{base}{e}.up_proj.weight"] = t[e, inter:].contiguous()
-        elif name.endswith("mlp.experts.down_proj"):
+                out[f"{base}{e}.{names[0]}.weight"] = t[e, :inter].contiguous()
+                out[f"{base}{e}.{names[1]}.weight"] = t[e, inter:].contiguous()
+        elif name.endswith("experts.down_proj"):
             base = name[: -len("down_proj")]
             for e in range(t.shape[0]):
-                out[f"{base}{e}.down_proj.weight"] = t[e].contiguous()
+                out[f"{base}{e}.{names[2]}.weight"] = t[e].contiguous()
         else:
             out[name] = t
     return out
@@ -129,7 +168,7 @@ def hub_state_dict(model, cfg):
 @torch.no_grad()
 def make(name, config_cls, extra, routing):
     torch.manual_seed(SEED)
-    cfg = config_cls(**COMMON, **extra)
+    cfg = config_cls(**extra) if "hidden_size" in extra else config_cls(**COMMON, **extra)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
     # Wider weights than the default init, so logits and routing are far from uniform.
     for pname, p in model.named_parameters():
@@ -137,9 +176,9 @@ def make(name, config_cls, extra, routing):
             p.normal_(0.0, 0.15)
         elif "norm" in pname:
             p.copy_(1.0 + 0.1 * torch.randn_like(p))
-    moe_layer = cfg.first_k_dense_replace
+    moe_layer = next(i for i, layer in enumerate(model.model.layers) if hasattr(layer.mlp, "experts"))
     for layer in model.model.layers:
-        gate = getattr(layer.mlp, "gate", None)
+        gate = getattr(layer.mlp, "gate", None) if hasattr(layer.mlp, "experts") else None
         if gate is not None and hasattr(gate, "e_score_correction_bias"):
             gate.e_score_correction_bias.copy_(0.3 * torch.randn_like(gate.e_score_correction_bias))
 
@@ -201,7 +240,8 @@ def make(name, config_cls, extra, routing):
 
 def convert(folder):
     """llama.cpp's converter; the tiny tokenizer's pre-tokenizer is Qwen2's
-    regex, which the converter cannot recognise by hash, so name it."""
+    regex, which the converter cannot recognise by hash, so name it (and make
+    the llama converter, used for Mixtral, take the BPE path, not sentencepiece)."""
     llama_cpp = os.environ.get("LLAMA_CPP")
     if not llama_cpp:
         sys.exit("set LLAMA_CPP to the llama.cpp folder of the llama-cpp-python sdist (see the docstring)")
@@ -210,6 +250,8 @@ def convert(folder):
         f"sys.path[:0] = [{os.path.join(llama_cpp, 'gguf-py')!r}, {llama_cpp!r}]\n"
         "from conversion import base\n"
         "base.TextModel.get_vocab_base_pre = lambda self, tokenizer: 'qwen2'\n"
+        "from conversion import llama\n"
+        "llama.LlamaModel.set_vocab = lambda self: self._set_vocab_gpt2()\n"
         "import convert_hf_to_gguf\n"
         f"sys.argv = ['convert', {folder!r}, '--outfile', {os.path.join(folder, 'model.gguf')!r}, '--outtype', 'f32']\n"
         "convert_hf_to_gguf.main()\n"

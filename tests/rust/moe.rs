@@ -1,6 +1,7 @@
-//! Tiny random-weight DeepSeek-V3, V2 and V2-Lite-style models
-//! (tests/fixtures/tiny-deepseek-*, made by tests/scripts/make_tiny_deepseek.py
-//! with a pinned transformers, and converted to GGUF by llama.cpp's converter)
+//! Tiny random-weight mixture-of-experts models — DeepSeek-V3, V2 and
+//! V2-Lite-style, Mixtral, Qwen2-MoE (tests/fixtures/tiny-*, made by
+//! tests/scripts/make_tiny_moe.py with a pinned transformers, and converted to
+//! GGUF by llama.cpp's converter)
 //! through the reference: logits at every position within 2e-3 of transformers'
 //! float32 from both files, greedy tokens identical wherever transformers'
 //! top-2 margin exceeds 0.01, and the router against transformers' router.
@@ -13,7 +14,7 @@ use baleen::reference::{route, Reference};
 use baleen::sample::SamplingParams;
 use std::path::PathBuf;
 
-const MODELS: [&str; 3] = ["tiny-deepseek-v3", "tiny-deepseek-v2", "tiny-deepseek-v2-lite"];
+const MODELS: [&str; 5] = ["tiny-deepseek-v3", "tiny-deepseek-v2", "tiny-deepseek-v2-lite", "tiny-mixtral", "tiny-qwen2-moe"];
 /// The bound; both files measure ~1e-5 (float32, different summation orders).
 const LOGIT_TOL: f32 = 2e-3;
 const MARGIN: f64 = 0.01;
@@ -30,11 +31,18 @@ fn configs_from_both_files_agree() {
         let [(_, hf), (_, gguf)] = files(name);
         let (a, b) = (ModelFiles::open(&hf).unwrap().config, ModelFiles::open(&gguf).unwrap().config);
         // GGUF stores YaRN's log multiplier as f32: the softmax scale agrees to ~1e-8.
-        let (ma, mb) = (a.mla.clone().unwrap(), b.mla.clone().unwrap());
-        assert!((ma.softmax_mscale - mb.softmax_mscale).abs() < 1e-6, "{name}");
-        assert_eq!(baleen::config::Mla { softmax_mscale: 0.0, ..ma }, baleen::config::Mla { softmax_mscale: 0.0, ..mb }, "{name}");
+        if let (Some(ma), Some(mb)) = (a.mla.clone(), b.mla.clone()) {
+            assert!((ma.softmax_mscale - mb.softmax_mscale).abs() < 1e-6, "{name}");
+            assert_eq!(baleen::config::Mla { softmax_mscale: 0.0, ..ma }, baleen::config::Mla { softmax_mscale: 0.0, ..mb }, "{name}");
+        } else {
+            assert_eq!(a.mla, b.mla, "{name}");
+        }
+        assert_eq!((a.arch, a.qkv_bias, a.n_kv_heads), (b.arch, b.qkv_bias, b.n_kv_heads), "{name}");
         assert_eq!(a.moe, b.moe, "{name}");
-        assert_eq!(a.rope_pairing, b.rope_pairing, "{name}");
+        // llama.cpp permutes llama's (Mixtral's) q/k rows: its GGUF pairs adjacent dims.
+        if a.arch != baleen::config::Arch::Llama {
+            assert_eq!(a.rope_pairing, b.rope_pairing, "{name}");
+        }
         assert_eq!(a.rope_inv_freq(), b.rope_inv_freq(), "{name}");
         assert_eq!(a.rope_attention_factor(), b.rope_attention_factor(), "{name}");
     }
@@ -48,6 +56,13 @@ fn configs_from_both_files_agree() {
     assert!(v2.mla.as_ref().unwrap().q_lora_rank.is_none());
     let lite = ModelFiles::open(&common::fixture("tiny-deepseek-v2-lite")).unwrap().config;
     assert_eq!(lite.moe.as_ref().unwrap().groups, 1);
+    let mixtral = ModelFiles::open(&common::fixture("tiny-mixtral")).unwrap().config;
+    let moe = mixtral.moe.as_ref().unwrap();
+    assert_eq!((moe.n_experts, moe.top_k, moe.norm_topk, moe.shared_ffn), (4, 2, true, 0));
+    let qwen = ModelFiles::open(&common::fixture("tiny-qwen2-moe")).unwrap().config;
+    let moe = qwen.moe.as_ref().unwrap();
+    assert_eq!((moe.n_experts, moe.norm_topk, moe.shared_ffn, moe.shared_gate), (8, false, 48, true));
+    assert!(qwen.qkv_bias);
 }
 
 #[test]
@@ -135,13 +150,15 @@ fn moe(scoring: Scoring, groups: usize, topk_groups: usize, group_score: GroupSc
         expert_ffn: 4,
         shared_ffn: 0,
         first_dense: 0,
-        layer_freq: 1,
+        every: 1,
+        phase: 0,
         scoring,
         groups,
         topk_groups,
         group_score,
         norm_topk: true,
         scale: 1.0,
+        shared_gate: false,
     }
 }
 
