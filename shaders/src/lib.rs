@@ -48,8 +48,9 @@ pub const ROPE: Family = family!("rope", flags: ["HALF_K"], choices: [["HALVES",
 pub const ATTENTION: Family = family!("attention", flags: ["HALF_KV"], choices: []);
 pub const ELEMENTWISE: Family = family!("elementwise", flags: [], choices: []);
 pub const SAMPLE: Family = family!("sample", flags: [], choices: []);
+pub const MOE: Family = family!("moe", flags: ["BIAS", "SHARED_GATE"], choices: []);
 
-pub const FAMILIES: &[Family] = &[COPY, MATMUL, EMBED, NORM, ROPE, ATTENTION, ELEMENTWISE, SAMPLE];
+pub const FAMILIES: &[Family] = &[COPY, MATMUL, EMBED, NORM, ROPE, ATTENTION, ELEMENTWISE, SAMPLE, MOE];
 
 /// Fragments pulled in by `#include NAME` (processed with the includer's flags).
 const FRAGMENTS: &[(&str, &str)] = &[
@@ -124,6 +125,10 @@ pub mod shape {
     /// Sampling considers at most this many of the most likely tokens (CPU and GPU alike).
     pub const MAX_CANDIDATES: u32 = 256;
     pub const COPY_WG: u32 = 64;
+    /// Most routed experts a mixture-of-experts layer may have (DeepSeek-V3: 256).
+    pub const MAX_EXPERTS: u32 = 256;
+    /// Most expert groups in group-limited routing (one bit each).
+    pub const MAX_EXPERT_GROUPS: u32 = 32;
 }
 
 /// How a weight format lies in GPU memory (runtime/src/gpu/weights.rs writes
@@ -181,6 +186,7 @@ pub fn consts(family: &Family, flags: &[&str]) -> Vec<Const> {
         "matmul" => c.push(Const::U32("TILE_T", TILE_T)),
         "attention" => c.push(Const::U32("MAX_HEAD_DIM", MAX_HEAD_DIM)),
         "sample" => c.push(Const::U32("MAX_CAND", MAX_CANDIDATES)),
+        "moe" => c.push(Const::U32("MAX_EXPERTS_WORDS", MAX_EXPERTS / 32)),
         _ => {}
     }
     c

@@ -1,10 +1,11 @@
-// SwiGLU activation: out = silu(gate) ⊙ up over [n_tokens, cols]. Constants: WG.
+// SwiGLU activation: out = silu(gate) ⊙ up over [n_tokens · rows_per_token, cols]
+// (rows_per_token: 1, or the routed experts' top_k slots). Constants: WG.
 
 #include step
 
 struct Params {
     cols: u32,
-    pad0: u32,
+    rows_per_token: u32,
     pad1: u32,
     pad2: u32,
 }
@@ -17,7 +18,7 @@ struct Params {
 @compute @workgroup_size(WG)
 fn swiglu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = gid.x + gid.y * nwg.x * WG;
-    if (i >= step.n_tokens * p.cols) {
+    if (i >= step.n_tokens * p.rows_per_token * p.cols) {
         return;
     }
     let g = gate[i];

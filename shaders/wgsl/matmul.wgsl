@@ -10,6 +10,12 @@
 // BIAS adds b[r]; ACC adds into y (fused residual); HALF_Y stores y as f16
 // (the f16 KV cache); SUBGROUPS reduces the
 // workgroup-per-row sums with subgroupAdd.
+//
+// `experts` (either shape): the routed experts of a mixture-of-experts layer.
+// W stacks every expert's `expert_rows` rows; slot s (token s / top_k, its
+// (s % top_k)-th choice) computes y[s] = W[ids[s]] · x[s / x_div], reading the
+// expert ids the router wrote on the GPU. Chunks hold whole experts; a chunk
+// skips slots whose expert another chunk holds.
 // Constants: WG, TILE_T, and the format's QUADS, SCALE_WORDS, SUBS.
 
 #include step
@@ -23,6 +29,10 @@ struct Params {
     x_stride: u32,   // x row length
     y_at_pos: u32,   // 1: y row of token t is pos + t (writing into the KV cache)
     scale_offset: u32, // word offset of the scale plane in the weight buffer
+    expert_rows: u32, // `experts`: rows of one expert
+    x_div: u32,       // `experts`: x row of slot s is s / x_div (top_k, or 1)
+    top_k: u32,       // `experts`: slots per token
+    pad0: u32,
 }
 
 @group(0) @binding(1) var<uniform> p: Params;
@@ -37,6 +47,24 @@ struct Params {
 #if BIAS
 @group(0) @binding(5) var<storage, read> b: array<f32>;        // [all chunks' rows]
 #endif
+@group(0) @binding(7) var<storage, read> ids: array<u32>;      // `experts`: [n_tokens · top_k] expert ids
+
+// `experts`: slot s's row r of its expert, as a row of this chunk, and whether
+// this chunk holds it.
+fn expert_row(s: u32, r: u32) -> vec2<u32> {
+    let row = ids[s] * p.expert_rows + r;
+    let here = row >= p.row_offset && row < p.row_offset + p.rows && r < p.expert_rows;
+    return vec2<u32>(select(0u, row - p.row_offset, here), select(0u, 1u, here));
+}
+
+// `experts`: y[s, r] (f32, rows of expert_rows).
+fn store_slot(s: u32, r: u32, v: f32) {
+#if HALF_Y
+    y[s * p.expert_rows + r] = f16(v);
+#else
+    y[s * p.expert_rows + r] = v;
+#endif
+}
 
 #include dequant
 
@@ -149,6 +177,23 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wi
         store(t0 + j, r, tile_value(a, j));
     }
 }
+
+// One thread: row r of slot s's expert. Grid: (expert_rows / WG, slots).
+@compute @workgroup_size(WG)
+fn experts(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let s = wid.y;
+    if (s >= step.n_tokens * p.top_k || gid.x >= p.expert_rows) {
+        return;
+    }
+    let at = expert_row(s, gid.x);
+    if (at.y == 0u) {
+        return;
+    }
+    let n_sub = p.cols / 32u;
+    select_row(at.x, p.rows, n_sub / SUBS, p.scale_offset);
+    let a = row_tile((s / p.x_div) * (p.x_stride / 4u), 1u, n_sub, 0u, 1u);
+    store_slot(s, gid.x, a.a0);
+}
 #endif
 
 #if ROW_PER_WORKGROUP
@@ -216,6 +261,37 @@ fn main(
         if (lid == 0u) {
             store(t0 + j, r, total);
         }
+    }
+}
+
+// One workgroup: row wid.x of slot wid.y's expert. Whether this chunk holds
+// the expert comes from a buffer (not uniform), so instead of returning, a
+// foreign slot runs zero sub-blocks and stores nothing: barriers stay in
+// uniform control flow.
+@compute @workgroup_size(WG)
+fn experts(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+#if SUBGROUPS
+    @builtin(subgroup_invocation_id) sid: u32,
+    @builtin(subgroup_size) ssize: u32,
+#endif
+) {
+#if !SUBGROUPS
+    let sid = 0u;
+    let ssize = 1u;
+#endif
+    let s = wid.y;
+    if (s >= step.n_tokens * p.top_k || wid.x >= p.expert_rows) {
+        return;
+    }
+    let at = expert_row(s, wid.x);
+    let n_sub = select(0u, p.cols / 32u, at.y == 1u);
+    select_row(at.x, p.rows, p.cols / 32u / SUBS, p.scale_offset);
+    let a = row_tile((s / p.x_div) * (p.x_stride / 4u), 1u, n_sub, lid, WG);
+    let total = workgroup_sum(a.a0, lid, sid, ssize);
+    if (lid == 0u && at.y == 1u) {
+        store_slot(s, wid.x, total);
     }
 }
 #endif

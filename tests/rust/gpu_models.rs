@@ -1,6 +1,7 @@
-//! The GPU backend on real models: the tiny llama/qwen2 fixtures against
-//! transformers (1e-3), both matrix kernel shapes, chunked prefill, row-split
-//! tensors; SmolLM2 Q4_1 against transformers (RMS 1e-2, greedy tokens).
+//! The GPU backend on real models: the tiny llama/qwen2 fixtures and the tiny
+//! mixture-of-experts models (Mixtral, Qwen2-MoE) against transformers (1e-3),
+//! both matrix kernel shapes, chunked prefill, row-split tensors; SmolLM2 Q4_1
+//! against transformers (RMS 1e-2, greedy tokens).
 
 mod common;
 use baleen::engine::{generate, Backend, GenerateParams};
@@ -49,6 +50,46 @@ fn tiny_models_match_transformers_on_both_kernel_shapes() {
             assert!(d <= TINY_TOL, "{name} {shape:?} prefill: max |Δ| {d}");
             assert_eq!(gen.tokens, want_greedy, "{name} {shape:?} greedy");
             eprintln!("{name} {shape:?} subgroups {subgroups}: max |Δlogit| {worst:e} (decode path), {d:e} (chunked prefill)");
+        }
+    }
+}
+
+/// Greedy steps before transformers' first near-tie (top-2 margin ≤ 0.01).
+fn clear_steps(fx: &serde_json::Value) -> usize {
+    fx["greedy_margins"].as_array().unwrap().iter().position(|m| m.as_f64().unwrap() <= 0.01).unwrap_or(usize::MAX)
+}
+
+#[test]
+fn moe_models_match_transformers_with_experts_routed_on_the_gpu() {
+    let gpu = gpu();
+    for name in ["tiny-mixtral", "tiny-qwen2-moe"] {
+        let fx = common::json(&format!("{name}/expected.json"));
+        let ids = common::u32s(&fx["prompt_ids"]);
+        let want_greedy = common::u32s(&fx["greedy_ids"]);
+        let clear = clear_steps(&fx).min(want_greedy.len());
+        for file in [common::fixture(name), common::fixture(name).join("model.gguf")] {
+            let m = ModelFiles::open(&file).unwrap();
+            // Small bindings: the experts' weights split into chunks of whole experts.
+            for (shape, max_binding) in [(MatmulShape::RowPerThread, None), (MatmulShape::RowPerWorkgroup, Some(40 << 10))] {
+                let opts = GpuOptions { shape: Some(shape), max_pass_tokens: 5, kv_f16: Some(false), max_binding, ..Default::default() };
+                let mut g = GpuModel::load(gpu.clone(), &m, &opts).unwrap();
+                let all = g.forward(&ids, true).unwrap();
+                let vocab = m.config.vocab;
+                let mut worst = 0f32;
+                for (pos, want) in fx["logits"].as_array().unwrap().iter().enumerate() {
+                    let d = common::max_abs_diff(&all[pos * vocab..(pos + 1) * vocab], &common::f32s(want));
+                    assert!(d <= TINY_TOL, "{name} {shape:?} position {pos}: max |Δ| {d}");
+                    worst = worst.max(d);
+                }
+                g.truncate(0);
+                let params = GenerateParams { max_tokens: want_greedy.len(), sampling: SamplingParams::default(), stop_ids: vec![] };
+                let gen = generate(&mut g, &ids, &params, |_| true).unwrap();
+                let last = common::f32s(fx["logits"].as_array().unwrap().last().unwrap());
+                let d = common::max_abs_diff(&gen.prompt_logits, &last);
+                assert!(d <= TINY_TOL, "{name} {shape:?} prefill in chunks of 5: max |Δ| {d}");
+                assert_eq!(gen.tokens[..clear], want_greedy[..clear], "{name} {shape:?} greedy");
+                eprintln!("{name} ({}) {shape:?}: max |Δlogit| {worst:e} (decode path), {d:e} (chunked prefill)", file.display());
+            }
         }
     }
 }

@@ -443,3 +443,122 @@ fn f16_kv_cache_kernels() {
     let want = reference_attention(&q_now, &k, &v, n, pos, h, kvh, hd);
     assert!(common::max_abs_diff(&got, &want) < 1e-5, "attention over an f16 cache");
 }
+
+fn moe_config(n_experts: usize, top_k: usize, scoring: baleen::config::Scoring, groups: usize, topk_groups: usize, group_score: baleen::config::GroupScore, norm_topk: bool) -> baleen::config::Moe {
+    baleen::config::Moe {
+        groups,
+        topk_groups,
+        group_score,
+        scoring,
+        scale: 1.5,
+        ..baleen::config::Moe::softmax_top_k(n_experts, top_k, 32, norm_topk)
+    }
+}
+
+#[test]
+fn router_on_the_gpu_equals_the_reference_router() {
+    use baleen::config::{GroupScore, Scoring};
+    let gpu = gpu();
+    let mut rng = Rng(21);
+    let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
+    let ctx = Ctx { gpu: &gpu, step: &step_buf, shape: gpu.shape, subgroups: false };
+    let cases = [
+        moe_config(8, 2, Scoring::Softmax, 1, 1, GroupScore::Max, true),                 // Mixtral
+        moe_config(64, 6, Scoring::Softmax, 8, 3, GroupScore::Max, false),               // V2
+        moe_config(256, 8, Scoring::Sigmoid, 8, 4, GroupScore::TopTwoSum, true),         // V3
+        moe_config(60, 4, Scoring::Softmax, 1, 1, GroupScore::Max, false),               // Qwen2-MoE
+    ];
+    for (ci, m) in cases.iter().enumerate() {
+        let n = 7;
+        let mut logits: Vec<f32> = (0..n * m.n_experts).map(|_| rng.f32() * 4.0).collect();
+        // Ties (token 0) and a NaN (token 1).
+        logits[..m.n_experts].iter_mut().for_each(|v| *v = 0.5);
+        logits[m.n_experts + 3] = f32::NAN;
+        let bias: Option<Vec<f32>> = (m.scoring == Scoring::Sigmoid).then(|| (0..m.n_experts).map(|_| rng.f32() - 1.5).collect());
+        let lb = upload(&gpu, "logits", &logits);
+        let bb = bias.as_ref().map(|b| upload(&gpu, "bias", b));
+        let ids = gpu.storage("ids", (n * m.top_k * 4) as u64).unwrap();
+        let w = gpu.storage("weights", (n * m.top_k * 4) as u64).unwrap();
+        run(&gpu, &step_buf, step(n as u32, 0), &[ctx.route("route", m, &lb, bb.as_ref(), &ids, &w).unwrap()]);
+        let got_ids: Vec<u32> = bytemuck::cast_slice(&gpu.read(&ids, 0, (n * m.top_k * 4) as u64).unwrap()).to_vec();
+        let got_w = download(&gpu, &w, n * m.top_k);
+        for t in 0..n {
+            let want = reference::route(&logits[t * m.n_experts..][..m.n_experts], bias.as_deref(), m);
+            for (k, (e, wt)) in want.iter().enumerate() {
+                assert_eq!(got_ids[t * m.top_k + k] as usize, *e, "case {ci} token {t} choice {k}");
+                // A NaN logit makes every softmax score NaN, on both sides.
+                if !wt.is_nan() {
+                    assert!((got_w[t * m.top_k + k] - wt).abs() < 1e-5, "case {ci} token {t} weight {k}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn expert_matmul_reads_ids_from_the_gpu_across_chunks() {
+    // 6 experts of 40 rows × 64; 3 tokens × top 2; chunks of 2 experts.
+    let gpu = gpu();
+    let (e, rows, cols, n, k) = (6usize, 40usize, 64usize, 3usize, 2usize);
+    for (shape, subgroups) in shapes(&gpu) {
+        for dtype in [DType::F32, DType::Q4_1, DType::Q6_K] {
+            let cols = if dtype == DType::Q6_K { 256 } else { cols };
+            let (bytes, w) = random_matrix(dtype, e * rows, cols, 5);
+            let row_bytes = baleen::gpu::weights::repacked_row_bytes(dtype, cols as u64) as usize;
+            let interleaved = shape == MatmulShape::RowPerThread;
+            let tensor = baleen::format::TensorInfo {
+                name: "experts".into(),
+                dtype,
+                shape: vec![e as u64, rows as u64, cols as u64],
+                file: 0,
+                offset: 0,
+                nbytes: bytes.len() as u64,
+            };
+            let src: std::sync::Arc<dyn baleen::source::WeightSource> = std::sync::Arc::new(baleen::source::PrefixSource::whole("w", bytes.clone()));
+            let index = baleen::format::TensorIndex::new(baleen::format::FileKind::Gguf, vec![src], vec![tensor.clone()], Default::default()).unwrap();
+            let m = baleen::engine::run_ready(GpuMatrix::load_experts(&gpu, &index, &[&tensor], e as u64, rows as u64, cols as u64, (2 * rows * row_bytes) as u64 + 64, interleaved)).unwrap();
+            assert_eq!(m.chunks.len(), 3, "whole experts per chunk");
+            let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
+            let ctx = Ctx { gpu: &gpu, step: &step_buf, shape, subgroups };
+            let mut rng = Rng(9);
+            let x = rng.vec(n * cols);
+            let chosen: Vec<u32> = vec![5, 0, 2, 3, 1, 5];
+            let ids = gpu.storage_init("ids", bytemuck::cast_slice(&chosen)).unwrap();
+            let y = gpu.storage("y", (n * k * rows * 4) as u64).unwrap();
+            let xb = upload(&gpu, "x", &x);
+            run(&gpu, &step_buf, step(n as u32, 0), &ctx.experts(&m, rows as u32, &xb, cols as u32, k as u32, &ids, &y, k as u32).unwrap());
+            let got = download(&gpu, &y, n * k * rows);
+            for s in 0..n * k {
+                let ex = chosen[s] as usize;
+                for r in 0..rows {
+                    let want = reference::dot(&w[(ex * rows + r) * cols..][..cols], &x[(s / k) * cols..][..cols]);
+                    let g = got[s * rows + r];
+                    assert!((g - want).abs() <= 1e-3 * (1.0 + want.abs()), "{dtype:?} {shape:?} slot {s} row {r}: {g} vs {want}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn moe_combine_weights_experts_and_gates_the_shared_one() {
+    let gpu = gpu();
+    let mut rng = Rng(33);
+    let (n, k, h) = (3usize, 2usize, 70usize);
+    let (x, y, wts, shared, gate) = (rng.vec(n * h), rng.vec(n * k * h), rng.vec(n * k), rng.vec(n * h), rng.vec(n));
+    let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
+    let ctx = Ctx { gpu: &gpu, step: &step_buf, shape: gpu.shape, subgroups: false };
+    for gated in [false, true] {
+        let (xb, yb, wb, sb, gb) = (upload(&gpu, "x", &x), upload(&gpu, "y", &y), upload(&gpu, "w", &wts), upload(&gpu, "s", &shared), upload(&gpu, "g", &gate));
+        let op = ctx.moe_combine("c", &xb, &yb, &wb, Some(&sb), gated.then_some(&gb), h as u32, k as u32).unwrap();
+        run(&gpu, &step_buf, step(n as u32, 0), &[op]);
+        let got = download(&gpu, &xb, n * h);
+        for t in 0..n {
+            let g = if gated { 1.0 / (1.0 + (-gate[t]).exp()) } else { 1.0 };
+            for d in 0..h {
+                let want = x[t * h + d] + (0..k).map(|j| wts[t * k + j] * y[(t * k + j) * h + d]).sum::<f32>() + g * shared[t * h + d];
+                assert!((got[t * h + d] - want).abs() < 1e-5);
+            }
+        }
+    }
+}

@@ -61,7 +61,7 @@ fn configs_from_both_files_agree() {
     assert_eq!((moe.n_experts, moe.top_k, moe.norm_topk, moe.shared_ffn), (4, 2, true, 0));
     let qwen = ModelFiles::open(&common::fixture("tiny-qwen2-moe")).unwrap().config;
     let moe = qwen.moe.as_ref().unwrap();
-    assert_eq!((moe.n_experts, moe.norm_topk, moe.shared_ffn, moe.shared_gate), (8, false, 48, true));
+    assert_eq!((moe.n_experts, moe.norm_topk, moe.shared_ffn, moe.shared_gate), (8, false, 64, true));
     assert!(qwen.qkv_bias);
 }
 

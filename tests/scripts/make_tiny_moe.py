@@ -130,7 +130,7 @@ MODELS = {
     "tiny-qwen2-moe": (
         Qwen2MoeConfig,
         dict(
-            BASE, intermediate_size=96, moe_intermediate_size=32, shared_expert_intermediate_size=48,
+            BASE, intermediate_size=96, moe_intermediate_size=32, shared_expert_intermediate_size=64,
             num_attention_heads=4, num_key_value_heads=2, num_experts=8, num_experts_per_tok=2, norm_topk_prob=False,
             decoder_sparse_step=1, rope_parameters=dict(rope_type="default", rope_theta=10000.0),
         ),

@@ -56,11 +56,22 @@ impl GpuModel {
         let cfg = m.config.clone();
         let index = &m.index;
         let kind = index.kind;
-        if cfg.mla.is_some() || cfg.moe.is_some() {
+        if cfg.mla.is_some() {
             return Err(Error::Unsupported(format!(
-                "{} (latent attention / mixture of experts) on the GPU backend yet; run it with --backend reference",
+                "{} (multi-head latent attention) on the GPU backend yet; run it with --backend reference",
                 cfg.arch.name()
             )));
+        }
+        if let Some(m) = &cfg.moe {
+            if m.n_experts > shape::MAX_EXPERTS as usize || m.groups > shape::MAX_EXPERT_GROUPS as usize {
+                return Err(Error::Unsupported(format!(
+                    "{} experts in {} groups (the GPU router holds up to {} in {})",
+                    m.n_experts,
+                    m.groups,
+                    shape::MAX_EXPERTS,
+                    shape::MAX_EXPERT_GROUPS
+                )));
+            }
         }
         if cfg.head_dim as u32 > shape::MAX_HEAD_DIM {
             return Err(Error::Unsupported(format!("head dim {} (the GPU kernels hold up to {})", cfg.head_dim, shape::MAX_HEAD_DIM)));
@@ -120,6 +131,50 @@ impl GpuModel {
         let gate = act("gate", t * ffn as u64 * 4)?; // [t, ffn]
         let up = act("up", t * ffn as u64 * 4)?; // [t, ffn]
         let mlp = act("mlp", t * ffn as u64 * 4)?; // [t, ffn]
+        // Mixture of experts: router logits, the chosen ids and weights, the
+        // experts' activations per slot (top_k per token), the shared expert's.
+        struct MoeBufs {
+            logits: wgpu::Buffer,   // [t, experts]
+            ids: wgpu::Buffer,      // [t, top_k] u32
+            weights: wgpu::Buffer,  // [t, top_k]
+            gate: wgpu::Buffer,     // [t · top_k, expert_ffn]
+            up: wgpu::Buffer,       // [t · top_k, expert_ffn]
+            act: wgpu::Buffer,      // [t · top_k, expert_ffn]
+            out: wgpu::Buffer,      // [t · top_k, hidden]
+            shared: Option<[wgpu::Buffer; 4]>, // gate, up, act [t, shared_ffn]; out [t, hidden]
+            shared_gate: wgpu::Buffer, // [t] logits of the shared expert's gate
+        }
+        let moe_bufs = match &cfg.moe {
+            None => None,
+            Some(m) => {
+                let (e, k, f, fs) = (m.n_experts as u64, m.top_k as u64, m.expert_ffn as u64, m.shared_ffn as u64);
+                for (what, bytes) in [("expert activations", t * k * f.max(h as u64) * 4), ("router logits", t * e * 4)] {
+                    if bytes > max_binding {
+                        return Err(Error::Unsupported(format!("{what} ({bytes} bytes) exceed the GPU's binding limit")));
+                    }
+                }
+                Some(MoeBufs {
+                    logits: act("router logits", t * e * 4)?,
+                    ids: act("expert ids", t * k * 4)?,
+                    weights: act("expert weights", t * k * 4)?,
+                    gate: act("expert gate", t * k * f * 4)?,
+                    up: act("expert up", t * k * f * 4)?,
+                    act: act("expert act", t * k * f * 4)?,
+                    out: act("expert out", t * k * h as u64 * 4)?,
+                    shared: if fs > 0 {
+                        Some([
+                            act("shared gate", t * fs * 4)?,
+                            act("shared up", t * fs * 4)?,
+                            act("shared act", t * fs * 4)?,
+                            act("shared out", t * h as u64 * 4)?,
+                        ])
+                    } else {
+                        None
+                    },
+                    shared_gate: act("shared expert gate", t * 4)?,
+                })
+            }
+        };
         let part_ml = act("attn partial max/sum", t * (nh as u64) * max_splits as u64 * 8)?;
         let part_o = act("attn partial out", t * per_token)?;
         let logits = act("logits", vocab as u64 * 4)?;
@@ -133,12 +188,25 @@ impl GpuModel {
             g.storage_init(&name, bytemuck::cast_slice(&v))
         };
         let mut weights = Vec::new();
+        let experts = |i: usize, which: names::Expert, e: u64, rows: u32, cols: u32| async move {
+            let names: Vec<(String, Option<usize>)> = (0..e as usize).map(|x| names::expert(kind, cfg.arch, i, x, which)).collect();
+            let tensors: Vec<&crate::format::TensorInfo> = if names[0].1.is_some() {
+                vec![index.require(&names[0].0)?]
+            } else {
+                names.iter().map(|(n, _)| index.require(n)).collect::<Result<_>>()?
+            };
+            GpuMatrix::load_experts(g, reader, &tensors, e, rows as u64, cols as u64, max_binding, interleaved).await
+        };
         let matrix = |name: String, rows: u32, cols: u32| async move {
             let t = index.require_matrix(&name, rows as u64, cols as u64)?;
             GpuMatrix::load(g, reader, t, max_binding, interleaved).await
         };
 
         // Load everything first (indices into `weights`), then build ops.
+        enum Ffn {
+            Dense { gate: usize, up: usize, down: usize },
+            Moe { router: usize, bias: Option<wgpu::Buffer>, gate: usize, up: usize, down: usize, shared: Option<[usize; 3]>, shared_gate: Option<usize> },
+        }
         struct L {
             attn_norm: wgpu::Buffer,
             wq: usize,
@@ -147,9 +215,7 @@ impl GpuModel {
             bias: Option<[wgpu::Buffer; 3]>,
             wo: usize,
             ffn_norm: wgpu::Buffer,
-            w_gate: usize,
-            w_up: usize,
-            w_down: usize,
+            ffn: Ffn,
             k_cache: wgpu::Buffer, // [context, kv_dim] f32, or f16 with kv_half
             v_cache: wgpu::Buffer, // [context, kv_dim] f32, or f16 with kv_half
         }
@@ -175,9 +241,41 @@ impl GpuModel {
                 bias,
                 wo: w(matrix(n(Layer::O), h, q_dim).await?),
                 ffn_norm: vector(n(Layer::FfnNorm), h).await?,
-                w_gate: w(matrix(n(Layer::Gate), ffn, h).await?),
-                w_up: w(matrix(n(Layer::Up), ffn, h).await?),
-                w_down: w(matrix(n(Layer::Down), h, ffn).await?),
+                ffn: match &cfg.moe {
+                    Some(m) if m.is_moe_layer(i) => {
+                        let mn = |w| names::moe(kind, cfg.arch, i, w);
+                        let (e, f, fs) = (m.n_experts as u64, m.expert_ffn as u32, m.shared_ffn as u32);
+                        let bias = if index.get(&mn(Layer::RouterBias)).is_some() {
+                            Some(vector(mn(Layer::RouterBias), e as u32).await?)
+                        } else {
+                            None
+                        };
+                        let shared = if fs > 0 {
+                            Some([
+                                w(matrix(mn(Layer::SharedGate), fs, h).await?),
+                                w(matrix(mn(Layer::SharedUp), fs, h).await?),
+                                w(matrix(mn(Layer::SharedDown), h, fs).await?),
+                            ])
+                        } else {
+                            None
+                        };
+                        let shared_gate = if m.shared_gate { Some(w(matrix(mn(Layer::SharedExpertGate), 1, h).await?)) } else { None };
+                        Ffn::Moe {
+                            router: w(matrix(mn(Layer::Router), e as u32, h).await?),
+                            bias,
+                            gate: w(experts(i, names::Expert::Gate, e, f, h).await?),
+                            up: w(experts(i, names::Expert::Up, e, f, h).await?),
+                            down: w(experts(i, names::Expert::Down, e, h, f).await?),
+                            shared,
+                            shared_gate,
+                        }
+                    }
+                    _ => Ffn::Dense {
+                        gate: w(matrix(n(Layer::Gate), ffn, h).await?),
+                        up: w(matrix(n(Layer::Up), ffn, h).await?),
+                        down: w(matrix(n(Layer::Down), h, ffn).await?),
+                    },
+                },
                 k_cache: gpu.storage(&format!("k cache {i}"), context as u64 * kv_dim as u64 * kv_bytes)?,
                 v_cache: gpu.storage(&format!("v cache {i}"), context as u64 * kv_dim as u64 * kv_bytes)?,
             });
@@ -217,15 +315,46 @@ impl GpuModel {
             )?);
             body.extend(ctx.matmul(w(l.wo), &attn, q_dim, &x, h, None, true, false, false, false)?);
             body.push(ctx.rms_norm(&format!("blk.{i}.ffn_norm"), &x, &l.ffn_norm, &xn, h, cfg.rms_eps, false)?);
-            body.extend(ctx.matmul(w(l.w_gate), &xn, h, &gate, ffn, None, false, false, false, false)?);
-            body.extend(ctx.matmul(w(l.w_up), &xn, h, &up, ffn, None, false, false, false, false)?);
-            body.push(ctx.swiglu(&format!("blk.{i}.swiglu"), &gate, &up, &mlp, ffn)?);
-            body.extend(ctx.matmul(w(l.w_down), &mlp, ffn, &x, h, None, true, false, false, false)?);
+            match (&l.ffn, &cfg.moe, &moe_bufs) {
+                (Ffn::Moe { router, bias, gate: eg, up: eu, down: ed, shared, shared_gate }, Some(m), Some(mb)) => {
+                    let (e, k, f) = (m.n_experts as u32, m.top_k as u32, m.expert_ffn as u32);
+                    body.extend(ctx.matmul(w(*router), &xn, h, &mb.logits, e, None, false, false, false, false)?);
+                    body.push(ctx.route(&format!("blk.{i}.route"), m, &mb.logits, bias.as_ref(), &mb.ids, &mb.weights)?);
+                    body.extend(ctx.experts(w(*eg), f, &xn, h, k, &mb.ids, &mb.gate, k)?);
+                    body.extend(ctx.experts(w(*eu), f, &xn, h, k, &mb.ids, &mb.up, k)?);
+                    body.push(ctx.swiglu_rows(&format!("blk.{i}.experts swiglu"), &mb.gate, &mb.up, &mb.act, f, k)?);
+                    body.extend(ctx.experts(w(*ed), h, &mb.act, f, 1, &mb.ids, &mb.out, k)?);
+                    let mut shared_out = None;
+                    if let (Some([sg, su, sd]), Some([bg, bu, ba, bo])) = (shared, &mb.shared) {
+                        let fs = m.shared_ffn as u32;
+                        body.extend(ctx.matmul(w(*sg), &xn, h, bg, fs, None, false, false, false, false)?);
+                        body.extend(ctx.matmul(w(*su), &xn, h, bu, fs, None, false, false, false, false)?);
+                        body.push(ctx.swiglu(&format!("blk.{i}.shared swiglu"), bg, bu, ba, fs)?);
+                        body.extend(ctx.matmul(w(*sd), ba, fs, bo, h, None, false, false, false, false)?);
+                        shared_out = Some(bo);
+                    }
+                    if let Some(sgw) = shared_gate {
+                        body.extend(ctx.matmul(w(*sgw), &xn, h, &mb.shared_gate, 1, None, false, false, false, false)?);
+                    }
+                    let gate_logit = shared_gate.map(|_| &mb.shared_gate);
+                    body.push(ctx.moe_combine(&format!("blk.{i}.experts combine"), &x, &mb.out, &mb.weights, shared_out, gate_logit, h, k)?);
+                }
+                (Ffn::Dense { gate: wg, up: wu, down: wd }, _, _) => {
+                    body.extend(ctx.matmul(w(*wg), &xn, h, &gate, ffn, None, false, false, false, false)?);
+                    body.extend(ctx.matmul(w(*wu), &xn, h, &up, ffn, None, false, false, false, false)?);
+                    body.push(ctx.swiglu(&format!("blk.{i}.swiglu"), &gate, &up, &mlp, ffn)?);
+                    body.extend(ctx.matmul(w(*wd), &mlp, ffn, &x, h, None, true, false, false, false)?);
+                }
+                _ => unreachable!("MoE buffers exist whenever an MoE layer does"),
+            }
         }
         let mut head = vec![ctx.rms_norm("output_norm", &x, &output_norm, &xn, h, cfg.rms_eps, true)?];
         head.extend(ctx.matmul(w(output), &xn, h, &logits, vocab, None, false, true, false, false)?);
         head.push(ctx.sample(&logits, &ids, vocab)?);
         for l in layers {
+            if let Ffn::Moe { bias: Some(b), .. } = &l.ffn {
+                buffers.push(b.clone());
+            }
             buffers.extend([l.attn_norm, l.ffn_norm, l.k_cache, l.v_cache]);
             buffers.extend(l.bias.into_iter().flatten());
         }

@@ -377,6 +377,9 @@ pub enum Grid {
     /// `x` threads of groups of `wg` along x for each token (y), e.g. matmul
     /// rows (with `tile` tokens per invocation) or embedding sub-blocks.
     PerToken { x: u32, wg: u32, tile: u32, single: bool },
+    /// `x` threads (groups of `wg`) for each of a token's `slots_per_token`
+    /// expert slots (y): the routed experts' matmul.
+    PerSlot { x: u32, wg: u32, slots_per_token: u32 },
     /// A flat range of `n_tokens · per_token` threads, spread over x and y.
     Flat { per_token: u32, wg: u32 },
     /// Attention splits: (splits, heads, tokens).
@@ -396,6 +399,7 @@ impl Grid {
                 let tokens = if single { 1 } else { n };
                 [x.div_ceil(wg), tokens.div_ceil(tile), 1]
             }
+            Grid::PerSlot { x, wg, slots_per_token } => [x.div_ceil(wg), n * slots_per_token, 1],
             Grid::Flat { per_token, wg } => {
                 let groups = (n * per_token).div_ceil(wg);
                 let gx = groups.min(MAX_GROUPS);

@@ -97,8 +97,20 @@ impl Ctx<'_> {
         w.chunks
             .iter()
             .map(|c| {
-                let params =
-                    words(&[c.rows, w.cols, c.row_start, y_stride, single as u32, x_stride, y_at_pos as u32, c.scale_offset]);
+                let params = words(&[
+                    c.rows,
+                    w.cols,
+                    c.row_start,
+                    y_stride,
+                    single as u32,
+                    x_stride,
+                    y_at_pos as u32,
+                    c.scale_offset,
+                    0,
+                    1,
+                    1,
+                    0,
+                ]);
                 let mut bufs = vec![(2, &c.buffer), (3, x), (4, y)];
                 bufs.extend(bias.map(|b| (5, b)));
                 if has_scales {
@@ -113,6 +125,121 @@ impl Ctx<'_> {
                 )
             })
             .collect()
+    }
+
+    /// The routed experts: slot s (`top_k` per token) computes
+    /// `y[s] = W[ids[s]] · x[s / x_div]` with `W` every expert's `expert_rows`
+    /// rows stacked; one op per chunk (chunks hold whole experts).
+    #[allow(clippy::too_many_arguments)]
+    pub fn experts(
+        &self,
+        w: &GpuMatrix,
+        expert_rows: u32,
+        x: &wgpu::Buffer,
+        x_stride: u32,
+        x_div: u32,
+        ids: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        top_k: u32,
+    ) -> Result<Vec<Op>> {
+        let mut flags = vec![format_flag(w.dtype)?, self.shape.flag()];
+        if w.interleaved {
+            flags.push("INTERLEAVED");
+        }
+        if self.subgroups && self.shape == super::MatmulShape::RowPerWorkgroup {
+            flags.push("SUBGROUPS");
+            if cfg!(target_arch = "wasm32") {
+                flags.push("ENABLE_SUBGROUPS");
+            }
+        }
+        let wg = match self.shape {
+            super::MatmulShape::RowPerThread => shape::MATMUL_WG_THREAD,
+            super::MatmulShape::RowPerWorkgroup => 1,
+        };
+        let has_scales = super::weights::layout(w.dtype)?.scale_words > 0;
+        w.chunks
+            .iter()
+            .map(|c| {
+                let params = words(&[c.rows, w.cols, c.row_start, 0, 0, x_stride, 0, c.scale_offset, expert_rows, x_div, top_k, 0]);
+                let mut bufs = vec![(2, &c.buffer), (3, x), (4, y), (7, ids)];
+                if has_scales {
+                    bufs.push((6, &c.buffer));
+                }
+                self.op_at(
+                    format!("{} rows {}..", w.name, c.row_start),
+                    PipelineKey { family: "matmul", entry: "experts", flags: flags.clone() },
+                    &params,
+                    &bufs,
+                    Grid::PerSlot { x: expert_rows, wg, slots_per_token: top_k },
+                )
+            })
+            .collect()
+    }
+
+    /// Choose each token's experts: `ids`, `weights` `[n_tokens, top_k]` from
+    /// the router's `logits` `[n_tokens, n_experts]`.
+    pub fn route(
+        &self,
+        name: &str,
+        m: &crate::config::Moe,
+        logits: &wgpu::Buffer,
+        bias: Option<&wgpu::Buffer>,
+        ids: &wgpu::Buffer,
+        weights: &wgpu::Buffer,
+    ) -> Result<Op> {
+        use crate::config::{GroupScore, Scoring};
+        let flags = if bias.is_some() { vec!["BIAS"] } else { vec![] };
+        let params = words(&[
+            m.n_experts as u32,
+            m.top_k as u32,
+            m.groups as u32,
+            m.topk_groups as u32,
+            (m.scoring == Scoring::Sigmoid) as u32,
+            (m.group_score == GroupScore::TopTwoSum) as u32,
+            m.norm_topk as u32,
+            m.scale.to_bits(),
+            0,
+            0,
+            0,
+            0,
+        ]);
+        let mut bufs = vec![(2, logits), (3, ids), (4, weights)];
+        bufs.extend(bias.map(|b| (5, b)));
+        self.op_at(
+            name.into(),
+            PipelineKey { family: "moe", entry: "route", flags },
+            &params,
+            &bufs,
+            Grid::Flat { per_token: 1, wg: shape::ELEMENTWISE_WG },
+        )
+    }
+
+    /// `x[t] += Σ_k weights[t, k] · y[t · top_k + k]` plus the shared expert's
+    /// output (`shared`), gated by `sigmoid(gate[t])` when there is a gate.
+    #[allow(clippy::too_many_arguments)]
+    pub fn moe_combine(
+        &self,
+        name: &str,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        weights: &wgpu::Buffer,
+        shared: Option<&wgpu::Buffer>,
+        gate: Option<&wgpu::Buffer>,
+        hidden: u32,
+        top_k: u32,
+    ) -> Result<Op> {
+        let flags = if gate.is_some() { vec!["SHARED_GATE"] } else { vec![] };
+        let params = words(&[0, top_k, 0, 0, 0, 0, 0, 0, hidden, shared.is_some() as u32, 0, 0]);
+        // Without a shared expert the binding still needs a buffer; it is not read.
+        let mut bufs = vec![(4, weights), (6, x), (7, y), (8, shared.unwrap_or(y))];
+        bufs.extend(gate.map(|g| (9, g)));
+        self.op_at(
+            name.into(),
+            PipelineKey { family: "moe", entry: "combine", flags },
+            &params,
+            &bufs,
+            Grid::Flat { per_token: hidden, wg: shape::ELEMENTWISE_WG },
+        )
     }
 
     /// `out[t] = W[ids[t]]`, one op per row chunk of the embedding.
@@ -219,12 +346,17 @@ impl Ctx<'_> {
 
     /// out = silu(gate) ⊙ up over [n_tokens, cols].
     pub fn swiglu(&self, name: &str, gate: &wgpu::Buffer, up: &wgpu::Buffer, out: &wgpu::Buffer, cols: u32) -> Result<Op> {
+        self.swiglu_rows(name, gate, up, out, cols, 1)
+    }
+
+    /// SwiGLU over `rows_per_token` rows of `cols` per token (the experts' slots).
+    pub fn swiglu_rows(&self, name: &str, gate: &wgpu::Buffer, up: &wgpu::Buffer, out: &wgpu::Buffer, cols: u32, rows_per_token: u32) -> Result<Op> {
         self.op(
             name.into(),
             PipelineKey { family: "elementwise", entry: "swiglu", flags: vec![] },
-            &words(&[cols, 0, 0, 0]),
+            &words(&[cols, rows_per_token, 0, 0]),
             &[gate, up, out],
-            Grid::Flat { per_token: cols, wg: shape::ELEMENTWISE_WG },
+            Grid::Flat { per_token: cols * rows_per_token, wg: shape::ELEMENTWISE_WG },
         )
     }
 

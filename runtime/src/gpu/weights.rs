@@ -171,7 +171,7 @@ impl GpuMatrix {
             return Err(Error::Input(format!("{name}: {} bytes for {rows} × {cols} {}", bytes.len(), dtype.name())));
         }
         let fetch = |start: u64, len: u64| std::future::ready(Ok(bytes[start as usize..(start + len) as usize].to_vec()));
-        crate::engine::run_ready(Self::upload(gpu, name, dtype, rows, cols, fetch, max_binding, interleaved))
+        crate::engine::run_ready(Self::upload(gpu, name, dtype, rows, cols, fetch, max_binding, interleaved, 1))
     }
 
     /// Read a tensor from `reader`, one chunk of rows at a time, and upload it.
@@ -188,7 +188,51 @@ impl GpuMatrix {
             return Err(Error::Input(format!("tensor {:?}: {} bytes for {rows} × {cols} {}", t.name, t.nbytes, t.dtype.name())));
         }
         let fetch = |start: u64, len: u64| reader.read_range(t, start, len);
-        Self::upload(gpu, &t.name, t.dtype, rows, cols, fetch, max_binding, interleaved).await
+        Self::upload(gpu, &t.name, t.dtype, rows, cols, fetch, max_binding, interleaved, 1).await
+    }
+
+    /// The routed experts' weight as one matrix of `experts · rows` rows: a
+    /// stacked `[experts, rows, cols]` tensor (GGUF), or one `[rows, cols]`
+    /// tensor per expert (Hugging Face). Chunks hold whole experts.
+    pub async fn load_experts(
+        gpu: &Gpu,
+        reader: &impl TensorReader,
+        tensors: &[&TensorInfo],
+        experts: u64,
+        rows: u64,
+        cols: u64,
+        max_binding: u64,
+        interleaved: bool,
+    ) -> Result<Self> {
+        let first = tensors.first().ok_or_else(|| Error::Config("no expert tensors".into()))?;
+        for t in tensors {
+            t.dtype.check_supported(&format!("tensor {:?}", t.name))?;
+            let want: &[u64] = if tensors.len() == 1 { &[experts, rows, cols] } else { &[rows, cols] };
+            if t.shape != want || t.dtype != first.dtype {
+                return Err(Error::Config(format!(
+                    "expert tensor {:?} is {:?} {}; expected {want:?} {}",
+                    t.name,
+                    t.shape,
+                    t.dtype.name(),
+                    first.dtype.name()
+                )));
+            }
+        }
+        let file_row = file_row_bytes(&first.name, first.dtype, cols)?;
+        let per_expert = file_row * rows;
+        let name = first.name.replace(".0.", ".*.");
+        // Bytes start..start+len of the experts laid end to end (whole experts).
+        let fetch = |start: u64, len: u64| async move {
+            if tensors.len() == 1 {
+                return reader.read_range(tensors[0], start, len).await;
+            }
+            let mut out = Vec::with_capacity(len as usize);
+            for e in start / per_expert..(start + len) / per_expert {
+                out.extend(reader.read_range(tensors[e as usize], 0, per_expert).await?);
+            }
+            Ok(out)
+        };
+        Self::upload(gpu, &name, first.dtype, experts * rows, cols, fetch, max_binding, interleaved, rows).await
     }
 
     /// Fetch (`fetch(start, len)`: bytes of the file's rows) and upload each
@@ -203,9 +247,16 @@ impl GpuMatrix {
         fetch: impl Fn(u64, u64) -> F,
         max_binding: u64,
         interleaved: bool,
+        align: u64,
     ) -> Result<Self> {
         let file_row = file_row_bytes(name, dtype, cols)?;
-        let per = rows_per_chunk(dtype, cols, max_binding)?;
+        // Chunks of whole `align`-row groups (experts).
+        let per = rows_per_chunk(dtype, cols, max_binding)? / align * align;
+        if per == 0 {
+            return Err(Error::Unsupported(format!(
+                "{name}: one expert of {align} rows exceeds the GPU's binding limit of {max_binding} bytes"
+            )));
+        }
         let mut chunks = Vec::new();
         let mut r = 0u64;
         while r < rows {

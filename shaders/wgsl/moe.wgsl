@@ -1,0 +1,164 @@
+// Mixture of experts on the GPU: the router's choice and the weighted sum of
+// the chosen experts' outputs. No CPU round trip: `route` writes expert ids
+// and weights into buffers that the `experts` matmul and `combine` read.
+//
+// route: one thread per token (mirrors `route` in runtime/src/reference):
+// scores = softmax or sigmoid of the logits; choice = scores (+ bias, BIAS);
+// with groups, only the best `topk_groups` groups (a group's score: its best
+// choice, or the sum of its best two) compete — the others are excluded
+// outright, never scored 0; the top_k choices (ties to the lower index, NaN
+// never) get their scores as weights, normalised (norm_topk) and scaled.
+// combine: x[t] += Σ_k w[t, k] · y[t · top_k + k] (+ shared[t], times
+// sigmoid(gate[t]) with SHARED_GATE). Constants: WG, MAX_EXPERTS, MAX_TOP_K.
+
+#include step
+
+struct Params {
+    n_experts: u32,
+    top_k: u32,
+    groups: u32,
+    topk_groups: u32,
+    sigmoid: u32,       // 1: sigmoid scores; 0: softmax
+    top_two_sum: u32,   // group score: 1 the sum of its best two; 0 its best
+    norm_topk: u32,
+    scale: f32,
+    hidden: u32,        // combine: row length of x
+    has_shared: u32,    // combine: 1: add shared_out[t]
+    pad0: u32,
+    pad1: u32,
+}
+
+@group(0) @binding(1) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read> logits: array<f32>;         // route: [n_tokens, n_experts]
+@group(0) @binding(3) var<storage, read_write> ids: array<u32>;      // route: out [n_tokens, top_k]
+@group(0) @binding(4) var<storage, read_write> weights: array<f32>;  // route: out / combine: in [n_tokens, top_k]
+#if BIAS
+@group(0) @binding(5) var<storage, read> bias: array<f32>;           // route: [n_experts]
+#endif
+@group(0) @binding(6) var<storage, read_write> x: array<f32>;        // combine: [n_tokens, hidden]
+@group(0) @binding(7) var<storage, read> y: array<f32>;              // combine: [n_tokens · top_k, hidden]
+@group(0) @binding(8) var<storage, read> shared_out: array<f32>;     // combine: [n_tokens, hidden]
+#if SHARED_GATE
+@group(0) @binding(9) var<storage, read> gate: array<f32>;           // combine: [n_tokens]
+#endif
+
+fn score(t: u32, e: u32, max_logit: f32, sum: f32) -> f32 {
+    let l = logits[t * p.n_experts + e];
+    if (p.sigmoid == 1u) {
+        return 1.0 / (1.0 + exp(min(-l, 80.0)));
+    }
+    return exp(l - max_logit) / sum;
+}
+
+fn choice(t: u32, e: u32, max_logit: f32, sum: f32) -> f32 {
+    var c = score(t, e, max_logit, sum);
+#if BIAS
+    c += bias[e];
+#endif
+    return c;
+}
+
+@compute @workgroup_size(WG)
+fn route(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let t = gid.x;
+    if (t >= step.n_tokens) {
+        return;
+    }
+    let n = p.n_experts;
+    // Softmax normaliser (unused for sigmoid scores).
+    var max_logit = -3.0e38;
+    for (var e = 0u; e < n; e++) {
+        max_logit = max(max_logit, logits[t * n + e]);
+    }
+    var sum = 0.0;
+    for (var e = 0u; e < n; e++) {
+        sum += exp(logits[t * n + e] - max_logit);
+    }
+    // Groups that compete: a bit each (≤ 32 groups).
+    var kept = 0xffffffffu;
+    let per = n / p.groups;
+    if (p.groups > 1u && p.topk_groups < p.groups) {
+        var gscore: array<f32, 32>;
+        for (var g = 0u; g < p.groups; g++) {
+            var best = -3.0e38;
+            var second = -3.0e38;
+            for (var e = g * per; e < (g + 1u) * per; e++) {
+                let c = choice(t, e, max_logit, sum);
+                if (c > best) {
+                    second = best;
+                    best = c;
+                } else if (c > second) {
+                    second = c;
+                }
+            }
+            gscore[g] = select(best, best + second, p.top_two_sum == 1u);
+        }
+        kept = 0u;
+        for (var k = 0u; k < p.topk_groups; k++) {
+            var bg = 0u;
+            var bs = -3.4e38;
+            var found = false;
+            for (var g = 0u; g < p.groups; g++) {
+                if ((kept & (1u << g)) == 0u && (!found || gscore[g] > bs)) {
+                    bg = g;
+                    bs = gscore[g];
+                    found = true;
+                }
+            }
+            kept |= 1u << bg;
+        }
+    }
+    // Top k by repeated selection; taken experts marked in a bitset.
+    var taken: array<u32, MAX_EXPERTS_WORDS>;
+    var total = 0.0;
+    for (var k = 0u; k < p.top_k; k++) {
+        var be = n;
+        var bc = 0.0;
+        for (var e = 0u; e < n; e++) {
+            if ((taken[e / 32u] & (1u << (e % 32u))) != 0u || (kept & (1u << (e / per))) == 0u) {
+                continue;
+            }
+            let c = choice(t, e, max_logit, sum);
+            // The first allowed expert stands in until a real number beats it (NaN never does).
+            if (be == n || c > bc || (bc != bc && c == c)) {
+                be = e;
+                bc = c;
+            }
+        }
+        be = min(be, n - 1u);
+        taken[be / 32u] |= 1u << (be % 32u);
+        let w = score(t, be, max_logit, sum);
+        ids[t * p.top_k + k] = be;
+        weights[t * p.top_k + k] = w;
+        total += w;
+    }
+    for (var k = 0u; k < p.top_k; k++) {
+        var w = weights[t * p.top_k + k];
+        if (p.norm_topk == 1u) {
+            w /= total + 1e-20;
+        }
+        weights[t * p.top_k + k] = w * p.scale;
+    }
+}
+
+@compute @workgroup_size(WG)
+fn combine(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    if (i >= step.n_tokens * p.hidden) {
+        return;
+    }
+    let t = i / p.hidden;
+    let d = i % p.hidden;
+    var v = 0.0;
+    for (var k = 0u; k < p.top_k; k++) {
+        v += weights[t * p.top_k + k] * y[(t * p.top_k + k) * p.hidden + d];
+    }
+    if (p.has_shared == 1u) {
+        var s = shared_out[i];
+#if SHARED_GATE
+        s /= 1.0 + exp(min(-gate[t], 80.0));
+#endif
+        v += s;
+    }
+    x[i] += v;
+}
