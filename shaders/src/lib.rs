@@ -45,12 +45,13 @@ pub const EMBED: Family = family!("embed",
     choices: [["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"]]);
 pub const NORM: Family = family!("norm", flags: [], choices: []);
 pub const ROPE: Family = family!("rope", flags: ["HALF_K"], choices: [["HALVES", "ADJACENT"]]);
-pub const ATTENTION: Family = family!("attention", flags: ["HALF_KV"], choices: []);
+pub const ATTENTION: Family = family!("attention", flags: ["HALF_KV", "LATENT"], choices: []);
 pub const ELEMENTWISE: Family = family!("elementwise", flags: [], choices: []);
 pub const SAMPLE: Family = family!("sample", flags: [], choices: []);
 pub const MOE: Family = family!("moe", flags: ["BIAS", "SHARED_GATE"], choices: []);
+pub const MLA: Family = family!("mla", flags: [], choices: [["HALVES", "ADJACENT"]]);
 
-pub const FAMILIES: &[Family] = &[COPY, MATMUL, EMBED, NORM, ROPE, ATTENTION, ELEMENTWISE, SAMPLE, MOE];
+pub const FAMILIES: &[Family] = &[COPY, MATMUL, EMBED, NORM, ROPE, ATTENTION, ELEMENTWISE, SAMPLE, MOE, MLA];
 
 /// Fragments pulled in by `#include NAME` (processed with the includer's flags).
 const FRAGMENTS: &[(&str, &str)] = &[
@@ -119,6 +120,8 @@ pub mod shape {
     pub const ATTENTION_WG: u32 = 32;
     /// Longest head the attention kernel's private accumulator holds.
     pub const MAX_HEAD_DIM: u32 = 256;
+    /// Longest latent (`kv_lora_rank`) the MLA attention accumulator holds (DeepSeek-V2/V3: 512).
+    pub const MAX_LATENT_RANK: u32 = 512;
     /// Positions one attention split covers.
     pub const ATTENTION_SPLIT: u32 = 64;
     pub const SAMPLE_WG: u32 = 256;
@@ -184,7 +187,7 @@ pub fn consts(family: &Family, flags: &[&str]) -> Vec<Const> {
     }
     match family.name {
         "matmul" => c.push(Const::U32("TILE_T", TILE_T)),
-        "attention" => c.push(Const::U32("MAX_HEAD_DIM", MAX_HEAD_DIM)),
+        "attention" => c.push(Const::U32("MAX_HEAD_DIM", if flags.contains(&"LATENT") { MAX_LATENT_RANK } else { MAX_HEAD_DIM })),
         "sample" => c.push(Const::U32("MAX_CAND", MAX_CANDIDATES)),
         "moe" => c.push(Const::U32("MAX_EXPERTS_WORDS", MAX_EXPERTS / 32)),
         _ => {}

@@ -3,7 +3,10 @@
 // online softmax over its split_len positions; `combine` merges the splits.
 // No barriers or workgroup memory, so it suits CPU adapters, and the split
 // gives long contexts parallelism. GQA: head h reads kv head h / (H / KVH).
-// HALF_KV reads an f16 cache. Constants: WG, MAX_HEAD_DIM.
+// HALF_KV reads an f16 cache. Values are the first v_dim elements of a
+// position's row (v_dim = head_dim, except for MLA's latent cache, where the
+// "key" row is [c_kv ; k_pe], v_cache is the same buffer and v_dim = rank;
+// LATENT sizes the accumulator for it). Constants: WG, MAX_HEAD_DIM.
 
 #include step
 
@@ -14,7 +17,7 @@ struct Params {
     split_len: u32,
     max_splits: u32,
     scale: f32,
-    pad0: u32,
+    v_dim: u32,
     pad1: u32,
 }
 
@@ -67,7 +70,7 @@ fn partial(@builtin(global_invocation_id) gid: vec3<u32>) {
         let c = exp(m - m_new);
         let e = exp(score - m_new);
         l = l * c + e;
-        for (var d = 0u; d < hd; d++) {
+        for (var d = 0u; d < p.v_dim; d++) {
             acc[d] = acc[d] * c + e * f32(v_cache[kb + d]);
         }
         m = m_new;
@@ -75,8 +78,8 @@ fn partial(@builtin(global_invocation_id) gid: vec3<u32>) {
     let rec = (t * p.n_heads + h) * p.max_splits + s;
     part_ml[2u * rec] = m;
     part_ml[2u * rec + 1u] = l;
-    for (var d = 0u; d < hd; d++) {
-        part_o[rec * hd + d] = acc[d];
+    for (var d = 0u; d < p.v_dim; d++) {
+        part_o[rec * p.v_dim + d] = acc[d];
     }
 }
 
@@ -85,7 +88,7 @@ fn combine(@builtin(global_invocation_id) gid: vec3<u32>) {
     let d = gid.x;
     let h = gid.y;
     let t = gid.z;
-    let hd = p.head_dim;
+    let hd = p.v_dim;
     if (t >= step.n_tokens || h >= p.n_heads || d >= hd) {
         return;
     }

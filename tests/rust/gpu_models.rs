@@ -1,5 +1,6 @@
 //! The GPU backend on real models: the tiny llama/qwen2 fixtures and the tiny
-//! mixture-of-experts models (Mixtral, Qwen2-MoE) against transformers (1e-3),
+//! mixture-of-experts models (Mixtral, Qwen2-MoE, DeepSeek-V3/V2/V2-Lite with
+//! latent attention) against transformers (1e-3),
 //! both matrix kernel shapes, chunked prefill, row-split tensors; SmolLM2 Q4_1
 //! against transformers (RMS 1e-2, greedy tokens).
 
@@ -60,9 +61,11 @@ fn clear_steps(fx: &serde_json::Value) -> usize {
 }
 
 #[test]
-fn moe_models_match_transformers_with_experts_routed_on_the_gpu() {
+fn moe_and_mla_models_match_transformers_on_the_gpu() {
+    // Experts routed on the GPU (Mixtral, Qwen2-MoE, DeepSeek), and DeepSeek's
+    // latent attention with weight absorption over the latent cache.
     let gpu = gpu();
-    for name in ["tiny-mixtral", "tiny-qwen2-moe"] {
+    for name in ["tiny-mixtral", "tiny-qwen2-moe", "tiny-deepseek-v3", "tiny-deepseek-v2", "tiny-deepseek-v2-lite"] {
         let fx = common::json(&format!("{name}/expected.json"));
         let ids = common::u32s(&fx["prompt_ids"]);
         let want_greedy = common::u32s(&fx["greedy_ids"]);

@@ -232,12 +232,3 @@ fn bad_moe_configs_are_refused_with_a_reason() {
         assert!(err.contains(want), "{key}: {err}");
     }
 }
-
-#[cfg(feature = "gpu")]
-#[test]
-fn the_gpu_backend_says_it_does_not_run_deepseek_yet() {
-    let m = ModelFiles::open(&common::fixture("tiny-deepseek-v3")).unwrap();
-    let gpu = std::sync::Arc::new(baleen::gpu::Gpu::new_blocking().unwrap());
-    let err = baleen::gpu::dense::GpuModel::load(gpu, &m, &Default::default()).err().expect("refused").to_string();
-    assert!(err.contains("--backend reference"), "{err}");
-}

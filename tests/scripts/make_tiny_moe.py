@@ -91,7 +91,7 @@ MODELS = {
     "tiny-deepseek-v3": (
         DeepseekV3Config,
         dict(
-            q_lora_rank=24,
+            q_lora_rank=32,
             n_group=4,
             topk_group=2,
             norm_topk_prob=True,

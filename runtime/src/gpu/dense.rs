@@ -39,9 +39,10 @@ pub struct GpuModel {
     _buffers: Vec<wgpu::Buffer>,
 }
 
-/// Bytes of the attention scratch per pass token.
+/// Bytes of the attention scratch per pass token (one value row per head and split).
 fn attention_scratch_per_token(cfg: &ModelConfig, max_splits: usize) -> u64 {
-    (cfg.n_heads * max_splits * cfg.head_dim * 4) as u64
+    let v = cfg.mla.as_ref().map_or(cfg.head_dim, |a| a.kv_lora_rank);
+    (cfg.n_heads * max_splits * v * 4) as u64
 }
 
 impl GpuModel {
@@ -56,11 +57,14 @@ impl GpuModel {
         let cfg = m.config.clone();
         let index = &m.index;
         let kind = index.kind;
-        if cfg.mla.is_some() {
-            return Err(Error::Unsupported(format!(
-                "{} (multi-head latent attention) on the GPU backend yet; run it with --backend reference",
-                cfg.arch.name()
-            )));
+        if let Some(a) = &cfg.mla {
+            if a.kv_lora_rank as u32 > shape::MAX_LATENT_RANK {
+                return Err(Error::Unsupported(format!(
+                    "kv_lora_rank {} (the GPU latent attention holds up to {})",
+                    a.kv_lora_rank,
+                    shape::MAX_LATENT_RANK
+                )));
+            }
         }
         if let Some(m) = &cfg.moe {
             if m.n_experts > shape::MAX_EXPERTS as usize || m.groups > shape::MAX_EXPERT_GROUPS as usize {
@@ -73,15 +77,19 @@ impl GpuModel {
                 )));
             }
         }
-        if cfg.head_dim as u32 > shape::MAX_HEAD_DIM {
+        if cfg.mla.is_none() && cfg.head_dim as u32 > shape::MAX_HEAD_DIM {
             return Err(Error::Unsupported(format!("head dim {} (the GPU kernels hold up to {})", cfg.head_dim, shape::MAX_HEAD_DIM)));
         }
         let shape = opts.shape.unwrap_or(gpu.shape);
         let interleaved = shape == super::MatmulShape::RowPerThread;
         let max_binding = opts.max_binding.unwrap_or(gpu.max_binding()).min(gpu.max_binding());
-        let kv_half = opts.kv_f16.unwrap_or(true) && gpu.has_f16();
+        // MLA's latent cache is f32 (its rows are few and small).
+        let kv_half = opts.kv_f16.unwrap_or(true) && gpu.has_f16() && cfg.mla.is_none();
         let kv_bytes: u64 = if kv_half { 2 } else { 4 };
-        let kv_dim64 = (cfg.n_kv_heads * cfg.head_dim) as u64;
+        let kv_dim64 = match &cfg.mla {
+            Some(a) => (a.kv_lora_rank + a.qk_rope) as u64,
+            None => (cfg.n_kv_heads * cfg.head_dim) as u64,
+        };
         // Each layer's K (and V) cache is one binding: the context fits it.
         let fits = (gpu.max_binding() / (kv_dim64 * kv_bytes).max(1)) as usize;
         let context = cfg.context_length.min(opts.max_context.max(1)).min(fits);
@@ -127,7 +135,33 @@ impl GpuModel {
         let x = act("x", t * h as u64 * 4)?; // [t, hidden] residual stream
         let xn = act("xn", t * h as u64 * 4)?; // [t, hidden] normed
         let q = act("q", t * q_dim as u64 * 4)?; // [t, n_heads · head_dim]
-        let attn = act("attn", t * q_dim as u64 * 4)?; // [t, n_heads · head_dim]
+        // [t, n_heads · head_dim]; with MLA [t, n_heads · rank] (the latent output)
+        let attn_width = cfg.mla.as_ref().map_or(q_dim, |a| nh * a.kv_lora_rank as u32);
+        let attn = act("attn", t * attn_width as u64 * 4)?;
+        // MLA: q-LoRA's bottleneck, kv_a, the absorbed queries, the heads' v outputs.
+        struct MlaBufs {
+            qa: wgpu::Buffer,    // [t, q_lora_rank]
+            qan: wgpu::Buffer,   // [t, q_lora_rank] normed
+            kv_a: wgpu::Buffer,  // [t, rank + rope]
+            q_lat: wgpu::Buffer, // [t, n_heads · (rank + rope)]
+            o: wgpu::Buffer,     // [t, n_heads · v]
+        }
+        let mla_bufs = match &cfg.mla {
+            None => None,
+            Some(a) => {
+                let (rq, row) = (a.q_lora_rank.unwrap_or(1) as u64, (a.kv_lora_rank + a.qk_rope) as u64);
+                if t * nh as u64 * row * 4 > max_binding {
+                    return Err(Error::Unsupported("the absorbed MLA queries exceed the GPU's binding limit".into()));
+                }
+                Some(MlaBufs {
+                    qa: act("q_a", t * rq * 4)?,
+                    qan: act("q_a normed", t * rq * 4)?,
+                    kv_a: act("kv_a", t * row * 4)?,
+                    q_lat: act("q latent", t * nh as u64 * row * 4)?,
+                    o: act("mla o", t * nh as u64 * a.v_head_dim as u64 * 4)?,
+                })
+            }
+        };
         let gate = act("gate", t * ffn as u64 * 4)?; // [t, ffn]
         let up = act("up", t * ffn as u64 * 4)?; // [t, ffn]
         let mlp = act("mlp", t * ffn as u64 * 4)?; // [t, ffn]
@@ -207,39 +241,82 @@ impl GpuModel {
             Dense { gate: usize, up: usize, down: usize },
             Moe { router: usize, bias: Option<wgpu::Buffer>, gate: usize, up: usize, down: usize, shared: Option<[usize; 3]>, shared_gate: Option<usize> },
         }
+        enum Attn {
+            Gqa {
+                wq: usize,
+                wk: usize,
+                wv: usize,
+                bias: Option<[wgpu::Buffer; 3]>,
+                v_cache: wgpu::Buffer, // [context, kv_dim] f32, or f16 with kv_half
+            },
+            Mla {
+                /// `W_q`, or `W_qa`, its norm and `W_qb`.
+                q: std::result::Result<usize, (usize, wgpu::Buffer, usize)>,
+                kv_a: usize,
+                kv_a_norm: wgpu::Buffer,
+                k_b: wgpu::Buffer, // [heads, rank, nope] f32
+                v_b: wgpu::Buffer, // [heads, v, rank] f32
+            },
+        }
         struct L {
             attn_norm: wgpu::Buffer,
-            wq: usize,
-            wk: usize,
-            wv: usize,
-            bias: Option<[wgpu::Buffer; 3]>,
+            attn: Attn,
             wo: usize,
             ffn_norm: wgpu::Buffer,
             ffn: Ffn,
-            k_cache: wgpu::Buffer, // [context, kv_dim] f32, or f16 with kv_half
-            v_cache: wgpu::Buffer, // [context, kv_dim] f32, or f16 with kv_half
+            /// [context, kv_dim] (f16 with kv_half); MLA: [context, rank + rope] latent rows.
+            k_cache: wgpu::Buffer,
         }
         weights.push(matrix(names::global(kind, Global::TokenEmbd).into(), vocab, h).await?);
         let embd = 0;
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
             let n = |w| names::layer(kind, i, w);
-            let bias = if cfg.qkv_bias {
-                Some([vector(n(Layer::QBias), q_dim).await?, vector(n(Layer::KBias), kv_dim).await?, vector(n(Layer::VBias), kv_dim).await?])
-            } else {
-                None
-            };
             let mut w = |m: GpuMatrix| {
                 weights.push(m);
                 weights.len() - 1
             };
+            let (attn_l, o_cols) = match &cfg.mla {
+                None => {
+                    let bias = if cfg.qkv_bias {
+                        Some([vector(n(Layer::QBias), q_dim).await?, vector(n(Layer::KBias), kv_dim).await?, vector(n(Layer::VBias), kv_dim).await?])
+                    } else {
+                        None
+                    };
+                    let a = Attn::Gqa {
+                        wq: w(matrix(n(Layer::Q), q_dim, h).await?),
+                        wk: w(matrix(n(Layer::K), kv_dim, h).await?),
+                        wv: w(matrix(n(Layer::V), kv_dim, h).await?),
+                        bias,
+                        v_cache: gpu.storage(&format!("v cache {i}"), context as u64 * kv_dim as u64 * kv_bytes)?,
+                    };
+                    (a, q_dim)
+                }
+                Some(a) => {
+                    let (rank, rope, nope, vd) = (a.kv_lora_rank as u32, a.qk_rope as u32, a.qk_nope as u32, a.v_head_dim as u32);
+                    let q = match a.q_lora_rank {
+                        None => Ok(w(matrix(n(Layer::Q), q_dim, h).await?)),
+                        Some(rq) => {
+                            let qa = w(matrix(n(Layer::QA), rq as u32, h).await?);
+                            let norm = vector(n(Layer::QANorm), rq as u32).await?;
+                            Err((qa, norm, w(matrix(n(Layer::QB), q_dim, rq as u32).await?)))
+                        }
+                    };
+                    let (k_b, v_b) = absorption_weights(index, reader, i, nh, rank, nope, vd).await?;
+                    let a = Attn::Mla {
+                        q,
+                        kv_a: w(matrix(n(Layer::KvA), rank + rope, h).await?),
+                        kv_a_norm: vector(n(Layer::KvANorm), rank).await?,
+                        k_b: gpu.storage_init(&format!("blk.{i}.k_b f32"), bytemuck::cast_slice(&k_b))?,
+                        v_b: gpu.storage_init(&format!("blk.{i}.v_b f32"), bytemuck::cast_slice(&v_b))?,
+                    };
+                    (a, nh * vd)
+                }
+            };
             layers.push(L {
                 attn_norm: vector(n(Layer::AttnNorm), h).await?,
-                wq: w(matrix(n(Layer::Q), q_dim, h).await?),
-                wk: w(matrix(n(Layer::K), kv_dim, h).await?),
-                wv: w(matrix(n(Layer::V), kv_dim, h).await?),
-                bias,
-                wo: w(matrix(n(Layer::O), h, q_dim).await?),
+                attn: attn_l,
+                wo: w(matrix(n(Layer::O), h, o_cols).await?),
                 ffn_norm: vector(n(Layer::FfnNorm), h).await?,
                 ffn: match &cfg.moe {
                     Some(m) if m.is_moe_layer(i) => {
@@ -276,8 +353,7 @@ impl GpuModel {
                         down: w(matrix(n(Layer::Down), h, ffn).await?),
                     },
                 },
-                k_cache: gpu.storage(&format!("k cache {i}"), context as u64 * kv_dim as u64 * kv_bytes)?,
-                v_cache: gpu.storage(&format!("v cache {i}"), context as u64 * kv_dim as u64 * kv_bytes)?,
+                k_cache: gpu.storage(&format!("k cache {i}"), context as u64 * kv_dim64 * kv_bytes)?,
             });
         }
         let output_norm = vector(names::global(kind, Global::OutputNorm).into(), h).await?;
@@ -293,27 +369,79 @@ impl GpuModel {
         let w = |i: usize| &weights[i];
         let mut body = ctx.embed(w(embd), &ids, &x)?;
         for (i, l) in layers.iter().enumerate() {
-            let b = l.bias.as_ref();
             body.push(ctx.rms_norm(&format!("blk.{i}.attn_norm"), &x, &l.attn_norm, &xn, h, cfg.rms_eps, false)?);
-            body.extend(ctx.matmul(w(l.wq), &xn, h, &q, q_dim, b.map(|b| &b[0]), false, false, false, false)?);
-            body.extend(ctx.matmul(w(l.wk), &xn, h, &l.k_cache, kv_dim, b.map(|b| &b[1]), false, false, true, kv_half)?);
-            body.extend(ctx.matmul(w(l.wv), &xn, h, &l.v_cache, kv_dim, b.map(|b| &b[2]), false, false, true, kv_half)?);
-            body.push(ctx.rope(&format!("blk.{i}.rope"), cfg.rope_pairing, &inv_freq, &q, &l.k_cache, hd, nh, nkv, true, kv_half)?);
-            body.extend(ctx.attention(
-                &format!("blk.{i}.attn"),
-                &q,
-                &l.k_cache,
-                &l.v_cache,
-                &part_ml,
-                &part_o,
-                &attn,
-                nh,
-                nkv,
-                hd,
-                max_splits as u32,
-                kv_half,
-            )?);
-            body.extend(ctx.matmul(w(l.wo), &attn, q_dim, &x, h, None, true, false, false, false)?);
+            match (&l.attn, &cfg.mla, &mla_bufs) {
+                (Attn::Gqa { wq, wk, wv, bias, v_cache }, _, _) => {
+                    let b = bias.as_ref();
+                    body.extend(ctx.matmul(w(*wq), &xn, h, &q, q_dim, b.map(|b| &b[0]), false, false, false, false)?);
+                    body.extend(ctx.matmul(w(*wk), &xn, h, &l.k_cache, kv_dim, b.map(|b| &b[1]), false, false, true, kv_half)?);
+                    body.extend(ctx.matmul(w(*wv), &xn, h, v_cache, kv_dim, b.map(|b| &b[2]), false, false, true, kv_half)?);
+                    body.push(ctx.rope(&format!("blk.{i}.rope"), cfg.rope_pairing, &inv_freq, &q, &l.k_cache, hd, nh, nkv, true, kv_half)?);
+                    body.extend(ctx.attention(
+                        &format!("blk.{i}.attn"),
+                        &q,
+                        &l.k_cache,
+                        v_cache,
+                        &part_ml,
+                        &part_o,
+                        &attn,
+                        nh,
+                        nkv,
+                        hd,
+                        max_splits as u32,
+                        kv_half,
+                    )?);
+                    body.extend(ctx.matmul(w(l.wo), &attn, q_dim, &x, h, None, true, false, false, false)?);
+                }
+                (Attn::Mla { q: wq, kv_a, kv_a_norm, k_b, v_b }, Some(a), Some(mb)) => {
+                    let m = super::ops::MlaShape {
+                        heads: nh,
+                        rank: a.kv_lora_rank as u32,
+                        rope: a.qk_rope as u32,
+                        nope: a.qk_nope as u32,
+                        v_dim: a.v_head_dim as u32,
+                        eps: cfg.rms_eps,
+                        rope_factor: cfg.rope_attention_factor(),
+                        pairing: cfg.rope_pairing,
+                    };
+                    match wq {
+                        Ok(wq) => body.extend(ctx.matmul(w(*wq), &xn, h, &q, q_dim, None, false, false, false, false)?),
+                        Err((qa, norm, qb)) => {
+                            let rq = w(*qa).rows;
+                            body.extend(ctx.matmul(w(*qa), &xn, h, &mb.qa, rq, None, false, false, false, false)?);
+                            body.push(ctx.rms_norm(&format!("blk.{i}.q_a_norm"), &mb.qa, norm, &mb.qan, rq, cfg.rms_eps, false)?);
+                            body.extend(ctx.matmul(w(*qb), &mb.qan, rq, &q, q_dim, None, false, false, false, false)?);
+                        }
+                    }
+                    let row = m.rank + m.rope;
+                    body.extend(ctx.matmul(w(*kv_a), &xn, h, &mb.kv_a, row, None, false, false, false, false)?);
+                    body.push(ctx.mla_kv_cache(&format!("blk.{i}.latent cache"), &m, &inv_freq, &mb.kv_a, kv_a_norm, &l.k_cache)?);
+                    body.push(ctx.mla_absorb_q(&format!("blk.{i}.absorb q"), &m, &inv_freq, &q, k_b, &mb.q_lat)?);
+                    let shape = super::ops::AttentionShape {
+                        n_heads: nh,
+                        n_kv_heads: 1,
+                        head_dim: row,
+                        v_dim: m.rank,
+                        scale: (a.softmax_mscale / ((a.qk_nope + a.qk_rope) as f64).sqrt()) as f32,
+                        latent: true,
+                    };
+                    body.extend(ctx.attention_with(
+                        &format!("blk.{i}.attn"),
+                        &mb.q_lat,
+                        &l.k_cache,
+                        &l.k_cache,
+                        &part_ml,
+                        &part_o,
+                        &attn,
+                        &shape,
+                        max_splits as u32,
+                        false,
+                    )?);
+                    body.push(ctx.mla_v_up(&format!("blk.{i}.v up"), &m, &attn, v_b, &mb.o)?);
+                    body.extend(ctx.matmul(w(l.wo), &mb.o, nh * m.v_dim, &x, h, None, true, false, false, false)?);
+                }
+                _ => unreachable!("MLA buffers exist whenever an MLA layer does"),
+            }
             body.push(ctx.rms_norm(&format!("blk.{i}.ffn_norm"), &x, &l.ffn_norm, &xn, h, cfg.rms_eps, false)?);
             match (&l.ffn, &cfg.moe, &moe_bufs) {
                 (Ffn::Moe { router, bias, gate: eg, up: eu, down: ed, shared, shared_gate }, Some(m), Some(mb)) => {
@@ -355,8 +483,19 @@ impl GpuModel {
             if let Ffn::Moe { bias: Some(b), .. } = &l.ffn {
                 buffers.push(b.clone());
             }
-            buffers.extend([l.attn_norm, l.ffn_norm, l.k_cache, l.v_cache]);
-            buffers.extend(l.bias.into_iter().flatten());
+            match l.attn {
+                Attn::Gqa { bias, v_cache, .. } => {
+                    buffers.push(v_cache);
+                    buffers.extend(bias.into_iter().flatten());
+                }
+                Attn::Mla { q, kv_a_norm, k_b, v_b, .. } => {
+                    buffers.extend([kv_a_norm, k_b, v_b]);
+                    if let Err((_, norm, _)) = q {
+                        buffers.push(norm);
+                    }
+                }
+            }
+            buffers.extend([l.attn_norm, l.ffn_norm, l.k_cache]);
         }
         buffers.extend([output_norm, step.clone(), inv_freq]);
         gpu.check()?;
@@ -599,4 +738,44 @@ impl Backend for GpuModel {
     fn gpu_bytes(&self) -> u64 {
         self.gpu.allocated_bytes()
     }
+}
+
+/// MLA's absorption weights in f32: `k_b` `[heads, rank, nope]` (`W_uk,h`
+/// transposed) and `v_b` `[heads, v, rank]`, from llama.cpp's split tensors or
+/// from one `kv_b` `[heads · (nope + v), rank]` (Hugging Face, older GGUF).
+async fn absorption_weights(
+    index: &crate::format::TensorIndex,
+    reader: &impl TensorReader,
+    layer: usize,
+    heads: u32,
+    rank: u32,
+    nope: u32,
+    v: u32,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let (h, r, n, v) = (heads as usize, rank as usize, nope as usize, v as usize);
+    let name = |w| names::layer(index.kind, layer, w);
+    if index.get(&name(Layer::KvB)).is_none() {
+        let (kb, vb) = (index.require(&name(Layer::KB))?, index.require(&name(Layer::VB))?);
+        if kb.shape != [h as u64, r as u64, n as u64] || vb.shape != [h as u64, v as u64, r as u64] {
+            return Err(Error::Config(format!(
+                "{:?} {:?} / {:?} {:?} do not match {h} heads, rank {r}, nope {n}, v {v}",
+                kb.name, kb.shape, vb.name, vb.shape
+            )));
+        }
+        return Ok((index.read_f32_from(reader, kb).await?, index.read_f32_from(reader, vb).await?));
+    }
+    let t = index.require_matrix(&name(Layer::KvB), (h * (n + v)) as u64, r as u64)?;
+    let kv = index.read_f32_from(reader, t).await?;
+    let (mut kb, mut vb) = (vec![0f32; h * r * n], vec![0f32; h * v * r]);
+    for hd in 0..h {
+        for i in 0..n {
+            for j in 0..r {
+                kb[(hd * r + j) * n + i] = kv[(hd * (n + v) + i) * r + j];
+            }
+        }
+        for j in 0..v {
+            vb[(hd * v + j) * r..][..r].copy_from_slice(&kv[(hd * (n + v) + n + j) * r..][..r]);
+        }
+    }
+    Ok((kb, vb))
 }

@@ -7,6 +7,44 @@ use super::{Gpu, Grid, Op, PipelineKey};
 use crate::error::Result;
 use baleen_shaders::shape;
 
+/// The sizes of one attention.
+pub struct AttentionShape {
+    pub n_heads: u32,
+    pub n_kv_heads: u32,
+    /// Width of a query and of a key row.
+    pub head_dim: u32,
+    /// Width of a value (the first `v_dim` elements of the value row).
+    pub v_dim: u32,
+    pub scale: f32,
+    /// MLA's latent cache (a wider accumulator).
+    pub latent: bool,
+}
+
+/// MLA's sizes, for its kernels (shaders/wgsl/mla.wgsl).
+pub struct MlaShape {
+    pub heads: u32,
+    pub rank: u32,
+    pub rope: u32,
+    pub nope: u32,
+    pub v_dim: u32,
+    pub eps: f32,
+    pub rope_factor: f32,
+    pub pairing: crate::config::RopePairing,
+}
+
+impl MlaShape {
+    fn params(&self) -> Vec<u8> {
+        words(&[self.heads, self.rank, self.rope, self.nope, self.v_dim, self.eps.to_bits(), self.rope_factor.to_bits(), 0])
+    }
+    fn key(&self, entry: &'static str) -> PipelineKey {
+        let pairing = match self.pairing {
+            crate::config::RopePairing::Halves => "HALVES",
+            crate::config::RopePairing::Adjacent => "ADJACENT",
+        };
+        PipelineKey { family: "mla", entry, flags: vec![pairing] }
+    }
+}
+
 /// What every launcher needs: the device and the shared step uniform.
 pub struct Ctx<'a> {
     pub gpu: &'a Gpu,
@@ -242,6 +280,26 @@ impl Ctx<'_> {
         )
     }
 
+    /// MLA: the latent cache row of each new token, `[RMSNorm(c) ; RoPE(k_pe)]`
+    /// from `kv_a` `[n_tokens, rank + rope]`.
+    pub fn mla_kv_cache(&self, name: &str, m: &MlaShape, inv_freq: &wgpu::Buffer, kv_a: &wgpu::Buffer, norm: &wgpu::Buffer, cache: &wgpu::Buffer) -> Result<Op> {
+        self.op(name.into(), m.key("kv_cache"), &m.params(), &[inv_freq, kv_a, norm, cache], Grid::Flat { per_token: 1, wg: shape::ELEMENTWISE_WG })
+    }
+
+    /// MLA: absorbed queries `q_lat` `[n_tokens, heads, rank + rope]` from `q`
+    /// `[n_tokens, heads, nope + rope]` and `k_b` `[heads, rank, nope]` (f32).
+    pub fn mla_absorb_q(&self, name: &str, m: &MlaShape, inv_freq: &wgpu::Buffer, q: &wgpu::Buffer, k_b: &wgpu::Buffer, q_lat: &wgpu::Buffer) -> Result<Op> {
+        let grid = Grid::AttnCombine { heads: m.heads, head_dim: m.rank + m.rope, wg: shape::ELEMENTWISE_WG };
+        self.op(name.into(), m.key("absorb_q"), &m.params(), &[inv_freq, q, k_b, q_lat], grid)
+    }
+
+    /// MLA: each head's output `W_uv,h · õ_h` `[n_tokens, heads · v]` from the
+    /// latent attention output `[n_tokens, heads · rank]` and `v_b` `[heads, v, rank]` (f32).
+    pub fn mla_v_up(&self, name: &str, m: &MlaShape, o_lat: &wgpu::Buffer, v_b: &wgpu::Buffer, out: &wgpu::Buffer) -> Result<Op> {
+        let grid = Grid::AttnCombine { heads: m.heads, head_dim: m.v_dim, wg: shape::ELEMENTWISE_WG };
+        self.op_at(name.into(), m.key("v_up"), &m.params(), &[(3, o_lat), (4, v_b), (5, out)], grid)
+    }
+
     /// `out[t] = W[ids[t]]`, one op per row chunk of the embedding.
     pub fn embed(&self, w: &GpuMatrix, ids: &wgpu::Buffer, out: &wgpu::Buffer) -> Result<Vec<Op>> {
         let mut flags = vec![format_flag(w.dtype)?];
@@ -323,9 +381,34 @@ impl Ctx<'_> {
         max_splits: u32,
         half_kv: bool,
     ) -> Result<[Op; 2]> {
-        let flags = if half_kv { vec!["HALF_KV"] } else { vec![] };
         let scale = 1.0 / (head_dim as f32).sqrt();
-        let params = words(&[n_heads, n_kv_heads, head_dim, shape::ATTENTION_SPLIT, max_splits, scale.to_bits(), 0, 0]);
+        let shape = AttentionShape { n_heads, n_kv_heads, head_dim, v_dim: head_dim, scale, latent: false };
+        self.attention_with(name, q, k_cache, v_cache, part_ml, part_o, out, &shape, max_splits, half_kv)
+    }
+
+    /// Attention with its own value width and softmax scale (MLA: the latent
+    /// row is the key, its first `rank` values the value).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_with(
+        &self,
+        name: &str,
+        q: &wgpu::Buffer,
+        k_cache: &wgpu::Buffer,
+        v_cache: &wgpu::Buffer,
+        part_ml: &wgpu::Buffer,
+        part_o: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+        a: &AttentionShape,
+        max_splits: u32,
+        half_kv: bool,
+    ) -> Result<[Op; 2]> {
+        let (n_heads, n_kv_heads, head_dim) = (a.n_heads, a.n_kv_heads, a.head_dim);
+        let mut flags = if half_kv { vec!["HALF_KV"] } else { vec![] };
+        if a.latent {
+            flags.push("LATENT");
+        }
+        let params = words(&[n_heads, n_kv_heads, head_dim, shape::ATTENTION_SPLIT, max_splits, a.scale.to_bits(), a.v_dim, 0]);
+        let head_dim = a.v_dim;
         Ok([
             self.op_at(
                 format!("{name} partial"),
