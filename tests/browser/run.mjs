@@ -22,6 +22,9 @@ const MAX_TOKENS = 24;
 const models = fs.mkdtempSync(path.join(os.tmpdir(), 'baleen-models-'));
 fs.symlinkSync(MODEL_PATH, path.join(models, MODEL_FILE));
 fs.writeFileSync(path.join(models, 'not-a-model.gguf'), 'this is a text file, not a GGUF model\n'.repeat(100));
+// A tiny DeepSeek-V3 (latent attention, sigmoid-routed experts), as llama.cpp's converter wrote it.
+const DEEPSEEK = 'tiny-deepseek-v3.gguf';
+fs.symlinkSync(`${ROOT}tests/fixtures/tiny-deepseek-v3/model.gguf`, path.join(models, DEEPSEEK));
 fs.mkdirSync(ARTIFACTS, { recursive: true });
 
 const results = [];
@@ -207,6 +210,28 @@ await test('stop strings, interrupt, and bad requests', async () => {
   assert.match(errors[6], /does not fit the model's context/);
   // The engine still answers after the errors.
   assert.equal((await reply(page, greedy)).choices[0].message.content, greedyText);
+});
+
+await test('a tiny DeepSeek-V3 runs through /engine.js as it does natively', async () => {
+  const question = 'Hello there';
+  const want = await baleenJson(BIN, [
+    'run', '--model', `${ROOT}tests/fixtures/tiny-deepseek-v3/model.gguf`, '--chat', '--prompt', question,
+    '--temperature', '0', '--max-tokens', '12', '--backend', 'reference', '--json',
+  ]);
+  const p = await openPage(context, `${base}?autoload=0`);
+  const got = await p.evaluate(async ({ url, question }) => {
+    const { createEngine } = await import('/engine.js');
+    const e = await createEngine(url);
+    const r = await e.chat.completions.create({ messages: [{ role: 'user', content: question }], temperature: 0, max_tokens: 12 });
+    const info = e.info;
+    await e.dispose();
+    return { content: r.choices[0].message.content, usage: r.usage, info };
+  }, { url: `/models/${DEEPSEEK}`, question });
+  assert.equal(got.info.architecture, 'deepseek2');
+  assert.equal(got.usage.prompt_tokens, want.prompt_ids.length);
+  assert.equal(got.usage.completion_tokens, want.token_ids.length);
+  assert.equal(got.content, want.text);
+  await p.close();
 });
 
 await test('bad model URLs give plain-words errors', async () => {
