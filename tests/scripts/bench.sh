@@ -34,12 +34,20 @@ else
 fi
 echo "== baleen bench-kernels" >&2
 $B bench-kernels --json > $OUT/kernels.json
+echo "== mixture of experts: the same DeepSeek-V3-shaped model with 8 and 64 routed experts (top 6)" >&2
+cargo build --release -q --example moe_bench_model
+for e in 8 64; do
+    target/release/examples/moe_bench_model $OUT/moe-e$e.gguf $e
+    $B bench --model $OUT/moe-e$e.gguf --prompt-tokens 32 --gen-tokens 32 --runs $R --json > $OUT/moe-e$e.json
+done
+$B inspect $OUT/moe-e64.gguf | grep -E '^(latent attn|experts|kv cache)' > $OUT/moe-inspect.txt
 
 python3 - "$OUT" <<'PY'
 import json, sys, os
 out = sys.argv[1]
 load = lambda n: json.load(open(os.path.join(out, n)))
 g, r, l, k = load("baleen-gpu.json"), load("baleen-reference.json"), load("llamacpp.json"), load("kernels.json")
+m8, m64 = load("moe-e8.json"), load("moe-e64.json")
 print(f"SmolLM2-135M-Instruct Q4_1, {g['prompt_tokens']}-token prompt, {g['gen_tokens']} generated, median of {g['runs']}\n")
 print("| engine | prefill tok/s | decode tok/s |")
 print("| --- | ---: | ---: |")
@@ -53,4 +61,11 @@ print("| kernel | shape | GB/s | of copy |")
 print("| --- | --- | ---: | ---: |")
 for x in k["kernels"]:
     print(f"| {x['name']} | {x['shape']} | {x['gbps']:.2f} | {x['fraction_of_copy']:.2f} |")
+print(f"\nMixture of experts (synthetic DeepSeek-V3-shaped Q4_0 model, top 6, on {m8['adapter']['name']}):\n")
+print("| routed experts | prefill tok/s | decode tok/s |")
+print("| ---: | ---: | ---: |")
+for n, m in (("8", m8), ("64", m64)):
+    print(f"| {n} | {m['prefill_tokens_per_s']:.1f} | {m['decode_tokens_per_s']:.1f} |")
+print(f"\ndecode 64 experts / 8 experts: {m64['decode_tokens_per_s']/m8['decode_tokens_per_s']:.2f}\n")
+print(open(os.path.join(out, "moe-inspect.txt")).read())
 PY
