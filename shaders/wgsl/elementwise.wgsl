@@ -22,6 +22,7 @@ fn swiglu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
         return;
     }
     let g = gate[i];
-    // silu(g) = g / (1 + e^-g); the clamp keeps e^-g finite.
-    out[i] = g / (1.0 + exp(min(-g, 80.0))) * up[i];
+    // silu(g) = g / (1 + e^-g); the clamp keeps e^-g finite and normal
+    // (subnormal floats are slow on CPU adapters).
+    out[i] = g / (1.0 + exp(clamp(-g, -80.0, 80.0))) * up[i];
 }

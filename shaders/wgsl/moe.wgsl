@@ -9,7 +9,9 @@
 // outright, never scored 0; the top_k choices (ties to the lower index, NaN
 // never) get their scores as weights, normalised (norm_topk) and scaled.
 // combine: x[t] += Σ_k w[t, k] · y[t · top_k + k] (+ shared[t], times
-// sigmoid(gate[t]) with SHARED_GATE). Constants: WG, MAX_EXPERTS, MAX_TOP_K.
+// sigmoid(gate[t]) with SHARED_GATE). Constants: WG, MAX_EXPERTS_WORDS.
+// Every exp argument is clamped to [-80, 80]: e^-80 is still a normal f32, and
+// subnormal results cost CPU adapters (lavapipe) a microcode assist per op.
 
 #include step
 
@@ -45,9 +47,9 @@ struct Params {
 fn score(t: u32, e: u32, max_logit: f32, sum: f32) -> f32 {
     let l = logits[t * p.n_experts + e];
     if (p.sigmoid == 1u) {
-        return 1.0 / (1.0 + exp(min(-l, 80.0)));
+        return 1.0 / (1.0 + exp(clamp(-l, -80.0, 80.0)));
     }
-    return exp(l - max_logit) / sum;
+    return exp(max(l - max_logit, -80.0)) / sum;
 }
 
 fn choice(t: u32, e: u32, max_logit: f32, sum: f32) -> f32 {
@@ -72,7 +74,7 @@ fn route(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     var sum = 0.0;
     for (var e = 0u; e < n; e++) {
-        sum += exp(logits[t * n + e] - max_logit);
+        sum += exp(max(logits[t * n + e] - max_logit, -80.0));
     }
     // Groups that compete: a bit each (≤ 32 groups).
     var kept = 0xffffffffu;
@@ -156,7 +158,7 @@ fn combine(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
     if (p.has_shared == 1u) {
         var s = shared_out[i];
 #if SHARED_GATE
-        s /= 1.0 + exp(min(-gate[t], 80.0));
+        s /= 1.0 + exp(clamp(-gate[t], -80.0, 80.0));
 #endif
         v += s;
     }
