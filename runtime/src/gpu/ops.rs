@@ -91,6 +91,27 @@ impl Ctx<'_> {
         Ok(Op { name, pipeline, bind_group, grid })
     }
 
+    /// What every matmul over `w` shares: its flags (format, kernel shape,
+    /// layout, subgroups), threads per workgroup, and whether the weight has a
+    /// scale plane to bind.
+    fn matmul_variant(&self, w: &GpuMatrix) -> Result<(Vec<&'static str>, u32, bool)> {
+        let mut flags = vec![format_flag(w.dtype)?, self.shape.flag()];
+        if w.interleaved {
+            flags.push("INTERLEAVED");
+        }
+        if self.subgroups && self.shape == super::MatmulShape::RowPerWorkgroup {
+            flags.push("SUBGROUPS");
+            if cfg!(target_arch = "wasm32") {
+                flags.push("ENABLE_SUBGROUPS");
+            }
+        }
+        let wg = match self.shape {
+            super::MatmulShape::RowPerThread => shape::MATMUL_WG_THREAD,
+            super::MatmulShape::RowPerWorkgroup => 1,
+        };
+        Ok((flags, wg, super::weights::layout(w.dtype)?.scale_words > 0))
+    }
+
     /// `y (+)= W x (+ b)`, one op per row chunk of W.
     /// `single`: one token, x row 0 → y row 0. `y_at_pos`: y rows start at the
     /// pass position. `half_y`: y is f16 (a KV cache; needs shader-f16).
@@ -108,12 +129,9 @@ impl Ctx<'_> {
         y_at_pos: bool,
         half_y: bool,
     ) -> Result<Vec<Op>> {
-        let mut flags = vec![format_flag(w.dtype)?, self.shape.flag()];
+        let (mut flags, wg, has_scales) = self.matmul_variant(w)?;
         if half_y {
             flags.push("HALF_Y");
-        }
-        if w.interleaved {
-            flags.push("INTERLEAVED");
         }
         if bias.is_some() {
             flags.push("BIAS");
@@ -121,17 +139,6 @@ impl Ctx<'_> {
         if acc {
             flags.push("ACC");
         }
-        if self.subgroups && self.shape == super::MatmulShape::RowPerWorkgroup {
-            flags.push("SUBGROUPS");
-            if cfg!(target_arch = "wasm32") {
-                flags.push("ENABLE_SUBGROUPS");
-            }
-        }
-        let wg = match self.shape {
-            super::MatmulShape::RowPerThread => shape::MATMUL_WG_THREAD,
-            super::MatmulShape::RowPerWorkgroup => 1,
-        };
-        let has_scales = super::weights::layout(w.dtype)?.scale_words > 0;
         w.chunks
             .iter()
             .map(|c| {
@@ -180,21 +187,7 @@ impl Ctx<'_> {
         y: &wgpu::Buffer,
         top_k: u32,
     ) -> Result<Vec<Op>> {
-        let mut flags = vec![format_flag(w.dtype)?, self.shape.flag()];
-        if w.interleaved {
-            flags.push("INTERLEAVED");
-        }
-        if self.subgroups && self.shape == super::MatmulShape::RowPerWorkgroup {
-            flags.push("SUBGROUPS");
-            if cfg!(target_arch = "wasm32") {
-                flags.push("ENABLE_SUBGROUPS");
-            }
-        }
-        let wg = match self.shape {
-            super::MatmulShape::RowPerThread => shape::MATMUL_WG_THREAD,
-            super::MatmulShape::RowPerWorkgroup => 1,
-        };
-        let has_scales = super::weights::layout(w.dtype)?.scale_words > 0;
+        let (flags, wg, has_scales) = self.matmul_variant(w)?;
         w.chunks
             .iter()
             .map(|c| {
