@@ -562,3 +562,107 @@ fn moe_combine_weights_experts_and_gates_the_shared_one() {
         }
     }
 }
+
+#[test]
+fn latent_attention_kernels_match_the_plain_math() {
+    // MLA's kernels one by one against the reference's pieces: the latent
+    // cache row, the absorbed queries, attention over latent rows (value =
+    // the row's first `rank` values) across splits, and the per-head v_up.
+    use baleen::gpu::ops::{AttentionShape, MlaShape};
+    let gpu = gpu();
+    let mut rng = Rng(77);
+    let (heads, rank, rope, nope, vd) = (3usize, 40usize, 8usize, 12usize, 10usize);
+    let (n, pos) = (3usize, 70usize); // straddles the 64-position attention split
+    let inv: Vec<f32> = (0..rope / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / rope as f32)).collect();
+    let factor = 1.3f32;
+    for pairing in [RopePairing::Adjacent, RopePairing::Halves] {
+        let m = MlaShape {
+            heads: heads as u32,
+            rank: rank as u32,
+            rope: rope as u32,
+            nope: nope as u32,
+            v_dim: vd as u32,
+            eps: 1e-6,
+            rope_factor: factor,
+            pairing,
+        };
+        let row = rank + rope;
+        let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
+        let ctx = Ctx { gpu: &gpu, step: &step_buf, shape: gpu.shape, subgroups: false };
+        let rotate = |v: &mut [f32], p: usize| {
+            reference::rope(v, p, &inv, pairing);
+            v.iter_mut().for_each(|x| *x *= factor);
+        };
+        // The cache: earlier rows random, the new ones from kv_a.
+        let mut cache = rng.vec((pos + n) * row);
+        let (kv_a, norm) = (rng.vec(n * row), rng.vec(rank));
+        let (ib, kab, nb) = (upload(&gpu, "inv", &inv), upload(&gpu, "kv_a", &kv_a), upload(&gpu, "norm", &norm));
+        let cb = upload(&gpu, "cache", &cache);
+        run(&gpu, &step_buf, step(n as u32, pos as u32), &[ctx.mla_kv_cache("kv", &m, &ib, &kab, &nb, &cb).unwrap()]);
+        for t in 0..n {
+            let r = &mut cache[(pos + t) * row..][..row];
+            r.copy_from_slice(&kv_a[t * row..][..row]);
+            reference::rms_norm(&mut r[..rank], &norm, 1e-6);
+            rotate(&mut r[rank..], pos + t);
+        }
+        let got_cache = download(&gpu, &cb, (pos + n) * row);
+        assert!(common::max_abs_diff(&got_cache, &cache) < 1e-4, "{pairing:?} latent cache");
+
+        // Absorbed queries: [W_ukᵀ q_nope ; RoPE(q_pe)] per head.
+        let (q, k_b) = (rng.vec(n * heads * (nope + rope)), rng.vec(heads * rank * nope));
+        let (qb, kbb) = (upload(&gpu, "q", &q), upload(&gpu, "k_b", &k_b));
+        let q_lat_b = gpu.storage("q_lat", (n * heads * row * 4) as u64).unwrap();
+        run(&gpu, &step_buf, step(n as u32, pos as u32), &[ctx.mla_absorb_q("absorb", &m, &ib, &qb, &kbb, &q_lat_b).unwrap()]);
+        let mut q_lat = vec![0f32; n * heads * row];
+        for t in 0..n {
+            for h in 0..heads {
+                let qh = &q[(t * heads + h) * (nope + rope)..][..nope + rope];
+                let out = &mut q_lat[(t * heads + h) * row..][..row];
+                for j in 0..rank {
+                    out[j] = reference::dot(&k_b[(h * rank + j) * nope..][..nope], &qh[..nope]);
+                }
+                out[rank..].copy_from_slice(&qh[nope..]);
+                rotate(&mut out[rank..], pos + t);
+            }
+        }
+        assert!(common::max_abs_diff(&download(&gpu, &q_lat_b, n * heads * row), &q_lat) < 1e-4, "{pairing:?} absorbed q");
+
+        // Attention over the latent rows, one shared "kv head".
+        let scale = 0.37f32;
+        let max_splits = (pos + n).div_ceil(64);
+        let ml = gpu.storage("ml", (n * heads * max_splits * 8) as u64).unwrap();
+        let po = gpu.storage("po", (n * heads * max_splits * rank * 4) as u64).unwrap();
+        let o_lat_b = gpu.storage("o_lat", (n * heads * rank * 4) as u64).unwrap();
+        let shape = AttentionShape { n_heads: heads as u32, n_kv_heads: 1, head_dim: row as u32, v_dim: rank as u32, scale, latent: true };
+        let ops = ctx.attention_with("attn", &q_lat_b, &cb, &cb, &ml, &po, &o_lat_b, &shape, max_splits as u32, false).unwrap();
+        run(&gpu, &step_buf, step(n as u32, pos as u32), &ops);
+        let mut o_lat = vec![0f32; n * heads * rank];
+        for t in 0..n {
+            for h in 0..heads {
+                let qh = &q_lat[(t * heads + h) * row..][..row];
+                let mut s: Vec<f32> = (0..=pos + t).map(|p| reference::dot(qh, &cache[p * row..][..row]) * scale).collect();
+                reference::softmax(&mut s);
+                let out = &mut o_lat[(t * heads + h) * rank..][..rank];
+                for (p, a) in s.iter().enumerate() {
+                    out.iter_mut().zip(&cache[p * row..][..rank]).for_each(|(o, c)| *o += a * c);
+                }
+            }
+        }
+        assert!(common::max_abs_diff(&download(&gpu, &o_lat_b, n * heads * rank), &o_lat) < 1e-4, "{pairing:?} latent attention");
+
+        // v_up: W_uv,h õ_h.
+        let v_b = rng.vec(heads * vd * rank);
+        let vbb = upload(&gpu, "v_b", &v_b);
+        let ob = gpu.storage("o", (n * heads * vd * 4) as u64).unwrap();
+        run(&gpu, &step_buf, step(n as u32, pos as u32), &[ctx.mla_v_up("v_up", &m, &o_lat_b, &vbb, &ob).unwrap()]);
+        let mut o = vec![0f32; n * heads * vd];
+        for t in 0..n {
+            for h in 0..heads {
+                for j in 0..vd {
+                    o[(t * heads + h) * vd + j] = reference::dot(&v_b[(h * vd + j) * rank..][..rank], &o_lat[(t * heads + h) * rank..][..rank]);
+                }
+            }
+        }
+        assert!(common::max_abs_diff(&download(&gpu, &ob, n * heads * vd), &o) < 1e-4, "{pairing:?} v_up");
+    }
+}
