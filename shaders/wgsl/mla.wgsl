@@ -6,7 +6,8 @@
 //   absorb_q:  q_lat[t, h] ← [W_uk,hᵀ q_h,nope ; RoPE(q_h,pe)]     (rank + rope)
 //   attention (LATENT): scores q_lat · row, values the row's first rank
 //   v_up:      o[t, h] ← W_uv,h · õ[t, h]                          (v)
-// W_uk is k_b [heads, rank, nope] and W_uv is v_b [heads, v, rank], in f32.
+// W_kvb is one f32 [heads · (nope + v), rank] matrix: per head the nope rows
+// of W_uk, then the v rows of W_uv (crate::model::mla_kv_b).
 // RoPE: ADJACENT pairs (2i, 2i+1) or HALVES (i, i + rope/2), times
 // `rope_factor` (YaRN's attention factor). Constants: WG.
 
@@ -26,7 +27,7 @@ struct Params {
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> inv_freq: array<f32>;    // [rope / 2]
 @group(0) @binding(3) var<storage, read> src: array<f32>;         // kv_cache: kv_a [t, rank + rope]; absorb_q: q [t, heads · (nope + rope)]; v_up: õ [t, heads · rank]
-@group(0) @binding(4) var<storage, read> w: array<f32>;           // kv_cache: norm [rank]; absorb_q: k_b; v_up: v_b
+@group(0) @binding(4) var<storage, read> w: array<f32>;           // kv_cache: norm [rank]; absorb_q, v_up: W_kvb
 @group(0) @binding(5) var<storage, read_write> dst: array<f32>;   // kv_cache: cache [ctx, rank + rope]; absorb_q: q_lat [t, heads · (rank + rope)]; v_up: o [t, heads · v]
 
 // Element i of the rotated pe vector whose elements start at src[base].
@@ -90,9 +91,10 @@ fn absorb_q(@builtin(global_invocation_id) gid: vec3<u32>) {
     let qb = (t * p.heads + h) * qk;
     var v = 0.0;
     if (j < p.rank) {
-        let kb = (h * p.rank + j) * p.nope;
+        // Column j of W_uk,h (neighbouring threads read neighbouring words).
+        let kb = h * (p.nope + p.v_dim) * p.rank + j;
         for (var i = 0u; i < p.nope; i++) {
-            v += w[kb + i] * src[qb + i];
+            v += w[kb + i * p.rank] * src[qb + i];
         }
     } else {
         v = rope_at(qb + p.nope, j - p.rank, step.pos + t);
@@ -109,7 +111,7 @@ fn v_up(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (j >= p.v_dim || h >= p.heads || t >= step.n_tokens) {
         return;
     }
-    let vb = (h * p.v_dim + j) * p.rank;
+    let vb = (h * (p.nope + p.v_dim) + p.nope + j) * p.rank;
     let ob = (t * p.heads + h) * p.rank;
     var v = 0.0;
     for (var i = 0u; i < p.rank; i++) {

@@ -4,7 +4,7 @@
 
 mod common;
 use baleen::config::RopePairing;
-use baleen::gpu::ops::Ctx;
+use baleen::gpu::ops::{AttentionShape, Ctx};
 use baleen::gpu::weights::GpuMatrix;
 use baleen::gpu::{Gpu, MatmulShape, Op, Step};
 use baleen::quant::{dequantize, random_blocks, DType};
@@ -270,7 +270,7 @@ fn attention_causal_gqa_across_splits() {
         let ml = gpu.storage("ml", (n * h * max_splits * 8) as u64).unwrap();
         let po = gpu.storage("po", (n * h * max_splits * hd * 4) as u64).unwrap();
         let out = gpu.storage("out", (n * h * hd * 4) as u64).unwrap();
-        let ops = ctx.attention("attn", &qb, &kb, &vb, &ml, &po, &out, h as u32, kvh as u32, hd as u32, max_splits as u32, false).unwrap();
+        let ops = ctx.attention("attn", &qb, &kb, &vb, &ml, &po, &out, &AttentionShape::gqa(h as u32, kvh as u32, hd as u32), max_splits as u32, false).unwrap();
         run(&gpu, &step_buf, step(n as u32, pos as u32), &ops);
         let got = download(&gpu, &out, n * h * hd);
         let want = reference_attention(&q, &k, &v, n, pos, h, kvh, hd);
@@ -436,7 +436,7 @@ fn f16_kv_cache_kernels() {
     let ml = gpu.storage("ml", (n * h * max_splits * 8) as u64).unwrap();
     let po = gpu.storage("po", (n * h * max_splits * hd * 4) as u64).unwrap();
     let out = gpu.storage("out", (n * h * hd * 4) as u64).unwrap();
-    let ops = ctx.attention("attn", &qb, &kb, &vb, &ml, &po, &out, h as u32, kvh as u32, hd as u32, max_splits as u32, true).unwrap();
+    let ops = ctx.attention("attn", &qb, &kb, &vb, &ml, &po, &out, &AttentionShape::gqa(h as u32, kvh as u32, hd as u32), max_splits as u32, true).unwrap();
     let q_now = download(&gpu, &qb, q.len()); // rotated above
     run(&gpu, &step_buf, step(n as u32, pos as u32), &ops);
     let got = download(&gpu, &out, n * h * hd);
@@ -568,7 +568,7 @@ fn latent_attention_kernels_match_the_plain_math() {
     // MLA's kernels one by one against the reference's pieces: the latent
     // cache row, the absorbed queries, attention over latent rows (value =
     // the row's first `rank` values) across splits, and the per-head v_up.
-    use baleen::gpu::ops::{AttentionShape, MlaShape};
+    use baleen::gpu::ops::MlaShape;
     let gpu = gpu();
     let mut rng = Rng(77);
     let (heads, rank, rope, nope, vd) = (3usize, 40usize, 8usize, 12usize, 10usize);
@@ -609,8 +609,10 @@ fn latent_attention_kernels_match_the_plain_math() {
         assert!(common::max_abs_diff(&got_cache, &cache) < 1e-4, "{pairing:?} latent cache");
 
         // Absorbed queries: [W_ukᵀ q_nope ; RoPE(q_pe)] per head.
-        let (q, k_b) = (rng.vec(n * heads * (nope + rope)), rng.vec(heads * rank * nope));
-        let (qb, kbb) = (upload(&gpu, "q", &q), upload(&gpu, "k_b", &k_b));
+        // W_kvb [heads · (nope + v), rank]: per head W_uk's nope rows, then W_uv's v rows.
+        let (q, kv_b) = (rng.vec(n * heads * (nope + rope)), rng.vec(heads * (nope + vd) * rank));
+        let (qb, kbb) = (upload(&gpu, "q", &q), upload(&gpu, "kv_b", &kv_b));
+        let w_row = |h: usize, r: usize| &kv_b[(h * (nope + vd) + r) * rank..][..rank];
         let q_lat_b = gpu.storage("q_lat", (n * heads * row * 4) as u64).unwrap();
         run(&gpu, &step_buf, step(n as u32, pos as u32), &[ctx.mla_absorb_q("absorb", &m, &ib, &qb, &kbb, &q_lat_b).unwrap()]);
         let mut q_lat = vec![0f32; n * heads * row];
@@ -619,7 +621,7 @@ fn latent_attention_kernels_match_the_plain_math() {
                 let qh = &q[(t * heads + h) * (nope + rope)..][..nope + rope];
                 let out = &mut q_lat[(t * heads + h) * row..][..row];
                 for j in 0..rank {
-                    out[j] = reference::dot(&k_b[(h * rank + j) * nope..][..nope], &qh[..nope]);
+                    out[j] = (0..nope).map(|i| w_row(h, i)[j] * qh[i]).sum();
                 }
                 out[rank..].copy_from_slice(&qh[nope..]);
                 rotate(&mut out[rank..], pos + t);
@@ -634,7 +636,7 @@ fn latent_attention_kernels_match_the_plain_math() {
         let po = gpu.storage("po", (n * heads * max_splits * rank * 4) as u64).unwrap();
         let o_lat_b = gpu.storage("o_lat", (n * heads * rank * 4) as u64).unwrap();
         let shape = AttentionShape { n_heads: heads as u32, n_kv_heads: 1, head_dim: row as u32, v_dim: rank as u32, scale, latent: true };
-        let ops = ctx.attention_with("attn", &q_lat_b, &cb, &cb, &ml, &po, &o_lat_b, &shape, max_splits as u32, false).unwrap();
+        let ops = ctx.attention("attn", &q_lat_b, &cb, &cb, &ml, &po, &o_lat_b, &shape, max_splits as u32, false).unwrap();
         run(&gpu, &step_buf, step(n as u32, pos as u32), &ops);
         let mut o_lat = vec![0f32; n * heads * rank];
         for t in 0..n {
@@ -651,15 +653,13 @@ fn latent_attention_kernels_match_the_plain_math() {
         assert!(common::max_abs_diff(&download(&gpu, &o_lat_b, n * heads * rank), &o_lat) < 1e-4, "{pairing:?} latent attention");
 
         // v_up: W_uv,h õ_h.
-        let v_b = rng.vec(heads * vd * rank);
-        let vbb = upload(&gpu, "v_b", &v_b);
         let ob = gpu.storage("o", (n * heads * vd * 4) as u64).unwrap();
-        run(&gpu, &step_buf, step(n as u32, pos as u32), &[ctx.mla_v_up("v_up", &m, &o_lat_b, &vbb, &ob).unwrap()]);
+        run(&gpu, &step_buf, step(n as u32, pos as u32), &[ctx.mla_v_up("v_up", &m, &o_lat_b, &kbb, &ob).unwrap()]);
         let mut o = vec![0f32; n * heads * vd];
         for t in 0..n {
             for h in 0..heads {
                 for j in 0..vd {
-                    o[(t * heads + h) * vd + j] = reference::dot(&v_b[(h * vd + j) * rank..][..rank], &o_lat[(t * heads + h) * rank..][..rank]);
+                    o[(t * heads + h) * vd + j] = reference::dot(w_row(h, nope + j), &o_lat[(t * heads + h) * rank..][..rank]);
                 }
             }
         }

@@ -254,8 +254,7 @@ impl GpuModel {
                 q: std::result::Result<usize, (usize, wgpu::Buffer, usize)>,
                 kv_a: usize,
                 kv_a_norm: wgpu::Buffer,
-                k_b: wgpu::Buffer, // [heads, rank, nope] f32
-                v_b: wgpu::Buffer, // [heads, v, rank] f32
+                kv_b: wgpu::Buffer, // [heads · (nope + v), rank] f32
             },
         }
         struct L {
@@ -293,7 +292,7 @@ impl GpuModel {
                     (a, q_dim)
                 }
                 Some(a) => {
-                    let (rank, rope, nope, vd) = (a.kv_lora_rank as u32, a.qk_rope as u32, a.qk_nope as u32, a.v_head_dim as u32);
+                    let (rank, rope, vd) = (a.kv_lora_rank as u32, a.qk_rope as u32, a.v_head_dim as u32);
                     let q = match a.q_lora_rank {
                         None => Ok(w(matrix(n(Layer::Q), q_dim, h).await?)),
                         Some(rq) => {
@@ -302,13 +301,12 @@ impl GpuModel {
                             Err((qa, norm, w(matrix(n(Layer::QB), q_dim, rq as u32).await?)))
                         }
                     };
-                    let (k_b, v_b) = absorption_weights(index, reader, i, nh, rank, nope, vd).await?;
+                    let kv_b = crate::model::mla_kv_b(index, reader, i, nh as usize, a).await?;
                     let a = Attn::Mla {
                         q,
                         kv_a: w(matrix(n(Layer::KvA), rank + rope, h).await?),
                         kv_a_norm: vector(n(Layer::KvANorm), rank).await?,
-                        k_b: gpu.storage_init(&format!("blk.{i}.k_b f32"), bytemuck::cast_slice(&k_b))?,
-                        v_b: gpu.storage_init(&format!("blk.{i}.v_b f32"), bytemuck::cast_slice(&v_b))?,
+                        kv_b: gpu.storage_init(&format!("blk.{i}.kv_b f32"), bytemuck::cast_slice(&kv_b))?,
                     };
                     (a, nh * vd)
                 }
@@ -385,15 +383,13 @@ impl GpuModel {
                         &part_ml,
                         &part_o,
                         &attn,
-                        nh,
-                        nkv,
-                        hd,
+                        &super::ops::AttentionShape::gqa(nh, nkv, hd),
                         max_splits as u32,
                         kv_half,
                     )?);
                     body.extend(ctx.matmul(w(l.wo), &attn, q_dim, &x, h, None, true, false, false, false)?);
                 }
-                (Attn::Mla { q: wq, kv_a, kv_a_norm, k_b, v_b }, Some(a), Some(mb)) => {
+                (Attn::Mla { q: wq, kv_a, kv_a_norm, kv_b }, Some(a), Some(mb)) => {
                     let m = super::ops::MlaShape {
                         heads: nh,
                         rank: a.kv_lora_rank as u32,
@@ -416,7 +412,7 @@ impl GpuModel {
                     let row = m.rank + m.rope;
                     body.extend(ctx.matmul(w(*kv_a), &xn, h, &mb.kv_a, row, None, false, false, false, false)?);
                     body.push(ctx.mla_kv_cache(&format!("blk.{i}.latent cache"), &m, &inv_freq, &mb.kv_a, kv_a_norm, &l.k_cache)?);
-                    body.push(ctx.mla_absorb_q(&format!("blk.{i}.absorb q"), &m, &inv_freq, &q, k_b, &mb.q_lat)?);
+                    body.push(ctx.mla_absorb_q(&format!("blk.{i}.absorb q"), &m, &inv_freq, &q, kv_b, &mb.q_lat)?);
                     let shape = super::ops::AttentionShape {
                         n_heads: nh,
                         n_kv_heads: 1,
@@ -425,7 +421,7 @@ impl GpuModel {
                         scale: (a.softmax_mscale / ((a.qk_nope + a.qk_rope) as f64).sqrt()) as f32,
                         latent: true,
                     };
-                    body.extend(ctx.attention_with(
+                    body.extend(ctx.attention(
                         &format!("blk.{i}.attn"),
                         &mb.q_lat,
                         &l.k_cache,
@@ -437,7 +433,7 @@ impl GpuModel {
                         max_splits as u32,
                         false,
                     )?);
-                    body.push(ctx.mla_v_up(&format!("blk.{i}.v up"), &m, &attn, v_b, &mb.o)?);
+                    body.push(ctx.mla_v_up(&format!("blk.{i}.v up"), &m, &attn, kv_b, &mb.o)?);
                     body.extend(ctx.matmul(w(l.wo), &mb.o, nh * m.v_dim, &x, h, None, true, false, false, false)?);
                 }
                 _ => unreachable!("MLA buffers exist whenever an MLA layer does"),
@@ -488,8 +484,8 @@ impl GpuModel {
                     buffers.push(v_cache);
                     buffers.extend(bias.into_iter().flatten());
                 }
-                Attn::Mla { q, kv_a_norm, k_b, v_b, .. } => {
-                    buffers.extend([kv_a_norm, k_b, v_b]);
+                Attn::Mla { q, kv_a_norm, kv_b, .. } => {
+                    buffers.extend([kv_a_norm, kv_b]);
                     if let Err((_, norm, _)) = q {
                         buffers.push(norm);
                     }
@@ -738,44 +734,4 @@ impl Backend for GpuModel {
     fn gpu_bytes(&self) -> u64 {
         self.gpu.allocated_bytes()
     }
-}
-
-/// MLA's absorption weights in f32: `k_b` `[heads, rank, nope]` (`W_uk,h`
-/// transposed) and `v_b` `[heads, v, rank]`, from llama.cpp's split tensors or
-/// from one `kv_b` `[heads · (nope + v), rank]` (Hugging Face, older GGUF).
-async fn absorption_weights(
-    index: &crate::format::TensorIndex,
-    reader: &impl TensorReader,
-    layer: usize,
-    heads: u32,
-    rank: u32,
-    nope: u32,
-    v: u32,
-) -> Result<(Vec<f32>, Vec<f32>)> {
-    let (h, r, n, v) = (heads as usize, rank as usize, nope as usize, v as usize);
-    let name = |w| names::layer(index.kind, layer, w);
-    if index.get(&name(Layer::KvB)).is_none() {
-        let (kb, vb) = (index.require(&name(Layer::KB))?, index.require(&name(Layer::VB))?);
-        if kb.shape != [h as u64, r as u64, n as u64] || vb.shape != [h as u64, v as u64, r as u64] {
-            return Err(Error::Config(format!(
-                "{:?} {:?} / {:?} {:?} do not match {h} heads, rank {r}, nope {n}, v {v}",
-                kb.name, kb.shape, vb.name, vb.shape
-            )));
-        }
-        return Ok((index.read_f32_from(reader, kb).await?, index.read_f32_from(reader, vb).await?));
-    }
-    let t = index.require_matrix(&name(Layer::KvB), (h * (n + v)) as u64, r as u64)?;
-    let kv = index.read_f32_from(reader, t).await?;
-    let (mut kb, mut vb) = (vec![0f32; h * r * n], vec![0f32; h * v * r]);
-    for hd in 0..h {
-        for i in 0..n {
-            for j in 0..r {
-                kb[(hd * r + j) * n + i] = kv[(hd * (n + v) + i) * r + j];
-            }
-        }
-        for j in 0..v {
-            vb[(hd * v + j) * r..][..r].copy_from_slice(&kv[(hd * (n + v) + n + j) * r..][..r]);
-        }
-    }
-    Ok((kb, vb))
 }

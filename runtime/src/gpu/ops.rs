@@ -20,6 +20,14 @@ pub struct AttentionShape {
     pub latent: bool,
 }
 
+impl AttentionShape {
+    /// Grouped-query attention: values as wide as keys, scale 1/√head_dim.
+    pub fn gqa(n_heads: u32, n_kv_heads: u32, head_dim: u32) -> Self {
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        AttentionShape { n_heads, n_kv_heads, head_dim, v_dim: head_dim, scale, latent: false }
+    }
+}
+
 /// MLA's sizes, for its kernels (shaders/wgsl/mla.wgsl).
 pub struct MlaShape {
     pub heads: u32,
@@ -280,17 +288,17 @@ impl Ctx<'_> {
     }
 
     /// MLA: absorbed queries `q_lat` `[n_tokens, heads, rank + rope]` from `q`
-    /// `[n_tokens, heads, nope + rope]` and `k_b` `[heads, rank, nope]` (f32).
-    pub fn mla_absorb_q(&self, name: &str, m: &MlaShape, inv_freq: &wgpu::Buffer, q: &wgpu::Buffer, k_b: &wgpu::Buffer, q_lat: &wgpu::Buffer) -> Result<Op> {
+    /// `[n_tokens, heads, nope + rope]` and `W_kvb` (f32, [`crate::model::mla_kv_b`]).
+    pub fn mla_absorb_q(&self, name: &str, m: &MlaShape, inv_freq: &wgpu::Buffer, q: &wgpu::Buffer, kv_b: &wgpu::Buffer, q_lat: &wgpu::Buffer) -> Result<Op> {
         let grid = Grid::AttnCombine { heads: m.heads, head_dim: m.rank + m.rope, wg: shape::ELEMENTWISE_WG };
-        self.op(name.into(), m.key("absorb_q"), &m.params(), &[inv_freq, q, k_b, q_lat], grid)
+        self.op(name.into(), m.key("absorb_q"), &m.params(), &[inv_freq, q, kv_b, q_lat], grid)
     }
 
     /// MLA: each head's output `W_uv,h · õ_h` `[n_tokens, heads · v]` from the
-    /// latent attention output `[n_tokens, heads · rank]` and `v_b` `[heads, v, rank]` (f32).
-    pub fn mla_v_up(&self, name: &str, m: &MlaShape, o_lat: &wgpu::Buffer, v_b: &wgpu::Buffer, out: &wgpu::Buffer) -> Result<Op> {
+    /// latent attention output `[n_tokens, heads · rank]` and `W_kvb` (f32).
+    pub fn mla_v_up(&self, name: &str, m: &MlaShape, o_lat: &wgpu::Buffer, kv_b: &wgpu::Buffer, out: &wgpu::Buffer) -> Result<Op> {
         let grid = Grid::AttnCombine { heads: m.heads, head_dim: m.v_dim, wg: shape::ELEMENTWISE_WG };
-        self.op_at(name.into(), m.key("v_up"), &m.params(), &[(3, o_lat), (4, v_b), (5, out)], grid)
+        self.op_at(name.into(), m.key("v_up"), &m.params(), &[(3, o_lat), (4, kv_b), (5, out)], grid)
     }
 
     /// `out[t] = W[ids[t]]`, one op per row chunk of the embedding.
@@ -357,32 +365,10 @@ impl Ctx<'_> {
         )
     }
 
-    /// Causal attention over the cache: split partials, then combine.
+    /// Causal attention over the cache: split partials, then combine. With
+    /// MLA the latent row is the key and its first `rank` values the value.
     #[allow(clippy::too_many_arguments)]
     pub fn attention(
-        &self,
-        name: &str,
-        q: &wgpu::Buffer,
-        k_cache: &wgpu::Buffer,
-        v_cache: &wgpu::Buffer,
-        part_ml: &wgpu::Buffer,
-        part_o: &wgpu::Buffer,
-        out: &wgpu::Buffer,
-        n_heads: u32,
-        n_kv_heads: u32,
-        head_dim: u32,
-        max_splits: u32,
-        half_kv: bool,
-    ) -> Result<[Op; 2]> {
-        let scale = 1.0 / (head_dim as f32).sqrt();
-        let shape = AttentionShape { n_heads, n_kv_heads, head_dim, v_dim: head_dim, scale, latent: false };
-        self.attention_with(name, q, k_cache, v_cache, part_ml, part_o, out, &shape, max_splits, half_kv)
-    }
-
-    /// Attention with its own value width and softmax scale (MLA: the latent
-    /// row is the key, its first `rank` values the value).
-    #[allow(clippy::too_many_arguments)]
-    pub fn attention_with(
         &self,
         name: &str,
         q: &wgpu::Buffer,

@@ -584,8 +584,7 @@ impl Reference {
     }
 }
 
-/// An MLA layer's weights. `W_kvb` becomes one f32 `[heads · (nope + v), rank]`
-/// matrix whether the file has it whole or split into `k_b` and `v_b`.
+/// An MLA layer's weights; `W_kvb` as one f32 matrix ([`crate::model::mla_kv_b`]).
 fn load_mla(index: &TensorIndex, cfg: &ModelConfig, m: &Mla, i: usize) -> Result<MlaWeights> {
     let n = |w| names::layer(index.kind, i, w);
     let (h, nh, qk) = (cfg.hidden, cfg.n_heads, m.qk_nope + m.qk_rope);
@@ -598,34 +597,8 @@ fn load_mla(index: &TensorIndex, cfg: &ModelConfig, m: &Mla, i: usize) -> Result
             Matrix::load(index, &n(Layer::QB), [nh * qk, r])?,
         )),
     };
-    let kv_b = if index.get(&n(Layer::KvB)).is_some() {
-        Matrix::load(index, &n(Layer::KvB), [nh * (nope + vd), rank])?
-    } else {
-        // k_b [heads, rank, nope] (W_uk,h transposed) and v_b [heads, v, rank].
-        let (kb_name, vb_name) = (n(Layer::KB), n(Layer::VB));
-        let kb_t = index.require(&kb_name)?;
-        let vb_t = index.require(&vb_name)?;
-        if kb_t.shape != [nh as u64, rank as u64, nope as u64] || vb_t.shape != [nh as u64, vd as u64, rank as u64] {
-            return Err(Error::Config(format!(
-                "{kb_name:?} {:?} / {vb_name:?} {:?} do not match {nh} heads, rank {rank}, nope {nope}, v {vd}",
-                kb_t.shape, vb_t.shape
-            )));
-        }
-        let (kb, vb) = (index.read_f32(kb_t)?, index.read_f32(vb_t)?);
-        let mut w = vec![0f32; nh * (nope + vd) * rank];
-        for hd in 0..nh {
-            for j in 0..nope {
-                for r in 0..rank {
-                    w[(hd * (nope + vd) + j) * rank + r] = kb[(hd * rank + r) * nope + j];
-                }
-            }
-            for j in 0..vd {
-                let dst = (hd * (nope + vd) + nope + j) * rank;
-                w[dst..dst + rank].copy_from_slice(&vb[(hd * vd + j) * rank..][..rank]);
-            }
-        }
-        Matrix::from_f32(&n(Layer::KvB), nh * (nope + vd), rank, &w)
-    };
+    let kv_b = crate::engine::run_ready(crate::model::mla_kv_b(index, index, i, nh, m))?;
+    let kv_b = Matrix::from_f32(&n(Layer::KvB), nh * (nope + vd), rank, &kv_b);
     Ok(MlaWeights {
         q,
         kv_a: Matrix::load(index, &n(Layer::KvA), [rank + m.qk_rope, h])?,
