@@ -128,8 +128,6 @@ pub mod shape {
     /// Sampling considers at most this many of the most likely tokens (CPU and GPU alike).
     pub const MAX_CANDIDATES: u32 = 256;
     pub const COPY_WG: u32 = 64;
-    /// Most routed experts a mixture-of-experts layer may have (DeepSeek-V3: 256).
-    pub const MAX_EXPERTS: u32 = 256;
     /// Most expert groups in group-limited routing (one bit each).
     pub const MAX_EXPERT_GROUPS: u32 = 32;
 }
@@ -189,7 +187,6 @@ pub fn consts(family: &Family, flags: &[&str]) -> Vec<Const> {
         "matmul" => c.push(Const::U32("TILE_T", TILE_T)),
         "attention" => c.push(Const::U32("MAX_HEAD_DIM", if flags.contains(&"LATENT") { MAX_LATENT_RANK } else { MAX_HEAD_DIM })),
         "sample" => c.push(Const::U32("MAX_CAND", MAX_CANDIDATES)),
-        "moe" => c.push(Const::U32("MAX_EXPERTS_WORDS", MAX_EXPERTS / 32)),
         _ => {}
     }
     c

@@ -9,7 +9,12 @@
 // outright, never scored 0; the top_k choices (ties to the lower index, NaN
 // never) get their scores as weights, normalised (norm_topk) and scaled.
 // combine: x[t] += Σ_k w[t, k] · y[t · top_k + k] (+ shared[t], times
-// sigmoid(gate[t]) with SHARED_GATE). Constants: WG, MAX_EXPERTS_WORDS.
+// sigmoid(gate[t]) with SHARED_GATE). Constant: WG.
+// Loop bounds come through `*_bound`: Mesa 22.3's lavapipe (Debian 12) inlines
+// uniform values that bound loops and, when the loops then unroll (8 experts,
+// top 6), compiles the shader again at every dispatch — 3 ms a route. A bound
+// clamped by a buffer's length (which always holds it) is not a uniform, so it
+// is never inlined.
 // Every exp argument is clamped to [-80, 80]: e^-80 is still a normal f32, and
 // subnormal results cost CPU adapters (lavapipe) a microcode assist per op.
 
@@ -44,6 +49,14 @@ struct Params {
 @group(0) @binding(9) var<storage, read> gate: array<f32>;           // combine: [n_tokens]
 #endif
 
+fn experts_bound(v: u32) -> u32 {
+    return min(v, arrayLength(&logits));
+}
+
+fn top_k_bound() -> u32 {
+    return min(p.top_k, arrayLength(&weights));
+}
+
 fn score(t: u32, e: u32, max_logit: f32, sum: f32) -> f32 {
     let l = logits[t * p.n_experts + e];
     if (p.sigmoid == 1u) {
@@ -60,13 +73,23 @@ fn choice(t: u32, e: u32, max_logit: f32, sum: f32) -> f32 {
     return c;
 }
 
+// Whether choice (c, e) comes after (pc, pe) in the selection order.
+fn after(c: f32, e: u32, pc: f32, pe: u32) -> bool {
+    if (pc != pc) {
+        return c != c && e > pe;
+    }
+    return c != c || c < pc || (c == pc && e > pe);
+}
+
 @compute @workgroup_size(WG)
 fn route(@builtin(global_invocation_id) gid: vec3<u32>) {
     let t = gid.x;
     if (t >= step.n_tokens) {
         return;
     }
-    let n = p.n_experts;
+    let n = experts_bound(p.n_experts);
+    let top_k = top_k_bound();
+    let groups = experts_bound(p.groups);
     // Softmax normaliser (unused for sigmoid scores).
     var max_logit = -3.0e38;
     for (var e = 0u; e < n; e++) {
@@ -78,10 +101,10 @@ fn route(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     // Groups that compete: a bit each (≤ 32 groups).
     var kept = 0xffffffffu;
-    let per = n / p.groups;
-    if (p.groups > 1u && p.topk_groups < p.groups) {
+    let per = n / groups;
+    if (groups > 1u && p.topk_groups < groups) {
         var gscore: array<f32, 32>;
-        for (var g = 0u; g < p.groups; g++) {
+        for (var g = 0u; g < groups; g++) {
             var best = -3.0e38;
             var second = -3.0e38;
             for (var e = g * per; e < (g + 1u) * per; e++) {
@@ -96,11 +119,11 @@ fn route(@builtin(global_invocation_id) gid: vec3<u32>) {
             gscore[g] = select(best, best + second, p.top_two_sum == 1u);
         }
         kept = 0u;
-        for (var k = 0u; k < p.topk_groups; k++) {
+        for (var k = 0u; k < experts_bound(p.topk_groups); k++) {
             var bg = 0u;
             var bs = -3.4e38;
             var found = false;
-            for (var g = 0u; g < p.groups; g++) {
+            for (var g = 0u; g < groups; g++) {
                 if ((kept & (1u << g)) == 0u && (!found || gscore[g] > bs)) {
                     bg = g;
                     bs = gscore[g];
@@ -110,31 +133,38 @@ fn route(@builtin(global_invocation_id) gid: vec3<u32>) {
             kept |= 1u << bg;
         }
     }
-    // Top k by repeated selection; taken experts marked in a bitset.
-    var taken: array<u32, MAX_EXPERTS_WORDS>;
+    // Top k by repeated selection in one total order — real numbers before
+    // NaN, larger first, then the lower index — each pick the best that comes
+    // after the previous one (no per-thread bitset: CPU adapters spill
+    // indexed private arrays to memory).
     var total = 0.0;
-    for (var k = 0u; k < p.top_k; k++) {
+    var pc = 0.0;
+    var pe = n;
+    for (var k = 0u; k < top_k; k++) {
         var be = n;
         var bc = 0.0;
         for (var e = 0u; e < n; e++) {
-            if ((taken[e / 32u] & (1u << (e % 32u))) != 0u || (kept & (1u << (e / per))) == 0u) {
+            if ((kept & (1u << (e / per))) == 0u) {
                 continue;
             }
             let c = choice(t, e, max_logit, sum);
-            // The first allowed expert stands in until a real number beats it (NaN never does).
-            if (be == n || c > bc || (bc != bc && c == c)) {
+            if (pe < n && !after(c, e, pc, pe)) {
+                continue;
+            }
+            if (be == n || after(bc, be, c, e)) {
                 be = e;
                 bc = c;
             }
         }
         be = min(be, n - 1u);
-        taken[be / 32u] |= 1u << (be % 32u);
+        pe = be;
+        pc = bc;
         let w = score(t, be, max_logit, sum);
         ids[t * p.top_k + k] = be;
         weights[t * p.top_k + k] = w;
         total += w;
     }
-    for (var k = 0u; k < p.top_k; k++) {
+    for (var k = 0u; k < top_k; k++) {
         var w = weights[t * p.top_k + k];
         if (p.norm_topk == 1u) {
             w /= total + 1e-20;
@@ -152,7 +182,7 @@ fn combine(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
     let t = i / p.hidden;
     let d = i % p.hidden;
     var v = 0.0;
-    for (var k = 0u; k < p.top_k; k++) {
+    for (var k = 0u; k < top_k_bound(); k++) {
         v += weights[t * p.top_k + k] * y[(t * p.top_k + k) * p.hidden + d];
     }
     if (p.has_shared == 1u) {
