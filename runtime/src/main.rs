@@ -368,11 +368,14 @@ fn bench(a: BenchArgs) -> Result<()> {
     let (adapter, backend_name) = backend.describe();
     let gpu_bytes = backend.gpu_bytes();
     let (p, d) = (median(prefill), median(decode));
-    if let (Some(g), Some(_)) = (gpu_model.as_mut(), std::env::var_os("BALEEN_PROFILE")) {
-        // Where a decode step's time goes, by op kind (ms per step).
+    if let (Some(g), Some(v)) = (gpu_model.as_mut(), std::env::var_os("BALEEN_PROFILE")) {
+        // Where a pass's time goes, by op kind (ms per pass): BALEEN_PROFILE=N
+        // profiles a pass of N tokens after the prompt (1, or not a number: a
+        // decode step).
+        let n = v.to_str().and_then(|v| v.parse().ok()).unwrap_or(1);
         g.truncate(0);
         g.forward(&prompt, false)?;
-        for (k, ms) in pollster::block_on(g.profile_decode_by_kind(5))? {
+        for (k, ms) in pollster::block_on(g.profile_by_kind(n, 5))? {
             eprintln!("{ms:8.2} ms  {k}");
         }
     }

@@ -196,7 +196,7 @@ impl WebEngine {
         let inner = self.inner.clone();
         wasm_bindgen_futures::future_to_promise(async move {
             let mut guard = inner.try_borrow_mut().map_err(|_| busy())?;
-            let v = guard.model.profile_decode_by_kind(reps.max(1) as usize).await.map_err(to_js)?;
+            let v = guard.model.profile_by_kind(1, reps.max(1) as usize).await.map_err(to_js)?;
             Ok(JsValue::from_str(&serde_json::to_string(&v).expect("serialisable")))
         })
     }

@@ -48,7 +48,7 @@ pub const ROPE: Family = family!("rope", flags: ["HALF_K"], choices: [["HALVES",
 pub const ATTENTION: Family = family!("attention", flags: ["HALF_KV", "LATENT"], choices: []);
 pub const ELEMENTWISE: Family = family!("elementwise", flags: [], choices: []);
 pub const SAMPLE: Family = family!("sample", flags: [], choices: []);
-pub const MOE: Family = family!("moe", flags: ["BIAS", "SHARED_GATE"], choices: []);
+pub const MOE: Family = family!("moe", flags: ["BIAS", "SHARED_GATE", "PERMUTED"], choices: []);
 pub const MLA: Family = family!("mla", flags: [], choices: [["HALVES", "ADJACENT"]]);
 
 pub const FAMILIES: &[Family] = &[COPY, MATMUL, EMBED, NORM, ROPE, ATTENTION, ELEMENTWISE, SAMPLE, MOE, MLA];
@@ -71,9 +71,11 @@ fn emit(line: &str, mode: &str) -> Result<String, String> {
     Ok(match mode {
         "store" => format!("    r.v{i} = {expr};"),
         "dot" => format!("    acc += dot({expr}, x[x4 + {i}u]);"),
-        "tile" => {
+        // `tile`: 8 tokens; `tile4`, `tile2`: the first 4 or 2 of them.
+        "tile" | "tile4" | "tile2" => {
+            let n = mode.strip_prefix("tile").and_then(|n| n.parse().ok()).unwrap_or(8);
             let mut s = format!("    {{\n        let wv = {expr};\n");
-            for j in 0..8 {
+            for j in 0..n {
                 s += &format!("        (*tile).a{j} += dot(wv, x[xb + {j}u * xs + {i}u]);\n");
             }
             s + "    }"
@@ -184,7 +186,7 @@ pub fn consts(family: &Family, flags: &[&str]) -> Vec<Const> {
         c.push(Const::U32("SUBS", l.subs()));
     }
     match family.name {
-        "matmul" => c.push(Const::U32("TILE_T", TILE_T)),
+        "matmul" | "moe" => c.push(Const::U32("TILE_T", TILE_T)),
         "attention" => c.push(Const::U32("MAX_HEAD_DIM", if flags.contains(&"LATENT") { MAX_LATENT_RANK } else { MAX_HEAD_DIM })),
         "sample" => c.push(Const::U32("MAX_CAND", MAX_CANDIDATES)),
         _ => {}

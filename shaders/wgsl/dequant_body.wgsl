@@ -2,8 +2,8 @@
 // weight row, one `EMIT(i, vec4)` per 4 values. Included by
 // `#include dequant_body MODE`, which rewrites each EMIT: `store` into
 // `r.v<i>` (dequant32), `dot` into a running dot product with x (one token),
-// `tile` into dot products with the 8 tokens of a tile. Emitting and
-// consuming 4 values at a time keeps few values live: CPU adapters give every
+// `tile` into dot products with the 8 tokens of a tile (`tile4`, `tile2`: its
+// first 4 or 2). Emitting and consuming 4 values at a time keeps few values live: CPU adapters give every
 // invocation's value a SIMD register, and a 32-value array spills.
 #if F32
     let k = 8u * b;

@@ -1,5 +1,6 @@
 // SwiGLU activation: out = silu(gate) ⊙ up over [n_tokens · rows_per_token, cols]
-// (rows_per_token: 1, or the routed experts' top_k slots). Constants: WG.
+// (rows_per_token: 1, or the routed experts' top_k slots; 0: every row of
+// out, the grouped experts' tiles). Constants: WG.
 
 #include step
 
@@ -18,7 +19,8 @@ struct Params {
 @compute @workgroup_size(WG)
 fn swiglu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = gid.x + gid.y * nwg.x * WG;
-    if (i >= step.n_tokens * p.rows_per_token * p.cols) {
+    let n = select(step.n_tokens * p.rows_per_token * p.cols, arrayLength(&out), p.rows_per_token == 0u);
+    if (i >= n) {
         return;
     }
     let g = gate[i];

@@ -16,6 +16,12 @@
 // (s % top_k)-th choice) computes y[s] = W[ids[s]] · x[s / x_div], reading the
 // expert ids the router wrote on the GPU. Chunks hold whole experts; a chunk
 // skips slots whose expert another chunk holds.
+//
+// `grouped` (either shape): the routed experts for a pass of many tokens,
+// each expert's weights read once per tile of up to TILE_T of its slots.
+// Tile i = (expert, count) comes from moe.wgsl's `sort`; its slots' x and y
+// rows are TILE_T·i … (the base from the workgroup id: uniform, so CPU
+// adapters load x as broadcasts, not gathers).
 // Constants: WG, TILE_T, and the format's QUADS, SCALE_WORDS, SUBS.
 
 #include step
@@ -48,6 +54,7 @@ struct Params {
 @group(0) @binding(5) var<storage, read> b: array<f32>;        // [all chunks' rows]
 #endif
 @group(0) @binding(7) var<storage, read> ids: array<u32>;      // `experts`: [n_tokens · top_k] expert ids
+@group(0) @binding(8) var<storage, read> tiles: array<vec2<u32>>; // `grouped`: (expert, slots)
 
 // `experts`: slot s's row r of its expert, as a row of this chunk, and whether
 // this chunk holds it.
@@ -55,6 +62,17 @@ fn expert_row(s: u32, r: u32) -> vec2<u32> {
     let row = ids[s] * p.expert_rows + r;
     let here = row >= p.row_offset && row < p.row_offset + p.rows && r < p.expert_rows;
     return vec2<u32>(select(0u, row - p.row_offset, here), select(0u, 1u, here));
+}
+
+// `grouped`: tile i's expert's row r as a row of this chunk, whether this
+// chunk holds it, and the tile's count of slots.
+fn tile_row(i: u32, r: u32) -> vec3<u32> {
+    // (An empty pass lists no tiles; reading the step also keeps binding 0 in
+    // this entry's automatic layout, which every op binds.)
+    let tile = select(tiles[i], vec2<u32>(0u), step.n_tokens == 0u);
+    let row = tile.x * p.expert_rows + r;
+    let here = tile.y > 0u && row >= p.row_offset && row < p.row_offset + p.rows && r < p.expert_rows;
+    return vec3<u32>(select(0u, row - p.row_offset, here), select(0u, 1u, here), tile.y);
 }
 
 // `experts`: y[s, r] (f32, rows of expert_rows).
@@ -120,14 +138,25 @@ struct Tile {
     a7: f32,
 }
 
-// Sub-block s of block b times the 8 token rows at xb (vec4 stride xs), added into a.
+// Sub-block s of block b times the 8 (4, 2) token rows at xb (vec4 stride
+// xs), added into a.
 fn tile_sub(b: u32, s: u32, xb: u32, xs: u32, tile: ptr<function, Tile>) {
 #include dequant_body tile
 }
 
+fn tile_sub4(b: u32, s: u32, xb: u32, xs: u32, tile: ptr<function, Tile>) {
+#include dequant_body tile4
+}
+
+fn tile_sub2(b: u32, s: u32, xb: u32, xs: u32, tile: ptr<function, Tile>) {
+#include dequant_body tile2
+}
+
 // Σ over the row's sub-blocks for tokens x0 … x0 + nt - 1 (nt ≤ 8), each
-// dequantised vec4 reused for all of them. `first`, `step_sb`: the
-// sub-blocks this invocation takes.
+// dequantised vec4 reused for all of them: a tile of 2, 4 or 8, the least
+// that holds nt (on CPU adapters a wasted token's dot products cost about as
+// much as dequantising again). `first`, `step_sb`: the sub-blocks this
+// invocation takes.
 fn row_tile(x0: u32, nt: u32, n_sub: u32, first: u32, step_sb: u32) -> Tile {
     let xs = p.x_stride / 4u;
     var a: Tile;
@@ -138,6 +167,18 @@ fn row_tile(x0: u32, nt: u32, n_sub: u32, first: u32, step_sb: u32) -> Tile {
         return a;
     }
     // Rows past the pass's last token read other (in-bounds) x rows and are never stored.
+    if (nt == 2u) {
+        for (var sb = first; sb < n_sub; sb += step_sb) {
+            tile_sub2(sb / SUBS, sb % SUBS, x0 + sb * 8u, xs, &a);
+        }
+        return a;
+    }
+    if (nt <= 4u) {
+        for (var sb = first; sb < n_sub; sb += step_sb) {
+            tile_sub4(sb / SUBS, sb % SUBS, x0 + sb * 8u, xs, &a);
+        }
+        return a;
+    }
     for (var sb = first; sb < n_sub; sb += step_sb) {
         tile_sub(sb / SUBS, sb % SUBS, x0 + sb * 8u, xs, &a);
     }
@@ -193,6 +234,23 @@ fn experts(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id)
     select_row(at.x, p.rows, n_sub / SUBS, p.scale_offset);
     let a = row_tile((s / p.x_div) * (p.x_stride / 4u), 1u, n_sub, 0u, 1u);
     store_slot(s, gid.x, a.a0);
+}
+
+// One thread: row gid.x of tile wid.y's expert for the tile's slots.
+// Grid: (expert_rows / WG, tiles).
+@compute @workgroup_size(WG)
+fn grouped(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let at = tile_row(wid.y, gid.x);
+    if (at.y == 0u) {
+        return;
+    }
+    let n_sub = p.cols / 32u;
+    let r0 = wid.y * TILE_T;
+    select_row(at.x, p.rows, n_sub / SUBS, p.scale_offset);
+    let a = row_tile(r0 * (p.x_stride / 4u), at.z, n_sub, 0u, 1u);
+    for (var j = 0u; j < at.z; j++) {
+        store_slot(r0 + j, gid.x, tile_value(a, j));
+    }
 }
 #endif
 
@@ -292,6 +350,38 @@ fn experts(
     let total = workgroup_sum(a.a0, lid, sid, ssize);
     if (lid == 0u && at.y == 1u) {
         store_slot(s, wid.x, total);
+    }
+}
+
+// One workgroup: row wid.x of tile wid.y's expert for the tile's slots. As in
+// `experts`, a tile this chunk does not hold runs zero sub-blocks, and every
+// workgroup reduces all TILE_T sums: barriers stay in uniform control flow.
+@compute @workgroup_size(WG)
+fn grouped(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+#if SUBGROUPS
+    @builtin(subgroup_invocation_id) sid: u32,
+    @builtin(subgroup_size) ssize: u32,
+#endif
+) {
+#if !SUBGROUPS
+    let sid = 0u;
+    let ssize = 1u;
+#endif
+    if (wid.x >= p.expert_rows) {
+        return;
+    }
+    let at = tile_row(wid.y, wid.x);
+    let n_sub = select(0u, p.cols / 32u, at.y == 1u);
+    let r0 = wid.y * TILE_T;
+    select_row(at.x, p.rows, p.cols / 32u / SUBS, p.scale_offset);
+    let a = row_tile(r0 * (p.x_stride / 4u), max(at.z, 1u), n_sub, lid, WG);
+    for (var j = 0u; j < TILE_T; j++) {
+        let total = workgroup_sum(tile_value(a, j), lid, sid, ssize);
+        if (lid == 0u && at.y == 1u && j < at.z) {
+            store_slot(r0 + j, wid.x, total);
+        }
     }
 }
 #endif

@@ -9,7 +9,19 @@
 // outright, never scored 0; the top_k choices (ties to the lower index, NaN
 // never) get their scores as weights, normalised (norm_topk) and scaled.
 // combine: x[t] += Σ_k w[t, k] · y[t · top_k + k] (+ shared[t], times
-// sigmoid(gate[t]) with SHARED_GATE). Constant: WG.
+// sigmoid(gate[t]) with SHARED_GATE); with PERMUTED, slot s's row of y is
+// slot_pos[s] (the grouped prefill's order).
+//
+// The grouped prefill (passes of several tokens) runs each expert once over
+// all of its slots: `sort` counts the slots per expert and cuts each
+// expert's run into tiles of up to TILE_T slots (`tiles`: expert, count);
+// tile i's slots sit in rows TILE_T·i … of the experts' buffers, slot s at
+// row slot_pos[s]. `gather` copies each slot's token row of x there
+// (`sorted`); the matmul's `grouped` entry runs one tile per workgroup row
+// (its row base comes from the workgroup id, so CPU adapters load x as
+// broadcasts); combine reads the results back through slot_pos.
+// Constants: WG, TILE_T.
+//
 // Loop bounds come through `*_bound`: Mesa 22.3's lavapipe (Debian 12) inlines
 // uniform values that bound loops and, when the loops then unroll (8 experts,
 // top 6), compiles the shader again at every dispatch — 3 ms a route. A bound
@@ -42,12 +54,16 @@ struct Params {
 #if BIAS
 @group(0) @binding(5) var<storage, read> bias: array<f32>;           // route: [n_experts]
 #endif
-@group(0) @binding(6) var<storage, read_write> x: array<f32>;        // combine: [n_tokens, hidden]
-@group(0) @binding(7) var<storage, read> y: array<f32>;              // combine: [n_tokens · top_k, hidden]
+@group(0) @binding(6) var<storage, read_write> x: array<f32>;        // combine: out, gather: in [n_tokens, hidden]
+@group(0) @binding(7) var<storage, read> y: array<f32>;              // combine: [slot rows, hidden]
 @group(0) @binding(8) var<storage, read> shared_out: array<f32>;     // combine: [n_tokens, hidden]
 #if SHARED_GATE
 @group(0) @binding(9) var<storage, read> gate: array<f32>;           // combine: [n_tokens]
 #endif
+@group(0) @binding(11) var<storage, read_write> slot_pos: array<u32>; // sort: out; gather, combine: in [n_tokens · top_k]
+@group(0) @binding(12) var<storage, read_write> tiles: array<vec2<u32>>; // sort: out [max tiles]
+@group(0) @binding(13) var<storage, read_write> counts: array<u32>;   // sort: scratch [n_experts]
+@group(0) @binding(14) var<storage, read_write> sorted: array<f32>;   // gather: out [tile rows, hidden]
 
 fn experts_bound(v: u32) -> u32 {
     return min(v, arrayLength(&logits));
@@ -183,7 +199,13 @@ fn combine(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
     let d = i % p.hidden;
     var v = 0.0;
     for (var k = 0u; k < top_k_bound(); k++) {
-        v += weights[t * p.top_k + k] * y[(t * p.top_k + k) * p.hidden + d];
+        let slot = t * p.top_k + k;
+#if PERMUTED
+        let row = slot_pos[slot];
+#else
+        let row = slot;
+#endif
+        v += weights[slot] * y[row * p.hidden + d];
     }
     if (p.has_shared == 1u) {
         var s = shared_out[i];
@@ -193,4 +215,54 @@ fn combine(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
         v += s;
     }
     x[i] += v;
+}
+
+// One thread: a counting sort of the pass's slots by expert (stable, so each
+// expert's slots keep token order), each expert's run cut into tiles; tiles
+// past the last are written empty. The grid of `grouped` has
+// ceil(slots / TILE_T) + min(experts, slots) tiles, enough for any choice.
+@compute @workgroup_size(WG)
+fn sort(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if (gid.x != 0u) {
+        return;
+    }
+    let n = min(p.n_experts, arrayLength(&counts));
+    let n_slots = min(step.n_tokens * p.top_k, arrayLength(&slot_pos));
+    for (var e = 0u; e < n; e++) {
+        counts[e] = 0u;
+    }
+    for (var s = 0u; s < n_slots; s++) {
+        let e = min(ids[s], n - 1u);
+        counts[e] += 1u;
+    }
+    let max_tiles = min(arrayLength(&tiles), (n_slots + TILE_T - 1u) / TILE_T + min(n, n_slots));
+    var tile = 0u;
+    for (var e = 0u; e < n; e++) {
+        let c = counts[e];
+        counts[e] = tile * TILE_T; // the row of e's next slot
+        for (var j = 0u; j < c && tile < max_tiles; j += TILE_T) {
+            tiles[tile] = vec2<u32>(e, min(TILE_T, c - j));
+            tile++;
+        }
+    }
+    for (; tile < max_tiles; tile++) {
+        tiles[tile] = vec2<u32>(0u);
+    }
+    for (var s = 0u; s < n_slots; s++) {
+        let e = min(ids[s], n - 1u);
+        slot_pos[s] = counts[e];
+        counts[e] += 1u;
+    }
+}
+
+// sorted[slot_pos[s]] = x[token of s]: the experts' input rows, tile by tile.
+@compute @workgroup_size(WG)
+fn gather(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    if (i >= step.n_tokens * p.top_k * p.hidden) {
+        return;
+    }
+    let s = i / p.hidden;
+    let d = i % p.hidden;
+    sorted[slot_pos[s] * p.hidden + d] = x[(s / p.top_k) * p.hidden + d];
 }

@@ -72,9 +72,14 @@ fn moe_and_mla_models_match_transformers_on_the_gpu() {
         let clear = clear_steps(&fx).min(want_greedy.len());
         for file in [common::fixture(name), common::fixture(name).join("model.gguf")] {
             let m = ModelFiles::open(&file).unwrap();
-            // Small bindings: the experts' weights split into chunks of whole experts.
-            for (shape, max_binding) in [(MatmulShape::RowPerThread, None), (MatmulShape::RowPerWorkgroup, Some(40 << 10))] {
-                let opts = GpuOptions { shape: Some(shape), max_pass_tokens: 5, kv_f16: Some(false), max_binding, ..Default::default() };
+            // Small bindings: the experts' weights split into chunks of whole
+            // experts. Prefill's experts per slot, and grouped by expert.
+            for (shape, max_binding, grouped) in [
+                (MatmulShape::RowPerThread, None, false),
+                (MatmulShape::RowPerThread, None, true),
+                (MatmulShape::RowPerWorkgroup, Some(40 << 10), true),
+            ] {
+                let opts = GpuOptions { shape: Some(shape), max_pass_tokens: 5, kv_f16: Some(false), max_binding, grouped_experts: Some(grouped), ..Default::default() };
                 let mut g = GpuModel::load(gpu.clone(), &m, &opts).unwrap();
                 let all = g.forward(&ids, true).unwrap();
                 let vocab = m.config.vocab;
@@ -89,9 +94,9 @@ fn moe_and_mla_models_match_transformers_on_the_gpu() {
                 let gen = generate(&mut g, &ids, &params, |_| true).unwrap();
                 let last = common::f32s(fx["logits"].as_array().unwrap().last().unwrap());
                 let d = common::max_abs_diff(&gen.prompt_logits, &last);
-                assert!(d <= TINY_TOL, "{name} {shape:?} prefill in chunks of 5: max |Δ| {d}");
+                assert!(d <= TINY_TOL, "{name} {shape:?} grouped {grouped}: prefill in chunks of 5: max |Δ| {d}");
                 assert_eq!(gen.tokens[..clear], want_greedy[..clear], "{name} {shape:?} greedy");
-                eprintln!("{name} ({}) {shape:?}: max |Δlogit| {worst:e} (decode path), {d:e} (chunked prefill)", file.display());
+                eprintln!("{name} ({}) {shape:?} grouped {grouped}: max |Δlogit| {worst:e} (decode path), {d:e} (chunked prefill)", file.display());
             }
         }
     }

@@ -541,6 +541,119 @@ fn expert_matmul_reads_ids_from_the_gpu_across_chunks() {
 }
 
 #[test]
+fn grouped_experts_sort_gather_matmul_swiglu_and_combine() {
+    // A prefill pass's experts grouped: 7 tokens × top 3 over 6 experts, with
+    // expert 4 chosen by every token (21 slots: its run needs two tiles of 8
+    // and a part tile) and expert 2 by none; weights in chunks of 2 experts.
+    use baleen::gpu::{expert_tiles, Grid};
+    let gpu = gpu();
+    let (e, rows, cols, n, k) = (6usize, 40usize, 64usize, 7usize, 3usize);
+    let slots = n * k;
+    let chosen: Vec<u32> = (0..n).flat_map(|t| [4, [0, 1, 3, 5][t % 4], [5, 0, 1][t % 3]]).collect();
+    let m = moe_config(e, k, baleen::config::Scoring::Softmax, 1, 1, baleen::config::GroupScore::Max, true);
+    let n_tiles = expert_tiles(slots as u32, e as u32) as usize;
+    let tile_rows = n_tiles * 8;
+    let mut rng = Rng(41);
+    let x = rng.vec(n * cols);
+    for (shape, subgroups) in shapes(&gpu) {
+        let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
+        let ctx = Ctx { gpu: &gpu, step: &step_buf, shape, subgroups };
+        let ids = gpu.storage_init("ids", bytemuck::cast_slice(&chosen)).unwrap();
+        let slot_pos = gpu.storage("slot rows", slots as u64 * 4).unwrap();
+        let tiles = gpu.storage("tiles", n_tiles as u64 * 8).unwrap();
+        let counts = gpu.storage("counts", e as u64 * 4).unwrap();
+        let xb = upload(&gpu, "x", &x);
+        let xs = upload(&gpu, "sorted x", &vec![f32::NAN; tile_rows * cols]);
+        let sort = ctx.moe_sort("sort", &m, &ids, &slot_pos, &tiles, &counts).unwrap();
+        let gather = ctx.moe_gather("gather", &xb, &slot_pos, &xs, cols as u32, k as u32).unwrap();
+        run(&gpu, &step_buf, step(n as u32, 0), &[sort, gather]);
+
+        // The schedule: tiles of one expert in expert order, ≤ 8 slots each,
+        // every slot once, at its expert's tile rows, in token order.
+        let tl: Vec<u32> = bytemuck::cast_slice(&gpu.read(&tiles, 0, n_tiles as u64 * 8).unwrap()).to_vec();
+        let pos: Vec<u32> = bytemuck::cast_slice(&gpu.read(&slot_pos, 0, slots as u64 * 4).unwrap()).to_vec();
+        let mut want_tiles = Vec::new();
+        for ex in 0..e as u32 {
+            let c = chosen.iter().filter(|&&c| c == ex).count() as u32;
+            want_tiles.extend((0..c).step_by(8).map(|j| [ex, (c - j).min(8)]));
+        }
+        want_tiles.resize(n_tiles, [0, 0]);
+        assert_eq!(tl.chunks(2).map(|t| [t[0], t[1]]).collect::<Vec<_>>(), want_tiles, "{shape:?} tiles");
+        let mut seen = vec![false; tile_rows];
+        for s in 0..slots {
+            let (tile, j) = (pos[s] as usize / 8, pos[s] as usize % 8);
+            assert_eq!(tl[2 * tile], chosen[s], "slot {s} sits in a tile of its expert");
+            assert!((j as u32) < tl[2 * tile + 1] && !seen[pos[s] as usize], "slot {s}: row {}", pos[s]);
+            seen[pos[s] as usize] = true;
+            if let Some(prev) = (0..s).rev().find(|&p| chosen[p] == chosen[s]) {
+                assert!(pos[prev] < pos[s], "an expert's slots keep token order");
+            }
+        }
+        let gathered = download(&gpu, &xs, tile_rows * cols);
+        for s in 0..slots {
+            assert_eq!(&gathered[pos[s] as usize * cols..][..cols], &x[(s / k) * cols..][..cols], "slot {s} gathered");
+        }
+
+        // The grouped matmul in three formats, chunked by whole experts; then
+        // SwiGLU over the tile rows and the weighted sum back per token.
+        for dtype in [DType::F32, DType::Q4_1, DType::Q6_K] {
+            let cols = if dtype == DType::Q6_K { 256 } else { cols };
+            let x = rng.vec(n * cols);
+            let xb = upload(&gpu, "x", &x);
+            let xs = gpu.storage("sorted x", (tile_rows * cols * 4) as u64).unwrap();
+            let (bytes, w) = random_matrix(dtype, e * rows, cols, 6);
+            let row_bytes = baleen::gpu::weights::repacked_row_bytes(dtype, cols as u64) as usize;
+            let tensor = baleen::format::TensorInfo {
+                name: "experts".into(),
+                dtype,
+                shape: vec![e as u64, rows as u64, cols as u64],
+                file: 0,
+                offset: 0,
+                nbytes: bytes.len() as u64,
+            };
+            let src: std::sync::Arc<dyn baleen::source::WeightSource> = std::sync::Arc::new(baleen::source::PrefixSource::whole("w", bytes.clone()));
+            let index = baleen::format::TensorIndex::new(baleen::format::FileKind::Gguf, vec![src], vec![tensor.clone()], Default::default()).unwrap();
+            let interleaved = shape == MatmulShape::RowPerThread;
+            let wm = baleen::engine::run_ready(GpuMatrix::load_experts(&gpu, &index, &[&tensor], e as u64, rows as u64, cols as u64, (2 * rows * row_bytes) as u64 + 64, interleaved)).unwrap();
+            assert_eq!(wm.chunks.len(), 3);
+            let y = gpu.storage("y", (tile_rows * rows * 4) as u64).unwrap();
+            let mut ops = vec![ctx.moe_gather("gather", &xb, &slot_pos, &xs, cols as u32, k as u32).unwrap()];
+            ops.extend(ctx.grouped(&wm, rows as u32, &xs, cols as u32, &tiles, &y, &m).unwrap());
+            assert!(matches!(ops[1].grid, Grid::ExpertTiles { .. }));
+            run(&gpu, &step_buf, step(n as u32, 0), &ops);
+            let got = download(&gpu, &y, tile_rows * rows);
+            for s in 0..slots {
+                for r in 0..rows {
+                    let want = reference::dot(&w[(chosen[s] as usize * rows + r) * cols..][..cols], &x[(s / k) * cols..][..cols]);
+                    let g = got[pos[s] as usize * rows + r];
+                    assert!((g - want).abs() <= 1e-3 * (1.0 + want.abs()), "{dtype:?} {shape:?} slot {s} row {r}: {g} vs {want}");
+                }
+            }
+        }
+        let (g, u) = (rng.vec(tile_rows * rows), rng.vec(tile_rows * rows));
+        let (gb, ub) = (upload(&gpu, "gate", &g), upload(&gpu, "up", &u));
+        let act = gpu.storage("act", (tile_rows * rows * 4) as u64).unwrap();
+        run(&gpu, &step_buf, step(n as u32, 0), &[ctx.swiglu_tiles("swiglu", &gb, &ub, &act, rows as u32, &m).unwrap()]);
+        let got = download(&gpu, &act, tile_rows * rows);
+        for i in 0..tile_rows * rows {
+            let want = g[i] / (1.0 + (-g[i]).exp()) * u[i];
+            assert!((got[i] - want).abs() <= 1e-5 * (1.0 + want.abs()), "swiglu over tile row {}", i / rows);
+        }
+        let h = rows;
+        let (res, wts) = (rng.vec(n * h), rng.vec(slots));
+        let (rb, wb) = (upload(&gpu, "x", &res), upload(&gpu, "weights", &wts));
+        run(&gpu, &step_buf, step(n as u32, 0), &[ctx.moe_combine("combine", &rb, &gb, &wb, None, None, Some(&slot_pos), h as u32, k as u32).unwrap()]);
+        let got = download(&gpu, &rb, n * h);
+        for t in 0..n {
+            for d in 0..h {
+                let want = res[t * h + d] + (0..k).map(|j| wts[t * k + j] * g[pos[t * k + j] as usize * h + d]).sum::<f32>();
+                assert!((got[t * h + d] - want).abs() < 1e-5, "combine token {t} [{d}]");
+            }
+        }
+    }
+}
+
+#[test]
 fn moe_combine_weights_experts_and_gates_the_shared_one() {
     let gpu = gpu();
     let mut rng = Rng(33);
@@ -550,7 +663,7 @@ fn moe_combine_weights_experts_and_gates_the_shared_one() {
     let ctx = Ctx { gpu: &gpu, step: &step_buf, shape: gpu.shape, subgroups: false };
     for gated in [false, true] {
         let (xb, yb, wb, sb, gb) = (upload(&gpu, "x", &x), upload(&gpu, "y", &y), upload(&gpu, "w", &wts), upload(&gpu, "s", &shared), upload(&gpu, "g", &gate));
-        let op = ctx.moe_combine("c", &xb, &yb, &wb, Some(&sb), gated.then_some(&gb), h as u32, k as u32).unwrap();
+        let op = ctx.moe_combine("c", &xb, &yb, &wb, Some(&sb), gated.then_some(&gb), None, h as u32, k as u32).unwrap();
         run(&gpu, &step_buf, step(n as u32, 0), &[op]);
         let got = download(&gpu, &xb, n * h);
         for t in 0..n {

@@ -73,7 +73,7 @@ pub fn run(gpu: &Gpu, target_bytes: u64, only: Option<&str>) -> Result<KernelRep
     let vec4s = (bytes / 16) as u32;
     let groups = vec4s.div_ceil(shape::COPY_WG);
     let gx = groups.min(65535);
-    let copy = Op { name: "copy".into(), pipeline, bind_group, grid: Grid::Fixed([gx, groups.div_ceil(gx), 1]) };
+    let copy = Op { name: "copy".into(), pipeline, bind_group, grid: Grid::Fixed([gx, groups.div_ceil(gx), 1]), passes: Default::default() };
     let secs = time_ops(gpu, &step_buf, &one, &[&copy], 4, 5)?;
     let copy_gbps = 2.0 * bytes as f64 / secs / 1e9;
 

@@ -5,7 +5,7 @@
 
 use super::ops::Ctx;
 use super::weights::GpuMatrix;
-use super::{Gpu, GpuOptions, Op, Step};
+use super::{Gpu, GpuOptions, Op, Passes, Step};
 use crate::config::ModelConfig;
 #[cfg(not(target_arch = "wasm32"))]
 use crate::engine::Backend;
@@ -79,6 +79,7 @@ impl GpuModel {
             return Err(Error::Unsupported(format!("head dim {} (the GPU kernels hold up to {})", cfg.head_dim, shape::MAX_HEAD_DIM)));
         }
         let shape = opts.shape.unwrap_or(gpu.shape);
+        let grouped = opts.grouped_experts.unwrap_or(gpu.grouped_experts);
         let interleaved = shape == super::MatmulShape::RowPerThread;
         let max_binding = opts.max_binding.unwrap_or(gpu.max_binding()).min(gpu.max_binding());
         // MLA's latent cache is f32 (its rows are few and small).
@@ -169,18 +170,26 @@ impl GpuModel {
             logits: wgpu::Buffer,   // [t, experts]
             ids: wgpu::Buffer,      // [t, top_k] u32
             weights: wgpu::Buffer,  // [t, top_k]
+            // Rows: slots (one token), or TILE_T per tile (grouped).
             gate: wgpu::Buffer,     // [t · top_k, expert_ffn]
             up: wgpu::Buffer,       // [t · top_k, expert_ffn]
             act: wgpu::Buffer,      // [t · top_k, expert_ffn]
-            out: wgpu::Buffer,      // [t · top_k, hidden]
+            out: wgpu::Buffer,      // [t · top_k, hidden]; grouped: first the tiles' inputs
             shared: Option<[wgpu::Buffer; 4]>, // gate, up, act [t, shared_ffn]; out [t, hidden]
             shared_gate: wgpu::Buffer, // [t] logits of the shared expert's gate
+            // Grouped (passes of several tokens): see moe.wgsl's `sort`.
+            slot_pos: wgpu::Buffer, // [t · top_k] u32
+            tiles: wgpu::Buffer,    // [expert_tiles] × (expert, count) u32
+            counts: wgpu::Buffer,   // [experts] u32
         }
         let moe_bufs = match &cfg.moe {
             None => None,
             Some(m) => {
                 let (e, k, f, fs) = (m.n_experts as u64, m.top_k as u64, m.expert_ffn as u64, m.shared_ffn as u64);
-                for (what, bytes) in [("expert activations", t * k * f.max(h as u64) * 4), ("router logits", t * e * 4)] {
+                // Grouped, every tile has TILE_T rows.
+                let tiles = if grouped { super::expert_tiles((t * k) as u32, e as u32) as u64 } else { 1 };
+                let slots = (t * k).max(if grouped { tiles * shape::TILE_T as u64 } else { 0 });
+                for (what, bytes) in [("expert activations", slots * f.max(h as u64) * 4), ("router logits", t * e * 4)] {
                     if bytes > max_binding {
                         return Err(Error::Unsupported(format!("{what} ({bytes} bytes) exceed the GPU's binding limit")));
                     }
@@ -189,10 +198,10 @@ impl GpuModel {
                     logits: act("router logits", t * e * 4)?,
                     ids: act("expert ids", t * k * 4)?,
                     weights: act("expert weights", t * k * 4)?,
-                    gate: act("expert gate", t * k * f * 4)?,
-                    up: act("expert up", t * k * f * 4)?,
-                    act: act("expert act", t * k * f * 4)?,
-                    out: act("expert out", t * k * h as u64 * 4)?,
+                    gate: act("expert gate", slots * f * 4)?,
+                    up: act("expert up", slots * f * 4)?,
+                    act: act("expert act", slots * f * 4)?,
+                    out: act("expert out", slots * h as u64 * 4)?,
                     shared: if fs > 0 {
                         Some([
                             act("shared gate", t * fs * 4)?,
@@ -204,6 +213,9 @@ impl GpuModel {
                         None
                     },
                     shared_gate: act("shared expert gate", t * 4)?,
+                    slot_pos: act("expert slot rows", t * k * 4)?,
+                    tiles: act("expert tiles", tiles * 8)?,
+                    counts: act("expert counts", e * 4)?,
                 })
             }
         };
@@ -442,10 +454,28 @@ impl GpuModel {
                     let (e, k, f) = (m.n_experts as u32, m.top_k as u32, m.expert_ffn as u32);
                     body.extend(ctx.matmul(w(*router), &xn, h, &mb.logits, e, None, false, false, false, false)?);
                     body.push(ctx.route(&format!("blk.{i}.route"), m, &mb.logits, bias.as_ref(), &mb.ids, &mb.weights)?);
-                    body.extend(ctx.experts(w(*eg), f, &xn, h, k, &mb.ids, &mb.gate, k)?);
-                    body.extend(ctx.experts(w(*eu), f, &xn, h, k, &mb.ids, &mb.up, k)?);
-                    body.push(ctx.swiglu_rows(&format!("blk.{i}.experts swiglu"), &mb.gate, &mb.up, &mb.act, f, k)?);
-                    body.extend(ctx.experts(w(*ed), h, &mb.act, f, 1, &mb.ids, &mb.out, k)?);
+                    // Each slot's expert rows; with `grouped`, only for one token,
+                    // and several tokens' slots grouped by expert.
+                    let per_slot = if grouped { Passes::Single } else { Passes::All };
+                    let single = |ops: Vec<Op>| ops.into_iter().map(move |o| o.only(per_slot));
+                    let multi = |ops: Vec<Op>| ops.into_iter().map(|o| o.only(Passes::Multi));
+                    body.extend(single(ctx.experts(w(*eg), f, &xn, h, k, &mb.ids, &mb.gate, k)?));
+                    body.extend(single(ctx.experts(w(*eu), f, &xn, h, k, &mb.ids, &mb.up, k)?));
+                    if grouped {
+                        body.push(ctx.moe_sort(&format!("blk.{i}.experts sort"), m, &mb.ids, &mb.slot_pos, &mb.tiles, &mb.counts)?.only(Passes::Multi));
+                        body.push(ctx.moe_gather(&format!("blk.{i}.experts gather"), &xn, &mb.slot_pos, &mb.out, h, k)?.only(Passes::Multi));
+                        body.extend(multi(ctx.grouped(w(*eg), f, &mb.out, h, &mb.tiles, &mb.gate, m)?));
+                        body.extend(multi(ctx.grouped(w(*eu), f, &mb.out, h, &mb.tiles, &mb.up, m)?));
+                    }
+                    let name = format!("blk.{i}.experts swiglu");
+                    body.push(ctx.swiglu_rows(&name, &mb.gate, &mb.up, &mb.act, f, k)?.only(per_slot));
+                    if grouped {
+                        body.push(ctx.swiglu_tiles(&name, &mb.gate, &mb.up, &mb.act, f, m)?.only(Passes::Multi));
+                    }
+                    body.extend(single(ctx.experts(w(*ed), h, &mb.act, f, 1, &mb.ids, &mb.out, k)?));
+                    if grouped {
+                        body.extend(multi(ctx.grouped(w(*ed), h, &mb.act, f, &mb.tiles, &mb.out, m)?));
+                    }
                     let mut shared_out = None;
                     if let (Some([sg, su, sd]), Some([bg, bu, ba, bo])) = (shared, &mb.shared) {
                         let fs = m.shared_ffn as u32;
@@ -459,7 +489,11 @@ impl GpuModel {
                         body.extend(ctx.matmul(w(*sgw), &xn, h, &mb.shared_gate, 1, None, false, false, false, false)?);
                     }
                     let gate_logit = shared_gate.map(|_| &mb.shared_gate);
-                    body.push(ctx.moe_combine(&format!("blk.{i}.experts combine"), &x, &mb.out, &mb.weights, shared_out, gate_logit, h, k)?);
+                    let name = format!("blk.{i}.experts combine");
+                    body.push(ctx.moe_combine(&name, &x, &mb.out, &mb.weights, shared_out, gate_logit, None, h, k)?.only(per_slot));
+                    if grouped {
+                        body.push(ctx.moe_combine(&name, &x, &mb.out, &mb.weights, shared_out, gate_logit, Some(&mb.slot_pos), h, k)?.only(Passes::Multi));
+                    }
                 }
                 (Ffn::Dense { gate: wg, up: wu, down: wd }, _, _) => {
                     body.extend(ctx.matmul(w(*wg), &xn, h, &gate, ffn, None, false, false, false, false)?);
@@ -559,13 +593,23 @@ impl GpuModel {
         Ok(())
     }
 
-    /// Wall time of each op of a decode step (at the current position), run
-    /// alone `reps` times: where a step's time goes. Leaves the cache as it was.
-    pub async fn profile_decode(&mut self, reps: usize) -> Result<Vec<(String, f64)>> {
-        let step = Step { n_tokens: 1, pos: self.len as u32, ..Default::default() };
-        self.gpu.queue.write_buffer(&self.ids, 0, bytemuck::cast_slice(&[1u32]));
+    /// Wall time of each op of a pass of `n_tokens` (1: a decode step; the
+    /// token ids are the last prompt's) at the current position, run alone
+    /// `reps` times: where a step's time goes. Leaves the cache as it was.
+    pub async fn profile(&mut self, n_tokens: usize, reps: usize) -> Result<Vec<(String, f64)>> {
+        let n = n_tokens.clamp(1, self.max_pass);
+        if self.len + n > self.context {
+            return Err(Error::Input(format!("a pass of {n} tokens at position {} does not fit the context of {}", self.len, self.context)));
+        }
+        let step = Step { n_tokens: n as u32, pos: self.len as u32, ..Default::default() };
+        if n == 1 {
+            self.gpu.queue.write_buffer(&self.ids, 0, bytemuck::cast_slice(&[1u32]));
+        }
         let mut out = Vec::new();
         for op in self.body.iter().chain(&self.head) {
+            if !op.passes.runs(step.n_tokens) {
+                continue;
+            }
             let ops = vec![op; reps];
             self.gpu.run(&self.step, &step, &ops)?;
             self.finished().await?;
@@ -577,11 +621,11 @@ impl GpuModel {
         Ok(out)
     }
 
-    /// [`GpuModel::profile_decode`] summed by kind of op (`attn_q`, `rope`,
-    /// …), largest first: milliseconds per decode step.
-    pub async fn profile_decode_by_kind(&mut self, reps: usize) -> Result<Vec<(String, f64)>> {
+    /// [`GpuModel::profile`] summed by kind of op (`attn_q`, `rope`, …),
+    /// largest first: milliseconds per pass.
+    pub async fn profile_by_kind(&mut self, n_tokens: usize, reps: usize) -> Result<Vec<(String, f64)>> {
         let mut by_kind: std::collections::BTreeMap<String, f64> = Default::default();
-        for (name, ms) in self.profile_decode(reps).await? {
+        for (name, ms) in self.profile(n_tokens, reps).await? {
             let words = name.split(['.', ' ']).filter(|w| !w.is_empty() && !w.chars().all(|c| c.is_ascii_digit()) && *w != "blk");
             *by_kind.entry(words.take(2).collect::<Vec<_>>().join(" ")).or_default() += ms;
         }

@@ -3,7 +3,7 @@
 //! op's own parameters, then the buffers in the order the shader lists them.
 
 use super::weights::{format_flag, GpuMatrix};
-use super::{Gpu, Grid, Op, PipelineKey};
+use super::{Gpu, Grid, Op, Passes, PipelineKey};
 use crate::error::Result;
 use baleen_shaders::shape;
 
@@ -96,7 +96,7 @@ impl Ctx<'_> {
             layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
-        Ok(Op { name, pipeline, bind_group, grid })
+        Ok(Op { name, pipeline, bind_group, grid, passes: Passes::All })
     }
 
     /// What every matmul over `w` shares: its flags (format, kernel shape,
@@ -215,6 +215,57 @@ impl Ctx<'_> {
             .collect()
     }
 
+    /// The routed experts of a pass of several tokens, grouped: tile i of
+    /// `tiles` (from [`Ctx::moe_sort`]) runs its expert's rows over rows
+    /// `TILE_T·i …` of `x` into the same rows of `y`. One op per chunk
+    /// (chunks hold whole experts).
+    pub fn grouped(&self, w: &GpuMatrix, expert_rows: u32, x: &wgpu::Buffer, x_stride: u32, tiles: &wgpu::Buffer, y: &wgpu::Buffer, m: &crate::config::Moe) -> Result<Vec<Op>> {
+        let (flags, wg, has_scales) = self.matmul_variant(w)?;
+        w.chunks
+            .iter()
+            .map(|c| {
+                let params = words(&[c.rows, w.cols, c.row_start, 0, 0, x_stride, 0, c.scale_offset, expert_rows, 0, m.top_k as u32, 0]);
+                let mut bufs = vec![(2, &c.buffer), (3, x), (4, y), (8, tiles)];
+                if has_scales {
+                    bufs.push((6, &c.buffer));
+                }
+                self.op_at(
+                    format!("{} grouped rows {}..", w.name, c.row_start),
+                    PipelineKey { family: "matmul", entry: "grouped", flags: flags.clone() },
+                    &params,
+                    &bufs,
+                    Grid::ExpertTiles { x: expert_rows, wg, slots_per_token: m.top_k as u32, experts: m.n_experts as u32 },
+                )
+            })
+            .collect()
+    }
+
+    /// The grouped experts' schedule: the pass's slots by expert in `tiles`
+    /// `[expert_tiles]` of (expert, count), slot s at row `slot_pos[s]`;
+    /// `counts` `[n_experts]` is scratch.
+    pub fn moe_sort(&self, name: &str, m: &crate::config::Moe, ids: &wgpu::Buffer, slot_pos: &wgpu::Buffer, tiles: &wgpu::Buffer, counts: &wgpu::Buffer) -> Result<Op> {
+        let params = words(&[m.n_experts as u32, m.top_k as u32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        self.op_at(
+            name.into(),
+            PipelineKey { family: "moe", entry: "sort", flags: vec![] },
+            &params,
+            &[(3, ids), (11, slot_pos), (12, tiles), (13, counts)],
+            Grid::Fixed([1, 1, 1]),
+        )
+    }
+
+    /// `y[slot_pos[s]] = x[s / top_k]`: each slot's token row, at its row.
+    pub fn moe_gather(&self, name: &str, x: &wgpu::Buffer, slot_pos: &wgpu::Buffer, y: &wgpu::Buffer, hidden: u32, top_k: u32) -> Result<Op> {
+        let params = words(&[0, top_k, 0, 0, 0, 0, 0, 0, hidden, 0, 0, 0]);
+        self.op_at(
+            name.into(),
+            PipelineKey { family: "moe", entry: "gather", flags: vec![] },
+            &params,
+            &[(6, x), (11, slot_pos), (14, y)],
+            Grid::Flat { per_token: hidden * top_k, wg: shape::ELEMENTWISE_WG },
+        )
+    }
+
     /// Choose each token's experts: `ids`, `weights` `[n_tokens, top_k]` from
     /// the router's `logits` `[n_tokens, n_experts]`.
     pub fn route(
@@ -255,6 +306,7 @@ impl Ctx<'_> {
 
     /// `x[t] += Σ_k weights[t, k] · y[t · top_k + k]` plus the shared expert's
     /// output (`shared`), gated by `sigmoid(gate[t])` when there is a gate.
+    /// With `slot_pos`, slot s's row of y is `slot_pos[s]` (grouped order).
     #[allow(clippy::too_many_arguments)]
     pub fn moe_combine(
         &self,
@@ -264,14 +316,19 @@ impl Ctx<'_> {
         weights: &wgpu::Buffer,
         shared: Option<&wgpu::Buffer>,
         gate: Option<&wgpu::Buffer>,
+        slot_pos: Option<&wgpu::Buffer>,
         hidden: u32,
         top_k: u32,
     ) -> Result<Op> {
-        let flags = if gate.is_some() { vec!["SHARED_GATE"] } else { vec![] };
+        let mut flags = if gate.is_some() { vec!["SHARED_GATE"] } else { vec![] };
+        if slot_pos.is_some() {
+            flags.push("PERMUTED");
+        }
         let params = words(&[0, top_k, 0, 0, 0, 0, 0, 0, hidden, shared.is_some() as u32, 0, 0]);
         // Without a shared expert the binding still needs a buffer; it is not read.
         let mut bufs = vec![(4, weights), (6, x), (7, y), (8, shared.unwrap_or(y))];
         bufs.extend(gate.map(|g| (9, g)));
+        bufs.extend(slot_pos.map(|s| (11, s)));
         self.op_at(
             name.into(),
             PipelineKey { family: "moe", entry: "combine", flags },
@@ -419,6 +476,18 @@ impl Ctx<'_> {
             &words(&[cols, rows_per_token, 0, 0]),
             &[gate, up, out],
             Grid::Flat { per_token: cols * rows_per_token, wg: shape::ELEMENTWISE_WG },
+        )
+    }
+
+    /// SwiGLU over the grouped experts' tile rows (as many as `out` holds,
+    /// launched for the pass's tiles).
+    pub fn swiglu_tiles(&self, name: &str, gate: &wgpu::Buffer, up: &wgpu::Buffer, out: &wgpu::Buffer, cols: u32, m: &crate::config::Moe) -> Result<Op> {
+        self.op(
+            name.into(),
+            PipelineKey { family: "elementwise", entry: "swiglu", flags: vec![] },
+            &words(&[cols, 0, 0, 0]),
+            &[gate, up, out],
+            Grid::TileRows { per_row: cols, wg: shape::ELEMENTWISE_WG, slots_per_token: m.top_k as u32, experts: m.n_experts as u32 },
         )
     }
 
