@@ -108,6 +108,26 @@ async fn open_header(name: &str, size: u64, reader: &JsReader) -> Result<ModelFi
     }
 }
 
+/// Every kernel variant a browser without shader-f16 and subgroups can be
+/// asked for, as `[[name, wgsl], …]`: the browser test compiles them all
+/// with the browser's own WGSL compiler (stricter than naga in places).
+#[wasm_bindgen(js_name = shaderVariants)]
+pub fn shader_variants() -> js_sys::Array {
+    let out = js_sys::Array::new();
+    for family in baleen_shaders::FAMILIES {
+        for flags in baleen_shaders::variants(family) {
+            if flags.iter().any(|f| f.starts_with("HALF_") || f.contains("SUBGROUPS")) {
+                continue;
+            }
+            let consts = baleen_shaders::consts(family, &flags);
+            let source = baleen_shaders::specialise(family, &flags, &consts).unwrap_or_else(|e| format!("specialising failed: {e}"));
+            let name = format!("{} {}", family.name, flags.join(" "));
+            out.push(&js_sys::Array::of2(&name.into(), &source.into()));
+        }
+    }
+    out
+}
+
 /// Load a GGUF model of `size` bytes named `name`: `read(offset, len)` returns
 /// a promise of its bytes; `on_tensor(done, total)` reports each tensor uploaded.
 #[wasm_bindgen(js_name = loadModel)]

@@ -212,6 +212,52 @@ await test('stop strings, interrupt, and bad requests', async () => {
   assert.equal((await reply(page, greedy)).choices[0].message.content, greedyText);
 });
 
+await test("every kernel variant compiles with the browser's WGSL compiler", async () => {
+  // naga (the native tests' validator) accepts some WGSL that Chrome's Tint
+  // rejects (Tint checks uniformity when it compiles a module), and the
+  // models above use only some variants: compile them all (every one without
+  // shader-f16 or subgroups, which SwiftShader lacks), and build a pipeline
+  // for every entry point of every variant whose weight format, if any, is
+  // F32 or Q4_1 (the other formats change only the dequantising code, and
+  // SwiftShader's pipeline builds take ~0.6 s each).
+  const p = await openPage(context, `${base}?autoload=0`);
+  const got = await p.evaluate(async () => {
+    const wasm = await import('/pkg/baleen.js');
+    await wasm.default();
+    const adapter = await navigator.gpu.requestAdapter();
+    const device = await adapter.requestDevice({ requiredLimits: { maxStorageBuffersPerShaderStage: adapter.limits.maxStorageBuffersPerShaderStage } });
+    const failures = [];
+    let modules = 0;
+    let pipelines = 0;
+    for (const [name, code] of wasm.shaderVariants()) {
+      const module = device.createShaderModule({ code, label: name });
+      const info = await module.getCompilationInfo();
+      const errors = info.messages.filter((m) => m.type === 'error');
+      modules++;
+      if (errors.length) {
+        failures.push(`${name}: ${errors.map((m) => `${m.lineNum}:${m.linePos} ${m.message}`).join('; ')}`);
+        continue;
+      }
+      if (/ (F16|BF16|Q8_0|Q4_0|Q5_0|Q5_1|Q4_K|Q5_K|Q6_K)( |$)/.test(name)) continue;
+      const entries = [...code.matchAll(/@compute[^\n]*\n\s*fn (\w+)/g)].map((m) => m[1]);
+      for (const entryPoint of entries) {
+        try {
+          await device.createComputePipelineAsync({ layout: 'auto', compute: { module, entryPoint } });
+          pipelines++;
+        } catch (e) {
+          failures.push(`${name} ${entryPoint}: ${e.message}`);
+        }
+      }
+    }
+    device.destroy();
+    return { modules, pipelines, failures };
+  });
+  console.log(`     ${got.modules} shader variants, ${got.pipelines} pipelines compiled`);
+  assert.deepEqual(got.failures, []);
+  assert.ok(got.modules >= 200 && got.pipelines >= 100, `${got.modules} variants, ${got.pipelines} pipelines`);
+  await p.close();
+});
+
 await test('a tiny DeepSeek-V3 runs through /engine.js as it does natively', async () => {
   const question = 'Hello there';
   const want = await baleenJson(BIN, [
