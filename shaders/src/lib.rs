@@ -10,6 +10,12 @@
 //!
 //! `enable f16;` (any `HALF_*` flag) and `enable subgroups;` (flags `SUBGROUPS` and
 //! `ENABLE_SUBGROUPS`, the latter for browsers only) go first, as WGSL requires.
+//!
+//! A loop bounded by a uniform value that is small (≤ 32 iterations) is a
+//! trap on Mesa 22.3's lavapipe (Debian 12, our CI): it inlines the value,
+//! unrolls, and compiles the shader again at every dispatch (3 ms each).
+//! Such bounds go through `min(v, arrayLength(&buffer))` (see moe.wgsl); a
+//! `BALEEN_PROFILE=1` op costing milliseconds for little work is the symptom.
 
 /// A kernel family: its name and WGSL text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

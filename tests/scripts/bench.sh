@@ -39,6 +39,10 @@ cargo build --release -q --example moe_bench_model
 for e in 8 64; do
     target/release/examples/moe_bench_model $OUT/moe-e$e.gguf $e
     $B bench --model $OUT/moe-e$e.gguf --prompt-tokens 32 --gen-tokens 32 --runs $R --json > $OUT/moe-e$e.json
+    # Prefill's routed experts per slot and grouped by expert (64-token passes).
+    for g in 0 1; do
+        BALEEN_GROUPED_EXPERTS=$g $B bench --model $OUT/moe-e$e.gguf --prompt-tokens 64 --gen-tokens 4 --runs $R --json > $OUT/moe-e$e-grouped$g.json
+    done
 done
 $B inspect $OUT/moe-e64.gguf | grep -E '^(latent attn|experts|kv cache)' > $OUT/moe-inspect.txt
 
@@ -67,5 +71,12 @@ print("| ---: | ---: | ---: |")
 for n, m in (("8", m8), ("64", m64)):
     print(f"| {n} | {m['prefill_tokens_per_s']:.1f} | {m['decode_tokens_per_s']:.1f} |")
 print(f"\ndecode 64 experts / 8 experts: {m64['decode_tokens_per_s']/m8['decode_tokens_per_s']:.2f}\n")
+print("Prefill of 64 tokens, the routed experts per slot (the CPU adapter's default) and grouped by expert:\n")
+print("| routed experts | per slot tok/s | grouped tok/s |")
+print("| ---: | ---: | ---: |")
+for n in ("8", "64"):
+    a, b = load(f"moe-e{n}-grouped0.json"), load(f"moe-e{n}-grouped1.json")
+    print(f"| {n} | {a['prefill_tokens_per_s']:.1f} | {b['prefill_tokens_per_s']:.1f} |")
+print()
 print(open(os.path.join(out, "moe-inspect.txt")).read())
 PY
