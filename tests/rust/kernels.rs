@@ -495,6 +495,27 @@ fn router_on_the_gpu_equals_the_reference_router() {
     }
 }
 
+/// `e` random experts of `rows` × `cols` in `dtype`, loaded in chunks of two
+/// whole experts (a small binding limit), and their dequantised values.
+fn experts_matrix(gpu: &Gpu, dtype: DType, e: usize, rows: usize, cols: usize, shape: MatmulShape, seed: u64) -> (GpuMatrix, Vec<f32>) {
+    let (bytes, w) = random_matrix(dtype, e * rows, cols, seed);
+    let row_bytes = baleen::gpu::weights::repacked_row_bytes(dtype, cols as u64) as usize;
+    let tensor = baleen::format::TensorInfo {
+        name: "experts".into(),
+        dtype,
+        shape: vec![e as u64, rows as u64, cols as u64],
+        file: 0,
+        offset: 0,
+        nbytes: bytes.len() as u64,
+    };
+    let src: std::sync::Arc<dyn baleen::source::WeightSource> = std::sync::Arc::new(baleen::source::PrefixSource::whole("w", bytes));
+    let index = baleen::format::TensorIndex::new(baleen::format::FileKind::Gguf, vec![src], vec![tensor.clone()], Default::default()).unwrap();
+    let interleaved = shape == MatmulShape::RowPerThread;
+    let m = baleen::engine::run_ready(GpuMatrix::load_experts(gpu, &index, &[&tensor], e as u64, rows as u64, cols as u64, (2 * rows * row_bytes) as u64 + 64, interleaved)).unwrap();
+    assert_eq!(m.chunks.len(), e.div_ceil(2), "whole experts per chunk");
+    (m, w)
+}
+
 #[test]
 fn expert_matmul_reads_ids_from_the_gpu_across_chunks() {
     // 6 experts of 40 rows × 64; 3 tokens × top 2; chunks of 2 experts.
@@ -503,21 +524,7 @@ fn expert_matmul_reads_ids_from_the_gpu_across_chunks() {
     for (shape, subgroups) in shapes(&gpu) {
         for dtype in [DType::F32, DType::Q4_1, DType::Q6_K] {
             let cols = if dtype == DType::Q6_K { 256 } else { cols };
-            let (bytes, w) = random_matrix(dtype, e * rows, cols, 5);
-            let row_bytes = baleen::gpu::weights::repacked_row_bytes(dtype, cols as u64) as usize;
-            let interleaved = shape == MatmulShape::RowPerThread;
-            let tensor = baleen::format::TensorInfo {
-                name: "experts".into(),
-                dtype,
-                shape: vec![e as u64, rows as u64, cols as u64],
-                file: 0,
-                offset: 0,
-                nbytes: bytes.len() as u64,
-            };
-            let src: std::sync::Arc<dyn baleen::source::WeightSource> = std::sync::Arc::new(baleen::source::PrefixSource::whole("w", bytes.clone()));
-            let index = baleen::format::TensorIndex::new(baleen::format::FileKind::Gguf, vec![src], vec![tensor.clone()], Default::default()).unwrap();
-            let m = baleen::engine::run_ready(GpuMatrix::load_experts(&gpu, &index, &[&tensor], e as u64, rows as u64, cols as u64, (2 * rows * row_bytes) as u64 + 64, interleaved)).unwrap();
-            assert_eq!(m.chunks.len(), 3, "whole experts per chunk");
+            let (m, w) = experts_matrix(&gpu, dtype, e, rows, cols, shape, 5);
             let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
             let ctx = Ctx { gpu: &gpu, step: &step_buf, shape, subgroups };
             let mut rng = Rng(9);
@@ -601,21 +608,7 @@ fn grouped_experts_sort_gather_matmul_swiglu_and_combine() {
             let x = rng.vec(n * cols);
             let xb = upload(&gpu, "x", &x);
             let xs = gpu.storage("sorted x", (tile_rows * cols * 4) as u64).unwrap();
-            let (bytes, w) = random_matrix(dtype, e * rows, cols, 6);
-            let row_bytes = baleen::gpu::weights::repacked_row_bytes(dtype, cols as u64) as usize;
-            let tensor = baleen::format::TensorInfo {
-                name: "experts".into(),
-                dtype,
-                shape: vec![e as u64, rows as u64, cols as u64],
-                file: 0,
-                offset: 0,
-                nbytes: bytes.len() as u64,
-            };
-            let src: std::sync::Arc<dyn baleen::source::WeightSource> = std::sync::Arc::new(baleen::source::PrefixSource::whole("w", bytes.clone()));
-            let index = baleen::format::TensorIndex::new(baleen::format::FileKind::Gguf, vec![src], vec![tensor.clone()], Default::default()).unwrap();
-            let interleaved = shape == MatmulShape::RowPerThread;
-            let wm = baleen::engine::run_ready(GpuMatrix::load_experts(&gpu, &index, &[&tensor], e as u64, rows as u64, cols as u64, (2 * rows * row_bytes) as u64 + 64, interleaved)).unwrap();
-            assert_eq!(wm.chunks.len(), 3);
+            let (wm, w) = experts_matrix(&gpu, dtype, e, rows, cols, shape, 6);
             let y = gpu.storage("y", (tile_rows * rows * 4) as u64).unwrap();
             let mut ops = vec![ctx.moe_gather("gather", &xb, &slot_pos, &xs, cols as u32, k as u32).unwrap()];
             ops.extend(ctx.grouped(&wm, rows as u32, &xs, cols as u32, &tiles, &y, &m).unwrap());

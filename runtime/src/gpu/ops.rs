@@ -195,24 +195,8 @@ impl Ctx<'_> {
         y: &wgpu::Buffer,
         top_k: u32,
     ) -> Result<Vec<Op>> {
-        let (flags, wg, has_scales) = self.matmul_variant(w)?;
-        w.chunks
-            .iter()
-            .map(|c| {
-                let params = words(&[c.rows, w.cols, c.row_start, 0, 0, x_stride, 0, c.scale_offset, expert_rows, x_div, top_k, 0]);
-                let mut bufs = vec![(2, &c.buffer), (3, x), (4, y), (7, ids)];
-                if has_scales {
-                    bufs.push((6, &c.buffer));
-                }
-                self.op_at(
-                    format!("{} rows {}..", w.name, c.row_start),
-                    PipelineKey { family: "matmul", entry: "experts", flags: flags.clone() },
-                    &params,
-                    &bufs,
-                    Grid::PerSlot { x: expert_rows, wg, slots_per_token: top_k },
-                )
-            })
-            .collect()
+        let grid = |wg| Grid::PerSlot { x: expert_rows, wg, slots_per_token: top_k };
+        self.expert_chunks(w, "experts", [expert_rows, x_stride, x_div, top_k], x, y, (7, ids), grid)
     }
 
     /// The routed experts of a pass of several tokens, grouped: tile i of
@@ -220,21 +204,39 @@ impl Ctx<'_> {
     /// `TILE_T·i …` of `x` into the same rows of `y`. One op per chunk
     /// (chunks hold whole experts).
     pub fn grouped(&self, w: &GpuMatrix, expert_rows: u32, x: &wgpu::Buffer, x_stride: u32, tiles: &wgpu::Buffer, y: &wgpu::Buffer, m: &crate::config::Moe) -> Result<Vec<Op>> {
+        let grid = |wg| Grid::ExpertTiles { x: expert_rows, wg, slots_per_token: m.top_k as u32, experts: m.n_experts as u32 };
+        self.expert_chunks(w, "grouped", [expert_rows, x_stride, 0, m.top_k as u32], x, y, (8, tiles), grid)
+    }
+
+    /// One op per chunk of an experts' weight for matmul.wgsl's `entry`;
+    /// `shape` = (expert_rows, x_stride, x_div, top_k); `schedule` binds the
+    /// expert ids or the tiles.
+    #[allow(clippy::too_many_arguments)]
+    fn expert_chunks(
+        &self,
+        w: &GpuMatrix,
+        entry: &'static str,
+        [expert_rows, x_stride, x_div, top_k]: [u32; 4],
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        schedule: (u32, &wgpu::Buffer),
+        grid: impl Fn(u32) -> Grid,
+    ) -> Result<Vec<Op>> {
         let (flags, wg, has_scales) = self.matmul_variant(w)?;
         w.chunks
             .iter()
             .map(|c| {
-                let params = words(&[c.rows, w.cols, c.row_start, 0, 0, x_stride, 0, c.scale_offset, expert_rows, 0, m.top_k as u32, 0]);
-                let mut bufs = vec![(2, &c.buffer), (3, x), (4, y), (8, tiles)];
+                let params = words(&[c.rows, w.cols, c.row_start, 0, 0, x_stride, 0, c.scale_offset, expert_rows, x_div, top_k, 0]);
+                let mut bufs = vec![(2, &c.buffer), (3, x), (4, y), schedule];
                 if has_scales {
                     bufs.push((6, &c.buffer));
                 }
                 self.op_at(
-                    format!("{} grouped rows {}..", w.name, c.row_start),
-                    PipelineKey { family: "matmul", entry: "grouped", flags: flags.clone() },
+                    format!("{} {entry} rows {}..", w.name, c.row_start),
+                    PipelineKey { family: "matmul", entry, flags: flags.clone() },
                     &params,
                     &bufs,
-                    Grid::ExpertTiles { x: expert_rows, wg, slots_per_token: m.top_k as u32, experts: m.n_experts as u32 },
+                    grid(wg),
                 )
             })
             .collect()
