@@ -203,6 +203,7 @@ impl Ctx<'_> {
     /// `tiles` (from [`Ctx::moe_sort`]) runs its expert's rows over rows
     /// `TILE_T·i …` of `x` into the same rows of `y`. One op per chunk
     /// (chunks hold whole experts).
+    #[allow(clippy::too_many_arguments)]
     pub fn grouped(&self, w: &GpuMatrix, expert_rows: u32, x: &wgpu::Buffer, x_stride: u32, tiles: &wgpu::Buffer, y: &wgpu::Buffer, m: &crate::config::Moe) -> Result<Vec<Op>> {
         let grid = |wg| Grid::ExpertTiles { x: expert_rows, wg, slots_per_token: m.top_k as u32, experts: m.n_experts as u32 };
         self.expert_chunks(w, "grouped", [expert_rows, x_stride, 0, m.top_k as u32], x, y, (8, tiles), grid)
