@@ -24,8 +24,7 @@ fn tiny_models_match_transformers_on_both_kernel_shapes() {
     for name in ["tiny-llama", "tiny-qwen2"] {
         let fx = common::json(&format!("{name}/expected.json"));
         let m = ModelFiles::open(&common::fixture(name)).unwrap();
-        let ids = common::u32s(&fx["prompt_ids"]);
-        let want_greedy = common::u32s(&fx["greedy_ids"]);
+        let greedy_len = fx["greedy_ids"].as_array().unwrap().len();
         for (shape, subgroups) in [
             (MatmulShape::RowPerThread, false),
             (MatmulShape::RowPerWorkgroup, false),
@@ -33,26 +32,29 @@ fn tiny_models_match_transformers_on_both_kernel_shapes() {
         ] {
             let opts = GpuOptions { shape: Some(shape), max_pass_tokens: 5, subgroups, kv_f16: Some(false), ..Default::default() };
             let mut g = GpuModel::load(gpu.clone(), &m, &opts).unwrap();
-            // Every position, through the decode path.
-            let all = g.forward(&ids, true).unwrap();
-            let vocab = m.config.vocab;
-            let mut worst = 0f32;
-            for (pos, want) in fx["logits"].as_array().unwrap().iter().enumerate() {
-                let d = common::max_abs_diff(&all[pos * vocab..(pos + 1) * vocab], &common::f32s(want));
-                assert!(d <= TINY_TOL, "{name} {shape:?} position {pos}: max |Δ| {d}");
-                worst = worst.max(d);
-            }
-            // The prompt as a prefill in chunks of 5, then greedy decoding.
-            g.truncate(0);
-            let params = GenerateParams { max_tokens: want_greedy.len(), sampling: SamplingParams::default(), stop_ids: vec![] };
-            let gen = generate(&mut g, &ids, &params, |_| true).unwrap();
-            let last = common::f32s(fx["logits"].as_array().unwrap().last().unwrap());
-            let d = common::max_abs_diff(&gen.prompt_logits, &last);
-            assert!(d <= TINY_TOL, "{name} {shape:?} prefill: max |Δ| {d}");
-            assert_eq!(gen.tokens, want_greedy, "{name} {shape:?} greedy");
-            eprintln!("{name} {shape:?} subgroups {subgroups}: max |Δlogit| {worst:e} (decode path), {d:e} (chunked prefill)");
+            let what = format!("{name} {shape:?} subgroups {subgroups}");
+            check_tiny(&mut g, &fx, greedy_len, &what);
         }
     }
+}
+
+/// A tiny model on the GPU against its fixture: every position's logits
+/// (through the decode path) within TINY_TOL; then the prompt as a prefill
+/// in chunks of the model's pass size, its last logits within TINY_TOL, and
+/// greedy decoding equal to transformers' for the first `clear` tokens.
+fn check_tiny(g: &mut GpuModel, fx: &serde_json::Value, clear: usize, what: &str) {
+    let ids = common::u32s(&fx["prompt_ids"]);
+    let want_greedy = common::u32s(&fx["greedy_ids"]);
+    let all = g.forward(&ids, true).unwrap();
+    let worst = common::check_positions(&all, g.cfg.vocab, fx, TINY_TOL, what);
+    g.truncate(0);
+    let params = GenerateParams { max_tokens: want_greedy.len(), sampling: SamplingParams::default(), stop_ids: vec![] };
+    let gen = generate(g, &ids, &params, |_| true).unwrap();
+    let last = common::f32s(fx["logits"].as_array().unwrap().last().unwrap());
+    let d = common::max_abs_diff(&gen.prompt_logits, &last);
+    assert!(d <= TINY_TOL, "{what}: chunked prefill: max |Δ| {d}");
+    assert_eq!(gen.tokens[..clear], want_greedy[..clear], "{what}: greedy");
+    eprintln!("{what}: max |Δlogit| {worst:e} (decode path), {d:e} (chunked prefill)");
 }
 
 /// Greedy steps before transformers' first near-tie (top-2 margin ≤ 0.01).
@@ -67,9 +69,7 @@ fn moe_and_mla_models_match_transformers_on_the_gpu() {
     let gpu = gpu();
     for name in ["tiny-mixtral", "tiny-qwen2-moe", "tiny-deepseek-v3", "tiny-deepseek-v2", "tiny-deepseek-v2-lite"] {
         let fx = common::json(&format!("{name}/expected.json"));
-        let ids = common::u32s(&fx["prompt_ids"]);
-        let want_greedy = common::u32s(&fx["greedy_ids"]);
-        let clear = clear_steps(&fx).min(want_greedy.len());
+        let clear = clear_steps(&fx).min(fx["greedy_ids"].as_array().unwrap().len());
         for file in [common::fixture(name), common::fixture(name).join("model.gguf")] {
             let m = ModelFiles::open(&file).unwrap();
             // Small bindings: the experts' weights split into chunks of whole
@@ -81,22 +81,7 @@ fn moe_and_mla_models_match_transformers_on_the_gpu() {
             ] {
                 let opts = GpuOptions { shape: Some(shape), max_pass_tokens: 5, kv_f16: Some(false), max_binding, grouped_experts: Some(grouped), ..Default::default() };
                 let mut g = GpuModel::load(gpu.clone(), &m, &opts).unwrap();
-                let all = g.forward(&ids, true).unwrap();
-                let vocab = m.config.vocab;
-                let mut worst = 0f32;
-                for (pos, want) in fx["logits"].as_array().unwrap().iter().enumerate() {
-                    let d = common::max_abs_diff(&all[pos * vocab..(pos + 1) * vocab], &common::f32s(want));
-                    assert!(d <= TINY_TOL, "{name} {shape:?} position {pos}: max |Δ| {d}");
-                    worst = worst.max(d);
-                }
-                g.truncate(0);
-                let params = GenerateParams { max_tokens: want_greedy.len(), sampling: SamplingParams::default(), stop_ids: vec![] };
-                let gen = generate(&mut g, &ids, &params, |_| true).unwrap();
-                let last = common::f32s(fx["logits"].as_array().unwrap().last().unwrap());
-                let d = common::max_abs_diff(&gen.prompt_logits, &last);
-                assert!(d <= TINY_TOL, "{name} {shape:?} grouped {grouped}: prefill in chunks of 5: max |Δ| {d}");
-                assert_eq!(gen.tokens[..clear], want_greedy[..clear], "{name} {shape:?} greedy");
-                eprintln!("{name} ({}) {shape:?} grouped {grouped}: max |Δlogit| {worst:e} (decode path), {d:e} (chunked prefill)", file.display());
+                check_tiny(&mut g, &fx, clear, &format!("{name} ({}) {shape:?} grouped {grouped}", file.display()));
             }
         }
     }

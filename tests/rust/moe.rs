@@ -74,13 +74,7 @@ fn logits_match_transformers_at_every_position() {
             let m = ModelFiles::open(&path).unwrap();
             let mut r = Reference::load(&m).unwrap();
             let logits = r.forward_tokens(&ids, true).unwrap();
-            let vocab = m.config.vocab;
-            let mut worst = 0f32;
-            for (pos, want) in fx["logits"].as_array().unwrap().iter().enumerate() {
-                let d = common::max_abs_diff(&logits[pos * vocab..(pos + 1) * vocab], &common::f32s(want));
-                assert!(d <= LOGIT_TOL, "{name} ({kind}) position {pos}: max |Δlogit| {d} > {LOGIT_TOL}");
-                worst = worst.max(d);
-            }
+            let worst = common::check_positions(&logits, m.config.vocab, &fx, LOGIT_TOL, &format!("{name} ({kind})"));
             eprintln!("{name} ({kind}): max |Δlogit| over {} positions = {worst:e}", ids.len());
         }
     }

@@ -24,14 +24,7 @@ fn check_logits(name: &str, dir: &std::path::Path) {
     let mut r = Reference::load(&m).unwrap();
     let ids = common::u32s(&fx["prompt_ids"]);
     let logits = r.forward_tokens(&ids, true).unwrap();
-    let vocab = m.config.vocab;
-    let mut worst = 0f32;
-    for (pos, want) in fx["logits"].as_array().unwrap().iter().enumerate() {
-        let want = common::f32s(want);
-        let d = common::max_abs_diff(&logits[pos * vocab..(pos + 1) * vocab], &want);
-        assert!(d <= LOGIT_TOL, "{name} position {pos}: max |Δlogit| {d} > {LOGIT_TOL}");
-        worst = worst.max(d);
-    }
+    let worst = common::check_positions(&logits, m.config.vocab, &fx, LOGIT_TOL, name);
     eprintln!("{name}: max |Δlogit| over {} positions = {worst:e}", ids.len());
 }
 

@@ -454,27 +454,24 @@ impl GpuModel {
                     let (e, k, f) = (m.n_experts as u32, m.top_k as u32, m.expert_ffn as u32);
                     body.extend(ctx.matmul(w(*router), &xn, h, &mb.logits, e, None, false, false, false, false)?);
                     body.push(ctx.route(&format!("blk.{i}.route"), m, &mb.logits, bias.as_ref(), &mb.ids, &mb.weights)?);
-                    // Each slot's expert rows; with `grouped`, only for one token,
-                    // and several tokens' slots grouped by expert.
+                    // Each slot's expert rows: in every pass, or with `grouped`
+                    // only for one token, several tokens' slots grouped by expert.
                     let per_slot = if grouped { Passes::Single } else { Passes::All };
-                    let single = |ops: Vec<Op>| ops.into_iter().map(move |o| o.only(per_slot));
-                    let multi = |ops: Vec<Op>| ops.into_iter().map(|o| o.only(Passes::Multi));
-                    body.extend(single(ctx.experts(w(*eg), f, &xn, h, k, &mb.ids, &mb.gate, k)?));
-                    body.extend(single(ctx.experts(w(*eu), f, &xn, h, k, &mb.ids, &mb.up, k)?));
+                    let mut routed = ctx.experts(w(*eg), f, &xn, h, k, &mb.ids, &mb.gate, k)?;
+                    routed.extend(ctx.experts(w(*eu), f, &xn, h, k, &mb.ids, &mb.up, k)?);
+                    routed.push(ctx.swiglu_rows(&format!("blk.{i}.experts swiglu"), &mb.gate, &mb.up, &mb.act, f, k)?);
+                    routed.extend(ctx.experts(w(*ed), h, &mb.act, f, 1, &mb.ids, &mb.out, k)?);
+                    body.extend(routed.into_iter().map(|o| o.only(per_slot)));
                     if grouped {
-                        body.push(ctx.moe_sort(&format!("blk.{i}.experts sort"), m, &mb.ids, &mb.slot_pos, &mb.tiles, &mb.counts)?.only(Passes::Multi));
-                        body.push(ctx.moe_gather(&format!("blk.{i}.experts gather"), &xn, &mb.slot_pos, &mb.out, h, k)?.only(Passes::Multi));
-                        body.extend(multi(ctx.grouped(w(*eg), f, &mb.out, h, &mb.tiles, &mb.gate, m)?));
-                        body.extend(multi(ctx.grouped(w(*eu), f, &mb.out, h, &mb.tiles, &mb.up, m)?));
-                    }
-                    let name = format!("blk.{i}.experts swiglu");
-                    body.push(ctx.swiglu_rows(&name, &mb.gate, &mb.up, &mb.act, f, k)?.only(per_slot));
-                    if grouped {
-                        body.push(ctx.swiglu_tiles(&name, &mb.gate, &mb.up, &mb.act, f, m)?.only(Passes::Multi));
-                    }
-                    body.extend(single(ctx.experts(w(*ed), h, &mb.act, f, 1, &mb.ids, &mb.out, k)?));
-                    if grouped {
-                        body.extend(multi(ctx.grouped(w(*ed), h, &mb.act, f, &mb.tiles, &mb.out, m)?));
+                        let mut routed = vec![
+                            ctx.moe_sort(&format!("blk.{i}.experts sort"), m, &mb.ids, &mb.slot_pos, &mb.tiles, &mb.counts)?,
+                            ctx.moe_gather(&format!("blk.{i}.experts gather"), &xn, &mb.slot_pos, &mb.out, h, k)?,
+                        ];
+                        routed.extend(ctx.grouped(w(*eg), f, &mb.out, h, &mb.tiles, &mb.gate, m)?);
+                        routed.extend(ctx.grouped(w(*eu), f, &mb.out, h, &mb.tiles, &mb.up, m)?);
+                        routed.push(ctx.swiglu_tiles(&format!("blk.{i}.experts swiglu"), &mb.gate, &mb.up, &mb.act, f, m)?);
+                        routed.extend(ctx.grouped(w(*ed), h, &mb.act, f, &mb.tiles, &mb.out, m)?);
+                        body.extend(routed.into_iter().map(|o| o.only(Passes::Multi)));
                     }
                     let mut shared_out = None;
                     if let (Some([sg, su, sd]), Some([bg, bu, ba, bo])) = (shared, &mb.shared) {

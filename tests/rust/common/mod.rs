@@ -42,6 +42,19 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
+/// The largest max |Δ| between `logits` (`[positions, vocab]`) and a
+/// fixture's logits at every position, each asserted ≤ `tol` (`what` names
+/// the case when one is not).
+pub fn check_positions(logits: &[f32], vocab: usize, fx: &serde_json::Value, tol: f32, what: &str) -> f32 {
+    let mut worst = 0f32;
+    for (pos, want) in fx["logits"].as_array().unwrap().iter().enumerate() {
+        let d = max_abs_diff(&logits[pos * vocab..(pos + 1) * vocab], &f32s(want));
+        assert!(d <= tol, "{what} position {pos}: max |Δlogit| {d} > {tol}");
+        worst = worst.max(d);
+    }
+    worst
+}
+
 pub fn rms_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     (a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>() / a.len() as f64).sqrt() as f32
