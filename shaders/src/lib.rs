@@ -77,12 +77,20 @@ fn emit(line: &str, mode: &str) -> Result<String, String> {
     Ok(match mode {
         "store" => format!("    r.v{i} = {expr};"),
         "dot" => format!("    acc += dot({expr}, x[x4 + {i}u]);"),
+        // `_sg`: x shared across the subgroup (lane i holds vec4 i of the
+        // sub-block in `xl`, or `xl.v<j>` for token j).
+        "dot_sg" => format!("    acc += dot({expr}, subgroupBroadcast(xl, {i}u));"),
         // `tile`: 8 tokens; `tile4`, `tile2`: the first 4 or 2 of them.
-        "tile" | "tile4" | "tile2" => {
-            let n = mode.strip_prefix("tile").and_then(|n| n.parse().ok()).unwrap_or(8);
+        "tile" | "tile4" | "tile2" | "tile_sg" | "tile4_sg" | "tile2_sg" => {
+            let (base, shared) = match mode.strip_suffix("_sg") {
+                Some(b) => (b, true),
+                None => (mode, false),
+            };
+            let n = base.strip_prefix("tile").and_then(|n| n.parse().ok()).unwrap_or(8);
             let mut s = format!("    {{\n        let wv = {expr};\n");
             for j in 0..n {
-                s += &format!("        (*tile).a{j} += dot(wv, x[xb + {j}u * xs + {i}u]);\n");
+                let xv = if shared { format!("subgroupBroadcast(xl.v{j}, {i}u)") } else { format!("x[xb + {j}u * xs + {i}u]") };
+                s += &format!("        (*tile).a{j} += dot(wv, {xv});\n");
             }
             s + "    }"
         }
@@ -247,10 +255,10 @@ pub fn specialise(family: &Family, flags: &[&str], consts: &[Const]) -> Result<S
         let t = line.trim();
         if let Some(cond) = t.strip_prefix("#if ") {
             let cond = cond.trim();
-            let value = match cond.strip_prefix('!') {
+            let value = cond.split("||").any(|f| match f.trim().strip_prefix('!') {
                 Some(f) => !flags.contains(&f.trim()),
-                None => cond.split("||").any(|f| flags.contains(&f.trim())),
-            };
+                None => flags.contains(&f.trim()),
+            });
             let parent = active(&stack);
             stack.push((value, parent));
         } else if t == "#else" {

@@ -86,13 +86,28 @@ fn store_slot(s: u32, r: u32, v: f32) {
 
 #include dequant
 
-
+#if !SUBGROUPS || ROW_PER_WORKGROUP
 // Σ over sub-block s of block b times x (one token), 4 values at a time.
 fn dot_sub(b: u32, s: u32, x4: u32) -> f32 {
     var acc = 0.0;
 #include dequant_body dot
     return acc;
 }
+#else
+// Thread per row with subgroups (CPU adapters: a subgroup is one SIMD
+// register's lanes, each a thread): every lane loads one vec4 of the
+// sub-block's x and takes the other seven from its neighbours. Loads at a
+// per-thread address cost a scalar load per lane on such adapters, so this
+// reads x with 4 instead of 32 per lane. Needs subgroups of at least 8.
+var<private> lane: u32;
+
+fn dot_sub(b: u32, s: u32, x4: u32) -> f32 {
+    let xl = x[x4 + lane];
+    var acc = 0.0;
+#include dequant_body dot_sg
+    return acc;
+}
+#endif
 
 fn tokens() -> vec2<u32> {
     // (first token, count)
@@ -140,6 +155,7 @@ struct Tile {
 
 // Sub-block s of block b times the 8 (4, 2) token rows at xb (vec4 stride
 // xs), added into a.
+#if !SUBGROUPS || ROW_PER_WORKGROUP
 fn tile_sub(b: u32, s: u32, xb: u32, xs: u32, tile: ptr<function, Tile>) {
 #include dequant_body tile
 }
@@ -151,6 +167,39 @@ fn tile_sub4(b: u32, s: u32, xb: u32, xs: u32, tile: ptr<function, Tile>) {
 fn tile_sub2(b: u32, s: u32, xb: u32, xs: u32, tile: ptr<function, Tile>) {
 #include dequant_body tile2
 }
+#else
+// As dot_sub: each lane loads one vec4 of each token's x.
+struct Xs {
+    v0: vec4<f32>,
+    v1: vec4<f32>,
+    v2: vec4<f32>,
+    v3: vec4<f32>,
+    v4: vec4<f32>,
+    v5: vec4<f32>,
+    v6: vec4<f32>,
+    v7: vec4<f32>,
+}
+
+fn tile_sub(b: u32, s: u32, xb: u32, xs: u32, tile: ptr<function, Tile>) {
+    let at = xb + lane;
+    let xl = Xs(x[at], x[at + xs], x[at + 2u * xs], x[at + 3u * xs], x[at + 4u * xs], x[at + 5u * xs], x[at + 6u * xs], x[at + 7u * xs]);
+#include dequant_body tile_sg
+}
+
+fn tile_sub4(b: u32, s: u32, xb: u32, xs: u32, tile: ptr<function, Tile>) {
+    let at = xb + lane;
+    let z = vec4<f32>(0.0);
+    let xl = Xs(x[at], x[at + xs], x[at + 2u * xs], x[at + 3u * xs], z, z, z, z);
+#include dequant_body tile4_sg
+}
+
+fn tile_sub2(b: u32, s: u32, xb: u32, xs: u32, tile: ptr<function, Tile>) {
+    let at = xb + lane;
+    let z = vec4<f32>(0.0);
+    let xl = Xs(x[at], x[at + xs], z, z, z, z, z, z);
+#include dequant_body tile2_sg
+}
+#endif
 
 // Σ over the row's sub-blocks for tokens x0 … x0 + nt - 1 (nt ≤ 8), each
 // dequantised vec4 reused for all of them: a tile of 2, 4 or 8, the least
@@ -201,55 +250,88 @@ fn tile_value(a: Tile, j: u32) -> f32 {
 #if ROW_PER_THREAD
 // One thread: one row × TILE_T tokens. Grid: (rows / WG, token tiles).
 // The token tile comes from workgroup_id (uniform), so x loads are
-// broadcasts, not per-thread gathers, on CPU adapters.
+// broadcasts, not per-thread gathers, on CPU adapters. Threads past the last
+// row compute the last row again and store nothing: with SUBGROUPS every
+// lane must take part in the x exchange.
 @compute @workgroup_size(WG)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    let r = gid.x;
+fn main(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+#if SUBGROUPS
+    @builtin(subgroup_invocation_id) sid: u32,
+#endif
+) {
+#if SUBGROUPS
+    lane = sid & 7u;
+#endif
     let tt = tokens();
     let t0 = wid.y * TILE_T;
-    if (r >= p.rows || t0 >= tt.y) {
+    if (t0 >= tt.y) {
         return;
     }
+    let r = min(gid.x, p.rows - 1u);
     let nt = min(TILE_T, tt.y - t0);
     let n_sub = p.cols / 32u;
     select_row(r, p.rows, n_sub / SUBS, p.scale_offset);
     let a = row_tile((tt.x + t0) * (p.x_stride / 4u), nt, n_sub, 0u, 1u);
-    for (var j = 0u; j < nt; j++) {
-        store(t0 + j, r, tile_value(a, j));
+    if (gid.x < p.rows) {
+        for (var j = 0u; j < nt; j++) {
+            store(t0 + j, r, tile_value(a, j));
+        }
     }
 }
 
 // One thread: row r of slot s's expert. Grid: (expert_rows / WG, slots).
+// A slot whose expert another chunk holds runs zero sub-blocks.
 @compute @workgroup_size(WG)
-fn experts(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+fn experts(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+#if SUBGROUPS
+    @builtin(subgroup_invocation_id) sid: u32,
+#endif
+) {
+#if SUBGROUPS
+    lane = sid & 7u;
+#endif
     let s = wid.y;
-    if (s >= step.n_tokens * p.top_k || gid.x >= p.expert_rows) {
+    if (s >= step.n_tokens * p.top_k) {
         return;
     }
-    let at = expert_row(s, gid.x);
-    if (at.y == 0u) {
-        return;
-    }
-    let n_sub = p.cols / 32u;
-    select_row(at.x, p.rows, n_sub / SUBS, p.scale_offset);
+    let r = min(gid.x, p.expert_rows - 1u);
+    let at = expert_row(s, r);
+    let n_sub = select(0u, p.cols / 32u, at.y == 1u);
+    select_row(at.x, p.rows, p.cols / 32u / SUBS, p.scale_offset);
     let a = row_tile((s / p.x_div) * (p.x_stride / 4u), 1u, n_sub, 0u, 1u);
-    store_slot(s, gid.x, a.a0);
+    if (at.y == 1u && gid.x < p.expert_rows) {
+        store_slot(s, r, a.a0);
+    }
 }
 
 // One thread: row gid.x of tile wid.y's expert for the tile's slots.
-// Grid: (expert_rows / WG, tiles).
+// Grid: (expert_rows / WG, tiles). As in `experts`, a tile this chunk does
+// not hold runs zero sub-blocks.
 @compute @workgroup_size(WG)
-fn grouped(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    let at = tile_row(wid.y, gid.x);
-    if (at.y == 0u) {
-        return;
-    }
-    let n_sub = p.cols / 32u;
+fn grouped(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(workgroup_id) wid: vec3<u32>,
+#if SUBGROUPS
+    @builtin(subgroup_invocation_id) sid: u32,
+#endif
+) {
+#if SUBGROUPS
+    lane = sid & 7u;
+#endif
+    let r = min(gid.x, p.expert_rows - 1u);
+    let at = tile_row(wid.y, r);
+    let n_sub = select(0u, p.cols / 32u, at.y == 1u);
     let r0 = wid.y * TILE_T;
-    select_row(at.x, p.rows, n_sub / SUBS, p.scale_offset);
-    let a = row_tile(r0 * (p.x_stride / 4u), at.z, n_sub, 0u, 1u);
-    for (var j = 0u; j < at.z; j++) {
-        store_slot(r0 + j, gid.x, tile_value(a, j));
+    select_row(at.x, p.rows, p.cols / 32u / SUBS, p.scale_offset);
+    let a = row_tile(r0 * (p.x_stride / 4u), max(at.z, 1u), n_sub, 0u, 1u);
+    if (at.y == 1u && gid.x < p.expert_rows) {
+        for (var j = 0u; j < at.z; j++) {
+            store_slot(r0 + j, r, tile_value(a, j));
+        }
     }
 }
 #endif

@@ -15,12 +15,15 @@ const FORMATS: [DType; 11] = [
     DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1,
     DType::Q5_0, DType::Q5_1, DType::Q4_K, DType::Q5_K, DType::Q6_K,
 ];
-/// Every matmul path this device can run: both shapes, and the
-/// workgroup-per-row reduction with subgroups when the device has them.
+/// Every matmul path this device can run: both shapes, each with subgroups
+/// when the device has them (thread per row shares x across 8 lanes).
 fn shapes(gpu: &Gpu) -> Vec<(MatmulShape, bool)> {
     let mut v = vec![(MatmulShape::RowPerThread, false), (MatmulShape::RowPerWorkgroup, false)];
     if gpu.has_subgroups() {
         v.push((MatmulShape::RowPerWorkgroup, true));
+        if gpu.info.subgroup_min_size >= 8 {
+            v.push((MatmulShape::RowPerThread, true));
+        }
     }
     v
 }

@@ -88,7 +88,7 @@ pub fn run(gpu: &Gpu, target_bytes: u64, only: Option<&str>) -> Result<KernelRep
         let row_bytes = cols / dtype.block_size() * dtype.block_bytes();
         let rows = (target_bytes / row_bytes).clamp(64, 65535);
         let data = random_blocks(dtype, (rows * cols / dtype.block_size()) as usize, 7);
-        let interleaved = gpu.shape == super::MatmulShape::RowPerThread;
+        let interleaved = false;
         let m = GpuMatrix::from_bytes(gpu, format, dtype, rows, cols, &data, gpu.max_binding(), interleaved)?;
         for (n, label) in [(1u32, "gemv"), (64, "gemm")] {
             let x = gpu.storage("x", n as u64 * cols * 4)?;

@@ -80,7 +80,7 @@ impl GpuModel {
         }
         let shape = opts.shape.unwrap_or(gpu.shape);
         let grouped = opts.grouped_experts.unwrap_or(gpu.grouped_experts);
-        let interleaved = shape == super::MatmulShape::RowPerThread;
+        let interleaved = false;
         let max_binding = opts.max_binding.unwrap_or(gpu.max_binding()).min(gpu.max_binding());
         // MLA's latent cache is f32 (its rows are few and small).
         let kv_half = opts.kv_f16.unwrap_or(true) && gpu.has_f16() && cfg.mla.is_none();

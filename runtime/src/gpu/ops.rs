@@ -107,7 +107,9 @@ impl Ctx<'_> {
         if w.interleaved {
             flags.push("INTERLEAVED");
         }
-        if self.subgroups && self.shape == super::MatmulShape::RowPerWorkgroup {
+        // Thread per row shares x across a subgroup's first 8 lanes (see matmul.wgsl).
+        let shares_x = self.gpu.info.subgroup_min_size >= 8 || self.shape == super::MatmulShape::RowPerWorkgroup;
+        if self.subgroups && shares_x {
             flags.push("SUBGROUPS");
             if cfg!(target_arch = "wasm32") {
                 flags.push("ENABLE_SUBGROUPS");
