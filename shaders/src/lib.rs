@@ -44,10 +44,10 @@ pub const WEIGHT_FORMATS: &[&str] = &["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_
 
 pub const COPY: Family = family!("copy", flags: [], choices: []);
 pub const MATMUL: Family = family!("matmul",
-    flags: ["BIAS", "ACC", "INTERLEAVED", "SUBGROUPS", "HALF_Y"],
+    flags: ["BIAS", "ACC", "SUBGROUPS", "HALF_Y"],
     choices: [["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"], ["ROW_PER_THREAD", "ROW_PER_WORKGROUP"]]);
 pub const EMBED: Family = family!("embed",
-    flags: ["INTERLEAVED"],
+    flags: [],
     choices: [["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"]]);
 pub const NORM: Family = family!("norm", flags: [], choices: []);
 pub const ROPE: Family = family!("rope", flags: ["HALF_K"], choices: [["HALVES", "ADJACENT"]]);

@@ -7,32 +7,22 @@
 // Per block: QUADS 16-byte quads of quants (read with one load each) and
 // SCALE_WORDS words of scales (f16 d / m, and Q5's high bits) in their own
 // plane, so every quad stays aligned whatever the block size. Quad k of the
-// current row is w[q_base + k · stride]: row-major rows have stride 1;
-// INTERLEAVED chunks store quad k of all rows together (stride = rows), so
-// neighbouring threads, computing neighbouring rows, read neighbouring quads.
+// current row is w[q_base + k] (rows are whole in each plane).
 
 var<private> q_base: u32;
 var<private> s_base: u32;
-var<private> stride: u32;
 
-fn select_row(row: u32, rows: u32, blocks_per_row: u32, scale_offset: u32) {
-#if INTERLEAVED
-    q_base = row;
-    s_base = scale_offset + row;
-    stride = rows;
-#else
+fn select_row(row: u32, blocks_per_row: u32, scale_offset: u32) {
     q_base = row * blocks_per_row * QUADS;
     s_base = scale_offset + row * blocks_per_row * SCALE_WORDS;
-    stride = 1u;
-#endif
 }
 
 fn quad(k: u32) -> vec4<u32> {
-    return w[q_base + k * stride];
+    return w[q_base + k];
 }
 
 fn sword(k: u32) -> u32 {
-    return ws[s_base + k * stride];
+    return ws[s_base + k];
 }
 
 struct W32 {

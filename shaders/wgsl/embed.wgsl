@@ -1,6 +1,6 @@
 // Embedding lookup: out[t] = dequant(W[ids[t]]) for rows held by this chunk.
-// One thread per (token, 32-value sub-block); the chunk's layout (INTERLEAVED
-// or row-major) as the matmul's. Constants: WG, QUADS, SCALE_WORDS, SUBS.
+// One thread per (token, 32-value sub-block). Constants: WG, QUADS,
+// SCALE_WORDS, SUBS.
 
 #include step
 
@@ -31,7 +31,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (id < p.row_start || id >= p.row_start + p.rows) {
         return;
     }
-    select_row(id - p.row_start, p.rows, n_sub / SUBS, p.scale_offset);
+    select_row(id - p.row_start, n_sub / SUBS, p.scale_offset);
     let v = dequant32(sb / SUBS, sb % SUBS);
     let o = t * (p.cols / 4u) + sb * 8u;
     out[o] = v.v0;

@@ -2,14 +2,14 @@
 //
 // W is one row chunk of a weight in its repacked block format (see
 // runtime/src/gpu/weights.rs): every 32 values of a row form a sub-block that
-// `dequant32` expands into registers. INTERLEAVED chunks store word k of
-// every row together. The format is a flag (F32 … Q6_K); so is the shape:
+// `dequant32` expands into registers. The format is a flag (F32 … Q6_K);
+// so is the shape:
 //   ROW_PER_THREAD    one thread computes one row for TILE_T tokens (CPU adapters,
 //                     where barriers and workgroup memory are expensive);
 //   ROW_PER_WORKGROUP WG threads split one row's sub-blocks and reduce (GPUs).
 // BIAS adds b[r]; ACC adds into y (fused residual); HALF_Y stores y as f16
-// (the f16 KV cache); SUBGROUPS reduces the
-// workgroup-per-row sums with subgroupAdd.
+// (the f16 KV cache). SUBGROUPS: the workgroup-per-row sums reduce with
+// subgroupAdd; thread per row shares each x load across 8 lanes.
 //
 // `experts` (either shape): the routed experts of a mixture-of-experts layer.
 // W stacks every expert's `expert_rows` rows; slot s (token s / top_k, its
@@ -272,7 +272,7 @@ fn main(
     let r = min(gid.x, p.rows - 1u);
     let nt = min(TILE_T, tt.y - t0);
     let n_sub = p.cols / 32u;
-    select_row(r, p.rows, n_sub / SUBS, p.scale_offset);
+    select_row(r, n_sub / SUBS, p.scale_offset);
     let a = row_tile((tt.x + t0) * (p.x_stride / 4u), nt, n_sub, 0u, 1u);
     if (gid.x < p.rows) {
         for (var j = 0u; j < nt; j++) {
@@ -301,7 +301,7 @@ fn experts(
     let r = min(gid.x, p.expert_rows - 1u);
     let at = expert_row(s, r);
     let n_sub = select(0u, p.cols / 32u, at.y == 1u);
-    select_row(at.x, p.rows, p.cols / 32u / SUBS, p.scale_offset);
+    select_row(at.x, p.cols / 32u / SUBS, p.scale_offset);
     let a = row_tile((s / p.x_div) * (p.x_stride / 4u), 1u, n_sub, 0u, 1u);
     if (at.y == 1u && gid.x < p.expert_rows) {
         store_slot(s, r, a.a0);
@@ -326,7 +326,7 @@ fn grouped(
     let at = tile_row(wid.y, r);
     let n_sub = select(0u, p.cols / 32u, at.y == 1u);
     let r0 = wid.y * TILE_T;
-    select_row(at.x, p.rows, p.cols / 32u / SUBS, p.scale_offset);
+    select_row(at.x, p.cols / 32u / SUBS, p.scale_offset);
     let a = row_tile(r0 * (p.x_stride / 4u), max(at.z, 1u), n_sub, 0u, 1u);
     if (at.y == 1u && gid.x < p.expert_rows) {
         for (var j = 0u; j < at.z; j++) {
@@ -394,7 +394,7 @@ fn main(
     }
     let nt = min(TILE_T, tt.y - t0);
     let n_sub = p.cols / 32u;
-    select_row(r, p.rows, n_sub / SUBS, p.scale_offset);
+    select_row(r, n_sub / SUBS, p.scale_offset);
     let a = row_tile((tt.x + t0) * (p.x_stride / 4u), nt, n_sub, lid, WG);
     for (var j = 0u; j < nt; j++) {
         let total = workgroup_sum(tile_value(a, j), lid, sid, ssize);
@@ -427,7 +427,7 @@ fn experts(
     }
     let at = expert_row(s, wid.x);
     let n_sub = select(0u, p.cols / 32u, at.y == 1u);
-    select_row(at.x, p.rows, p.cols / 32u / SUBS, p.scale_offset);
+    select_row(at.x, p.cols / 32u / SUBS, p.scale_offset);
     let a = row_tile((s / p.x_div) * (p.x_stride / 4u), 1u, n_sub, lid, WG);
     let total = workgroup_sum(a.a0, lid, sid, ssize);
     if (lid == 0u && at.y == 1u) {
@@ -457,7 +457,7 @@ fn grouped(
     let at = tile_row(wid.y, wid.x);
     let n_sub = select(0u, p.cols / 32u, at.y == 1u);
     let r0 = wid.y * TILE_T;
-    select_row(at.x, p.rows, p.cols / 32u / SUBS, p.scale_offset);
+    select_row(at.x, p.cols / 32u / SUBS, p.scale_offset);
     let a = row_tile(r0 * (p.x_stride / 4u), max(at.z, 1u), n_sub, lid, WG);
     for (var j = 0u; j < TILE_T; j++) {
         let total = workgroup_sum(tile_value(a, j), lid, sid, ssize);

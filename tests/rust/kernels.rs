@@ -91,9 +91,8 @@ fn check_matmul(gpu: &Gpu, c: &MatmulCase, seed: u64) {
     let x = rng.vec(c.n * c.cols);
     let b = rng.vec(c.rows);
     let y0 = rng.vec(c.n * c.rows);
-    let interleaved = c.shape == MatmulShape::RowPerThread;
     let mb = c.max_binding.unwrap_or(gpu.max_binding());
-    let m = GpuMatrix::from_bytes(gpu, "w", c.dtype, c.rows as u64, c.cols as u64, &bytes, mb, interleaved).unwrap();
+    let m = GpuMatrix::from_bytes(gpu, "w", c.dtype, c.rows as u64, c.cols as u64, &bytes, mb).unwrap();
     if c.max_binding.is_some() {
         assert!(m.chunks.len() > 1, "the binding limit should split the matrix");
     }
@@ -165,8 +164,7 @@ fn matmul_propagates_nan_and_inf() {
     for (shape, subgroups) in shapes(&gpu) {
         let (rows, cols) = (8, 64);
         let (bytes, _) = random_matrix(DType::F32, rows, cols, 3);
-        let interleaved = shape == MatmulShape::RowPerThread;
-        let m = GpuMatrix::from_bytes(&gpu, "w", DType::F32, rows as u64, cols as u64, &bytes, gpu.max_binding(), interleaved).unwrap();
+        let m = GpuMatrix::from_bytes(&gpu, "w", DType::F32, rows as u64, cols as u64, &bytes, gpu.max_binding()).unwrap();
         let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
         let ctx = Ctx { gpu: &gpu, step: &step_buf, shape, subgroups };
         let mut x = Rng(5).vec(2 * cols);
@@ -187,9 +185,9 @@ fn embedding_rows_across_chunks() {
         let cols = if dtype.block_size() == 256 { 256 } else { 64 };
         let rows = 50;
         let (bytes, w) = random_matrix(dtype, rows, cols, 40 + i as u64);
-        for interleaved in [false, true] {
+        {
             let row = baleen::gpu::weights::repacked_row_bytes(dtype, cols as u64);
-            let m = GpuMatrix::from_bytes(&gpu, "embd", dtype, rows as u64, cols as u64, &bytes, row * 16, interleaved).unwrap();
+            let m = GpuMatrix::from_bytes(&gpu, "embd", dtype, rows as u64, cols as u64, &bytes, row * 16).unwrap();
             assert_eq!(m.chunks.len(), 4);
             let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
             let ctx = Ctx { gpu: &gpu, step: &step_buf, shape: MatmulShape::RowPerThread, subgroups: false };
@@ -402,7 +400,7 @@ fn f16_kv_cache_kernels() {
 
     // K/V matmul storing f16 rows at the pass position.
     let (bytes, w) = random_matrix(DType::Q8_0, kv_dim, 64, 17);
-    let m = GpuMatrix::from_bytes(&gpu, "wk", DType::Q8_0, kv_dim as u64, 64, &bytes, gpu.max_binding(), gpu.shape == MatmulShape::RowPerThread).unwrap();
+    let m = GpuMatrix::from_bytes(&gpu, "wk", DType::Q8_0, kv_dim as u64, 64, &bytes, gpu.max_binding()).unwrap();
     let x = rng.vec(n * 64);
     let xb = upload(&gpu, "x", &x);
     let cache = gpu.storage("k cache", ((pos + n) * kv_dim * 2) as u64).unwrap();
@@ -500,7 +498,7 @@ fn router_on_the_gpu_equals_the_reference_router() {
 
 /// `e` random experts of `rows` × `cols` in `dtype`, loaded in chunks of two
 /// whole experts (a small binding limit), and their dequantised values.
-fn experts_matrix(gpu: &Gpu, dtype: DType, e: usize, rows: usize, cols: usize, shape: MatmulShape, seed: u64) -> (GpuMatrix, Vec<f32>) {
+fn experts_matrix(gpu: &Gpu, dtype: DType, e: usize, rows: usize, cols: usize, seed: u64) -> (GpuMatrix, Vec<f32>) {
     let (bytes, w) = random_matrix(dtype, e * rows, cols, seed);
     let row_bytes = baleen::gpu::weights::repacked_row_bytes(dtype, cols as u64) as usize;
     let tensor = baleen::format::TensorInfo {
@@ -513,8 +511,7 @@ fn experts_matrix(gpu: &Gpu, dtype: DType, e: usize, rows: usize, cols: usize, s
     };
     let src: std::sync::Arc<dyn baleen::source::WeightSource> = std::sync::Arc::new(baleen::source::PrefixSource::whole("w", bytes));
     let index = baleen::format::TensorIndex::new(baleen::format::FileKind::Gguf, vec![src], vec![tensor.clone()], Default::default()).unwrap();
-    let interleaved = shape == MatmulShape::RowPerThread;
-    let m = baleen::engine::run_ready(GpuMatrix::load_experts(gpu, &index, &[&tensor], e as u64, rows as u64, cols as u64, (2 * rows * row_bytes) as u64 + 64, interleaved)).unwrap();
+    let m = baleen::engine::run_ready(GpuMatrix::load_experts(gpu, &index, &[&tensor], e as u64, rows as u64, cols as u64, (2 * rows * row_bytes) as u64 + 64)).unwrap();
     assert_eq!(m.chunks.len(), e.div_ceil(2), "whole experts per chunk");
     (m, w)
 }
@@ -527,7 +524,7 @@ fn expert_matmul_reads_ids_from_the_gpu_across_chunks() {
     for (shape, subgroups) in shapes(&gpu) {
         for dtype in [DType::F32, DType::Q4_1, DType::Q6_K] {
             let cols = if dtype == DType::Q6_K { 256 } else { cols };
-            let (m, w) = experts_matrix(&gpu, dtype, e, rows, cols, shape, 5);
+            let (m, w) = experts_matrix(&gpu, dtype, e, rows, cols, 5);
             let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
             let ctx = Ctx { gpu: &gpu, step: &step_buf, shape, subgroups };
             let mut rng = Rng(9);
@@ -611,7 +608,7 @@ fn grouped_experts_sort_gather_matmul_swiglu_and_combine() {
             let x = rng.vec(n * cols);
             let xb = upload(&gpu, "x", &x);
             let xs = gpu.storage("sorted x", (tile_rows * cols * 4) as u64).unwrap();
-            let (wm, w) = experts_matrix(&gpu, dtype, e, rows, cols, shape, 6);
+            let (wm, w) = experts_matrix(&gpu, dtype, e, rows, cols, 6);
             let y = gpu.storage("y", (tile_rows * rows * 4) as u64).unwrap();
             let mut ops = vec![ctx.moe_gather("gather", &xb, &slot_pos, &xs, cols as u32, k as u32).unwrap()];
             ops.extend(ctx.grouped(&wm, rows as u32, &xs, cols as u32, &tiles, &y, &m).unwrap());

@@ -88,8 +88,7 @@ pub fn run(gpu: &Gpu, target_bytes: u64, only: Option<&str>) -> Result<KernelRep
         let row_bytes = cols / dtype.block_size() * dtype.block_bytes();
         let rows = (target_bytes / row_bytes).clamp(64, 65535);
         let data = random_blocks(dtype, (rows * cols / dtype.block_size()) as usize, 7);
-        let interleaved = false;
-        let m = GpuMatrix::from_bytes(gpu, format, dtype, rows, cols, &data, gpu.max_binding(), interleaved)?;
+        let m = GpuMatrix::from_bytes(gpu, format, dtype, rows, cols, &data, gpu.max_binding())?;
         for (n, label) in [(1u32, "gemv"), (64, "gemm")] {
             let x = gpu.storage("x", n as u64 * cols * 4)?;
             let y = gpu.storage("y", n as u64 * rows * 4)?;

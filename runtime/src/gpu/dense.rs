@@ -80,7 +80,6 @@ impl GpuModel {
         }
         let shape = opts.shape.unwrap_or(gpu.shape);
         let grouped = opts.grouped_experts.unwrap_or(gpu.grouped_experts);
-        let interleaved = false;
         let max_binding = opts.max_binding.unwrap_or(gpu.max_binding()).min(gpu.max_binding());
         // MLA's latent cache is f32 (its rows are few and small).
         let kv_half = opts.kv_f16.unwrap_or(true) && gpu.has_f16() && cfg.mla.is_none();
@@ -239,11 +238,11 @@ impl GpuModel {
             } else {
                 names.iter().map(|(n, _)| index.require(n)).collect::<Result<_>>()?
             };
-            GpuMatrix::load_experts(g, reader, &tensors, e, rows as u64, cols as u64, max_binding, interleaved).await
+            GpuMatrix::load_experts(g, reader, &tensors, e, rows as u64, cols as u64, max_binding).await
         };
         let matrix = |name: String, rows: u32, cols: u32| async move {
             let t = index.require_matrix(&name, rows as u64, cols as u64)?;
-            GpuMatrix::load(g, reader, t, max_binding, interleaved).await
+            GpuMatrix::load(g, reader, t, max_binding).await
         };
 
         // Load everything first (indices into `weights`), then build ops.

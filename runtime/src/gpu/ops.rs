@@ -100,13 +100,10 @@ impl Ctx<'_> {
     }
 
     /// What every matmul over `w` shares: its flags (format, kernel shape,
-    /// layout, subgroups), threads per workgroup, and whether the weight has a
+    /// subgroups), threads per workgroup, and whether the weight has a
     /// scale plane to bind.
     fn matmul_variant(&self, w: &GpuMatrix) -> Result<(Vec<&'static str>, u32, bool)> {
         let mut flags = vec![format_flag(w.dtype)?, self.shape.flag()];
-        if w.interleaved {
-            flags.push("INTERLEAVED");
-        }
         // Thread per row shares x across a subgroup's first 8 lanes (see matmul.wgsl).
         let shares_x = self.gpu.info.subgroup_min_size >= 8 || self.shape == super::MatmulShape::RowPerWorkgroup;
         if self.subgroups && shares_x {
@@ -365,10 +362,7 @@ impl Ctx<'_> {
 
     /// `out[t] = W[ids[t]]`, one op per row chunk of the embedding.
     pub fn embed(&self, w: &GpuMatrix, ids: &wgpu::Buffer, out: &wgpu::Buffer) -> Result<Vec<Op>> {
-        let mut flags = vec![format_flag(w.dtype)?];
-        if w.interleaved {
-            flags.push("INTERLEAVED");
-        }
+        let flags = vec![format_flag(w.dtype)?];
         let has_scales = super::weights::layout(w.dtype)?.scale_words > 0;
         w.chunks
             .iter()

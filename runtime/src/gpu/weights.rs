@@ -9,8 +9,10 @@
 //! - Q8_0: qs[32] | d;  Q4_0: qs[16] | d;  Q4_1: qs[16] | d, m;
 //! - Q5_0: qs[16] | d, qh;  Q5_1: qs[16] | d m, qh;  Q6_K: ql qh scales | d.
 //!
-//! For thread-per-row kernels a chunk is INTERLEAVED: quad k of every row
-//! together (and scale word k), so neighbouring threads read neighbouring memory.
+//! Rows stay whole (row-major in each plane). An interleaved layout (quad k
+//! of every row together) suits GPUs running a thread per row; but only CPU
+//! adapters run thread per row, and there it was 2-3x slower: each thread's
+//! loads strode `rows` quads apart, which CPU prefetchers do not follow.
 
 use super::Gpu;
 use crate::error::{Error, Result};
@@ -72,35 +74,14 @@ fn split_block(dtype: DType, b: &[u8], quads: &mut Vec<u8>, scales: &mut Vec<u8>
     }
 }
 
-/// `[rows, n]` elements of `size` bytes → `[n, rows]`.
-fn transpose(bytes: &[u8], rows: usize, size: usize) -> Vec<u8> {
-    if rows == 0 || bytes.is_empty() {
-        return bytes.to_vec();
-    }
-    let n = bytes.len() / size / rows;
-    let mut out = vec![0u8; bytes.len()];
-    for r in 0..rows {
-        for k in 0..n {
-            let src = (r * n + k) * size;
-            let dst = (k * rows + r) * size;
-            out[dst..dst + size].copy_from_slice(&bytes[src..src + size]);
-        }
-    }
-    out
-}
-
 /// Repack whole rows: the quant plane, then the scale plane. Returns the
 /// bytes and the scale plane's offset in u32 words.
-pub fn repack(dtype: DType, bytes: &[u8], rows: usize, interleaved: bool) -> Result<(Vec<u8>, u32)> {
+pub fn repack(dtype: DType, bytes: &[u8]) -> Result<(Vec<u8>, u32)> {
     let l = layout(dtype)?;
     let bb = file_block_bytes(dtype, &l);
     let (mut quads, mut scales) = (Vec::with_capacity(bytes.len()), Vec::new());
     for block in bytes.chunks_exact(bb) {
         split_block(dtype, block, &mut quads, &mut scales);
-    }
-    if interleaved {
-        quads = transpose(&quads, rows, 16);
-        scales = transpose(&scales, rows, 4);
     }
     let offset = (quads.len() / 4) as u32;
     quads.extend(scales);
@@ -124,8 +105,6 @@ fn file_row_bytes(name: &str, dtype: DType, cols: u64) -> Result<u64> {
 pub struct GpuMatrix {
     pub name: String,
     pub dtype: DType,
-    /// Word k of every row of a chunk stored together (for thread-per-row kernels).
-    pub interleaved: bool,
     pub rows: u32,
     pub cols: u32,
     pub chunks: Vec<Chunk>,
@@ -164,14 +143,13 @@ impl GpuMatrix {
         cols: u64,
         bytes: &[u8],
         max_binding: u64,
-        interleaved: bool,
     ) -> Result<Self> {
         let file_row = file_row_bytes(name, dtype, cols)?;
         if bytes.len() as u64 != file_row * rows {
             return Err(Error::Input(format!("{name}: {} bytes for {rows} × {cols} {}", bytes.len(), dtype.name())));
         }
         let fetch = |start: u64, len: u64| std::future::ready(Ok(bytes[start as usize..(start + len) as usize].to_vec()));
-        crate::engine::run_ready(Self::upload(gpu, name, dtype, rows, cols, fetch, max_binding, interleaved, 1))
+        crate::engine::run_ready(Self::upload(gpu, name, dtype, rows, cols, fetch, max_binding, 1))
     }
 
     /// Read a tensor from `reader`, one chunk of rows at a time, and upload it.
@@ -180,7 +158,6 @@ impl GpuMatrix {
         reader: &impl TensorReader,
         t: &TensorInfo,
         max_binding: u64,
-        interleaved: bool,
     ) -> Result<Self> {
         t.dtype.check_supported(&format!("tensor {:?}", t.name))?;
         let (rows, cols) = t.rows_cols();
@@ -188,7 +165,7 @@ impl GpuMatrix {
             return Err(Error::Input(format!("tensor {:?}: {} bytes for {rows} × {cols} {}", t.name, t.nbytes, t.dtype.name())));
         }
         let fetch = |start: u64, len: u64| reader.read_range(t, start, len);
-        Self::upload(gpu, &t.name, t.dtype, rows, cols, fetch, max_binding, interleaved, 1).await
+        Self::upload(gpu, &t.name, t.dtype, rows, cols, fetch, max_binding, 1).await
     }
 
     /// The routed experts' weight as one matrix of `experts · rows` rows: a
@@ -202,7 +179,6 @@ impl GpuMatrix {
         rows: u64,
         cols: u64,
         max_binding: u64,
-        interleaved: bool,
     ) -> Result<Self> {
         let first = tensors.first().ok_or_else(|| Error::Config("no expert tensors".into()))?;
         for t in tensors {
@@ -232,7 +208,7 @@ impl GpuMatrix {
             }
             Ok(out)
         };
-        Self::upload(gpu, &name, first.dtype, experts * rows, cols, fetch, max_binding, interleaved, rows).await
+        Self::upload(gpu, &name, first.dtype, experts * rows, cols, fetch, max_binding, rows).await
     }
 
     /// Fetch (`fetch(start, len)`: bytes of the file's rows) and upload each
@@ -246,7 +222,6 @@ impl GpuMatrix {
         cols: u64,
         fetch: impl Fn(u64, u64) -> F,
         max_binding: u64,
-        interleaved: bool,
         align: u64,
     ) -> Result<Self> {
         let file_row = file_row_bytes(name, dtype, cols)?;
@@ -262,11 +237,11 @@ impl GpuMatrix {
         while r < rows {
             let n = per.min(rows - r);
             let part = fetch(r * file_row, n * file_row).await?;
-            let (packed, scale_offset) = repack(dtype, &part, n as usize, interleaved)?;
+            let (packed, scale_offset) = repack(dtype, &part)?;
             let buffer = gpu.storage_init(&format!("{name}[{r}..{}]", r + n), &packed)?;
             chunks.push(Chunk { buffer, scale_offset, row_start: r as u32, rows: n as u32 });
             r += n;
         }
-        Ok(GpuMatrix { name: name.into(), dtype, interleaved, rows: rows as u32, cols: cols as u32, chunks })
+        Ok(GpuMatrix { name: name.into(), dtype, rows: rows as u32, cols: cols as u32, chunks })
     }
 }
