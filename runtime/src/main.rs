@@ -409,7 +409,7 @@ fn bench_kernels(json: bool, bytes: u64, only: Option<&str>) -> Result<()> {
         text = serde_json::to_string(&r).map_err(|e| Error::Input(e.to_string()))? + "\n";
     } else {
         use std::fmt::Write as _;
-        let _ = writeln!(text, "{} — copy {:.2} GB/s", r.adapter["name"].as_str().unwrap_or(""), r.copy_gbps);
+        let _ = writeln!(text, "{} — copy {:.2} GB/s (median; each kernel is compared with the copy timed beside it)", r.adapter["name"].as_str().unwrap_or(""), r.copy_gbps);
         for k in &r.kernels {
             let _ = writeln!(text, "  {:<22} {:<22} {:>7.2} GB/s  {:>5.2} of copy", k.name, k.shape, k.gbps, k.fraction_of_copy);
         }
