@@ -63,6 +63,7 @@ pub const FAMILIES: &[Family] = &[COPY, MATMUL, EMBED, NORM, ROPE, ATTENTION, EL
 const FRAGMENTS: &[(&str, &str)] = &[
     ("dequant", include_str!("../wgsl/dequant.wgsl")),
     ("dequant_body", include_str!("../wgsl/dequant_body.wgsl")),
+    ("dequant_block", include_str!("../wgsl/dequant_block.wgsl")),
     ("step", include_str!("../wgsl/step.wgsl")),
 ];
 
@@ -77,9 +78,9 @@ fn emit(line: &str, mode: &str) -> Result<String, String> {
     Ok(match mode {
         "store" => format!("    r.v{i} = {expr};"),
         "dot" => format!("    acc += dot({expr}, x[x4 + {i}u]);"),
-        // `_sg`: x shared across the subgroup (lane i holds vec4 i of the
-        // sub-block in `xl`, or `xl.v<j>` for token j).
-        "dot_sg" => format!("    acc += dot({expr}, subgroupBroadcast(xl, {i}u));"),
+        // `_sg`: x shared across the subgroup, lane l holding vec4 l of the
+        // sub-block: `x4` for `dot_sg`, `xl.v<j>` (token j) for `tile*_sg`.
+        "dot_sg" => format!("    acc += dot({expr}, subgroupBroadcast(x4, {i}u));"),
         // `tile`: 8 tokens; `tile4`, `tile2`: the first 4 or 2 of them.
         "tile" | "tile4" | "tile2" | "tile_sg" | "tile4_sg" | "tile2_sg" => {
             let (base, shared) = match mode.strip_suffix("_sg") {
@@ -128,6 +129,9 @@ fn expand(family: &str, text: &str, mode: Option<&str>, depth: u32, out: &mut Ve
 pub mod shape {
     /// Threads per workgroup of the thread-per-row matmul.
     pub const MATMUL_WG_THREAD: u32 = 16;
+    /// Rows one thread computes in a single-token thread-per-row matmul with
+    /// subgroups, each x load shared by all of them (at most 4).
+    pub const MATMUL_SHARED_ROWS: u32 = 2;
     /// Threads sharing one row in the workgroup-per-row matmul.
     pub const MATMUL_WG_GROUP: u32 = 64;
     /// Tokens one matmul invocation computes (prefill), reusing each dequantised sub-block.
@@ -200,7 +204,11 @@ pub fn consts(family: &Family, flags: &[&str]) -> Vec<Const> {
         c.push(Const::U32("SUBS", l.subs()));
     }
     match family.name {
-        "matmul" | "moe" => c.push(Const::U32("TILE_T", TILE_T)),
+        "matmul" => {
+            c.push(Const::U32("TILE_T", TILE_T));
+            c.push(Const::U32("SHARED_ROWS", MATMUL_SHARED_ROWS));
+        }
+        "moe" => c.push(Const::U32("TILE_T", TILE_T)),
         "attention" => c.push(Const::U32("MAX_HEAD_DIM", if flags.contains(&"LATENT") { MAX_LATENT_RANK } else { MAX_HEAD_DIM })),
         "sample" => c.push(Const::U32("MAX_CAND", MAX_CANDIDATES)),
         _ => {}

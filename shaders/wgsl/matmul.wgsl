@@ -87,12 +87,26 @@ fn store_slot(s: u32, r: u32, v: f32) {
 #include dequant
 
 #if !SUBGROUPS || ROW_PER_WORKGROUP
+// A sub-block's x (one token): the index of its first vec4; a block's: the same.
+alias XArg = u32;
+alias XBlock = u32;
+
+fn xblock(x4: u32) -> XBlock {
+    return x4;
+}
+
+fn xsub(xq: XBlock, s: u32) -> XArg {
+    return xq + 8u * s;
+}
+
 // Σ over sub-block s of block b times x (one token), 4 values at a time.
-fn dot_sub(b: u32, s: u32, x4: u32) -> f32 {
+fn dot_sub(b: u32, s: u32, x4: XArg) -> f32 {
     var acc = 0.0;
 #include dequant_body dot
     return acc;
 }
+
+#include dequant_block dot
 #else
 // Thread per row with subgroups (CPU adapters: a subgroup is one SIMD
 // register's lanes, each a thread): every lane loads one vec4 of the
@@ -101,10 +115,43 @@ fn dot_sub(b: u32, s: u32, x4: u32) -> f32 {
 // reads x with 4 instead of 32 per lane. Needs subgroups of at least 8.
 var<private> lane: u32;
 
-fn dot_sub(b: u32, s: u32, x4: u32) -> f32 {
-    let xl = x[x4 + lane];
+// This lane's vec4 of a sub-block's x; of each sub-block of a block.
+alias XArg = vec4<f32>;
+alias XBlock = array<vec4<f32>, SUBS>;
+
+fn xblock(x4: u32) -> XBlock {
+    var v: XBlock;
+    for (var s = 0u; s < SUBS; s++) {
+        v[s] = x[x4 + 8u * s + lane];
+    }
+    return v;
+}
+
+fn xsub(xq: XBlock, s: u32) -> XArg {
+    return xq[s];
+}
+
+fn dot_sub(b: u32, s: u32, x4: XArg) -> f32 {
     var acc = 0.0;
 #include dequant_body dot_sg
+    return acc;
+}
+
+#include dequant_block dot_sg
+
+// One token: rows r0 … r0 + SHARED_ROWS - 1 (past the last, the last again),
+// each block's x loaded once for all of them.
+const_assert SHARED_ROWS <= 4u;
+
+fn rows_shared(x0: u32, n_sub: u32, r0: u32) -> vec4<f32> {
+    var acc = vec4<f32>(0.0);
+    for (var b = 0u; b < n_sub / SUBS; b++) {
+        let xq = xblock(x0 + b * 8u * SUBS);
+        for (var i = 0u; i < SHARED_ROWS; i++) {
+            select_row(min(r0 + i, p.rows - 1u), n_sub / SUBS, p.scale_offset);
+            acc[i] += dot_block(b, xq);
+        }
+    }
     return acc;
 }
 #endif
@@ -210,9 +257,16 @@ fn row_tile(x0: u32, nt: u32, n_sub: u32, first: u32, step_sb: u32) -> Tile {
     let xs = p.x_stride / 4u;
     var a: Tile;
     if (nt == 1u) {
+#if ROW_PER_THREAD
+        // Whole blocks (see dequant_block.wgsl).
+        for (var b = 0u; b < n_sub / SUBS; b++) {
+            a.a0 += dot_block(b, xblock(x0 + b * 8u * SUBS));
+        }
+#else
         for (var sb = first; sb < n_sub; sb += step_sb) {
             a.a0 += dot_sub(sb / SUBS, sb % SUBS, x0 + sb * 8u);
         }
+#endif
         return a;
     }
     // Rows past the pass's last token read other (in-bounds) x rows and are never stored.
@@ -248,11 +302,10 @@ fn tile_value(a: Tile, j: u32) -> f32 {
 }
 
 #if ROW_PER_THREAD
-// One thread: one row × TILE_T tokens. Grid: (rows / WG, token tiles).
-// The token tile comes from workgroup_id (uniform), so x loads are
-// broadcasts, not per-thread gathers, on CPU adapters. Threads past the last
-// row compute the last row again and store nothing: with SUBGROUPS every
-// lane must take part in the x exchange.
+// One thread: one row × TILE_T tokens. Grid: (rows / WG, token tiles); with
+// SUBGROUPS and one token, SHARED_ROWS rows (rows / SHARED_ROWS / WG, 1).
+// Threads past the last row compute the last row again and store nothing:
+// with SUBGROUPS every lane must take part in the x exchange.
 @compute @workgroup_size(WG)
 fn main(
     @builtin(global_invocation_id) gid: vec3<u32>,
@@ -269,6 +322,18 @@ fn main(
     if (t0 >= tt.y) {
         return;
     }
+#if SUBGROUPS
+    if (tt.y == 1u) {
+        let r0 = gid.x * SHARED_ROWS;
+        let a = rows_shared(tt.x * (p.x_stride / 4u), p.cols / 32u, r0);
+        for (var i = 0u; i < SHARED_ROWS; i++) {
+            if (r0 + i < p.rows) {
+                store(0u, r0 + i, a[i]);
+            }
+        }
+        return;
+    }
+#endif
     let r = min(gid.x, p.rows - 1u);
     let nt = min(TILE_T, tt.y - t0);
     let n_sub = p.cols / 32u;

@@ -394,7 +394,9 @@ pub enum Grid {
     Fixed([u32; 3]),
     /// `x` threads of groups of `wg` along x for each token (y), e.g. matmul
     /// rows (with `tile` tokens per invocation) or embedding sub-blocks.
-    PerToken { x: u32, wg: u32, tile: u32, single: bool },
+    /// With one token (`single`, or a pass of one), each thread takes
+    /// `shared_rows` of the `x` (the thread-per-row matmul with subgroups).
+    PerToken { x: u32, wg: u32, tile: u32, single: bool, shared_rows: u32 },
     /// `x` threads (groups of `wg`) for each of a token's `slots_per_token`
     /// expert slots (y): the routed experts' matmul.
     PerSlot { x: u32, wg: u32, slots_per_token: u32 },
@@ -432,8 +434,9 @@ impl Grid {
         let n = s.n_tokens;
         match *self {
             Grid::Fixed(g) => g,
-            Grid::PerToken { x, wg, tile, single } => {
+            Grid::PerToken { x, wg, tile, single, shared_rows } => {
                 let tokens = if single { 1 } else { n };
+                let x = if tokens == 1 { x.div_ceil(shared_rows) } else { x };
                 [x.div_ceil(wg), tokens.div_ceil(tile), 1]
             }
             Grid::PerSlot { x, wg, slots_per_token } => [x.div_ceil(wg), n * slots_per_token, 1],

@@ -146,6 +146,10 @@ impl Ctx<'_> {
         if acc {
             flags.push("ACC");
         }
+        let shared_rows = match (self.shape, flags.contains(&"SUBGROUPS")) {
+            (super::MatmulShape::RowPerThread, true) => shape::MATMUL_SHARED_ROWS,
+            _ => 1,
+        };
         w.chunks
             .iter()
             .map(|c| {
@@ -173,7 +177,7 @@ impl Ctx<'_> {
                     PipelineKey { family: "matmul", entry: "main", flags: flags.clone() },
                     &params,
                     &bufs,
-                    Grid::PerToken { x: c.rows, wg, tile: shape::TILE_T, single },
+                    Grid::PerToken { x: c.rows, wg, tile: shape::TILE_T, single, shared_rows },
                 )
             })
             .collect()
@@ -376,7 +380,7 @@ impl Ctx<'_> {
                     PipelineKey { family: "embed", entry: "main", flags: flags.clone() },
                     &words(&[c.rows, w.cols, c.row_start, c.scale_offset]),
                     &bufs,
-                    Grid::PerToken { x: w.cols / 32, wg: shape::ELEMENTWISE_WG, tile: 1, single: false },
+                    Grid::PerToken { x: w.cols / 32, wg: shape::ELEMENTWISE_WG, tile: 1, single: false, shared_rows: 1 },
                 )
             })
             .collect()
@@ -417,7 +421,7 @@ impl Ctx<'_> {
             PipelineKey { family: "rope", entry: "main", flags },
             &words(&[head_dim, n_q, n_k, k_at_pos as u32]),
             &[inv_freq, q, k],
-            Grid::PerToken { x: (n_q + n_k) * head_dim / 2, wg: shape::ELEMENTWISE_WG, tile: 1, single: false },
+            Grid::PerToken { x: (n_q + n_k) * head_dim / 2, wg: shape::ELEMENTWISE_WG, tile: 1, single: false, shared_rows: 1 },
         )
     }
 
