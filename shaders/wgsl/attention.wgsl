@@ -1,6 +1,9 @@
 // Causal attention over the KV cache, split along the sequence
 // (flash-decoding): `partial` runs one thread per (split, head, token) with an
 // online softmax over its split_len positions; `combine` merges the splits.
+// `partial`'s threads are one flat range, splits fastest: a grid of (splits,
+// heads, tokens) left all but one or two of a workgroup's threads idle at
+// short contexts, and CPU adapters run idle lanes at full cost.
 // No barriers or workgroup memory, so it suits CPU adapters, and the split
 // gives long contexts parallelism. GQA: head h reads kv head h / (H / KVH).
 // HALF_KV reads an f16 cache. Values are the first v_dim elements of a
@@ -42,11 +45,13 @@ fn n_splits() -> u32 {
 }
 
 @compute @workgroup_size(WG)
-fn partial(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let s = gid.x;
-    let h = gid.y;
-    let t = gid.z;
-    if (t >= step.n_tokens || h >= p.n_heads || s >= n_splits()) {
+fn partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    let ns = n_splits();
+    let s = i % ns;
+    let h = (i / ns) % p.n_heads;
+    let t = i / (ns * p.n_heads);
+    if (t >= step.n_tokens) {
         return;
     }
     let hd = p.head_dim;
