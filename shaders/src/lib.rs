@@ -4,7 +4,7 @@
 //! Specialisation has two parts, both produced from Rust values so the Rust
 //! launch code and the WGSL loops can never disagree:
 //! - **flags** select code between `#if FLAG` / `#if !FLAG` / `#else` / `#endif`
-//!   lines (no nesting beyond what the files use; checked);
+//!   lines, nested; a condition may join terms with `||` (`#if !A || B`);
 //! - **constants** are emitted as `const NAME: u32 = V;` (or `: f32`) ahead of
 //!   the body, so workgroup sizes and tile sizes are WGSL constants.
 //!
@@ -16,6 +16,16 @@
 //! unrolls, and compiles the shader again at every dispatch (3 ms each).
 //! Such bounds go through `min(v, arrayLength(&buffer))` (see moe.wgsl); a
 //! `BALEEN_PROFILE=1` op costing milliseconds for little work is the symptom.
+//!
+//! What a storage load costs on lavapipe (measured, and read in Mesa 22.3's
+//! gallivm): an address that is not a constant or push constant, or made
+//! only from those, is loaded by a loop over the SIMD lanes, one 32-bit
+//! word per lane at a time, each behind a branch. A loop counter, a
+//! workgroup id, a uniform-buffer value: all count as per-lane. So on CPU
+//! adapters a kernel's speed follows the words each thread loads: thread
+//! per row keeps each row whole (prefetchers follow a thread's stream; an
+//! interleaved layout was 2-3x slower), a subgroup shares x (matmul.wgsl),
+//! and no lane should idle (attention.wgsl's flat grid).
 
 /// A kernel family: its name and WGSL text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -51,7 +61,7 @@ pub const EMBED: Family = family!("embed",
     choices: [["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"]]);
 pub const NORM: Family = family!("norm", flags: [], choices: []);
 pub const ROPE: Family = family!("rope", flags: ["HALF_K"], choices: [["HALVES", "ADJACENT"]]);
-pub const ATTENTION: Family = family!("attention", flags: ["HALF_KV", "LATENT"], choices: []);
+pub const ATTENTION: Family = family!("attention", flags: ["HALF_KV", "LATENT", "SUBGROUPS"], choices: []);
 pub const ELEMENTWISE: Family = family!("elementwise", flags: [], choices: []);
 pub const SAMPLE: Family = family!("sample", flags: [], choices: []);
 pub const MOE: Family = family!("moe", flags: ["BIAS", "SHARED_GATE", "PERMUTED"], choices: []);
@@ -144,6 +154,9 @@ pub mod shape {
     pub const MAX_LATENT_RANK: u32 = 512;
     /// Positions one attention split covers.
     pub const ATTENTION_SPLIT: u32 = 64;
+    /// Elements of a head each lane holds in the subgroup attention (heads
+    /// up to 8 of them per lane of a subgroup of 8: 128).
+    pub const ATTENTION_SG_DIMS: u32 = 16;
     pub const SAMPLE_WG: u32 = 256;
     /// Sampling considers at most this many of the most likely tokens (CPU and GPU alike).
     pub const MAX_CANDIDATES: u32 = 256;
@@ -209,7 +222,10 @@ pub fn consts(family: &Family, flags: &[&str]) -> Vec<Const> {
             c.push(Const::U32("SHARED_ROWS", MATMUL_SHARED_ROWS));
         }
         "moe" => c.push(Const::U32("TILE_T", TILE_T)),
-        "attention" => c.push(Const::U32("MAX_HEAD_DIM", if flags.contains(&"LATENT") { MAX_LATENT_RANK } else { MAX_HEAD_DIM })),
+        "attention" => {
+            c.push(Const::U32("MAX_HEAD_DIM", if flags.contains(&"LATENT") { MAX_LATENT_RANK } else { MAX_HEAD_DIM }));
+            c.push(Const::U32("SG_DIMS", ATTENTION_SG_DIMS));
+        }
         "sample" => c.push(Const::U32("MAX_CAND", MAX_CANDIDATES)),
         _ => {}
     }

@@ -9,7 +9,13 @@
 // HALF_KV reads an f16 cache. Values are the first v_dim elements of a
 // position's row (v_dim = head_dim, except for MLA's latent cache, where the
 // "key" row is [c_kv ; k_pe], v_cache is the same buffer and v_dim = rank;
-// LATENT sizes the accumulator for it). Constants: WG, MAX_HEAD_DIM.
+// LATENT sizes the accumulator for it). SUBGROUPS (CPU adapters with
+// subgroups of at least 8): `partial` runs a subgroup per (split, head,
+// token), each lane holding every S-th element of q and of the output in
+// registers and the score summed across the lanes, instead of a thread with
+// a per-thread array (which a CPU adapter keeps in memory and reaches with a
+// scalar load per lane) loading q again at every position.
+// Constants: WG, MAX_HEAD_DIM, SG_DIMS.
 
 #include step
 
@@ -44,6 +50,86 @@ fn n_splits() -> u32 {
     return (step.pos + step.n_tokens + p.split_len - 1u) / p.split_len;
 }
 
+#if SUBGROUPS
+// Elements of a head one lane holds: lane + S·j for j < SG_DIMS (S the
+// subgroup size); the host keeps head_dim and v_dim ≤ 8 · SG_DIMS.
+@compute @workgroup_size(WG)
+fn partial(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(subgroup_invocation_id) lane: u32,
+    @builtin(subgroup_size) ssize: u32,
+) {
+    let per_wg = WG / ssize;
+    let i = (wid.x + wid.y * nwg.x) * per_wg + lid / ssize;
+    let ns = n_splits();
+    let s = i % ns;
+    let h = (i / ns) % p.n_heads;
+    let t = i / (ns * p.n_heads);
+    if (t >= step.n_tokens) {
+        return;
+    }
+    let hd = p.head_dim;
+    let kvh = h / (p.n_heads / p.n_kv_heads);
+    let kv_stride = p.n_kv_heads * hd;
+    let visible = step.pos + t + 1u;
+    let start = s * p.split_len;
+    let end = min(start + p.split_len, visible);
+    let qb = (t * p.n_heads + h) * hd;
+    var qv: array<f32, SG_DIMS>;
+    var acc: array<f32, SG_DIMS>;
+    for (var j = 0u; j < SG_DIMS; j++) {
+        if (ssize * j >= hd) {
+            break;
+        }
+        let d = lane + ssize * j;
+        qv[j] = select(0.0, q[qb + min(d, hd - 1u)], d < hd);
+    }
+    var m = NEG_BIG;
+    var l = 0.0;
+    for (var pos = start; pos < end; pos++) {
+        let kb = pos * kv_stride + kvh * hd;
+        var part = 0.0;
+        for (var j = 0u; j < SG_DIMS; j++) {
+            if (ssize * j >= hd) {
+                break;
+            }
+            let d = lane + ssize * j;
+            part += qv[j] * select(0.0, f32(k_cache[kb + min(d, hd - 1u)]), d < hd);
+        }
+        // The subgroup's sum in every lane, by halves (a register permute
+        // each on CPU adapters, where subgroupAdd loops over the lanes).
+        for (var o = ssize / 2u; o > 0u; o >>= 1u) {
+            part += subgroupShuffleXor(part, o);
+        }
+        let score = part * p.scale;
+        let m_new = max(m, score);
+        let c = exp(m - m_new);
+        let e = exp(score - m_new);
+        l = l * c + e;
+        for (var j = 0u; j < SG_DIMS; j++) {
+            if (ssize * j >= p.v_dim) {
+                break;
+            }
+            let d = lane + ssize * j;
+            acc[j] = acc[j] * c + e * select(0.0, f32(v_cache[kb + min(d, p.v_dim - 1u)]), d < p.v_dim);
+        }
+        m = m_new;
+    }
+    let rec = (t * p.n_heads + h) * p.max_splits + s;
+    if (lane == 0u) {
+        part_ml[2u * rec] = m;
+        part_ml[2u * rec + 1u] = l;
+    }
+    for (var j = 0u; j < SG_DIMS; j++) {
+        let d = lane + ssize * j;
+        if (d < p.v_dim) {
+            part_o[rec * p.v_dim + d] = acc[j];
+        }
+    }
+}
+#else
 @compute @workgroup_size(WG)
 fn partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = gid.x + gid.y * nwg.x * WG;
@@ -87,6 +173,7 @@ fn partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
         part_o[rec * p.v_dim + d] = acc[d];
     }
 }
+#endif
 
 @compute @workgroup_size(WG)
 fn combine(@builtin(global_invocation_id) gid: vec3<u32>) {

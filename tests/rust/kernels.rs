@@ -259,14 +259,20 @@ fn attention_causal_gqa_across_splits() {
     let gpu = gpu();
     let mut rng = Rng(13);
     let split = baleen_shaders::shape::ATTENTION_SPLIT as usize;
-    for (n, pos, h, kvh, hd) in [(1usize, 0usize, 4usize, 2usize, 16usize), (1, 2 * split + 5, 9, 3, 64), (6, split - 3, 4, 1, 32)] {
+    // With subgroups (on a CPU adapter) a subgroup per split: heads up to 128
+    // wide, and one that is not a multiple of the subgroup.
+    let cases = [(1usize, 0usize, 4usize, 2usize, 16usize), (1, 2 * split + 5, 9, 3, 64), (6, split - 3, 4, 1, 32), (3, 5, 2, 1, 20), (2, split, 2, 2, 128)];
+    for ((n, pos, h, kvh, hd), subgroups) in cases.into_iter().flat_map(|c| [(c, false), (c, true)]) {
+        if subgroups && !gpu.has_subgroups() {
+            continue;
+        }
         let ctx_len = pos + n;
         let max_splits = ctx_len.div_ceil(split) + 1;
         let q = rng.vec(n * h * hd);
         let k = rng.vec(ctx_len * kvh * hd);
         let v = rng.vec(ctx_len * kvh * hd);
         let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
-        let ctx = Ctx { gpu: &gpu, step: &step_buf, shape: gpu.shape, subgroups: false };
+        let ctx = Ctx { gpu: &gpu, step: &step_buf, shape: gpu.shape, subgroups };
         let (qb, kb, vb) = (upload(&gpu, "q", &q), upload(&gpu, "k", &k), upload(&gpu, "v", &v));
         let ml = gpu.storage("ml", (n * h * max_splits * 8) as u64).unwrap();
         let po = gpu.storage("po", (n * h * max_splits * hd * 4) as u64).unwrap();
@@ -276,7 +282,7 @@ fn attention_causal_gqa_across_splits() {
         let got = download(&gpu, &out, n * h * hd);
         let want = reference_attention(&q, &k, &v, n, pos, h, kvh, hd);
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!((g - w).abs() < 1e-5, "n={n} pos={pos} element {i}: {g} vs {w}");
+            assert!((g - w).abs() < 1e-5, "n={n} pos={pos} hd={hd} subgroups={subgroups} element {i}: {g} vs {w}");
         }
     }
 }

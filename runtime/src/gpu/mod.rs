@@ -408,8 +408,9 @@ pub enum Grid {
     TileRows { per_row: u32, wg: u32, slots_per_token: u32, experts: u32 },
     /// A flat range of `n_tokens · per_token` threads, spread over x and y.
     Flat { per_token: u32, wg: u32 },
-    /// Attention splits: a flat range over (token, head, split).
-    AttnPartial { heads: u32, wg: u32, split: u32 },
+    /// Attention splits: a flat range over (token, head, split), `per_item`
+    /// threads each.
+    AttnPartial { heads: u32, wg: u32, split: u32, per_item: u32 },
     /// Attention combine: (head dim, heads, tokens).
     AttnCombine { heads: u32, head_dim: u32, wg: u32 },
 }
@@ -445,7 +446,7 @@ impl Grid {
             Grid::TileRows { per_row, wg, slots_per_token, experts } => {
                 flat(expert_tiles(n * slots_per_token, experts) * shaders::shape::TILE_T * per_row, wg)
             }
-            Grid::AttnPartial { heads, wg, split } => flat((s.pos + n).div_ceil(split) * heads * n, wg),
+            Grid::AttnPartial { heads, wg, split, per_item } => flat((s.pos + n).div_ceil(split) * heads * n * per_item, wg),
             Grid::AttnCombine { heads, head_dim, wg } => [head_dim.div_ceil(wg), heads, n],
         }
     }

@@ -446,6 +446,20 @@ impl Ctx<'_> {
         if a.latent {
             flags.push("LATENT");
         }
+        // CPU adapters with subgroups of 8 to ATTENTION_WG: a subgroup per split
+        // (see attention.wgsl), for heads its lanes' registers hold.
+        let (min_sg, max_sg) = (self.gpu.info.subgroup_min_size, self.gpu.info.subgroup_max_size);
+        let per_item = if self.subgroups
+            && self.shape == super::MatmulShape::RowPerThread
+            && min_sg >= 8
+            && max_sg <= shape::ATTENTION_WG
+            && head_dim.max(a.v_dim) <= min_sg * shape::ATTENTION_SG_DIMS
+        {
+            flags.push("SUBGROUPS");
+            max_sg
+        } else {
+            1
+        };
         let params = words(&[n_heads, n_kv_heads, head_dim, shape::ATTENTION_SPLIT, max_splits, a.scale.to_bits(), a.v_dim, 0]);
         let head_dim = a.v_dim;
         Ok([
@@ -454,7 +468,7 @@ impl Ctx<'_> {
                 PipelineKey { family: "attention", entry: "partial", flags: flags.clone() },
                 &params,
                 &[(2, q), (3, k_cache), (4, v_cache), (5, part_ml), (6, part_o)],
-                Grid::AttnPartial { heads: n_heads, wg: shape::ATTENTION_WG, split: shape::ATTENTION_SPLIT },
+                Grid::AttnPartial { heads: n_heads, wg: shape::ATTENTION_WG, split: shape::ATTENTION_SPLIT, per_item },
             )?,
             self.op_at(
                 format!("{name} combine"),
