@@ -74,6 +74,7 @@ const FRAGMENTS: &[(&str, &str)] = &[
     ("dequant", include_str!("../wgsl/dequant.wgsl")),
     ("dequant_body", include_str!("../wgsl/dequant_body.wgsl")),
     ("dequant_block", include_str!("../wgsl/dequant_block.wgsl")),
+    ("kquant_values", include_str!("../wgsl/kquant_values.wgsl")),
     ("step", include_str!("../wgsl/step.wgsl")),
 ];
 
@@ -123,7 +124,8 @@ fn expand(family: &str, text: &str, mode: Option<&str>, depth: u32, out: &mut Ve
                     .iter()
                     .find(|(n, _)| *n == name)
                     .ok_or(format!("{family}.wgsl: unknown include {name}"))?;
-                expand(family, frag, it.next(), depth + 1, out)?;
+                // A nested include without a mode takes its includer's.
+                expand(family, frag, it.next().or(mode), depth + 1, out)?;
             }
             None => match mode {
                 Some(m) => out.push(emit(line, m)?),

@@ -50,6 +50,30 @@ fn n_splits() -> u32 {
     return (step.pos + step.n_tokens + p.split_len - 1u) / p.split_len;
 }
 
+// Split i of the pass (splits fastest, then heads, then tokens): its token,
+// the positions it covers, where its query and its kv head start (in q and
+// in a cache row), and its record in part_ml / part_o.
+struct Split {
+    t: u32,
+    start: u32,
+    end: u32,
+    qb: u32,
+    kv_off: u32,
+    kv_stride: u32,
+    rec: u32,
+}
+
+fn split_at(i: u32) -> Split {
+    let ns = n_splits();
+    let s = i % ns;
+    let h = (i / ns) % p.n_heads;
+    let t = i / (ns * p.n_heads);
+    let start = s * p.split_len;
+    let end = min(start + p.split_len, step.pos + t + 1u);
+    let kvh = h / (p.n_heads / p.n_kv_heads);
+    return Split(t, start, end, (t * p.n_heads + h) * p.head_dim, kvh * p.head_dim, p.n_kv_heads * p.head_dim, (t * p.n_heads + h) * p.max_splits + s);
+}
+
 #if SUBGROUPS
 // Elements of a head one lane holds: lane + S·j for j < SG_DIMS (S the
 // subgroup size); the host keeps head_dim and v_dim ≤ 8 · SG_DIMS.
@@ -61,22 +85,12 @@ fn partial(
     @builtin(subgroup_invocation_id) lane: u32,
     @builtin(subgroup_size) ssize: u32,
 ) {
-    let per_wg = WG / ssize;
-    let i = (wid.x + wid.y * nwg.x) * per_wg + lid / ssize;
-    let ns = n_splits();
-    let s = i % ns;
-    let h = (i / ns) % p.n_heads;
-    let t = i / (ns * p.n_heads);
-    if (t >= step.n_tokens) {
+    let sp = split_at((wid.x + wid.y * nwg.x) * (WG / ssize) + lid / ssize);
+    if (sp.t >= step.n_tokens) {
         return;
     }
     let hd = p.head_dim;
-    let kvh = h / (p.n_heads / p.n_kv_heads);
-    let kv_stride = p.n_kv_heads * hd;
-    let visible = step.pos + t + 1u;
-    let start = s * p.split_len;
-    let end = min(start + p.split_len, visible);
-    let qb = (t * p.n_heads + h) * hd;
+    let qb = sp.qb;
     var qv: array<f32, SG_DIMS>;
     var acc: array<f32, SG_DIMS>;
     for (var j = 0u; j < SG_DIMS; j++) {
@@ -88,8 +102,8 @@ fn partial(
     }
     var m = NEG_BIG;
     var l = 0.0;
-    for (var pos = start; pos < end; pos++) {
-        let kb = pos * kv_stride + kvh * hd;
+    for (var pos = sp.start; pos < sp.end; pos++) {
+        let kb = pos * sp.kv_stride + sp.kv_off;
         var part = 0.0;
         for (var j = 0u; j < SG_DIMS; j++) {
             if (ssize * j >= hd) {
@@ -117,7 +131,7 @@ fn partial(
         }
         m = m_new;
     }
-    let rec = (t * p.n_heads + h) * p.max_splits + s;
+    let rec = sp.rec;
     if (lane == 0u) {
         part_ml[2u * rec] = m;
         part_ml[2u * rec + 1u] = l;
@@ -132,26 +146,17 @@ fn partial(
 #else
 @compute @workgroup_size(WG)
 fn partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = gid.x + gid.y * nwg.x * WG;
-    let ns = n_splits();
-    let s = i % ns;
-    let h = (i / ns) % p.n_heads;
-    let t = i / (ns * p.n_heads);
-    if (t >= step.n_tokens) {
+    let sp = split_at(gid.x + gid.y * nwg.x * WG);
+    if (sp.t >= step.n_tokens) {
         return;
     }
     let hd = p.head_dim;
-    let kvh = h / (p.n_heads / p.n_kv_heads);
-    let kv_stride = p.n_kv_heads * hd;
-    let visible = step.pos + t + 1u;
-    let start = s * p.split_len;
-    let end = min(start + p.split_len, visible);
-    let qb = (t * p.n_heads + h) * hd;
+    let qb = sp.qb;
     var m = NEG_BIG;
     var l = 0.0;
     var acc: array<f32, MAX_HEAD_DIM>;
-    for (var pos = start; pos < end; pos++) {
-        let kb = pos * kv_stride + kvh * hd;
+    for (var pos = sp.start; pos < sp.end; pos++) {
+        let kb = pos * sp.kv_stride + sp.kv_off;
         var score = 0.0;
         for (var d = 0u; d < hd; d++) {
             score += q[qb + d] * f32(k_cache[kb + d]);
@@ -166,7 +171,7 @@ fn partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
         }
         m = m_new;
     }
-    let rec = (t * p.n_heads + h) * p.max_splits + s;
+    let rec = sp.rec;
     part_ml[2u * rec] = m;
     part_ml[2u * rec + 1u] = l;
     for (var d = 0u; d < p.v_dim; d++) {

@@ -19,25 +19,7 @@ fn dot_block(b: u32, xq: XBlock) -> f32 {
 fn block_sub(a: vec4<u32>, c: vec4<u32>, ha: vec4<u32>, hc: vec4<u32>, s: u32, d: f32, m: f32, x4: XArg) -> f32 {
     let shift = 4u * (s & 1u);
     var acc = 0.0;
-#if Q4_K
-    EMIT(0, nib4(a.x, shift) * d - m);
-    EMIT(1, nib4(a.y, shift) * d - m);
-    EMIT(2, nib4(a.z, shift) * d - m);
-    EMIT(3, nib4(a.w, shift) * d - m);
-    EMIT(4, nib4(c.x, shift) * d - m);
-    EMIT(5, nib4(c.y, shift) * d - m);
-    EMIT(6, nib4(c.z, shift) * d - m);
-    EMIT(7, nib4(c.w, shift) * d - m);
-#else
-    EMIT(0, (nib4(a.x, shift) + qbit4(ha.x, s)) * d - m);
-    EMIT(1, (nib4(a.y, shift) + qbit4(ha.y, s)) * d - m);
-    EMIT(2, (nib4(a.z, shift) + qbit4(ha.z, s)) * d - m);
-    EMIT(3, (nib4(a.w, shift) + qbit4(ha.w, s)) * d - m);
-    EMIT(4, (nib4(c.x, shift) + qbit4(hc.x, s)) * d - m);
-    EMIT(5, (nib4(c.y, shift) + qbit4(hc.y, s)) * d - m);
-    EMIT(6, (nib4(c.z, shift) + qbit4(hc.z, s)) * d - m);
-    EMIT(7, (nib4(c.w, shift) + qbit4(hc.w, s)) * d - m);
-#endif
+#include kquant_values
     return acc;
 }
 
@@ -74,14 +56,7 @@ fn dot_block(b: u32, xq: XBlock) -> f32 {
 // ha, hc at hs, scales d0 (first 16 values) and d1.
 fn block_sub(la: vec4<u32>, lc: vec4<u32>, ha: vec4<u32>, hc: vec4<u32>, ns: u32, hs: u32, d0: f32, d1: f32, x4: XArg) -> f32 {
     var acc = 0.0;
-    EMIT(0, q6x4(la.x, ha.x, ns, hs) * d0);
-    EMIT(1, q6x4(la.y, ha.y, ns, hs) * d0);
-    EMIT(2, q6x4(la.z, ha.z, ns, hs) * d0);
-    EMIT(3, q6x4(la.w, ha.w, ns, hs) * d0);
-    EMIT(4, q6x4(lc.x, hc.x, ns, hs) * d1);
-    EMIT(5, q6x4(lc.y, hc.y, ns, hs) * d1);
-    EMIT(6, q6x4(lc.z, hc.z, ns, hs) * d1);
-    EMIT(7, q6x4(lc.w, hc.w, ns, hs) * d1);
+#include kquant_values
     return acc;
 }
 

@@ -115,27 +115,11 @@
     let qs = k + QUADS - 8u + 2u * (s >> 1u);
     let a = quad(qs);
     let c = quad(qs + 1u);
-#if Q4_K
-    EMIT(0, nib4(a.x, shift) * d - m);
-    EMIT(1, nib4(a.y, shift) * d - m);
-    EMIT(2, nib4(a.z, shift) * d - m);
-    EMIT(3, nib4(a.w, shift) * d - m);
-    EMIT(4, nib4(c.x, shift) * d - m);
-    EMIT(5, nib4(c.y, shift) * d - m);
-    EMIT(6, nib4(c.z, shift) * d - m);
-    EMIT(7, nib4(c.w, shift) * d - m);
-#else
+#if Q5_K
     let ha = quad(k + 1u);
     let hc = quad(k + 2u);
-    EMIT(0, (nib4(a.x, shift) + qbit4(ha.x, s)) * d - m);
-    EMIT(1, (nib4(a.y, shift) + qbit4(ha.y, s)) * d - m);
-    EMIT(2, (nib4(a.z, shift) + qbit4(ha.z, s)) * d - m);
-    EMIT(3, (nib4(a.w, shift) + qbit4(ha.w, s)) * d - m);
-    EMIT(4, (nib4(c.x, shift) + qbit4(hc.x, s)) * d - m);
-    EMIT(5, (nib4(c.y, shift) + qbit4(hc.y, s)) * d - m);
-    EMIT(6, (nib4(c.z, shift) + qbit4(hc.z, s)) * d - m);
-    EMIT(7, (nib4(c.w, shift) + qbit4(hc.w, s)) * d - m);
 #endif
+#include kquant_values
 #endif
 #if Q6_K
     // quads: [ql: 8][qh: 4][scales: 16 × i8]; scale plane: d. Sub-block
@@ -156,12 +140,5 @@
     let d1 = d * f32(i32(qbyte(sc, si + 1u) << 24u) >> 24u);
     let ns = 4u * (quarter >> 1u);
     let hs = 2u * quarter;
-    EMIT(0, q6x4(la.x, ha.x, ns, hs) * d0);
-    EMIT(1, q6x4(la.y, ha.y, ns, hs) * d0);
-    EMIT(2, q6x4(la.z, ha.z, ns, hs) * d0);
-    EMIT(3, q6x4(la.w, ha.w, ns, hs) * d0);
-    EMIT(4, q6x4(lc.x, hc.x, ns, hs) * d1);
-    EMIT(5, q6x4(lc.y, hc.y, ns, hs) * d1);
-    EMIT(6, q6x4(lc.z, hc.z, ns, hs) * d1);
-    EMIT(7, q6x4(lc.w, hc.w, ns, hs) * d1);
+#include kquant_values
 #endif

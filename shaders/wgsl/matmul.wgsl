@@ -215,35 +215,24 @@ fn tile_sub2(b: u32, s: u32, xb: u32, xs: u32, tile: ptr<function, Tile>) {
 #include dequant_body tile2
 }
 #else
-// As dot_sub: each lane loads one vec4 of each token's x.
-struct Xs {
-    v0: vec4<f32>,
-    v1: vec4<f32>,
-    v2: vec4<f32>,
-    v3: vec4<f32>,
-    v4: vec4<f32>,
-    v5: vec4<f32>,
-    v6: vec4<f32>,
-    v7: vec4<f32>,
-}
-
+// As dot_sub: each lane loads one vec4 of each token's x (a W32: eight vec4s).
 fn tile_sub(b: u32, s: u32, xb: u32, xs: u32, tile: ptr<function, Tile>) {
     let at = xb + lane;
-    let xl = Xs(x[at], x[at + xs], x[at + 2u * xs], x[at + 3u * xs], x[at + 4u * xs], x[at + 5u * xs], x[at + 6u * xs], x[at + 7u * xs]);
+    let xl = W32(x[at], x[at + xs], x[at + 2u * xs], x[at + 3u * xs], x[at + 4u * xs], x[at + 5u * xs], x[at + 6u * xs], x[at + 7u * xs]);
 #include dequant_body tile_sg
 }
 
 fn tile_sub4(b: u32, s: u32, xb: u32, xs: u32, tile: ptr<function, Tile>) {
     let at = xb + lane;
     let z = vec4<f32>(0.0);
-    let xl = Xs(x[at], x[at + xs], x[at + 2u * xs], x[at + 3u * xs], z, z, z, z);
+    let xl = W32(x[at], x[at + xs], x[at + 2u * xs], x[at + 3u * xs], z, z, z, z);
 #include dequant_body tile4_sg
 }
 
 fn tile_sub2(b: u32, s: u32, xb: u32, xs: u32, tile: ptr<function, Tile>) {
     let at = xb + lane;
     let z = vec4<f32>(0.0);
-    let xl = Xs(x[at], x[at + xs], z, z, z, z, z, z);
+    let xl = W32(x[at], x[at + xs], z, z, z, z, z, z);
 #include dequant_body tile2_sg
 }
 #endif
@@ -302,21 +291,31 @@ fn tile_value(a: Tile, j: u32) -> f32 {
 }
 
 #if ROW_PER_THREAD
-// One thread: one row × TILE_T tokens. Grid: (rows / WG, token tiles); with
-// SUBGROUPS and one token, SHARED_ROWS rows (rows / SHARED_ROWS / WG, 1).
-// Threads past the last row compute the last row again and store nothing:
-// with SUBGROUPS every lane must take part in the x exchange.
-@compute @workgroup_size(WG)
-fn main(
+// The ids every thread-per-row entry reads.
+struct ThreadIds {
     @builtin(global_invocation_id) gid: vec3<u32>,
     @builtin(workgroup_id) wid: vec3<u32>,
 #if SUBGROUPS
     @builtin(subgroup_invocation_id) sid: u32,
 #endif
-) {
+}
+
+// Where every thread-per-row entry starts: with SUBGROUPS, its lane.
+fn enter(ids: ThreadIds) {
 #if SUBGROUPS
-    lane = sid & 7u;
+    lane = ids.sid & 7u;
 #endif
+}
+
+// One thread: one row × TILE_T tokens. Grid: (rows / WG, token tiles); with
+// SUBGROUPS and one token, SHARED_ROWS rows (rows / SHARED_ROWS / WG, 1).
+// Threads past the last row compute the last row again and store nothing:
+// with SUBGROUPS every lane must take part in the x exchange.
+@compute @workgroup_size(WG)
+fn main(ids: ThreadIds) {
+    enter(ids);
+    let gid = ids.gid;
+    let wid = ids.wid;
     let tt = tokens();
     let t0 = wid.y * TILE_T;
     if (t0 >= tt.y) {
@@ -349,16 +348,10 @@ fn main(
 // One thread: row r of slot s's expert. Grid: (expert_rows / WG, slots).
 // A slot whose expert another chunk holds runs zero sub-blocks.
 @compute @workgroup_size(WG)
-fn experts(
-    @builtin(global_invocation_id) gid: vec3<u32>,
-    @builtin(workgroup_id) wid: vec3<u32>,
-#if SUBGROUPS
-    @builtin(subgroup_invocation_id) sid: u32,
-#endif
-) {
-#if SUBGROUPS
-    lane = sid & 7u;
-#endif
+fn experts(ids: ThreadIds) {
+    enter(ids);
+    let gid = ids.gid;
+    let wid = ids.wid;
     let s = wid.y;
     if (s >= step.n_tokens * p.top_k) {
         return;
@@ -377,16 +370,10 @@ fn experts(
 // Grid: (expert_rows / WG, tiles). As in `experts`, a tile this chunk does
 // not hold runs zero sub-blocks.
 @compute @workgroup_size(WG)
-fn grouped(
-    @builtin(global_invocation_id) gid: vec3<u32>,
-    @builtin(workgroup_id) wid: vec3<u32>,
-#if SUBGROUPS
-    @builtin(subgroup_invocation_id) sid: u32,
-#endif
-) {
-#if SUBGROUPS
-    lane = sid & 7u;
-#endif
+fn grouped(ids: ThreadIds) {
+    enter(ids);
+    let gid = ids.gid;
+    let wid = ids.wid;
     let r = min(gid.x, p.expert_rows - 1u);
     let at = tile_row(wid.y, r);
     let n_sub = select(0u, p.cols / 32u, at.y == 1u);
