@@ -27,6 +27,7 @@ fn tiny_models_match_transformers_on_both_kernel_shapes() {
         let greedy_len = fx["greedy_ids"].as_array().unwrap().len();
         for (shape, subgroups) in [
             (MatmulShape::RowPerThread, false),
+            (MatmulShape::RowPerThread, true),
             (MatmulShape::RowPerWorkgroup, false),
             (MatmulShape::RowPerWorkgroup, true),
         ] {
