@@ -74,10 +74,8 @@ pub fn run(gpu: &Gpu, target_bytes: u64, only: Option<&str>) -> Result<KernelRep
             wgpu::BindGroupEntry { binding: 1, resource: dst.as_entire_binding() },
         ],
     });
-    let vec4s = (bytes / 16) as u32;
-    let groups = vec4s.div_ceil(shape::COPY_WG);
-    let gx = groups.min(65535);
-    let copy = Op { name: "copy".into(), pipeline, bind_group, grid: Grid::Fixed([gx, groups.div_ceil(gx), 1]), passes: Default::default() };
+    let grid = Grid::Fixed(super::flat((bytes / 16) as u32, shape::COPY_WG));
+    let copy = Op { name: "copy".into(), pipeline, bind_group, grid, passes: Default::default() };
     let copy_gbps = || -> Result<f64> { Ok(2.0 * bytes as f64 / time_ops(gpu, &step_buf, &one, &[&copy], 4, 3)? / 1e9) };
     let mut copies = vec![copy_gbps()?];
 

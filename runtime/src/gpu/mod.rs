@@ -418,7 +418,7 @@ pub enum Grid {
 const MAX_GROUPS: u32 = 65535;
 
 /// `threads` threads in groups of `wg`, spread over x and y.
-fn flat(threads: u32, wg: u32) -> [u32; 3] {
+pub(super) fn flat(threads: u32, wg: u32) -> [u32; 3] {
     let groups = threads.div_ceil(wg);
     let gx = groups.min(MAX_GROUPS);
     [gx, groups.div_ceil(gx.max(1)), 1]

@@ -74,6 +74,13 @@ fn words(v: &[u32]) -> Vec<u8> {
 }
 
 impl Ctx<'_> {
+    /// Thread-per-row kernels with subgroups of at least 8 lanes, which share
+    /// loads across a subgroup (CPU adapters: a subgroup is one SIMD
+    /// register's lanes; see matmul.wgsl and attention.wgsl).
+    fn lane_subgroups(&self) -> bool {
+        self.subgroups && self.shape == super::MatmulShape::RowPerThread && self.gpu.info.subgroup_min_size >= 8
+    }
+
     fn op(&self, name: String, key: PipelineKey, params: &[u8], buffers: &[&wgpu::Buffer], grid: Grid) -> Result<Op> {
         let numbered: Vec<(u32, &wgpu::Buffer)> = buffers.iter().enumerate().map(|(i, b)| (2 + i as u32, *b)).collect();
         self.op_at(name, key, params, &numbered, grid)
@@ -104,9 +111,7 @@ impl Ctx<'_> {
     /// scale plane to bind.
     fn matmul_variant(&self, w: &GpuMatrix) -> Result<(Vec<&'static str>, u32, bool)> {
         let mut flags = vec![format_flag(w.dtype)?, self.shape.flag()];
-        // Thread per row shares x across a subgroup's first 8 lanes (see matmul.wgsl).
-        let shares_x = self.gpu.info.subgroup_min_size >= 8 || self.shape == super::MatmulShape::RowPerWorkgroup;
-        if self.subgroups && shares_x {
+        if (self.subgroups && self.shape == super::MatmulShape::RowPerWorkgroup) || self.lane_subgroups() {
             flags.push("SUBGROUPS");
             if cfg!(target_arch = "wasm32") {
                 flags.push("ENABLE_SUBGROUPS");
@@ -146,10 +151,7 @@ impl Ctx<'_> {
         if acc {
             flags.push("ACC");
         }
-        let shared_rows = match (self.shape, flags.contains(&"SUBGROUPS")) {
-            (super::MatmulShape::RowPerThread, true) => shape::MATMUL_SHARED_ROWS,
-            _ => 1,
-        };
+        let shared_rows = if self.lane_subgroups() { shape::MATMUL_SHARED_ROWS } else { 1 };
         w.chunks
             .iter()
             .map(|c| {
@@ -446,15 +448,10 @@ impl Ctx<'_> {
         if a.latent {
             flags.push("LATENT");
         }
-        // CPU adapters with subgroups of 8 to ATTENTION_WG: a subgroup per split
-        // (see attention.wgsl), for heads its lanes' registers hold.
+        // A subgroup per split (see attention.wgsl), for subgroups that fit
+        // a workgroup and heads its lanes' registers hold.
         let (min_sg, max_sg) = (self.gpu.info.subgroup_min_size, self.gpu.info.subgroup_max_size);
-        let per_item = if self.subgroups
-            && self.shape == super::MatmulShape::RowPerThread
-            && min_sg >= 8
-            && max_sg <= shape::ATTENTION_WG
-            && head_dim.max(a.v_dim) <= min_sg * shape::ATTENTION_SG_DIMS
-        {
+        let per_item = if self.lane_subgroups() && max_sg <= shape::ATTENTION_WG && head_dim.max(a.v_dim) <= min_sg * shape::ATTENTION_SG_DIMS {
             flags.push("SUBGROUPS");
             max_sg
         } else {
