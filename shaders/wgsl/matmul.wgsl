@@ -391,35 +391,29 @@ fn grouped(ids: ThreadIds) {
 #if ROW_PER_WORKGROUP
 var<workgroup> red: array<f32, WG>;
 
-// The ids every workgroup-per-row entry reads.
-struct GroupIds {
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-#if SUBGROUPS
-    @builtin(subgroup_invocation_id) sid: u32,
-    @builtin(subgroup_size) ssize: u32,
-#endif
-}
+// The entries below take their builtins one by one, not in a struct as the
+// thread-per-row ones do: Chrome's WGSL compiler treats a struct holding
+// local_invocation_index as non-uniform throughout, workgroup_id with it, and
+// then rejects the barriers after an early return on the workgroup id.
 
 // Sum of v over the workgroup, in every invocation's hands at the end. With
 // SUBGROUPS: subgroupAdd, then one value per subgroup through workgroup memory.
 #if SUBGROUPS
-fn workgroup_sum(v: f32, ids: GroupIds) -> f32 {
+fn workgroup_sum(v: f32, lid: u32, sid: u32, ssize: u32) -> f32 {
     let s = subgroupAdd(v);
-    if (ids.sid == 0u) {
-        red[ids.lid / ids.ssize] = s;
+    if (sid == 0u) {
+        red[lid / ssize] = s;
     }
     workgroupBarrier();
     var total = 0.0;
-    for (var i = 0u; i < (WG + ids.ssize - 1u) / ids.ssize; i++) {
+    for (var i = 0u; i < (WG + ssize - 1u) / ssize; i++) {
         total += red[i];
     }
     workgroupBarrier();
     return total;
 }
 #else
-fn workgroup_sum(v: f32, ids: GroupIds) -> f32 {
-    let lid = ids.lid;
+fn workgroup_sum(v: f32, lid: u32, sid: u32, ssize: u32) -> f32 {
     red[lid] = v;
     workgroupBarrier();
     for (var k = WG / 2u; k > 0u; k >>= 1u) {
@@ -437,9 +431,18 @@ fn workgroup_sum(v: f32, ids: GroupIds) -> f32 {
 // One workgroup: one row × TILE_T tokens; threads stride over sub-blocks.
 // Grid: (rows, token tiles). Control flow around barriers is uniform.
 @compute @workgroup_size(WG)
-fn main(ids: GroupIds) {
-    let wid = ids.wid;
-    let lid = ids.lid;
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+#if SUBGROUPS
+    @builtin(subgroup_invocation_id) sid: u32,
+    @builtin(subgroup_size) ssize: u32,
+#endif
+) {
+#if !SUBGROUPS
+    let sid = 0u;
+    let ssize = 1u;
+#endif
     let r = wid.x;
     let tt = tokens();
     let t0 = wid.y * TILE_T;
@@ -451,7 +454,7 @@ fn main(ids: GroupIds) {
     select_row(r, n_sub / SUBS, p.scale_offset);
     let a = row_tile((tt.x + t0) * (p.x_stride / 4u), nt, n_sub, lid, WG);
     for (var j = 0u; j < nt; j++) {
-        let total = workgroup_sum(tile_value(a, j), ids);
+        let total = workgroup_sum(tile_value(a, j), lid, sid, ssize);
         if (lid == 0u) {
             store(t0 + j, r, total);
         }
@@ -463,9 +466,18 @@ fn main(ids: GroupIds) {
 // foreign slot runs zero sub-blocks and stores nothing: barriers stay in
 // uniform control flow.
 @compute @workgroup_size(WG)
-fn experts(ids: GroupIds) {
-    let wid = ids.wid;
-    let lid = ids.lid;
+fn experts(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+#if SUBGROUPS
+    @builtin(subgroup_invocation_id) sid: u32,
+    @builtin(subgroup_size) ssize: u32,
+#endif
+) {
+#if !SUBGROUPS
+    let sid = 0u;
+    let ssize = 1u;
+#endif
     let s = wid.y;
     if (s >= step.n_tokens * p.top_k || wid.x >= p.expert_rows) {
         return;
@@ -474,7 +486,7 @@ fn experts(ids: GroupIds) {
     let n_sub = select(0u, p.cols / 32u, at.y == 1u);
     select_row(at.x, p.cols / 32u / SUBS, p.scale_offset);
     let a = row_tile((s / p.x_div) * (p.x_stride / 4u), 1u, n_sub, lid, WG);
-    let total = workgroup_sum(a.a0, ids);
+    let total = workgroup_sum(a.a0, lid, sid, ssize);
     if (lid == 0u && at.y == 1u) {
         store_slot(s, wid.x, total);
     }
@@ -484,9 +496,18 @@ fn experts(ids: GroupIds) {
 // `experts`, a tile this chunk does not hold runs zero sub-blocks, and every
 // workgroup reduces all TILE_T sums: barriers stay in uniform control flow.
 @compute @workgroup_size(WG)
-fn grouped(ids: GroupIds) {
-    let wid = ids.wid;
-    let lid = ids.lid;
+fn grouped(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+#if SUBGROUPS
+    @builtin(subgroup_invocation_id) sid: u32,
+    @builtin(subgroup_size) ssize: u32,
+#endif
+) {
+#if !SUBGROUPS
+    let sid = 0u;
+    let ssize = 1u;
+#endif
     if (wid.x >= p.expert_rows) {
         return;
     }
@@ -496,7 +517,7 @@ fn grouped(ids: GroupIds) {
     select_row(at.x, p.cols / 32u / SUBS, p.scale_offset);
     let a = row_tile(r0 * (p.x_stride / 4u), max(at.z, 1u), n_sub, lid, WG);
     for (var j = 0u; j < TILE_T; j++) {
-        let total = workgroup_sum(tile_value(a, j), ids);
+        let total = workgroup_sum(tile_value(a, j), lid, sid, ssize);
         if (lid == 0u && at.y == 1u && j < at.z) {
             store_slot(r0 + j, wid.x, total);
         }
