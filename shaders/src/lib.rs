@@ -59,23 +59,25 @@ pub const MATMUL: Family = family!("matmul",
 pub const EMBED: Family = family!("embed",
     flags: [],
     choices: [["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"]]);
-pub const NORM: Family = family!("norm", flags: [], choices: []);
+pub const NORM: Family = family!("norm", flags: ["WORKGROUP"], choices: []);
 pub const ROPE: Family = family!("rope", flags: ["HALF_K"], choices: [["HALVES", "ADJACENT"]]);
-pub const ATTENTION: Family = family!("attention", flags: ["HALF_KV", "LATENT", "SUBGROUPS"], choices: []);
+pub const ATTENTION: Family = family!("attention", flags: ["HALF_KV", "LATENT", "SUBGROUPS", "WORKGROUP"], choices: []);
 pub const ELEMENTWISE: Family = family!("elementwise", flags: [], choices: []);
 pub const SAMPLE: Family = family!("sample", flags: [], choices: []);
 pub const MOE: Family = family!("moe", flags: ["BIAS", "SHARED_GATE", "PERMUTED"], choices: []);
-pub const MLA: Family = family!("mla", flags: [], choices: [["HALVES", "ADJACENT"]]);
+pub const MLA: Family = family!("mla", flags: ["WORKGROUP"], choices: [["HALVES", "ADJACENT"]]);
 
 pub const FAMILIES: &[Family] = &[COPY, MATMUL, EMBED, NORM, ROPE, ATTENTION, ELEMENTWISE, SAMPLE, MOE, MLA];
 
 /// Fragments pulled in by `#include NAME` (processed with the includer's flags).
 const FRAGMENTS: &[(&str, &str)] = &[
+    ("cos_sin", include_str!("../wgsl/cos_sin.wgsl")),
     ("dequant", include_str!("../wgsl/dequant.wgsl")),
     ("dequant_body", include_str!("../wgsl/dequant_body.wgsl")),
     ("dequant_block", include_str!("../wgsl/dequant_block.wgsl")),
     ("kquant_values", include_str!("../wgsl/kquant_values.wgsl")),
     ("step", include_str!("../wgsl/step.wgsl")),
+    ("workgroup_reduce", include_str!("../wgsl/workgroup_reduce.wgsl")),
 ];
 
 /// Rewrite an `EMIT(i, expr);` line for an include mode (see dequant_body.wgsl).
@@ -207,6 +209,8 @@ pub fn consts(family: &Family, flags: &[&str]) -> Vec<Const> {
     let wg = match family.name {
         "matmul" if flags.contains(&"ROW_PER_WORKGROUP") => MATMUL_WG_GROUP,
         "matmul" => MATMUL_WG_THREAD,
+        // A thread per position of a split.
+        "attention" if flags.contains(&"WORKGROUP") => ATTENTION_SPLIT,
         "attention" => ATTENTION_WG,
         "sample" => SAMPLE_WG,
         "copy" => COPY_WG,

@@ -12,6 +12,7 @@
 // `rope_factor` (YaRN's attention factor). Constants: WG.
 
 #include step
+#include cos_sin
 
 struct Params {
     heads: u32,
@@ -45,16 +46,45 @@ fn rope_at(base: u32, i: u32, position: u32) -> f32 {
     let second = (i % 2u) == 1u;
 #endif
     let angle = f32(position) * inv_freq[pair];
-    let c = cos(angle);
-    let s = sin(angle);
-    var v = src[a] * c - src[b] * s;
+    let cs = cos_sin(angle);
+    var v = src[a] * cs.x - src[b] * cs.y;
     if (second) {
-        v = src[a] * s + src[b] * c;
+        v = src[a] * cs.y + src[b] * cs.x;
     }
     return v * p.rope_factor;
 }
 
-// One thread per token: the whole latent row.
+#if WORKGROUP
+#include workgroup_reduce
+
+// GPUs: a workgroup per token, its threads across the row.
+@compute @workgroup_size(WG)
+fn kv_cache(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let t = wid.x + wid.y * nwg.x;
+    if (t >= step.n_tokens) {
+        return;
+    }
+    let width = p.rank + p.rope;
+    let base = t * width;
+    var ss = 0.0;
+    for (var j = lid; j < p.rank; j += WG) {
+        ss += src[base + j] * src[base + j];
+    }
+    let inv = inverseSqrt(workgroup_reduce(lid, ss, false) / f32(p.rank) + p.eps);
+    let row = (step.pos + t) * width;
+    for (var j = lid; j < p.rank; j += WG) {
+        dst[row + j] = src[base + j] * inv * w[j];
+    }
+    for (var i = lid; i < p.rope; i += WG) {
+        dst[row + p.rank + i] = rope_at(base + p.rank, i, step.pos + t);
+    }
+}
+#else
+// CPU adapters: one thread per token, the whole latent row.
 @compute @workgroup_size(WG)
 fn kv_cache(@builtin(global_invocation_id) gid: vec3<u32>) {
     let t = gid.x;
@@ -76,6 +106,7 @@ fn kv_cache(@builtin(global_invocation_id) gid: vec3<u32>) {
         dst[row + p.rank + i] = rope_at(base + p.rank, i, step.pos + t);
     }
 }
+#endif
 
 // One thread per (element of rank + rope, head, token).
 @compute @workgroup_size(WG)

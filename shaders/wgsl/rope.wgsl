@@ -5,6 +5,7 @@
 // One thread per (token, head of q then k, pair). Constants: WG.
 
 #include step
+#include cos_sin
 
 struct Params {
     head_dim: u32,
@@ -23,9 +24,8 @@ struct Params {
 #endif
 
 fn rotate(v: vec2<f32>, angle: f32) -> vec2<f32> {
-    let c = cos(angle);
-    let s = sin(angle);
-    return vec2<f32>(v.x * c - v.y * s, v.x * s + v.y * c);
+    let cs = cos_sin(angle);
+    return vec2<f32>(v.x * cs.x - v.y * cs.y, v.x * cs.y + v.y * cs.x);
 }
 
 @compute @workgroup_size(WG)

@@ -209,11 +209,13 @@ fn embedding_rows_across_chunks() {
 fn rms_norm_all_rows_and_last_only() {
     let gpu = gpu();
     let mut rng = Rng(11);
-    for (n, cols) in [(1usize, 64usize), (5, 576), (70, 96)] {
+    // A thread per row (CPU adapters) and a workgroup per row (GPUs).
+    let cases = [(1usize, 64usize), (5, 576), (70, 96)];
+    for ((n, cols), shape) in cases.into_iter().flat_map(|c| [(c, MatmulShape::RowPerThread), (c, MatmulShape::RowPerWorkgroup)]) {
         let x = rng.vec(n * cols);
         let w = rng.vec(cols);
         let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
-        let ctx = Ctx { gpu: &gpu, step: &step_buf, shape: gpu.shape, subgroups: false };
+        let ctx = Ctx { gpu: &gpu, step: &step_buf, shape, subgroups: false };
         let (xb, wb) = (upload(&gpu, "x", &x), upload(&gpu, "w", &w));
         let out = gpu.storage("out", (n * cols * 4) as u64).unwrap();
         let mut want = x.clone();
@@ -231,7 +233,8 @@ fn rope_both_pairings_at_offsets() {
     let gpu = gpu();
     let mut rng = Rng(12);
     for pairing in [RopePairing::Halves, RopePairing::Adjacent] {
-        for (n, pos, hd, nq, nk) in [(1usize, 0usize, 16usize, 4usize, 2usize), (7, 300, 64, 9, 3)] {
+        // Angles to ~20000 rad: GPUs' own sin and cos drift far from zero.
+        for (n, pos, hd, nq, nk) in [(1usize, 0usize, 16usize, 4usize, 2usize), (7, 300, 64, 9, 3), (2, 20000, 16, 2, 1)] {
             let inv: Vec<f32> = (0..hd / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / hd as f32)).collect();
             let q = rng.vec(n * nq * hd);
             // k as KV-cache rows: tokens land at pos..pos+n.
@@ -247,7 +250,7 @@ fn rope_both_pairings_at_offsets() {
                 let r = pos + t;
                 wk[r * nk * hd..(r + 1) * nk * hd].chunks_exact_mut(hd).for_each(|h| reference::rope(h, pos + t, &inv, pairing));
             }
-            // Angles up to ~300 rad: f32 sin/cos of the same f32 angle.
+            // f32 sin/cos of the same f32 angle.
             assert!(common::max_abs_diff(&download(&gpu, &qb, q.len()), &wq) < 2e-5, "{pairing:?} q");
             assert!(common::max_abs_diff(&download(&gpu, &kb, k.len()), &wk) < 2e-5, "{pairing:?} k");
         }
@@ -260,19 +263,17 @@ fn attention_causal_gqa_across_splits() {
     let mut rng = Rng(13);
     let split = baleen_shaders::shape::ATTENTION_SPLIT as usize;
     // With subgroups (on a CPU adapter) a subgroup per split: heads up to 128
-    // wide, and one that is not a multiple of the subgroup.
+    // wide, and one that is not a multiple of the subgroup. Workgroup per
+    // row (GPUs): a workgroup per split.
     let cases = [(1usize, 0usize, 4usize, 2usize, 16usize), (1, 2 * split + 5, 9, 3, 64), (6, split - 3, 4, 1, 32), (3, 5, 2, 1, 20), (2, split, 2, 2, 128)];
-    for ((n, pos, h, kvh, hd), subgroups) in cases.into_iter().flat_map(|c| [(c, false), (c, true)]) {
-        if subgroups && !gpu.has_subgroups() {
-            continue;
-        }
+    for ((n, pos, h, kvh, hd), (shape, subgroups)) in cases.into_iter().flat_map(|c| shapes(&gpu).into_iter().map(move |s| (c, s))) {
         let ctx_len = pos + n;
         let max_splits = ctx_len.div_ceil(split) + 1;
         let q = rng.vec(n * h * hd);
         let k = rng.vec(ctx_len * kvh * hd);
         let v = rng.vec(ctx_len * kvh * hd);
         let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
-        let ctx = Ctx { gpu: &gpu, step: &step_buf, shape: gpu.shape, subgroups };
+        let ctx = Ctx { gpu: &gpu, step: &step_buf, shape, subgroups };
         let (qb, kb, vb) = (upload(&gpu, "q", &q), upload(&gpu, "k", &k), upload(&gpu, "v", &v));
         let ml = gpu.storage("ml", (n * h * max_splits * 8) as u64).unwrap();
         let po = gpu.storage("po", (n * h * max_splits * hd * 4) as u64).unwrap();
@@ -282,7 +283,7 @@ fn attention_causal_gqa_across_splits() {
         let got = download(&gpu, &out, n * h * hd);
         let want = reference_attention(&q, &k, &v, n, pos, h, kvh, hd);
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!((g - w).abs() < 1e-5, "n={n} pos={pos} hd={hd} subgroups={subgroups} element {i}: {g} vs {w}");
+            assert!((g - w).abs() < 1e-5, "n={n} pos={pos} hd={hd} {shape:?} subgroups={subgroups} element {i}: {g} vs {w}");
         }
     }
 }
@@ -443,12 +444,15 @@ fn f16_kv_cache_kernels() {
     let ml = gpu.storage("ml", (n * h * max_splits * 8) as u64).unwrap();
     let po = gpu.storage("po", (n * h * max_splits * hd * 4) as u64).unwrap();
     let out = gpu.storage("out", (n * h * hd * 4) as u64).unwrap();
-    let ops = ctx.attention("attn", &qb, &kb, &vb, &ml, &po, &out, &AttentionShape::gqa(h as u32, kvh as u32, hd as u32), max_splits as u32, true).unwrap();
     let q_now = download(&gpu, &qb, q.len()); // rotated above
-    run(&gpu, &step_buf, step(n as u32, pos as u32), &ops);
-    let got = download(&gpu, &out, n * h * hd);
     let want = reference_attention(&q_now, &k, &v, n, pos, h, kvh, hd);
-    assert!(common::max_abs_diff(&got, &want) < 1e-5, "attention over an f16 cache");
+    for shape in [MatmulShape::RowPerThread, MatmulShape::RowPerWorkgroup] {
+        let ctx = Ctx { shape, ..ctx };
+        let ops = ctx.attention("attn", &qb, &kb, &vb, &ml, &po, &out, &AttentionShape::gqa(h as u32, kvh as u32, hd as u32), max_splits as u32, true).unwrap();
+        run(&gpu, &step_buf, step(n as u32, pos as u32), &ops);
+        let got = download(&gpu, &out, n * h * hd);
+        assert!(common::max_abs_diff(&got, &want) < 1e-5, "attention over an f16 cache, {shape:?}");
+    }
 }
 
 fn moe_config(n_experts: usize, top_k: usize, scoring: baleen::config::Scoring, groups: usize, topk_groups: usize, group_score: baleen::config::GroupScore, norm_topk: bool) -> baleen::config::Moe {
@@ -709,16 +713,22 @@ fn latent_attention_kernels_match_the_plain_math() {
         let mut cache = rng.vec((pos + n) * row);
         let (kv_a, norm) = (rng.vec(n * row), rng.vec(rank));
         let (ib, kab, nb) = (upload(&gpu, "inv", &inv), upload(&gpu, "kv_a", &kv_a), upload(&gpu, "norm", &norm));
-        let cb = upload(&gpu, "cache", &cache);
-        run(&gpu, &step_buf, step(n as u32, pos as u32), &[ctx.mla_kv_cache("kv", &m, &ib, &kab, &nb, &cb).unwrap()]);
+        let before = cache.clone();
         for t in 0..n {
             let r = &mut cache[(pos + t) * row..][..row];
             r.copy_from_slice(&kv_a[t * row..][..row]);
             reference::rms_norm(&mut r[..rank], &norm, 1e-6);
             rotate(&mut r[rank..], pos + t);
         }
-        let got_cache = download(&gpu, &cb, (pos + n) * row);
-        assert!(common::max_abs_diff(&got_cache, &cache) < 1e-4, "{pairing:?} latent cache");
+        // A thread per token (CPU adapters) and a workgroup per token (GPUs).
+        for kernel_shape in [MatmulShape::RowPerWorkgroup, MatmulShape::RowPerThread] {
+            let ctx = Ctx { shape: kernel_shape, ..ctx };
+            let cb = upload(&gpu, "cache", &before);
+            run(&gpu, &step_buf, step(n as u32, pos as u32), &[ctx.mla_kv_cache("kv", &m, &ib, &kab, &nb, &cb).unwrap()]);
+            let got_cache = download(&gpu, &cb, (pos + n) * row);
+            assert!(common::max_abs_diff(&got_cache, &cache) < 1e-4, "{pairing:?} latent cache, {kernel_shape:?}");
+        }
+        let cb = upload(&gpu, "cache", &cache);
 
         // Absorbed queries: [W_ukᵀ q_nope ; RoPE(q_pe)] per head.
         // W_kvb [heads · (nope + v), rank]: per head W_uk's nope rows, then W_uv's v rows.
@@ -748,8 +758,6 @@ fn latent_attention_kernels_match_the_plain_math() {
         let po = gpu.storage("po", (n * heads * max_splits * rank * 4) as u64).unwrap();
         let o_lat_b = gpu.storage("o_lat", (n * heads * rank * 4) as u64).unwrap();
         let shape = AttentionShape { n_heads: heads as u32, n_kv_heads: 1, head_dim: row as u32, v_dim: rank as u32, scale, latent: true };
-        let ops = ctx.attention("attn", &q_lat_b, &cb, &cb, &ml, &po, &o_lat_b, &shape, max_splits as u32, false).unwrap();
-        run(&gpu, &step_buf, step(n as u32, pos as u32), &ops);
         let mut o_lat = vec![0f32; n * heads * rank];
         for t in 0..n {
             for h in 0..heads {
@@ -762,7 +770,13 @@ fn latent_attention_kernels_match_the_plain_math() {
                 }
             }
         }
-        assert!(common::max_abs_diff(&download(&gpu, &o_lat_b, n * heads * rank), &o_lat) < 1e-4, "{pairing:?} latent attention");
+        // A thread or a subgroup per split (CPU adapters), a workgroup per split (GPUs).
+        for kernel_shape in [MatmulShape::RowPerThread, MatmulShape::RowPerWorkgroup] {
+            let ctx = Ctx { shape: kernel_shape, ..ctx };
+            let ops = ctx.attention("attn", &q_lat_b, &cb, &cb, &ml, &po, &o_lat_b, &shape, max_splits as u32, false).unwrap();
+            run(&gpu, &step_buf, step(n as u32, pos as u32), &ops);
+            assert!(common::max_abs_diff(&download(&gpu, &o_lat_b, n * heads * rank), &o_lat) < 1e-4, "{pairing:?} latent attention, {kernel_shape:?}");
+        }
 
         // v_up: W_uv,h õ_h.
         let ob = gpu.storage("o", (n * heads * vd * 4) as u64).unwrap();

@@ -349,7 +349,15 @@ impl Ctx<'_> {
     /// MLA: the latent cache row of each new token, `[RMSNorm(c) ; RoPE(k_pe)]`
     /// from `kv_a` `[n_tokens, rank + rope]`.
     pub fn mla_kv_cache(&self, name: &str, m: &MlaShape, inv_freq: &wgpu::Buffer, kv_a: &wgpu::Buffer, norm: &wgpu::Buffer, cache: &wgpu::Buffer) -> Result<Op> {
-        self.op(name.into(), m.key("kv_cache"), &m.params(), &[inv_freq, kv_a, norm, cache], Grid::Flat { per_token: 1, wg: shape::ELEMENTWISE_WG })
+        // A thread per token on CPU adapters, a workgroup per token on GPUs.
+        let mut key = m.key("kv_cache");
+        let per_token = if self.shape == super::MatmulShape::RowPerWorkgroup {
+            key.flags.push("WORKGROUP");
+            shape::ELEMENTWISE_WG
+        } else {
+            1
+        };
+        self.op(name.into(), key, &m.params(), &[inv_freq, kv_a, norm, cache], Grid::Flat { per_token, wg: shape::ELEMENTWISE_WG })
     }
 
     /// MLA: absorbed queries `q_lat` `[n_tokens, heads, rank + rope]` from `q`
@@ -390,9 +398,11 @@ impl Ctx<'_> {
 
     /// RMSNorm of each token's row (or only the last token's, into row 0).
     pub fn rms_norm(&self, name: &str, x: &wgpu::Buffer, w: &wgpu::Buffer, out: &wgpu::Buffer, cols: u32, eps: f32, last_only: bool) -> Result<Op> {
-        let grid = if last_only { Grid::Fixed([1, 1, 1]) } else { Grid::Flat { per_token: 1, wg: shape::ELEMENTWISE_WG } };
+        // A thread per row on CPU adapters, a workgroup per row on GPUs.
+        let (per_row, flags) = if self.shape == super::MatmulShape::RowPerWorkgroup { (shape::ELEMENTWISE_WG, vec!["WORKGROUP"]) } else { (1, vec![]) };
+        let grid = if last_only { Grid::Fixed([1, 1, 1]) } else { Grid::Flat { per_token: per_row, wg: shape::ELEMENTWISE_WG } };
         let params = words(&[cols, last_only as u32, eps.to_bits(), 0]);
-        self.op(name.into(), PipelineKey { family: "norm", entry: "main", flags: vec![] }, &params, &[x, w, out], grid)
+        self.op(name.into(), PipelineKey { family: "norm", entry: "main", flags }, &params, &[x, w, out], grid)
     }
 
     /// RoPE in place on q and k (k rows at the pass position when `k_at_pos`).
@@ -450,12 +460,16 @@ impl Ctx<'_> {
         }
         // A subgroup per split (see attention.wgsl), for subgroups that fit
         // a workgroup and heads its lanes' registers hold.
+        // GPUs take a workgroup per split (a thread per position).
         let (min_sg, max_sg) = (self.gpu.info.subgroup_min_size, self.gpu.info.subgroup_max_size);
-        let per_item = if self.lane_subgroups() && max_sg <= shape::ATTENTION_WG && head_dim.max(a.v_dim) <= min_sg * shape::ATTENTION_SG_DIMS {
+        let (per_item, wg) = if self.shape == super::MatmulShape::RowPerWorkgroup {
+            flags.push("WORKGROUP");
+            (shape::ATTENTION_SPLIT, shape::ATTENTION_SPLIT)
+        } else if self.lane_subgroups() && max_sg <= shape::ATTENTION_WG && head_dim.max(a.v_dim) <= min_sg * shape::ATTENTION_SG_DIMS {
             flags.push("SUBGROUPS");
-            max_sg
+            (max_sg, shape::ATTENTION_WG)
         } else {
-            1
+            (1, shape::ATTENTION_WG)
         };
         let params = words(&[n_heads, n_kv_heads, head_dim, shape::ATTENTION_SPLIT, max_splits, a.scale.to_bits(), a.v_dim, 0]);
         let head_dim = a.v_dim;
@@ -465,14 +479,14 @@ impl Ctx<'_> {
                 PipelineKey { family: "attention", entry: "partial", flags: flags.clone() },
                 &params,
                 &[(2, q), (3, k_cache), (4, v_cache), (5, part_ml), (6, part_o)],
-                Grid::AttnPartial { heads: n_heads, wg: shape::ATTENTION_WG, split: shape::ATTENTION_SPLIT, per_item },
+                Grid::AttnPartial { heads: n_heads, wg, split: shape::ATTENTION_SPLIT, per_item },
             )?,
             self.op_at(
                 format!("{name} combine"),
                 PipelineKey { family: "attention", entry: "combine", flags },
                 &params,
                 &[(5, part_ml), (6, part_o), (7, out)],
-                Grid::AttnCombine { heads: n_heads, head_dim, wg: shape::ATTENTION_WG },
+                Grid::AttnCombine { heads: n_heads, head_dim, wg },
             )?,
         ])
     }
