@@ -606,13 +606,19 @@ impl GpuModel {
             if !op.passes.runs(step.n_tokens) {
                 continue;
             }
+            // The warm-up run also sizes the timed one: enough repeats for
+            // ~5 ms, so a submit's own cost (tens of µs) does not swamp a
+            // GPU's few-µs kernels.
             let ops = vec![op; reps];
-            self.gpu.run(&self.step, &step, &ops)?;
-            self.finished().await?;
             let t0 = crate::engine::now_ms();
             self.gpu.run(&self.step, &step, &ops)?;
             self.finished().await?;
-            out.push((op.name.clone(), (crate::engine::now_ms() - t0) / reps as f64));
+            let per_op = ((crate::engine::now_ms() - t0) / reps as f64).max(1e-3);
+            let ops = vec![op; reps.max((5.0 / per_op) as usize).min(500)];
+            let t0 = crate::engine::now_ms();
+            self.gpu.run(&self.step, &step, &ops)?;
+            self.finished().await?;
+            out.push((op.name.clone(), (crate::engine::now_ms() - t0) / ops.len() as f64));
         }
         Ok(out)
     }
