@@ -1,13 +1,15 @@
 // SwiGLU activation: out = silu(gate) ⊙ up over [n_tokens · rows_per_token, cols]
 // (rows_per_token: 1, or the routed experts' top_k slots; 0: every row of
-// out, the grouped experts' tiles). Constants: WG.
+// out, the grouped experts' tiles). `stacked`: gate and up side by side in
+// one [n_tokens, 2 · cols] buffer (one matmul computed both), bound as both.
+// Constants: WG.
 
 #include step
 
 struct Params {
     cols: u32,
     rows_per_token: u32,
-    pad1: u32,
+    stacked: u32,
     pad2: u32,
 }
 
@@ -23,8 +25,17 @@ fn swiglu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     if (i >= n) {
         return;
     }
-    let g = gate[i];
+    var g: f32;
+    var u: f32;
+    if (p.stacked == 1u) {
+        let at = i + (i / p.cols) * p.cols;
+        g = gate[at];
+        u = up[at + p.cols];
+    } else {
+        g = gate[i];
+        u = up[i];
+    }
     // silu(g) = g / (1 + e^-g); the clamp keeps e^-g finite and normal
     // (subnormal floats are slow on CPU adapters).
-    out[i] = g / (1.0 + exp(clamp(-g, -80.0, 80.0))) * up[i];
+    out[i] = g / (1.0 + exp(clamp(-g, -80.0, 80.0))) * u;
 }

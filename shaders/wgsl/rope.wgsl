@@ -3,6 +3,9 @@
 // Hugging Face's rotate_half) or (2i, 2i + 1) (ADJACENT, GGUF llama).
 // inv_freq holds every scaling (linear, llama3, per-dimension factors) already.
 // One thread per (token, head of q then k, pair). Constants: WG.
+// `scatter`: q, k and v of a token side by side in one row of `qkv` (one
+// matmul computed them all): q roped into q, k roped into the k cache and v
+// copied into the v cache, at the pass position. HALF_K: the caches are f16.
 
 #include step
 #include cos_sin
@@ -19,13 +22,25 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> q: array<f32>;    // [n_tokens, n_q_heads · head_dim]
 #if HALF_K
 @group(0) @binding(4) var<storage, read_write> k: array<f16>;    // [(pos +) n_tokens, n_k_heads · head_dim], f16 cache
+@group(0) @binding(5) var<storage, read_write> v: array<f16>;    // `scatter`: the v cache, as k
 #else
 @group(0) @binding(4) var<storage, read_write> k: array<f32>;    // [(pos +) n_tokens, n_k_heads · head_dim]
+@group(0) @binding(5) var<storage, read_write> v: array<f32>;    // `scatter`: the v cache, as k
 #endif
+@group(0) @binding(6) var<storage, read> qkv: array<f32>;        // `scatter`: [n_tokens, (n_q_heads + 2 · n_k_heads) · head_dim]
 
-fn rotate(v: vec2<f32>, angle: f32) -> vec2<f32> {
+fn rotate(pair: vec2<f32>, angle: f32) -> vec2<f32> {
     let cs = cos_sin(angle);
-    return vec2<f32>(v.x * cs.x - v.y * cs.y, v.x * cs.y + v.y * cs.x);
+    return vec2<f32>(pair.x * cs.x - pair.y * cs.y, pair.x * cs.y + pair.y * cs.x);
+}
+
+// The two elements of pair i of a head.
+fn pair_at(i: u32) -> vec2<u32> {
+#if HALVES
+    return vec2<u32>(i, i + p.head_dim / 2u);
+#else
+    return vec2<u32>(2u * i, 2u * i + 1u);
+#endif
 }
 
 @compute @workgroup_size(WG)
@@ -38,13 +53,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (h >= heads || t >= step.n_tokens) {
         return;
     }
-#if HALVES
-    let a = i;
-    let b = i + half;
-#else
-    let a = 2u * i;
-    let b = 2u * i + 1u;
-#endif
+    let a = pair_at(i).x;
+    let b = pair_at(i).y;
     let angle = f32(step.pos + t) * inv_freq[i];
     if (h < p.n_q_heads) {
         let base = (t * p.n_q_heads + h) * p.head_dim;
@@ -65,6 +75,48 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         let r = rotate(vec2<f32>(k[base + a], k[base + b]), angle);
         k[base + a] = r.x;
         k[base + b] = r.y;
+#endif
+    }
+}
+
+@compute @workgroup_size(WG)
+fn scatter(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let hd = p.head_dim;
+    let half = hd / 2u;
+    let heads = p.n_q_heads + p.n_k_heads;
+    let kv_dim = p.n_k_heads * hd;
+    let t = gid.y;
+    if (t >= step.n_tokens || gid.x >= heads * half + kv_dim) {
+        return;
+    }
+    let src = t * (heads * hd + kv_dim);
+    let row = (step.pos + t) * kv_dim;
+    if (gid.x >= heads * half) {
+        let j = gid.x - heads * half;
+#if HALF_K
+        v[row + j] = f16(qkv[src + heads * hd + j]);
+#else
+        v[row + j] = qkv[src + heads * hd + j];
+#endif
+        return;
+    }
+    let i = gid.x % half;
+    let h = gid.x / half;
+    let ab = pair_at(i);
+    let at = src + h * hd;
+    let r = rotate(vec2<f32>(qkv[at + ab.x], qkv[at + ab.y]), f32(step.pos + t) * inv_freq[i]);
+    if (h < p.n_q_heads) {
+        let base = (t * p.n_q_heads + h) * hd;
+        q[base + ab.x] = r.x;
+        q[base + ab.y] = r.y;
+    } else {
+        let base = row + (h - p.n_q_heads) * hd;
+#if HALF_K
+        k[base + ab.x] = f16(r.x);
+        k[base + ab.y] = f16(r.y);
+#else
+        k[base + ab.x] = r.x;
+        k[base + ab.y] = r.y;
 #endif
     }
 }

@@ -103,6 +103,56 @@ fn tensors_over_the_binding_limit_are_split_into_row_chunks() {
     assert!(common::max_abs_diff(&logits, &want) <= TINY_TOL);
 }
 
+/// `name`'s GGUF with the tensors `to_f16` picks rewritten as F16, in `dir`.
+fn with_f16_tensors(name: &str, dir: &common::TempDir, to_f16: impl Fn(&str) -> bool) -> std::path::PathBuf {
+    use baleen::format::gguf::writer;
+    use baleen::quant::DType;
+    let m = ModelFiles::open(&common::fixture(&format!("{name}/model.gguf"))).unwrap();
+    let idx = &m.index;
+    let tensors: Vec<writer::Tensor> = idx
+        .tensors
+        .iter()
+        .map(|t| {
+            let values = idx.read_f32(t).unwrap();
+            let (dtype, data) = if to_f16(&t.name) {
+                (DType::F16, values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect())
+            } else {
+                (DType::F32, values.iter().flat_map(|v| v.to_le_bytes()).collect())
+            };
+            writer::Tensor { name: t.name.clone(), dtype, shape: t.shape.clone(), data }
+        })
+        .collect();
+    let meta: Vec<_> = idx.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let path = dir.0.join(format!("{name}.gguf"));
+    std::fs::write(&path, writer::write(&meta, &tensors)).unwrap();
+    path
+}
+
+#[test]
+fn stacked_projections_of_two_types_match_the_reference() {
+    // q, k, v (with qwen2's biases) and gate, up load as one stacked matrix
+    // per run of one type. With v and up in f16 and the rest in f32 each is
+    // two matrices writing side by side into one row per token; 16 KiB
+    // bindings split them into row chunks besides.
+    let gpu = gpu();
+    let dir = common::TempDir::new("stacks");
+    for name in ["tiny-qwen2-moe", "tiny-deepseek-v3"] {
+        let path = with_f16_tensors(name, &dir, |n| n.ends_with("attn_v.weight") || n.ends_with("ffn_up.weight"));
+        let m = ModelFiles::open(&path).unwrap();
+        let ids: Vec<u32> = (0..9).map(|i| (i * 37 + 5) % m.config.vocab as u32).collect();
+        let want = baleen::reference::Reference::load(&m).unwrap().forward(&ids, true).unwrap();
+        for shape in [MatmulShape::RowPerThread, MatmulShape::RowPerWorkgroup] {
+            for max_binding in [None, Some(16 << 10)] {
+                let opts = GpuOptions { shape: Some(shape), max_binding, kv_f16: Some(false), ..Default::default() };
+                let mut g = GpuModel::load(gpu.clone(), &m, &opts).unwrap();
+                let got = g.forward(&ids, true).unwrap();
+                let d = common::max_abs_diff(&got, &want);
+                assert!(d <= TINY_TOL, "{name} {shape:?} bindings {max_binding:?}: max |Δlogit| {d}");
+            }
+        }
+    }
+}
+
 #[test]
 fn gpu_errors_are_clear() {
     let gpu = gpu();

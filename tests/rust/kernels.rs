@@ -253,6 +253,25 @@ fn rope_both_pairings_at_offsets() {
             // f32 sin/cos of the same f32 angle.
             assert!(common::max_abs_diff(&download(&gpu, &qb, q.len()), &wq) < 2e-5, "{pairing:?} q");
             assert!(common::max_abs_diff(&download(&gpu, &kb, k.len()), &wk) < 2e-5, "{pairing:?} k");
+
+            // `scatter`: q, k, v side by side per token in one row; k and v go
+            // to the caches' rows pos.., q to its own buffer.
+            let (q_dim, kv_dim) = (nq * hd, nk * hd);
+            let v = rng.vec(n * kv_dim);
+            let qkv: Vec<f32> = (0..n)
+                .flat_map(|t| q[t * q_dim..][..q_dim].iter().chain(&k[(pos + t) * kv_dim..][..kv_dim]).chain(&v[t * kv_dim..][..kv_dim]).copied())
+                .collect();
+            let (sb, qb) = (upload(&gpu, "qkv", &qkv), gpu.storage("q", (n * q_dim * 4) as u64).unwrap());
+            let cache = rng.vec((pos + n) * kv_dim);
+            let (kb, vb) = (upload(&gpu, "k cache", &cache), upload(&gpu, "v cache", &cache));
+            let op = ctx.rope_scatter("scatter", pairing, &ib, &sb, &qb, &kb, &vb, hd as u32, nq as u32, nk as u32, false).unwrap();
+            run(&gpu, &step_buf, step(n as u32, pos as u32), &[op]);
+            let (mut want_k, mut want_v) = (cache.clone(), cache.clone());
+            want_k[pos * kv_dim..].copy_from_slice(&wk[pos * kv_dim..]);
+            want_v[pos * kv_dim..].copy_from_slice(&v);
+            assert!(common::max_abs_diff(&download(&gpu, &qb, q.len()), &wq) < 2e-5, "{pairing:?} scatter q");
+            assert!(common::max_abs_diff(&download(&gpu, &kb, cache.len()), &want_k) < 2e-5, "{pairing:?} scatter k");
+            assert_eq!(download(&gpu, &vb, cache.len()), want_v, "{pairing:?} scatter v");
         }
     }
 }
@@ -326,6 +345,12 @@ fn swiglu_matches() {
     let got = download(&gpu, &out, n * cols);
     assert!(got.iter().all(|v| v.is_finite()));
     assert!(common::max_abs_diff(&got, &want) < 1e-5);
+    // Gate and up side by side in one row per token (a stacked matmul's output).
+    let stacked: Vec<f32> = (0..n).flat_map(|t| g[t * cols..][..cols].iter().chain(&u[t * cols..][..cols]).copied()).collect();
+    let sb = upload(&gpu, "gate up", &stacked);
+    let out = gpu.storage("out", (n * cols * 4) as u64).unwrap();
+    run(&gpu, &step_buf, step(n as u32, 0), &[ctx.swiglu_stacked("s", &sb, &out, cols as u32).unwrap()]);
+    assert!(common::max_abs_diff(&download(&gpu, &out, n * cols), &want) < 1e-5, "stacked");
 }
 
 fn gpu_sample(gpu: &Gpu, logits: &[f32], p: &SamplingParams, draw: u32) -> u32 {

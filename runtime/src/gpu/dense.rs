@@ -133,6 +133,9 @@ impl GpuModel {
         let x = act("x", t * h as u64 * 4)?; // [t, hidden] residual stream
         let xn = act("xn", t * h as u64 * 4)?; // [t, hidden] normed
         let q = act("q", t * q_dim as u64 * 4)?; // [t, n_heads · head_dim]
+        // [t, q_dim + 2 · kv_dim]: q, k and v side by side (one stacked matmul)
+        let qkv_width = q_dim + 2 * kv_dim;
+        let qkv = act("qkv", t * qkv_width as u64 * 4)?;
         // [t, n_heads · head_dim]; with MLA [t, n_heads · rank] (the latent output)
         let attn_width = cfg.mla.as_ref().map_or(q_dim, |a| nh * a.kv_lora_rank as u32);
         let attn = act("attn", t * attn_width as u64 * 4)?;
@@ -160,8 +163,7 @@ impl GpuModel {
                 })
             }
         };
-        let gate = act("gate", t * ffn as u64 * 4)?; // [t, ffn]
-        let up = act("up", t * ffn as u64 * 4)?; // [t, ffn]
+        let gate_up = act("gate up", t * 2 * ffn as u64 * 4)?; // [t, 2 · ffn]: gate then up (one stacked matmul)
         let mlp = act("mlp", t * ffn as u64 * 4)?; // [t, ffn]
         // Mixture of experts: router logits, the chosen ids and weights, the
         // experts' activations per slot (top_k per token), the shared expert's.
@@ -244,18 +246,37 @@ impl GpuModel {
             let t = index.require_matrix(&name, rows as u64, cols as u64)?;
             GpuMatrix::load(g, reader, t, max_binding).await
         };
+        // Matrices whose outputs lie side by side in one row per token (q, k,
+        // v; gate, up): each run of one type stacked into one matrix, so one
+        // matmul computes it. Each with the column its outputs start at.
+        let stack = |name: String, parts: Vec<(String, u32)>, cols: u32| async move {
+            let tensors: Vec<&crate::format::TensorInfo> =
+                parts.iter().map(|(n, rows)| index.require_matrix(n, *rows as u64, cols as u64)).collect::<Result<_>>()?;
+            let mut out = Vec::new();
+            let (mut i, mut offset) = (0, 0u32);
+            while i < tensors.len() {
+                let run = tensors[i..].iter().take_while(|t| t.dtype == tensors[i].dtype).count();
+                let label = if run == tensors.len() { name.clone() } else { format!("{name} part {}", out.len()) };
+                let m = GpuMatrix::load_stacked(g, reader, &tensors[i..i + run], &label, max_binding).await?;
+                let rows = m.rows;
+                out.push((m, offset));
+                offset += rows;
+                i += run;
+            }
+            Ok::<_, Error>(out)
+        };
 
         // Load everything first (indices into `weights`), then build ops.
         enum Ffn {
-            Dense { gate: usize, up: usize, down: usize },
+            /// `gate_up`: stacked parts and the column each starts at.
+            Dense { gate_up: Vec<(usize, u32)>, down: usize },
             Moe { router: usize, bias: Option<wgpu::Buffer>, gate: usize, up: usize, down: usize, shared: Option<[usize; 3]>, shared_gate: Option<usize> },
         }
         enum Attn {
             Gqa {
-                wq: usize,
-                wk: usize,
-                wv: usize,
-                bias: Option<[wgpu::Buffer; 3]>,
+                /// Stacked parts of [q; k; v] and the column each starts at.
+                qkv: Vec<(usize, u32)>,
+                bias: Option<wgpu::Buffer>, // [q_dim + 2 · kv_dim]
                 v_cache: wgpu::Buffer, // [context, kv_dim] f32, or f16 with kv_half
             },
             Mla {
@@ -287,14 +308,17 @@ impl GpuModel {
             let (attn_l, o_cols) = match &cfg.mla {
                 None => {
                     let bias = if cfg.qkv_bias {
-                        Some([vector(n(Layer::QBias), q_dim).await?, vector(n(Layer::KBias), kv_dim).await?, vector(n(Layer::VBias), kv_dim).await?])
+                        let mut b = Vec::with_capacity(qkv_width as usize);
+                        for (part, len) in [(Layer::QBias, q_dim), (Layer::KBias, kv_dim), (Layer::VBias, kv_dim)] {
+                            b.extend(index.read_vector_from(reader, &n(part), len as u64).await?);
+                        }
+                        Some(gpu.storage_init(&format!("blk.{i}.qkv bias"), bytemuck::cast_slice(&b))?)
                     } else {
                         None
                     };
+                    let qkv_parts = vec![(n(Layer::Q), q_dim), (n(Layer::K), kv_dim), (n(Layer::V), kv_dim)];
                     let a = Attn::Gqa {
-                        wq: w(matrix(n(Layer::Q), q_dim, h).await?),
-                        wk: w(matrix(n(Layer::K), kv_dim, h).await?),
-                        wv: w(matrix(n(Layer::V), kv_dim, h).await?),
+                        qkv: stack(format!("blk.{i}.attn_qkv"), qkv_parts, h).await?.into_iter().map(|(m, at)| (w(m), at)).collect(),
                         bias,
                         v_cache: gpu.storage(&format!("v cache {i}"), context as u64 * kv_dim as u64 * kv_bytes)?,
                     };
@@ -355,8 +379,11 @@ impl GpuModel {
                         }
                     }
                     _ => Ffn::Dense {
-                        gate: w(matrix(n(Layer::Gate), ffn, h).await?),
-                        up: w(matrix(n(Layer::Up), ffn, h).await?),
+                        gate_up: stack(format!("blk.{i}.ffn_gate_up"), vec![(n(Layer::Gate), ffn), (n(Layer::Up), ffn)], h)
+                            .await?
+                            .into_iter()
+                            .map(|(m, at)| (w(m), at))
+                            .collect(),
                         down: w(matrix(n(Layer::Down), h, ffn).await?),
                     },
                 },
@@ -378,12 +405,12 @@ impl GpuModel {
         for (i, l) in layers.iter().enumerate() {
             body.push(ctx.rms_norm(&format!("blk.{i}.attn_norm"), &x, &l.attn_norm, &xn, h, cfg.rms_eps, false)?);
             match (&l.attn, &cfg.mla, &mla_bufs) {
-                (Attn::Gqa { wq, wk, wv, bias, v_cache }, _, _) => {
-                    let b = bias.as_ref();
-                    body.extend(ctx.matmul(w(*wq), &xn, h, &q, q_dim, b.map(|b| &b[0]), false, false, false, false)?);
-                    body.extend(ctx.matmul(w(*wk), &xn, h, &l.k_cache, kv_dim, b.map(|b| &b[1]), false, false, true, kv_half)?);
-                    body.extend(ctx.matmul(w(*wv), &xn, h, v_cache, kv_dim, b.map(|b| &b[2]), false, false, true, kv_half)?);
-                    body.push(ctx.rope(&format!("blk.{i}.rope"), cfg.rope_pairing, &inv_freq, &q, &l.k_cache, hd, nh, nkv, true, kv_half)?);
+                (Attn::Gqa { qkv: parts, bias, v_cache }, _, _) => {
+                    for (wi, at) in parts {
+                        body.extend(ctx.matmul_at(w(*wi), &xn, h, &qkv, qkv_width, *at, bias.as_ref(), false, false, false, false)?);
+                    }
+                    let name = format!("blk.{i}.rope");
+                    body.push(ctx.rope_scatter(&name, cfg.rope_pairing, &inv_freq, &qkv, &q, &l.k_cache, v_cache, hd, nh, nkv, kv_half)?);
                     body.extend(ctx.attention(
                         &format!("blk.{i}.attn"),
                         &q,
@@ -491,10 +518,11 @@ impl GpuModel {
                         body.push(ctx.moe_combine(&name, &x, &mb.out, &mb.weights, shared_out, gate_logit, Some(&mb.slot_pos), h, k)?.only(Passes::Multi));
                     }
                 }
-                (Ffn::Dense { gate: wg, up: wu, down: wd }, _, _) => {
-                    body.extend(ctx.matmul(w(*wg), &xn, h, &gate, ffn, None, false, false, false, false)?);
-                    body.extend(ctx.matmul(w(*wu), &xn, h, &up, ffn, None, false, false, false, false)?);
-                    body.push(ctx.swiglu(&format!("blk.{i}.swiglu"), &gate, &up, &mlp, ffn)?);
+                (Ffn::Dense { gate_up: parts, down: wd }, _, _) => {
+                    for (wi, at) in parts {
+                        body.extend(ctx.matmul_at(w(*wi), &xn, h, &gate_up, 2 * ffn, *at, None, false, false, false, false)?);
+                    }
+                    body.push(ctx.swiglu_stacked(&format!("blk.{i}.swiglu"), &gate_up, &mlp, ffn)?);
                     body.extend(ctx.matmul(w(*wd), &mlp, ffn, &x, h, None, true, false, false, false)?);
                 }
                 _ => unreachable!("MoE buffers exist whenever an MoE layer does"),
@@ -510,7 +538,7 @@ impl GpuModel {
             match l.attn {
                 Attn::Gqa { bias, v_cache, .. } => {
                     buffers.push(v_cache);
-                    buffers.extend(bias.into_iter().flatten());
+                    buffers.extend(bias);
                 }
                 Attn::Mla { q, kv_a_norm, kv_b, .. } => {
                     buffers.extend([kv_a_norm, kv_b]);

@@ -45,11 +45,7 @@ impl MlaShape {
         words(&[self.heads, self.rank, self.rope, self.nope, self.v_dim, self.eps.to_bits(), self.rope_factor.to_bits(), 0])
     }
     fn key(&self, entry: &'static str) -> PipelineKey {
-        let pairing = match self.pairing {
-            crate::config::RopePairing::Halves => "HALVES",
-            crate::config::RopePairing::Adjacent => "ADJACENT",
-        };
-        PipelineKey { family: "mla", entry, flags: vec![pairing] }
+        PipelineKey { family: "mla", entry, flags: vec![pairing_flag(self.pairing)] }
     }
 }
 
@@ -66,6 +62,13 @@ impl<'a> Ctx<'a> {
     /// The device's own choices: its matmul shape, subgroups when present.
     pub fn new(gpu: &'a Gpu, step: &'a wgpu::Buffer) -> Self {
         Ctx { gpu, step, shape: gpu.shape, subgroups: gpu.has_subgroups() }
+    }
+}
+
+fn pairing_flag(pairing: crate::config::RopePairing) -> &'static str {
+    match pairing {
+        crate::config::RopePairing::Halves => "HALVES",
+        crate::config::RopePairing::Adjacent => "ADJACENT",
     }
 }
 
@@ -141,6 +144,26 @@ impl Ctx<'_> {
         y_at_pos: bool,
         half_y: bool,
     ) -> Result<Vec<Op>> {
+        self.matmul_at(w, x, x_stride, y, y_stride, 0, bias, acc, single, y_at_pos, half_y)
+    }
+
+    /// [`Ctx::matmul`] into columns `row_offset..` of each y row (and of the
+    /// bias): one part of a row of several matrices' outputs.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_at(
+        &self,
+        w: &GpuMatrix,
+        x: &wgpu::Buffer,
+        x_stride: u32,
+        y: &wgpu::Buffer,
+        y_stride: u32,
+        row_offset: u32,
+        bias: Option<&wgpu::Buffer>,
+        acc: bool,
+        single: bool,
+        y_at_pos: bool,
+        half_y: bool,
+    ) -> Result<Vec<Op>> {
         let (mut flags, wg, has_scales) = self.matmul_variant(w)?;
         if half_y {
             flags.push("HALF_Y");
@@ -158,7 +181,7 @@ impl Ctx<'_> {
                 let params = words(&[
                     c.rows,
                     w.cols,
-                    c.row_start,
+                    row_offset + c.row_start,
                     y_stride,
                     single as u32,
                     x_stride,
@@ -420,11 +443,7 @@ impl Ctx<'_> {
         k_at_pos: bool,
         half_k: bool,
     ) -> Result<Op> {
-        let flag = match pairing {
-            crate::config::RopePairing::Halves => "HALVES",
-            crate::config::RopePairing::Adjacent => "ADJACENT",
-        };
-        let mut flags = vec![flag];
+        let mut flags = vec![pairing_flag(pairing)];
         if half_k {
             flags.push("HALF_K");
         }
@@ -434,6 +453,37 @@ impl Ctx<'_> {
             &words(&[head_dim, n_q, n_k, k_at_pos as u32]),
             &[inv_freq, q, k],
             Grid::PerToken { x: (n_q + n_k) * head_dim / 2, wg: shape::ELEMENTWISE_WG, tile: 1, single: false, shared_rows: 1 },
+        )
+    }
+
+    /// q, k and v of each token from one row of `qkv` (a stacked matmul's
+    /// output): q roped into `q`, k roped into the k cache, v copied into the
+    /// v cache, at the pass position (the caches f16 with `half_kv`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_scatter(
+        &self,
+        name: &str,
+        pairing: crate::config::RopePairing,
+        inv_freq: &wgpu::Buffer,
+        qkv: &wgpu::Buffer,
+        q: &wgpu::Buffer,
+        k_cache: &wgpu::Buffer,
+        v_cache: &wgpu::Buffer,
+        head_dim: u32,
+        n_q: u32,
+        n_k: u32,
+        half_kv: bool,
+    ) -> Result<Op> {
+        let mut flags = vec![pairing_flag(pairing)];
+        if half_kv {
+            flags.push("HALF_K");
+        }
+        self.op_at(
+            name.into(),
+            PipelineKey { family: "rope", entry: "scatter", flags },
+            &words(&[head_dim, n_q, n_k, 1]),
+            &[(2, inv_freq), (3, q), (4, k_cache), (5, v_cache), (6, qkv)],
+            Grid::PerToken { x: (n_q + n_k) * head_dim / 2 + n_k * head_dim, wg: shape::ELEMENTWISE_WG, tile: 1, single: false, shared_rows: 1 },
         )
     }
 
@@ -504,6 +554,18 @@ impl Ctx<'_> {
             &words(&[cols, rows_per_token, 0, 0]),
             &[gate, up, out],
             Grid::Flat { per_token: cols * rows_per_token, wg: shape::ELEMENTWISE_WG },
+        )
+    }
+
+    /// SwiGLU of `gate_up` `[n_tokens, 2 · cols]`, gate then up in each row
+    /// (a stacked matmul's output), into `out` `[n_tokens, cols]`.
+    pub fn swiglu_stacked(&self, name: &str, gate_up: &wgpu::Buffer, out: &wgpu::Buffer, cols: u32) -> Result<Op> {
+        self.op(
+            name.into(),
+            PipelineKey { family: "elementwise", entry: "swiglu", flags: vec![] },
+            &words(&[cols, 1, 1, 0]),
+            &[gate_up, gate_up, out],
+            Grid::Flat { per_token: cols, wg: shape::ELEMENTWISE_WG },
         )
     }
 

@@ -194,23 +194,51 @@ impl GpuMatrix {
                 )));
             }
         }
-        let file_row = file_row_bytes(&first.name, first.dtype, cols)?;
-        let per_expert = file_row * rows;
         let name = first.name.replace(".0.", ".*.");
-        // Bytes start..start+len of the experts laid end to end (whole experts).
-        let fetch = |start: u64, len: u64| async move {
-            if tensors.len() == 1 {
-                return reader.read_range(tensors[0], start, len).await;
-            }
-            let mut out = Vec::with_capacity(len as usize);
-            for e in start / per_expert..(start + len) / per_expert {
-                out.extend(reader.read_range(tensors[e as usize], 0, per_expert).await?);
-            }
-            Ok(out)
-        };
-        Self::upload(gpu, &name, first.dtype, experts * rows, cols, fetch, max_binding, rows).await
+        Self::upload(gpu, &name, first.dtype, experts * rows, cols, stacked_bytes(reader, tensors), max_binding, rows).await
     }
 
+    /// Matrices of one type and width, their rows one after another (q, k
+    /// and v; gate and up): one matmul computes them all, in one dispatch.
+    pub async fn load_stacked(gpu: &Gpu, reader: &impl TensorReader, tensors: &[&TensorInfo], name: &str, max_binding: u64) -> Result<Self> {
+        let first = tensors.first().ok_or_else(|| Error::Config(format!("{name}: no tensors to stack")))?;
+        let (_, cols) = first.rows_cols();
+        let mut rows = 0;
+        for t in tensors {
+            t.dtype.check_supported(&format!("tensor {:?}", t.name))?;
+            let (r, c) = t.rows_cols();
+            if c != cols || t.dtype != first.dtype {
+                return Err(Error::Config(format!("{name}: {:?} is {r} × {c} {}, not stackable under {:?} ({cols} columns of {})", t.name, t.dtype.name(), first.name, first.dtype.name())));
+            }
+            if t.nbytes != file_row_bytes(&t.name, t.dtype, c)? * r {
+                return Err(Error::Input(format!("tensor {:?}: {} bytes for {r} × {c} {}", t.name, t.nbytes, t.dtype.name())));
+            }
+            rows += r;
+        }
+        Self::upload(gpu, name, first.dtype, rows, cols, stacked_bytes(reader, tensors), max_binding, 1).await
+    }
+
+}
+
+/// Bytes `start..start + len` of `tensors`' data laid end to end.
+fn stacked_bytes<'a, R: TensorReader>(reader: &'a R, tensors: &'a [&'a TensorInfo]) -> impl Fn(u64, u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<u8>>> + 'a>> + 'a {
+    move |start: u64, len: u64| {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(len as usize);
+            let (end, mut at) = (start + len, 0u64);
+            for t in tensors {
+                let (lo, hi) = (start.max(at), end.min(at + t.nbytes));
+                if lo < hi {
+                    out.extend(reader.read_range(t, lo - at, hi - lo).await?);
+                }
+                at += t.nbytes;
+            }
+            Ok(out)
+        })
+    }
+}
+
+impl GpuMatrix {
     /// Fetch (`fetch(start, len)`: bytes of the file's rows) and upload each
     /// chunk in turn, so no more than one chunk is held in memory.
     #[allow(clippy::too_many_arguments)]
