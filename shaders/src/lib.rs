@@ -17,6 +17,12 @@
 //! Such bounds go through `min(v, arrayLength(&buffer))` (see moe.wgsl); a
 //! `BALEEN_PROFILE=1` op costing milliseconds for little work is the symptom.
 //!
+//! Lavapipe also ends all of an invocation's loops, silently, once they have
+//! run 65535 iterations together (gallivm's LP_MAX_TGSI_LOOP_ITERATIONS): a
+//! long loop there returns a wrong result, not an error. Kernels for CPU
+//! adapters keep under half of that (`gpu::ops::CPU_LOOP_BUDGET`: attention
+//! sizes its splits by it, sampling scans eight logits per iteration).
+//!
 //! What a storage load costs on lavapipe (measured, and read in Mesa 22.3's
 //! gallivm): an address that is not a constant or push constant, or made
 //! only from those, is loaded by a loop over the SIMD lanes, one 32-bit
@@ -156,8 +162,12 @@ pub mod shape {
     pub const MAX_HEAD_DIM: u32 = 256;
     /// Longest latent (`kv_lora_rank`) the MLA attention accumulator holds (DeepSeek-V2/V3: 512).
     pub const MAX_LATENT_RANK: u32 = 512;
-    /// Positions one attention split covers.
+    /// Positions one attention split covers on GPUs (a thread each).
     pub const ATTENTION_SPLIT: u32 = 64;
+    /// Positions one split covers on CPU adapters, which need no more
+    /// parallelism than their cores: a chat's context usually fits one
+    /// split, and then attention needs no combining pass.
+    pub const ATTENTION_SPLIT_CPU: u32 = 512;
     /// Elements of a head each lane holds in the subgroup attention (heads
     /// up to 8 of them per lane of a subgroup of 8: 128).
     pub const ATTENTION_SG_DIMS: u32 = 16;

@@ -1,6 +1,8 @@
 // Causal attention over the KV cache, split along the sequence
 // (flash-decoding): `partial` runs one thread per (split, head, token) with an
 // online softmax over its split_len positions; `combine` merges the splits.
+// A pass whose context fits one split has `partial` write the output itself
+// and the host leaves `combine` out (a dispatch fewer per layer).
 // `partial`'s threads are one flat range, splits fastest: a grid of (splits,
 // heads, tokens) left all but one or two of a workgroup's threads idle at
 // short contexts, and CPU adapters run idle lanes at full cost.
@@ -64,6 +66,7 @@ struct Split {
     kv_off: u32,
     kv_stride: u32,
     rec: u32,
+    out: u32,
 }
 
 fn split_at(i: u32) -> Split {
@@ -74,7 +77,8 @@ fn split_at(i: u32) -> Split {
     let start = s * p.split_len;
     let end = min(start + p.split_len, step.pos + t + 1u);
     let kvh = h / (p.n_heads / p.n_kv_heads);
-    return Split(t, start, end, (t * p.n_heads + h) * p.head_dim, kvh * p.head_dim, p.n_kv_heads * p.head_dim, (t * p.n_heads + h) * p.max_splits + s);
+    let th = t * p.n_heads + h;
+    return Split(t, start, end, th * p.head_dim, kvh * p.head_dim, p.n_kv_heads * p.head_dim, th * p.max_splits + s, th * p.v_dim);
 }
 
 #if WORKGROUP
@@ -110,6 +114,7 @@ fn partial(
     let l = workgroup_reduce(lid, e, false);
     // Positions the split covers for this token (none for a token before it).
     let n = select(0u, sp.end - sp.start, sp.end > sp.start);
+    let whole = n_splits() == 1u;
     for (var d = lid; d < p.v_dim; d += WG) {
         var acc = 0.0;
         var at = sp.start * sp.kv_stride + sp.kv_off + d;
@@ -117,9 +122,13 @@ fn partial(
             acc += weight[j] * f32(v_cache[at]);
             at += sp.kv_stride;
         }
-        part_o[sp.rec * p.v_dim + d] = acc;
+        if (whole) {
+            out[sp.out + d] = acc / l;
+        } else {
+            part_o[sp.rec * p.v_dim + d] = acc;
+        }
     }
-    if (lid == 0u) {
+    if (lid == 0u && !whole) {
         part_ml[2u * sp.rec] = m;
         part_ml[2u * sp.rec + 1u] = l;
     }
@@ -183,14 +192,19 @@ fn partial(
         m = m_new;
     }
     let rec = sp.rec;
-    if (lane == 0u) {
+    let whole = n_splits() == 1u;
+    if (lane == 0u && !whole) {
         part_ml[2u * rec] = m;
         part_ml[2u * rec + 1u] = l;
     }
     for (var j = 0u; j < SG_DIMS; j++) {
         let d = lane + ssize * j;
         if (d < p.v_dim) {
-            part_o[rec * p.v_dim + d] = acc[j];
+            if (whole) {
+                out[sp.out + d] = acc[j] / l;
+            } else {
+                part_o[rec * p.v_dim + d] = acc[j];
+            }
         }
     }
 }
@@ -223,6 +237,12 @@ fn partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
         m = m_new;
     }
     let rec = sp.rec;
+    if (n_splits() == 1u) {
+        for (var d = 0u; d < p.v_dim; d++) {
+            out[sp.out + d] = acc[d] / l;
+        }
+        return;
+    }
     part_ml[2u * rec] = m;
     part_ml[2u * rec + 1u] = l;
     for (var d = 0u; d < p.v_dim; d++) {

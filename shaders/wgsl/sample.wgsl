@@ -51,6 +51,23 @@ fn uniform01() -> f32 {
     return f32(h >> 8u) / 16777216.0;
 }
 
+// Logit i, if it is a candidate after the previous pick (pv, pi) and before
+// the best so far.
+fn consider(i: u32, pv: f32, pi: u32, bv: ptr<function, f32>, bi: ptr<function, u32>) {
+    if (i >= p.vocab) {
+        return;
+    }
+    let v = logits[i];
+    if (is_nan(v)) {
+        return;
+    }
+    let after_prev = pi == NONE || v < pv || (v == pv && i > pi);
+    if (after_prev && before(v, i, *bv, *bi)) {
+        *bv = v;
+        *bi = i;
+    }
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) lid: u32) {
     var k = MAX_CAND;
@@ -66,16 +83,18 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     for (var r = 0u; r < k; r++) {
         var bv = 0.0;
         var bi = NONE;
-        for (var i = lid; i < p.vocab; i += WG) {
-            let v = logits[i];
-            if (is_nan(v)) {
-                continue;
-            }
-            let after_prev = pi == NONE || v < pv || (v == pv && i > pi);
-            if (after_prev && before(v, i, bv, bi)) {
-                bv = v;
-                bi = i;
-            }
+        // Eight logits per iteration: Mesa's llvmpipe (lavapipe) ends an
+        // invocation's loops after 65535 iterations in all, and 256 rounds
+        // over a 152k vocabulary one logit at a time would pass that.
+        for (var i = lid; i < p.vocab; i += 8u * WG) {
+            consider(i, pv, pi, &bv, &bi);
+            consider(i + WG, pv, pi, &bv, &bi);
+            consider(i + 2u * WG, pv, pi, &bv, &bi);
+            consider(i + 3u * WG, pv, pi, &bv, &bi);
+            consider(i + 4u * WG, pv, pi, &bv, &bi);
+            consider(i + 5u * WG, pv, pi, &bv, &bi);
+            consider(i + 6u * WG, pv, pi, &bv, &bi);
+            consider(i + 7u * WG, pv, pi, &bv, &bi);
         }
         red_v[lid] = bv;
         red_i[lid] = bi;

@@ -280,30 +280,78 @@ fn rope_both_pairings_at_offsets() {
 fn attention_causal_gqa_across_splits() {
     let gpu = gpu();
     let mut rng = Rng(13);
-    let split = baleen_shaders::shape::ATTENTION_SPLIT as usize;
     // With subgroups (on a CPU adapter) a subgroup per split: heads up to 128
     // wide, and one that is not a multiple of the subgroup. Workgroup per
-    // row (GPUs): a workgroup per split.
-    let cases = [(1usize, 0usize, 4usize, 2usize, 16usize), (1, 2 * split + 5, 9, 3, 64), (6, split - 3, 4, 1, 32), (3, 5, 2, 1, 20), (2, split, 2, 2, 128)];
-    for ((n, pos, h, kvh, hd), (shape, subgroups)) in cases.into_iter().flat_map(|c| shapes(&gpu).into_iter().map(move |s| (c, s))) {
-        let ctx_len = pos + n;
-        let max_splits = ctx_len.div_ceil(split) + 1;
-        let q = rng.vec(n * h * hd);
-        let k = rng.vec(ctx_len * kvh * hd);
-        let v = rng.vec(ctx_len * kvh * hd);
+    // row (GPUs): a workgroup per split. Contexts of one split (no combining
+    // pass) and of several.
+    for (shape, subgroups) in shapes(&gpu) {
+        let split_of = |hd: usize| {
+            let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
+            Ctx { gpu: &gpu, step: &step_buf, shape, subgroups }.attention_split(&AttentionShape::gqa(4, 2, hd as u32)) as usize
+        };
+        // The shortest split of these heads: every case spans several of its splits or one.
+        let split = [16, 20, 32, 64, 128].map(split_of).into_iter().min().unwrap();
+        let cases = [(1usize, 0usize, 4usize, 2usize, 16usize), (1, 2 * split + 5, 9, 3, 64), (6, split - 3, 4, 1, 32), (3, 5, 2, 1, 20), (2, split, 2, 2, 128)];
+        for (n, pos, h, kvh, hd) in cases {
+            let ctx_len = pos + n;
+            let max_splits = ctx_len.div_ceil(split) + 1;
+            let q = rng.vec(n * h * hd);
+            let k = rng.vec(ctx_len * kvh * hd);
+            let v = rng.vec(ctx_len * kvh * hd);
+            let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
+            let ctx = Ctx { gpu: &gpu, step: &step_buf, shape, subgroups };
+            let (qb, kb, vb) = (upload(&gpu, "q", &q), upload(&gpu, "k", &k), upload(&gpu, "v", &v));
+            let ml = gpu.storage("ml", (n * h * max_splits * 8) as u64).unwrap();
+            let po = gpu.storage("po", (n * h * max_splits * hd * 4) as u64).unwrap();
+            let out = gpu.storage("out", (n * h * hd * 4) as u64).unwrap();
+            let ops = ctx.attention("attn", &qb, &kb, &vb, &ml, &po, &out, &AttentionShape::gqa(h as u32, kvh as u32, hd as u32), max_splits as u32, false).unwrap();
+            run(&gpu, &step_buf, step(n as u32, pos as u32), &ops);
+            let got = download(&gpu, &out, n * h * hd);
+            let want = reference_attention(&q, &k, &v, n, pos, h, kvh, hd);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!((g - w).abs() < 1e-5, "n={n} pos={pos} hd={hd} {shape:?} subgroups={subgroups} element {i}: {g} vs {w}");
+            }
+        }
+    }
+}
+
+#[test]
+fn attention_over_latent_rows_as_wide_as_deepseeks() {
+    // DeepSeek-V2/V3's latent rows (512 + 64 keys, the first 512 the value)
+    // over 150 positions: on lavapipe the thread kernel's loops for a split
+    // of 64 such positions passed llvmpipe's 65535 iterations and ended early.
+    let gpu = gpu();
+    let mut rng = Rng(19);
+    let (heads, rank, rope, pos, n) = (3usize, 512usize, 64usize, 148usize, 2usize);
+    let row = rank + rope;
+    let q = rng.vec(n * heads * row);
+    let cache = rng.vec((pos + n) * row);
+    let scale = 1.0 / (row as f32).sqrt();
+    let mut want = vec![0f32; n * heads * rank];
+    for t in 0..n {
+        for h in 0..heads {
+            let qh = &q[(t * heads + h) * row..][..row];
+            let mut s: Vec<f32> = (0..=pos + t).map(|p| reference::dot(qh, &cache[p * row..][..row]) * scale).collect();
+            reference::softmax(&mut s);
+            let out = &mut want[(t * heads + h) * rank..][..rank];
+            for (p, a) in s.iter().enumerate() {
+                out.iter_mut().zip(&cache[p * row..][..rank]).for_each(|(o, c)| *o += a * c);
+            }
+        }
+    }
+    let a = AttentionShape { n_heads: heads as u32, n_kv_heads: 1, head_dim: row as u32, v_dim: rank as u32, scale, latent: true };
+    for (shape, subgroups) in shapes(&gpu) {
         let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
         let ctx = Ctx { gpu: &gpu, step: &step_buf, shape, subgroups };
-        let (qb, kb, vb) = (upload(&gpu, "q", &q), upload(&gpu, "k", &k), upload(&gpu, "v", &v));
-        let ml = gpu.storage("ml", (n * h * max_splits * 8) as u64).unwrap();
-        let po = gpu.storage("po", (n * h * max_splits * hd * 4) as u64).unwrap();
-        let out = gpu.storage("out", (n * h * hd * 4) as u64).unwrap();
-        let ops = ctx.attention("attn", &qb, &kb, &vb, &ml, &po, &out, &AttentionShape::gqa(h as u32, kvh as u32, hd as u32), max_splits as u32, false).unwrap();
+        let max_splits = (pos + n).div_ceil(ctx.attention_split(&a) as usize);
+        let (qb, cb) = (upload(&gpu, "q", &q), upload(&gpu, "cache", &cache));
+        let ml = gpu.storage("ml", (n * heads * max_splits * 8) as u64).unwrap();
+        let po = gpu.storage("po", (n * heads * max_splits * rank * 4) as u64).unwrap();
+        let out = gpu.storage("out", (n * heads * rank * 4) as u64).unwrap();
+        let ops = ctx.attention("attn", &qb, &cb, &cb, &ml, &po, &out, &a, max_splits as u32, false).unwrap();
         run(&gpu, &step_buf, step(n as u32, pos as u32), &ops);
-        let got = download(&gpu, &out, n * h * hd);
-        let want = reference_attention(&q, &k, &v, n, pos, h, kvh, hd);
-        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!((g - w).abs() < 1e-5, "n={n} pos={pos} hd={hd} {shape:?} subgroups={subgroups} element {i}: {g} vs {w}");
-        }
+        let d = common::max_abs_diff(&download(&gpu, &out, n * heads * rank), &want);
+        assert!(d < 1e-5, "{shape:?} subgroups {subgroups}: max |Δ| {d}");
     }
 }
 
@@ -405,6 +453,13 @@ fn sampling_on_the_gpu_equals_the_cpu_sampler() {
             let want = sample::sample(&l, &p, draw).unwrap();
             assert_eq!(gpu_sample(&gpu, &l, &p, draw), want, "{p:?} draw {draw}");
         }
+    }
+    // Qwen2's vocabulary, all 256 candidates: on lavapipe the rounds' loops
+    // must stay under llvmpipe's 65535 iterations per invocation.
+    let l: Vec<f32> = rng.vec(151_936).iter().map(|v| v * 4.0).collect();
+    let p = SamplingParams { temperature: 2.0, top_k: 0, top_p: 1.0, seed: 9 };
+    for draw in 0..4 {
+        assert_eq!(gpu_sample(&gpu, &l, &p, draw), sample::sample(&l, &p, draw).unwrap(), "vocab 151936, draw {draw}");
     }
 }
 

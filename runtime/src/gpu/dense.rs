@@ -3,7 +3,7 @@
 //! token ids and one `Step` uniform, encodes the ops into one command buffer
 //! and submits it once. A decode step reads back only the sampled id.
 
-use super::ops::Ctx;
+use super::ops::{AttentionShape, Ctx};
 use super::weights::GpuMatrix;
 use super::{Gpu, GpuOptions, Op, Passes, Step};
 use crate::config::ModelConfig;
@@ -37,6 +37,22 @@ pub struct GpuModel {
     /// Weights and activations the bind groups use.
     _weights: Vec<GpuMatrix>,
     _buffers: Vec<wgpu::Buffer>,
+}
+
+/// The attention kernel's sizes: grouped-query heads, or MLA's latent rows
+/// (one shared "kv head" of rank + rope, the first rank values the value).
+fn attention_shape(cfg: &ModelConfig) -> AttentionShape {
+    match &cfg.mla {
+        None => AttentionShape::gqa(cfg.n_heads as u32, cfg.n_kv_heads as u32, cfg.head_dim as u32),
+        Some(a) => AttentionShape {
+            n_heads: cfg.n_heads as u32,
+            n_kv_heads: 1,
+            head_dim: (a.kv_lora_rank + a.qk_rope) as u32,
+            v_dim: a.kv_lora_rank as u32,
+            scale: (a.softmax_mscale / ((a.qk_nope + a.qk_rope) as f64).sqrt()) as f32,
+            latent: true,
+        },
+    }
 }
 
 /// Bytes of the attention scratch per pass token (one value row per head and split).
@@ -94,14 +110,6 @@ impl GpuModel {
         if context == 0 {
             return Err(Error::Unsupported(format!("one token of KV cache ({} bytes) exceeds the GPU's binding limit", kv_dim64 * kv_bytes)));
         }
-        let max_splits = context.div_ceil(shape::ATTENTION_SPLIT as usize);
-        let per_token = attention_scratch_per_token(&cfg, max_splits);
-        let max_pass = opts.max_pass_tokens.max(1).min((max_binding / per_token.max(1)) as usize);
-        if max_pass == 0 {
-            return Err(Error::Unsupported(format!(
-                "a context of {context} tokens needs more attention scratch than one GPU binding holds; use a shorter context"
-            )));
-        }
         // Validated config sizes (≤ 2^24 each, head_dim ≤ 256): products fit u32
         // only when checked.
         let dim = |v: usize| u32::try_from(v).map_err(|_| Error::Config(format!("dimension {v} too large")));
@@ -111,16 +119,33 @@ impl GpuModel {
         let (h, hd) = (dim(cfg.hidden)?, dim(cfg.head_dim)?);
         let (nh, nkv) = (cfg.n_heads as u32, cfg.n_kv_heads as u32);
         let (q_dim, kv_dim, ffn, vocab) = (nh * hd, nkv * hd, cfg.ffn as u32, cfg.vocab as u32);
+        // [t, q_dim + 2 · kv_dim]: q, k and v side by side (one stacked matmul)
+        let qkv_width = q_dim + 2 * kv_dim;
 
-        let t = max_pass as u64;
-        // Activations are bound whole: each must fit one binding.
-        for (what, bytes) in [("q", t * q_dim as u64 * 4), ("ffn activations", t * ffn as u64 * 4), ("logits", vocab as u64 * 4)] {
-            if bytes > max_binding {
-                return Err(Error::Unsupported(format!(
-                    "{what} ({bytes} bytes for {t} tokens) exceed the GPU's binding limit of {max_binding} bytes"
-                )));
-            }
+        let step = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
+        let ctx = Ctx { gpu: &gpu, step: &step, shape, subgroups: opts.subgroups && gpu.has_subgroups() };
+        let attn_shape = attention_shape(&cfg);
+        let split = ctx.attention_split(&attn_shape);
+        let max_splits = context.div_ceil(split as usize);
+        // Activations are bound whole: a pass holds as many tokens as the
+        // widest one's binding does.
+        let attn_scratch = attention_scratch_per_token(&cfg, max_splits);
+        let per_token = [
+            ("attention scratch", attn_scratch),
+            ("q, k and v", qkv_width as u64 * 4),
+            ("ffn activations", 2 * ffn as u64 * 4),
+        ];
+        let (widest, per_token_bytes) = per_token.into_iter().max_by_key(|w| w.1).expect("three widths");
+        let max_pass = opts.max_pass_tokens.max(1).min((max_binding / per_token_bytes.max(1)) as usize);
+        if max_pass == 0 {
+            return Err(Error::Unsupported(format!(
+                "one token's {widest} ({per_token_bytes} bytes, at a context of {context}) exceeds the GPU's binding limit of {max_binding} bytes; use a shorter context"
+            )));
         }
+        if vocab as u64 * 4 > max_binding {
+            return Err(Error::Unsupported(format!("the logits ({} bytes) exceed the GPU's binding limit of {max_binding} bytes", vocab as u64 * 4)));
+        }
+        let t = max_pass as u64;
 
         let mut buffers = Vec::new();
         let mut act = |name: &str, bytes: u64| -> Result<wgpu::Buffer> {
@@ -128,13 +153,10 @@ impl GpuModel {
             buffers.push(b.clone());
             Ok(b)
         };
-        let step = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
         let ids = act("ids", t * 4)?;
         let x = act("x", t * h as u64 * 4)?; // [t, hidden] residual stream
         let xn = act("xn", t * h as u64 * 4)?; // [t, hidden] normed
         let q = act("q", t * q_dim as u64 * 4)?; // [t, n_heads · head_dim]
-        // [t, q_dim + 2 · kv_dim]: q, k and v side by side (one stacked matmul)
-        let qkv_width = q_dim + 2 * kv_dim;
         let qkv = act("qkv", t * qkv_width as u64 * 4)?;
         // [t, n_heads · head_dim]; with MLA [t, n_heads · rank] (the latent output)
         let attn_width = cfg.mla.as_ref().map_or(q_dim, |a| nh * a.kv_lora_rank as u32);
@@ -221,7 +243,7 @@ impl GpuModel {
             }
         };
         let part_ml = act("attn partial max/sum", t * (nh as u64) * max_splits as u64 * 8)?;
-        let part_o = act("attn partial out", t * per_token)?;
+        let part_o = act("attn partial out", t * attn_scratch)?;
         let logits = act("logits", vocab as u64 * 4)?;
         let inv_freq_data: Vec<f32> = cfg.rope_inv_freq();
         let inv_freq = gpu.storage_init("rope inv_freq", bytemuck::cast_slice(&inv_freq_data))?;
@@ -399,7 +421,6 @@ impl GpuModel {
         };
 
         // ---- the graph
-        let ctx = Ctx { gpu: &gpu, step: &step, shape, subgroups: opts.subgroups && gpu.has_subgroups() };
         let w = |i: usize| &weights[i];
         let mut body = ctx.embed(w(embd), &ids, &x)?;
         for (i, l) in layers.iter().enumerate() {
@@ -419,7 +440,7 @@ impl GpuModel {
                         &part_ml,
                         &part_o,
                         &attn,
-                        &super::ops::AttentionShape::gqa(nh, nkv, hd),
+                        &attn_shape,
                         max_splits as u32,
                         kv_half,
                     )?);
@@ -449,14 +470,6 @@ impl GpuModel {
                     body.extend(ctx.matmul(w(*kv_a), &xn, h, &mb.kv_a, row, None, false, false, false, false)?);
                     body.push(ctx.mla_kv_cache(&format!("blk.{i}.latent cache"), &m, &inv_freq, &mb.kv_a, kv_a_norm, &l.k_cache)?);
                     body.push(ctx.mla_absorb_q(&format!("blk.{i}.absorb q"), &m, &inv_freq, &q, kv_b, &mb.q_lat)?);
-                    let shape = super::ops::AttentionShape {
-                        n_heads: nh,
-                        n_kv_heads: 1,
-                        head_dim: row,
-                        v_dim: m.rank,
-                        scale: (a.softmax_mscale / ((a.qk_nope + a.qk_rope) as f64).sqrt()) as f32,
-                        latent: true,
-                    };
                     body.extend(ctx.attention(
                         &format!("blk.{i}.attn"),
                         &mb.q_lat,
@@ -465,7 +478,7 @@ impl GpuModel {
                         &part_ml,
                         &part_o,
                         &attn,
-                        &shape,
+                        &attn_shape,
                         max_splits as u32,
                         false,
                     )?);
@@ -631,7 +644,7 @@ impl GpuModel {
         }
         let mut out = Vec::new();
         for op in self.body.iter().chain(&self.head) {
-            if !op.passes.runs(step.n_tokens) {
+            if !op.passes.runs(&step) {
                 continue;
             }
             // The warm-up run also sizes the timed one: enough repeats for

@@ -375,7 +375,7 @@ impl Gpu {
 pub fn encode(enc: &mut wgpu::CommandEncoder, step: &Step, ops: &[&Op]) {
     let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("baleen"), timestamp_writes: None });
     for op in ops {
-        if !op.passes.runs(step.n_tokens) {
+        if !op.passes.runs(step) {
             continue;
         }
         let [x, y, z] = op.grid.workgroups(step);
@@ -477,14 +477,18 @@ pub enum Passes {
     All,
     Single,
     Multi,
+    /// Only when the pass's context (position + tokens) exceeds this many
+    /// positions: attention's combining of its splits.
+    Beyond(u32),
 }
 
 impl Passes {
-    pub fn runs(self, n_tokens: u32) -> bool {
+    pub fn runs(self, step: &Step) -> bool {
         match self {
             Passes::All => true,
-            Passes::Single => n_tokens == 1,
-            Passes::Multi => n_tokens > 1,
+            Passes::Single => step.n_tokens == 1,
+            Passes::Multi => step.n_tokens > 1,
+            Passes::Beyond(n) => step.pos + step.n_tokens > n,
         }
     }
 }

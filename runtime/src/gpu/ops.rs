@@ -65,6 +65,23 @@ impl<'a> Ctx<'a> {
     }
 }
 
+/// Mesa's llvmpipe (lavapipe) ends all of an invocation's loops, silently,
+/// once they have run 65535 iterations together (gallivm's
+/// LP_MAX_TGSI_LOOP_ITERATIONS, a guard against hangs). CPU adapters'
+/// kernels keep within half of that.
+pub const CPU_LOOP_BUDGET: u32 = 32768;
+
+/// The kernel that computes attention's split partials (attention.wgsl).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AttentionKernel {
+    /// GPUs: a workgroup per split, a thread per position.
+    Workgroup,
+    /// CPU adapters with subgroups: a subgroup (`lanes` at most) per split.
+    Subgroup { lanes: u32 },
+    /// CPU adapters: a thread per split.
+    Thread,
+}
+
 fn pairing_flag(pairing: crate::config::RopePairing) -> &'static str {
     match pairing {
         crate::config::RopePairing::Halves => "HALVES",
@@ -82,6 +99,35 @@ impl Ctx<'_> {
     /// register's lanes; see matmul.wgsl and attention.wgsl).
     fn lane_subgroups(&self) -> bool {
         self.subgroups && self.shape == super::MatmulShape::RowPerThread && self.gpu.info.subgroup_min_size >= 8
+    }
+
+    fn attention_kernel(&self, a: &AttentionShape) -> AttentionKernel {
+        let (min_sg, max_sg) = (self.gpu.info.subgroup_min_size, self.gpu.info.subgroup_max_size);
+        if self.shape == super::MatmulShape::RowPerWorkgroup {
+            AttentionKernel::Workgroup
+        } else if self.lane_subgroups() && max_sg <= shape::ATTENTION_WG && a.head_dim.max(a.v_dim) <= min_sg * shape::ATTENTION_SG_DIMS {
+            AttentionKernel::Subgroup { lanes: max_sg }
+        } else {
+            AttentionKernel::Thread
+        }
+    }
+
+    /// Positions one attention split covers. GPUs: a thread each. CPU
+    /// adapters need no more parallelism than their cores, so a chat's
+    /// context usually fits one split (and needs no combining pass), as far
+    /// as their loops allow (see [`CPU_LOOP_BUDGET`]): a position costs a
+    /// loop iteration per element of the key and of the value (thread
+    /// kernel), or per lane's share of them (subgroup kernel).
+    pub fn attention_split(&self, a: &AttentionShape) -> u32 {
+        let per_position = match self.attention_kernel(a) {
+            AttentionKernel::Workgroup => return shape::ATTENTION_SPLIT,
+            AttentionKernel::Subgroup { .. } => {
+                let lanes = self.gpu.info.subgroup_min_size.max(1);
+                a.head_dim.div_ceil(lanes) + a.v_dim.div_ceil(lanes) + lanes.ilog2() + 4
+            }
+            AttentionKernel::Thread => a.head_dim + a.v_dim + 2,
+        };
+        (CPU_LOOP_BUDGET / per_position).clamp(8, shape::ATTENTION_SPLIT_CPU)
     }
 
     fn op(&self, name: String, key: PipelineKey, params: &[u8], buffers: &[&wgpu::Buffer], grid: Grid) -> Result<Op> {
@@ -508,28 +554,27 @@ impl Ctx<'_> {
         if a.latent {
             flags.push("LATENT");
         }
-        // A subgroup per split (see attention.wgsl), for subgroups that fit
-        // a workgroup and heads its lanes' registers hold.
-        // GPUs take a workgroup per split (a thread per position).
-        let (min_sg, max_sg) = (self.gpu.info.subgroup_min_size, self.gpu.info.subgroup_max_size);
-        let (per_item, wg) = if self.shape == super::MatmulShape::RowPerWorkgroup {
-            flags.push("WORKGROUP");
-            (shape::ATTENTION_SPLIT, shape::ATTENTION_SPLIT)
-        } else if self.lane_subgroups() && max_sg <= shape::ATTENTION_WG && head_dim.max(a.v_dim) <= min_sg * shape::ATTENTION_SG_DIMS {
-            flags.push("SUBGROUPS");
-            (max_sg, shape::ATTENTION_WG)
-        } else {
-            (1, shape::ATTENTION_WG)
+        let (per_item, wg) = match self.attention_kernel(a) {
+            AttentionKernel::Workgroup => {
+                flags.push("WORKGROUP");
+                (shape::ATTENTION_SPLIT, shape::ATTENTION_SPLIT)
+            }
+            AttentionKernel::Subgroup { lanes } => {
+                flags.push("SUBGROUPS");
+                (lanes, shape::ATTENTION_WG)
+            }
+            AttentionKernel::Thread => (1, shape::ATTENTION_WG),
         };
-        let params = words(&[n_heads, n_kv_heads, head_dim, shape::ATTENTION_SPLIT, max_splits, a.scale.to_bits(), a.v_dim, 0]);
+        let split = self.attention_split(a);
+        let params = words(&[n_heads, n_kv_heads, head_dim, split, max_splits, a.scale.to_bits(), a.v_dim, 0]);
         let head_dim = a.v_dim;
         Ok([
             self.op_at(
                 format!("{name} partial"),
                 PipelineKey { family: "attention", entry: "partial", flags: flags.clone() },
                 &params,
-                &[(2, q), (3, k_cache), (4, v_cache), (5, part_ml), (6, part_o)],
-                Grid::AttnPartial { heads: n_heads, wg, split: shape::ATTENTION_SPLIT, per_item },
+                &[(2, q), (3, k_cache), (4, v_cache), (5, part_ml), (6, part_o), (7, out)],
+                Grid::AttnPartial { heads: n_heads, wg, split, per_item },
             )?,
             self.op_at(
                 format!("{name} combine"),
@@ -537,7 +582,9 @@ impl Ctx<'_> {
                 &params,
                 &[(5, part_ml), (6, part_o), (7, out)],
                 Grid::AttnCombine { heads: n_heads, head_dim, wg },
-            )?,
+            )?
+            // One split holds the whole context: `partial` wrote the output.
+            .only(Passes::Beyond(split)),
         ])
     }
 
