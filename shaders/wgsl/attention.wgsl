@@ -38,11 +38,40 @@ struct Params {
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> q: array<f32>;             // [n_tokens, H · hd]
 #if HALF_KV
-@group(0) @binding(3) var<storage, read> k_cache: array<f16>;       // [ctx, KVH · hd]
-@group(0) @binding(4) var<storage, read> v_cache: array<f16>;       // [ctx, KVH · hd]
+// f16 caches read as pairs of halves: one 32-bit load for two elements (on
+// CPU adapters the load, not the unpacking, is the cost).
+@group(0) @binding(3) var<storage, read> k_cache: array<u32>;       // [ctx, KVH · hd / 2] f16 pairs
+@group(0) @binding(4) var<storage, read> v_cache: array<u32>;       // [ctx, KVH · hd / 2] f16 pairs
+
+fn key_at(i: u32) -> f32 {
+    return unpack2x16float(k_cache[i / 2u])[i % 2u];
+}
+fn value_at(i: u32) -> f32 {
+    return unpack2x16float(v_cache[i / 2u])[i % 2u];
+}
+// Elements i and i + 1 (i even).
+fn key_pair(i: u32) -> vec2<f32> {
+    return unpack2x16float(k_cache[i / 2u]);
+}
+fn value_pair(i: u32) -> vec2<f32> {
+    return unpack2x16float(v_cache[i / 2u]);
+}
 #else
 @group(0) @binding(3) var<storage, read> k_cache: array<f32>;       // [ctx, KVH · hd]
 @group(0) @binding(4) var<storage, read> v_cache: array<f32>;       // [ctx, KVH · hd]
+
+fn key_at(i: u32) -> f32 {
+    return k_cache[i];
+}
+fn value_at(i: u32) -> f32 {
+    return v_cache[i];
+}
+fn key_pair(i: u32) -> vec2<f32> {
+    return vec2<f32>(k_cache[i], k_cache[i + 1u]);
+}
+fn value_pair(i: u32) -> vec2<f32> {
+    return vec2<f32>(v_cache[i], v_cache[i + 1u]);
+}
 #endif
 @group(0) @binding(5) var<storage, read_write> part_ml: array<f32>; // [n_tokens, H, max_splits, 2] (max, sum)
 @group(0) @binding(6) var<storage, read_write> part_o: array<f32>;  // [n_tokens, H, max_splits, hd]
@@ -104,7 +133,7 @@ fn partial(
         let kb = pos * sp.kv_stride + sp.kv_off;
         var dot = 0.0;
         for (var d = 0u; d < p.head_dim; d++) {
-            dot += q[sp.qb + d] * f32(k_cache[kb + d]);
+            dot += q[sp.qb + d] * key_at(kb + d);
         }
         score = dot * p.scale;
     }
@@ -119,7 +148,7 @@ fn partial(
         var acc = 0.0;
         var at = sp.start * sp.kv_stride + sp.kv_off + d;
         for (var j = 0u; j < n; j++) {
-            acc += weight[j] * f32(v_cache[at]);
+            acc += weight[j] * value_at(at);
             at += sp.kv_stride;
         }
         if (whole) {
@@ -135,8 +164,9 @@ fn partial(
 }
 #else
 #if SUBGROUPS
-// Elements of a head one lane holds: lane + S·j for j < SG_DIMS (S the
-// subgroup size); the host keeps head_dim and v_dim ≤ 8 · SG_DIMS.
+// Pairs of elements of a head one lane holds: 2(lane + S·j) and the next,
+// for j < SG_DIMS / 2 (S the subgroup size); the host keeps head_dim and
+// v_dim even and ≤ 8 · SG_DIMS.
 @compute @workgroup_size(WG)
 fn partial(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -151,26 +181,26 @@ fn partial(
     }
     let hd = p.head_dim;
     let qb = sp.qb;
-    var qv: array<f32, SG_DIMS>;
-    var acc: array<f32, SG_DIMS>;
-    for (var j = 0u; j < SG_DIMS; j++) {
-        if (ssize * j >= hd) {
+    var qv: array<vec2<f32>, SG_DIMS / 2>;
+    var acc: array<vec2<f32>, SG_DIMS / 2>;
+    for (var j = 0u; j < SG_DIMS / 2u; j++) {
+        if (2u * ssize * j >= hd) {
             break;
         }
-        let d = lane + ssize * j;
-        qv[j] = select(0.0, q[qb + min(d, hd - 1u)], d < hd);
+        let d = min(2u * (lane + ssize * j), hd - 2u);
+        qv[j] = select(vec2<f32>(0.0), vec2<f32>(q[qb + d], q[qb + d + 1u]), 2u * (lane + ssize * j) < hd);
     }
     var m = NEG_BIG;
     var l = 0.0;
     for (var pos = sp.start; pos < sp.end; pos++) {
         let kb = pos * sp.kv_stride + sp.kv_off;
         var part = 0.0;
-        for (var j = 0u; j < SG_DIMS; j++) {
-            if (ssize * j >= hd) {
+        for (var j = 0u; j < SG_DIMS / 2u; j++) {
+            if (2u * ssize * j >= hd) {
                 break;
             }
-            let d = lane + ssize * j;
-            part += qv[j] * select(0.0, f32(k_cache[kb + min(d, hd - 1u)]), d < hd);
+            // Lanes past the head read its last pair and weigh it by q = 0.
+            part += dot(qv[j], key_pair(kb + min(2u * (lane + ssize * j), hd - 2u)));
         }
         // The subgroup's sum in every lane, by halves (a register permute
         // each on CPU adapters, where subgroupAdd loops over the lanes).
@@ -182,12 +212,11 @@ fn partial(
         let c = exp(m - m_new);
         let e = exp(score - m_new);
         l = l * c + e;
-        for (var j = 0u; j < SG_DIMS; j++) {
-            if (ssize * j >= p.v_dim) {
+        for (var j = 0u; j < SG_DIMS / 2u; j++) {
+            if (2u * ssize * j >= p.v_dim) {
                 break;
             }
-            let d = lane + ssize * j;
-            acc[j] = acc[j] * c + e * select(0.0, f32(v_cache[kb + min(d, p.v_dim - 1u)]), d < p.v_dim);
+            acc[j] = acc[j] * c + e * value_pair(kb + min(2u * (lane + ssize * j), p.v_dim - 2u));
         }
         m = m_new;
     }
@@ -197,13 +226,15 @@ fn partial(
         part_ml[2u * rec] = m;
         part_ml[2u * rec + 1u] = l;
     }
-    for (var j = 0u; j < SG_DIMS; j++) {
-        let d = lane + ssize * j;
+    for (var j = 0u; j < SG_DIMS / 2u; j++) {
+        let d = 2u * (lane + ssize * j);
         if (d < p.v_dim) {
             if (whole) {
-                out[sp.out + d] = acc[j] / l;
+                out[sp.out + d] = acc[j].x / l;
+                out[sp.out + d + 1u] = acc[j].y / l;
             } else {
-                part_o[rec * p.v_dim + d] = acc[j];
+                part_o[rec * p.v_dim + d] = acc[j].x;
+                part_o[rec * p.v_dim + d + 1u] = acc[j].y;
             }
         }
     }
@@ -224,7 +255,7 @@ fn partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
         let kb = pos * sp.kv_stride + sp.kv_off;
         var score = 0.0;
         for (var d = 0u; d < hd; d++) {
-            score += q[qb + d] * f32(k_cache[kb + d]);
+            score += q[qb + d] * key_at(kb + d);
         }
         score *= p.scale;
         let m_new = max(m, score);
@@ -232,7 +263,7 @@ fn partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
         let e = exp(score - m_new);
         l = l * c + e;
         for (var d = 0u; d < p.v_dim; d++) {
-            acc[d] = acc[d] * c + e * f32(v_cache[kb + d]);
+            acc[d] = acc[d] * c + e * value_at(kb + d);
         }
         m = m_new;
     }

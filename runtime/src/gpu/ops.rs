@@ -105,7 +105,12 @@ impl Ctx<'_> {
         let (min_sg, max_sg) = (self.gpu.info.subgroup_min_size, self.gpu.info.subgroup_max_size);
         if self.shape == super::MatmulShape::RowPerWorkgroup {
             AttentionKernel::Workgroup
-        } else if self.lane_subgroups() && max_sg <= shape::ATTENTION_WG && a.head_dim.max(a.v_dim) <= min_sg * shape::ATTENTION_SG_DIMS {
+        } else if self.lane_subgroups()
+            && max_sg <= shape::ATTENTION_WG
+            && a.head_dim.max(a.v_dim) <= min_sg * shape::ATTENTION_SG_DIMS
+            && a.head_dim % 2 == 0
+            && a.v_dim % 2 == 0
+        {
             AttentionKernel::Subgroup { lanes: max_sg }
         } else {
             AttentionKernel::Thread
@@ -123,7 +128,7 @@ impl Ctx<'_> {
             AttentionKernel::Workgroup => return shape::ATTENTION_SPLIT,
             AttentionKernel::Subgroup { .. } => {
                 let lanes = self.gpu.info.subgroup_min_size.max(1);
-                a.head_dim.div_ceil(lanes) + a.v_dim.div_ceil(lanes) + lanes.ilog2() + 4
+                a.head_dim.div_ceil(2 * lanes) + a.v_dim.div_ceil(2 * lanes) + lanes.ilog2() + 4
             }
             AttentionKernel::Thread => a.head_dim + a.v_dim + 2,
         };
