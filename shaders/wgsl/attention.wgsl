@@ -184,11 +184,10 @@ fn partial(
     var qv: array<vec2<f32>, SG_DIMS / 2>;
     var acc: array<vec2<f32>, SG_DIMS / 2>;
     for (var j = 0u; j < SG_DIMS / 2u; j++) {
-        if (2u * ssize * j >= hd) {
-            break;
+        if (2u * ssize * j < hd) {
+            let d = min(2u * (lane + ssize * j), hd - 2u);
+            qv[j] = select(vec2<f32>(0.0), vec2<f32>(q[qb + d], q[qb + d + 1u]), 2u * (lane + ssize * j) < hd);
         }
-        let d = min(2u * (lane + ssize * j), hd - 2u);
-        qv[j] = select(vec2<f32>(0.0), vec2<f32>(q[qb + d], q[qb + d + 1u]), 2u * (lane + ssize * j) < hd);
     }
     var m = NEG_BIG;
     var l = 0.0;
@@ -196,11 +195,10 @@ fn partial(
         let kb = pos * sp.kv_stride + sp.kv_off;
         var part = 0.0;
         for (var j = 0u; j < SG_DIMS / 2u; j++) {
-            if (2u * ssize * j >= hd) {
-                break;
-            }
             // Lanes past the head read its last pair and weigh it by q = 0.
-            part += dot(qv[j], key_pair(kb + min(2u * (lane + ssize * j), hd - 2u)));
+            if (2u * ssize * j < hd) {
+                part += dot(qv[j], key_pair(kb + min(2u * (lane + ssize * j), hd - 2u)));
+            }
         }
         // The subgroup's sum in every lane, by halves (a register permute
         // each on CPU adapters, where subgroupAdd loops over the lanes).
@@ -213,10 +211,9 @@ fn partial(
         let e = exp(score - m_new);
         l = l * c + e;
         for (var j = 0u; j < SG_DIMS / 2u; j++) {
-            if (2u * ssize * j >= p.v_dim) {
-                break;
+            if (2u * ssize * j < p.v_dim) {
+                acc[j] = acc[j] * c + e * value_pair(kb + min(2u * (lane + ssize * j), p.v_dim - 2u));
             }
-            acc[j] = acc[j] * c + e * value_pair(kb + min(2u * (lane + ssize * j), p.v_dim - 2u));
         }
         m = m_new;
     }
