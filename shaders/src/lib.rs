@@ -60,7 +60,7 @@ pub const WEIGHT_FORMATS: &[&str] = &["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_
 
 pub const COPY: Family = family!("copy", flags: [], choices: []);
 pub const MATMUL: Family = family!("matmul",
-    flags: ["BIAS", "ACC", "SUBGROUPS", "HALF_Y"],
+    flags: ["BIAS", "ACC", "SUBGROUPS"],
     choices: [["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"], ["ROW_PER_THREAD", "ROW_PER_WORKGROUP"]]);
 pub const EMBED: Family = family!("embed",
     flags: [],
@@ -365,8 +365,8 @@ mod tests {
     fn f16_extension_only_for_half_buffers() {
         let f = ["F16", "ROW_PER_THREAD"];
         assert!(!specialise(&MATMUL, &f, &consts(&MATMUL, &f)).unwrap().contains("enable f16"));
-        let f = ["Q4_0", "ROW_PER_THREAD", "HALF_Y"];
-        assert!(specialise(&MATMUL, &f, &consts(&MATMUL, &f)).unwrap().starts_with("enable f16;"));
+        let f = ["HALVES", "HALF_K"];
+        assert!(specialise(&ROPE, &f, &consts(&ROPE, &f)).unwrap().starts_with("enable f16;"));
     }
 
     #[test]

@@ -7,8 +7,8 @@
 //   ROW_PER_THREAD    one thread computes one row for TILE_T tokens (CPU adapters,
 //                     where barriers and workgroup memory are expensive);
 //   ROW_PER_WORKGROUP WG threads split one row's sub-blocks and reduce (GPUs).
-// BIAS adds b[r]; ACC adds into y (fused residual); HALF_Y stores y as f16
-// (the f16 KV cache). SUBGROUPS: the workgroup-per-row sums reduce with
+// BIAS adds b[r]; ACC adds into y (fused residual). SUBGROUPS: the
+// workgroup-per-row sums reduce with
 // subgroupAdd; thread per row shares each x load across 8 lanes.
 //
 // `experts` (either shape): the routed experts of a mixture-of-experts layer.
@@ -33,7 +33,7 @@ struct Params {
     y_stride: u32,   // y row length (all chunks' rows)
     single: u32,     // 1: one token (x row 0 → y row 0), e.g. the LM head
     x_stride: u32,   // x row length
-    y_at_pos: u32,   // 1: y row of token t is pos + t (writing into the KV cache)
+    pad1: u32,
     scale_offset: u32, // word offset of the scale plane in the weight buffer
     expert_rows: u32, // `experts`: rows of one expert
     x_div: u32,       // `experts`: x row of slot s is s / x_div (top_k, or 1)
@@ -45,11 +45,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;  // quant plane [blocks · QUADS] per row
 @group(0) @binding(6) var<storage, read> ws: array<u32>;       // the same buffer: scale plane at p.scale_offset
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;  // [n_tokens, x_stride / 4]
-#if HALF_Y
-@group(0) @binding(4) var<storage, read_write> y: array<f16>;  // [n_tokens, y_stride] (an f16 KV cache)
-#else
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;  // [n_tokens, y_stride]
-#endif
 #if BIAS
 @group(0) @binding(5) var<storage, read> b: array<f32>;        // [all chunks' rows]
 #endif
@@ -77,11 +73,7 @@ fn tile_row(i: u32, r: u32) -> vec3<u32> {
 
 // `experts`: y[s, r] (f32, rows of expert_rows).
 fn store_slot(s: u32, r: u32, v: f32) {
-#if HALF_Y
-    y[s * p.expert_rows + r] = f16(v);
-#else
     y[s * p.expert_rows + r] = v;
-#endif
 }
 
 #include dequant
@@ -169,19 +161,11 @@ fn store(t: u32, r: u32, value: f32) {
 #if BIAS
     v += b[p.row_offset + r];
 #endif
-    var row = t;
-    if (p.y_at_pos == 1u) {
-        row += step.pos;
-    }
-    let at = row * p.y_stride + p.row_offset + r;
-#if HALF_Y
-    y[at] = f16(v);
-#else
+    let at = t * p.y_stride + p.row_offset + r;
 #if ACC
     y[at] += v;
 #else
     y[at] = v;
-#endif
 #endif
 }
 

@@ -19,6 +19,14 @@ struct Params {
 @group(0) @binding(3) var<storage, read> w: array<f32>;          // [cols]
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;  // [n_tokens, cols]
 
+// Invocation i's input row and output row, and whether it has them.
+fn rows(i: u32) -> vec3<u32> {
+    if (p.last_only == 1u) {
+        return vec3<u32>(step.n_tokens - 1u, 0u, u32(i == 0u));
+    }
+    return vec3<u32>(i, i, u32(i < step.n_tokens));
+}
+
 #if WORKGROUP
 #include workgroup_reduce
 
@@ -28,19 +36,14 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    // Row and output row depend on workgroup ids and uniforms only, so the
-    // returns below leave the barriers in uniform control flow.
-    var t = wid.x + wid.y * nwg.x;
-    var o = t;
-    if (p.last_only == 1u) {
-        if (t > 0u) {
-            return;
-        }
-        t = step.n_tokens - 1u;
-        o = 0u;
-    } else if (t >= step.n_tokens) {
+    // The rows depend on workgroup ids and uniforms only, so the return
+    // leaves the barriers in uniform control flow.
+    let r = rows(wid.x + wid.y * nwg.x);
+    if (r.z == 0u) {
         return;
     }
+    let t = r.x;
+    let o = r.y;
     var ss = 0.0;
     for (var i = lid; i < p.cols; i += WG) {
         let v = x[t * p.cols + i];
@@ -54,17 +57,12 @@ fn main(
 #else
 @compute @workgroup_size(WG)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-    var t = gid.x;
-    var o = gid.x;
-    if (p.last_only == 1u) {
-        if (gid.x > 0u) {
-            return;
-        }
-        t = step.n_tokens - 1u;
-        o = 0u;
-    } else if (t >= step.n_tokens) {
+    let r = rows(gid.x);
+    if (r.z == 0u) {
         return;
     }
+    let t = r.x;
+    let o = r.y;
     var ss = 0.0;
     for (var i = 0u; i < p.cols; i++) {
         let v = x[t * p.cols + i];

@@ -1,11 +1,11 @@
-// RoPE in place on q [n_tokens, n_q_heads, head_dim] and k [n_tokens,
-// n_k_heads, head_dim] at positions pos + t. Pairs (i, i + head_dim/2) (HALVES,
-// Hugging Face's rotate_half) or (2i, 2i + 1) (ADJACENT, GGUF llama).
-// inv_freq holds every scaling (linear, llama3, per-dimension factors) already.
-// One thread per (token, head of q then k, pair). Constants: WG.
-// `scatter`: q, k and v of a token side by side in one row of `qkv` (one
-// matmul computed them all): q roped into q, k roped into the k cache and v
-// copied into the v cache, at the pass position. HALF_K: the caches are f16.
+// RoPE, with q, k and v of a token side by side in one row of `qkv` (one
+// matmul computed them all): q roped into q [n_tokens, n_q_heads · head_dim],
+// k roped into the k cache and v copied into the v cache (rows pos + t), at
+// positions pos + t. Pairs (i, i + head_dim/2) (HALVES, Hugging Face's
+// rotate_half) or (2i, 2i + 1) (ADJACENT, GGUF llama). inv_freq holds every
+// scaling (linear, llama3, per-dimension factors) already. One thread per
+// (token, pair of a q or k head, or element of v). HALF_K: the caches are
+// f16. Constants: WG.
 
 #include step
 #include cos_sin
@@ -14,20 +14,20 @@ struct Params {
     head_dim: u32,
     n_q_heads: u32,
     n_k_heads: u32,
-    k_at_pos: u32, // 1: k rows are KV-cache rows, token t at pos + t
+    pad0: u32,
 }
 
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> inv_freq: array<f32>;   // [head_dim / 2]
 @group(0) @binding(3) var<storage, read_write> q: array<f32>;    // [n_tokens, n_q_heads · head_dim]
 #if HALF_K
-@group(0) @binding(4) var<storage, read_write> k: array<f16>;    // [(pos +) n_tokens, n_k_heads · head_dim], f16 cache
-@group(0) @binding(5) var<storage, read_write> v: array<f16>;    // `scatter`: the v cache, as k
+@group(0) @binding(4) var<storage, read_write> k: array<f16>;    // [context, n_k_heads · head_dim], f16 cache
+@group(0) @binding(5) var<storage, read_write> v: array<f16>;    // the v cache, as k
 #else
-@group(0) @binding(4) var<storage, read_write> k: array<f32>;    // [(pos +) n_tokens, n_k_heads · head_dim]
-@group(0) @binding(5) var<storage, read_write> v: array<f32>;    // `scatter`: the v cache, as k
+@group(0) @binding(4) var<storage, read_write> k: array<f32>;    // [context, n_k_heads · head_dim]
+@group(0) @binding(5) var<storage, read_write> v: array<f32>;    // the v cache, as k
 #endif
-@group(0) @binding(6) var<storage, read> qkv: array<f32>;        // `scatter`: [n_tokens, (n_q_heads + 2 · n_k_heads) · head_dim]
+@group(0) @binding(6) var<storage, read> qkv: array<f32>;        // [n_tokens, (n_q_heads + 2 · n_k_heads) · head_dim]
 
 fn rotate(pair: vec2<f32>, angle: f32) -> vec2<f32> {
     let cs = cos_sin(angle);
@@ -41,42 +41,6 @@ fn pair_at(i: u32) -> vec2<u32> {
 #else
     return vec2<u32>(2u * i, 2u * i + 1u);
 #endif
-}
-
-@compute @workgroup_size(WG)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let half = p.head_dim / 2u;
-    let heads = p.n_q_heads + p.n_k_heads;
-    let i = gid.x % half;
-    let h = gid.x / half;
-    let t = gid.y;
-    if (h >= heads || t >= step.n_tokens) {
-        return;
-    }
-    let a = pair_at(i).x;
-    let b = pair_at(i).y;
-    let angle = f32(step.pos + t) * inv_freq[i];
-    if (h < p.n_q_heads) {
-        let base = (t * p.n_q_heads + h) * p.head_dim;
-        let r = rotate(vec2<f32>(q[base + a], q[base + b]), angle);
-        q[base + a] = r.x;
-        q[base + b] = r.y;
-    } else {
-        var row = t;
-        if (p.k_at_pos == 1u) {
-            row += step.pos;
-        }
-        let base = (row * p.n_k_heads + h - p.n_q_heads) * p.head_dim;
-#if HALF_K
-        let r = rotate(vec2<f32>(f32(k[base + a]), f32(k[base + b])), angle);
-        k[base + a] = f16(r.x);
-        k[base + b] = f16(r.y);
-#else
-        let r = rotate(vec2<f32>(k[base + a], k[base + b]), angle);
-        k[base + a] = r.x;
-        k[base + b] = r.y;
-#endif
-    }
 }
 
 @compute @workgroup_size(WG)

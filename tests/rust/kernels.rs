@@ -100,7 +100,7 @@ fn check_matmul(gpu: &Gpu, c: &MatmulCase, seed: u64) {
     let ctx = Ctx { gpu, step: &step_buf, shape: c.shape, subgroups: c.subgroups };
     let (xb, yb, bb) = (upload(gpu, "x", &x), upload(gpu, "y", &y0), upload(gpu, "b", &b));
     let ops = ctx
-        .matmul(&m, &xb, c.cols as u32, &yb, c.rows as u32, c.bias.then_some(&bb), c.acc, false, false, false)
+        .matmul(&m, &xb, c.cols as u32, &yb, c.rows as u32, c.bias.then_some(&bb), c.acc, false)
         .unwrap();
     run(gpu, &step_buf, step(c.n as u32, 0), &ops);
     let got = download(gpu, &yb, c.n * c.rows);
@@ -171,7 +171,7 @@ fn matmul_propagates_nan_and_inf() {
         x[3] = f32::NAN; // token 0
         x[cols + 7] = f32::INFINITY; // token 1
         let (xb, yb) = (upload(&gpu, "x", &x), gpu.storage("y", (2 * rows * 4) as u64).unwrap());
-        let ops = ctx.matmul(&m, &xb, cols as u32, &yb, rows as u32, None, false, false, false, false).unwrap();
+        let ops = ctx.matmul(&m, &xb, cols as u32, &yb, rows as u32, None, false, false).unwrap();
         run(&gpu, &step_buf, step(2, 0), &ops);
         let y = download(&gpu, &yb, 2 * rows);
         assert!(y.iter().all(|v| !v.is_finite()), "{shape:?}: a NaN or ∞ input must not come out finite: {y:?}");
@@ -237,25 +237,20 @@ fn rope_both_pairings_at_offsets() {
         for (n, pos, hd, nq, nk) in [(1usize, 0usize, 16usize, 4usize, 2usize), (7, 300, 64, 9, 3), (2, 20000, 16, 2, 1)] {
             let inv: Vec<f32> = (0..hd / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / hd as f32)).collect();
             let q = rng.vec(n * nq * hd);
-            // k as KV-cache rows: tokens land at pos..pos+n.
+            // The new tokens' k (rows pos.. of the cache once roped).
             let k = rng.vec((pos + n) * nk * hd);
             let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
             let ctx = Ctx { gpu: &gpu, step: &step_buf, shape: gpu.shape, subgroups: false };
-            let (ib, qb, kb) = (upload(&gpu, "inv", &inv), upload(&gpu, "q", &q), upload(&gpu, "k", &k));
-            let op = ctx.rope("rope", pairing, &ib, &qb, &kb, hd as u32, nq as u32, nk as u32, true, false).unwrap();
-            run(&gpu, &step_buf, step(n as u32, pos as u32), &[op]);
+            let ib = upload(&gpu, "inv", &inv);
             let (mut wq, mut wk) = (q.clone(), k.clone());
             for t in 0..n {
                 wq[t * nq * hd..(t + 1) * nq * hd].chunks_exact_mut(hd).for_each(|h| reference::rope(h, pos + t, &inv, pairing));
                 let r = pos + t;
                 wk[r * nk * hd..(r + 1) * nk * hd].chunks_exact_mut(hd).for_each(|h| reference::rope(h, pos + t, &inv, pairing));
             }
-            // f32 sin/cos of the same f32 angle.
-            assert!(common::max_abs_diff(&download(&gpu, &qb, q.len()), &wq) < 2e-5, "{pairing:?} q");
-            assert!(common::max_abs_diff(&download(&gpu, &kb, k.len()), &wk) < 2e-5, "{pairing:?} k");
-
-            // `scatter`: q, k, v side by side per token in one row; k and v go
-            // to the caches' rows pos.., q to its own buffer.
+            // q, k, v side by side per token in one row; k and v go to the
+            // caches' rows pos.., q to its own buffer. f32 sin/cos of the
+            // same f32 angle.
             let (q_dim, kv_dim) = (nq * hd, nk * hd);
             let v = rng.vec(n * kv_dim);
             let qkv: Vec<f32> = (0..n)
@@ -269,9 +264,9 @@ fn rope_both_pairings_at_offsets() {
             let (mut want_k, mut want_v) = (cache.clone(), cache.clone());
             want_k[pos * kv_dim..].copy_from_slice(&wk[pos * kv_dim..]);
             want_v[pos * kv_dim..].copy_from_slice(&v);
-            assert!(common::max_abs_diff(&download(&gpu, &qb, q.len()), &wq) < 2e-5, "{pairing:?} scatter q");
-            assert!(common::max_abs_diff(&download(&gpu, &kb, cache.len()), &want_k) < 2e-5, "{pairing:?} scatter k");
-            assert_eq!(download(&gpu, &vb, cache.len()), want_v, "{pairing:?} scatter v");
+            assert!(common::max_abs_diff(&download(&gpu, &qb, q.len()), &wq) < 2e-5, "{pairing:?} q");
+            assert!(common::max_abs_diff(&download(&gpu, &kb, cache.len()), &want_k) < 2e-5, "{pairing:?} k");
+            assert_eq!(download(&gpu, &vb, cache.len()), want_v, "{pairing:?} v");
         }
     }
 }
@@ -485,41 +480,30 @@ fn f16_kv_cache_kernels() {
     let (h, kvh, hd, pos, n) = (4usize, 2usize, 32usize, 70usize, 3usize);
     let kv_dim = kvh * hd;
 
-    // K/V matmul storing f16 rows at the pass position.
-    let (bytes, w) = random_matrix(DType::Q8_0, kv_dim, 64, 17);
-    let m = GpuMatrix::from_bytes(&gpu, "wk", DType::Q8_0, kv_dim as u64, 64, &bytes, gpu.max_binding()).unwrap();
-    let x = rng.vec(n * 64);
-    let xb = upload(&gpu, "x", &x);
-    let cache = gpu.storage("k cache", ((pos + n) * kv_dim * 2) as u64).unwrap();
-    run(&gpu, &step_buf, step(n as u32, pos as u32), &ctx.matmul(&m, &xb, 64, &cache, kv_dim as u32, None, false, false, true, true).unwrap());
-    let got = read_halves(&gpu, &cache, (pos + n) * kv_dim);
-    for t in 0..n {
-        for r in 0..kv_dim {
-            let want: f32 = reference::dot(&w[r * 64..(r + 1) * 64], &x[t * 64..(t + 1) * 64]);
-            let g = got[(pos + t) * kv_dim + r];
-            assert!((g - want).abs() <= 1e-3 * want.abs().max(1.0), "k[{t},{r}] {g} vs {want}");
-        }
-    }
-
-    // RoPE on f16 cache rows.
+    // q, k, v of the new tokens side by side per token: k roped and v into
+    // f16 caches at the pass position, the rows before untouched.
     let inv: Vec<f32> = (0..hd / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / hd as f32)).collect();
-    let k: Vec<f32> = rng.vec((pos + n) * kv_dim).iter().map(|v| half::f16::from_f32(*v).to_f32()).collect();
-    let q = rng.vec(n * h * hd);
-    let (ib, qb) = (upload(&gpu, "inv", &inv), upload(&gpu, "q", &q));
-    let kb = gpu.storage_init("k", &halves(&k)).unwrap();
-    let op = ctx.rope("rope", RopePairing::Halves, &ib, &qb, &kb, hd as u32, h as u32, kvh as u32, true, true).unwrap();
+    let (q, k_new, v_new) = (rng.vec(n * h * hd), rng.vec(n * kv_dim), rng.vec(n * kv_dim));
+    let qkv: Vec<f32> = (0..n)
+        .flat_map(|t| q[t * h * hd..][..h * hd].iter().chain(&k_new[t * kv_dim..][..kv_dim]).chain(&v_new[t * kv_dim..][..kv_dim]).copied())
+        .collect();
+    let before: Vec<f32> = rng.vec((pos + n) * kv_dim).iter().map(|v| half::f16::from_f32(*v).to_f32()).collect();
+    let (ib, sb, qb) = (upload(&gpu, "inv", &inv), upload(&gpu, "qkv", &qkv), gpu.storage("q", (n * h * hd * 4) as u64).unwrap());
+    let (kb, vb) = (gpu.storage_init("k", &halves(&before)).unwrap(), gpu.storage_init("v", &halves(&before)).unwrap());
+    let op = ctx.rope_scatter("rope", RopePairing::Halves, &ib, &sb, &qb, &kb, &vb, hd as u32, h as u32, kvh as u32, true).unwrap();
     run(&gpu, &step_buf, step(n as u32, pos as u32), &[op]);
-    let mut wk = k.clone();
+    let (mut wk, mut wv) = (before.clone(), before.clone());
+    wk[pos * kv_dim..].copy_from_slice(&k_new);
+    wv[pos * kv_dim..].copy_from_slice(&v_new);
     for t in 0..n {
-        let r = pos + t;
-        wk[r * kv_dim..(r + 1) * kv_dim].chunks_exact_mut(hd).for_each(|v| reference::rope(v, pos + t, &inv, RopePairing::Halves));
+        wk[(pos + t) * kv_dim..][..kv_dim].chunks_exact_mut(hd).for_each(|v| reference::rope(v, pos + t, &inv, RopePairing::Halves));
     }
-    let gk = read_halves(&gpu, &kb, k.len());
-    assert!(gk.iter().zip(&wk).all(|(g, w)| (g - w).abs() <= 1e-3 * w.abs().max(1.0)), "rope on an f16 cache");
+    let (k, v) = (read_halves(&gpu, &kb, wk.len()), read_halves(&gpu, &vb, wv.len()));
+    let close = |got: &[f32], want: &[f32]| got.iter().zip(want).all(|(g, w)| (g - w).abs() <= 1e-3 * w.abs().max(1.0));
+    assert!(close(&k, &wk) && k[..pos * kv_dim] == before[..pos * kv_dim], "roped k into an f16 cache");
+    assert!(close(&v, &wv) && v[..pos * kv_dim] == before[..pos * kv_dim], "v into an f16 cache");
 
     // Attention reading an f16 cache: exact against the reference on the same halves.
-    let v: Vec<f32> = rng.vec((pos + n) * kv_dim).iter().map(|x| half::f16::from_f32(*x).to_f32()).collect();
-    let (kb, vb) = (gpu.storage_init("k", &halves(&k)).unwrap(), gpu.storage_init("v", &halves(&v)).unwrap());
     let max_splits = (pos + n).div_ceil(baleen_shaders::shape::ATTENTION_SPLIT as usize);
     let ml = gpu.storage("ml", (n * h * max_splits * 8) as u64).unwrap();
     let po = gpu.storage("po", (n * h * max_splits * hd * 4) as u64).unwrap();

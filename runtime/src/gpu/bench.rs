@@ -94,7 +94,7 @@ pub fn run(gpu: &Gpu, target_bytes: u64, only: Option<&str>) -> Result<KernelRep
         for (n, label) in [(1u32, "gemv"), (64, "gemm")] {
             let x = gpu.storage("x", n as u64 * cols * 4)?;
             let y = gpu.storage("y", n as u64 * rows * 4)?;
-            let ops = ctx.matmul(&m, &x, cols as u32, &y, rows as u32, None, false, false, false, false)?;
+            let ops = ctx.matmul(&m, &x, cols as u32, &y, rows as u32, None, false, false)?;
             let refs: Vec<&Op> = ops.iter().collect();
             let step = Step { n_tokens: n, ..Default::default() };
             let per_submit = if n == 1 { 8 } else { 1 };

@@ -428,7 +428,7 @@ impl GpuModel {
             match (&l.attn, &cfg.mla, &mla_bufs) {
                 (Attn::Gqa { qkv: parts, bias, v_cache }, _, _) => {
                     for (wi, at) in parts {
-                        body.extend(ctx.matmul_at(w(*wi), &xn, h, &qkv, qkv_width, *at, bias.as_ref(), false, false, false, false)?);
+                        body.extend(ctx.matmul_at(w(*wi), &xn, h, &qkv, qkv_width, *at, bias.as_ref(), false, false)?);
                     }
                     let name = format!("blk.{i}.rope");
                     body.push(ctx.rope_scatter(&name, cfg.rope_pairing, &inv_freq, &qkv, &q, &l.k_cache, v_cache, hd, nh, nkv, kv_half)?);
@@ -444,7 +444,7 @@ impl GpuModel {
                         max_splits as u32,
                         kv_half,
                     )?);
-                    body.extend(ctx.matmul(w(l.wo), &attn, q_dim, &x, h, None, true, false, false, false)?);
+                    body.extend(ctx.matmul(w(l.wo), &attn, q_dim, &x, h, None, true, false)?);
                 }
                 (Attn::Mla { q: wq, kv_a, kv_a_norm, kv_b }, Some(a), Some(mb)) => {
                     let m = super::ops::MlaShape {
@@ -458,16 +458,16 @@ impl GpuModel {
                         pairing: cfg.rope_pairing,
                     };
                     match wq {
-                        Ok(wq) => body.extend(ctx.matmul(w(*wq), &xn, h, &q, q_dim, None, false, false, false, false)?),
+                        Ok(wq) => body.extend(ctx.matmul(w(*wq), &xn, h, &q, q_dim, None, false, false)?),
                         Err((qa, norm, qb)) => {
                             let rq = w(*qa).rows;
-                            body.extend(ctx.matmul(w(*qa), &xn, h, &mb.qa, rq, None, false, false, false, false)?);
+                            body.extend(ctx.matmul(w(*qa), &xn, h, &mb.qa, rq, None, false, false)?);
                             body.push(ctx.rms_norm(&format!("blk.{i}.q_a_norm"), &mb.qa, norm, &mb.qan, rq, cfg.rms_eps, false)?);
-                            body.extend(ctx.matmul(w(*qb), &mb.qan, rq, &q, q_dim, None, false, false, false, false)?);
+                            body.extend(ctx.matmul(w(*qb), &mb.qan, rq, &q, q_dim, None, false, false)?);
                         }
                     }
                     let row = m.rank + m.rope;
-                    body.extend(ctx.matmul(w(*kv_a), &xn, h, &mb.kv_a, row, None, false, false, false, false)?);
+                    body.extend(ctx.matmul(w(*kv_a), &xn, h, &mb.kv_a, row, None, false, false)?);
                     body.push(ctx.mla_kv_cache(&format!("blk.{i}.latent cache"), &m, &inv_freq, &mb.kv_a, kv_a_norm, &l.k_cache)?);
                     body.push(ctx.mla_absorb_q(&format!("blk.{i}.absorb q"), &m, &inv_freq, &q, kv_b, &mb.q_lat)?);
                     body.extend(ctx.attention(
@@ -483,7 +483,7 @@ impl GpuModel {
                         false,
                     )?);
                     body.push(ctx.mla_v_up(&format!("blk.{i}.v up"), &m, &attn, kv_b, &mb.o)?);
-                    body.extend(ctx.matmul(w(l.wo), &mb.o, nh * m.v_dim, &x, h, None, true, false, false, false)?);
+                    body.extend(ctx.matmul(w(l.wo), &mb.o, nh * m.v_dim, &x, h, None, true, false)?);
                 }
                 _ => unreachable!("MLA buffers exist whenever an MLA layer does"),
             }
@@ -491,7 +491,7 @@ impl GpuModel {
             match (&l.ffn, &cfg.moe, &moe_bufs) {
                 (Ffn::Moe { router, bias, gate: eg, up: eu, down: ed, shared, shared_gate }, Some(m), Some(mb)) => {
                     let (e, k, f) = (m.n_experts as u32, m.top_k as u32, m.expert_ffn as u32);
-                    body.extend(ctx.matmul(w(*router), &xn, h, &mb.logits, e, None, false, false, false, false)?);
+                    body.extend(ctx.matmul(w(*router), &xn, h, &mb.logits, e, None, false, false)?);
                     body.push(ctx.route(&format!("blk.{i}.route"), m, &mb.logits, bias.as_ref(), &mb.ids, &mb.weights)?);
                     // Each slot's expert rows: in every pass, or with `grouped`
                     // only for one token, several tokens' slots grouped by expert.
@@ -515,14 +515,14 @@ impl GpuModel {
                     let mut shared_out = None;
                     if let (Some([sg, su, sd]), Some([bg, bu, ba, bo])) = (shared, &mb.shared) {
                         let fs = m.shared_ffn as u32;
-                        body.extend(ctx.matmul(w(*sg), &xn, h, bg, fs, None, false, false, false, false)?);
-                        body.extend(ctx.matmul(w(*su), &xn, h, bu, fs, None, false, false, false, false)?);
+                        body.extend(ctx.matmul(w(*sg), &xn, h, bg, fs, None, false, false)?);
+                        body.extend(ctx.matmul(w(*su), &xn, h, bu, fs, None, false, false)?);
                         body.push(ctx.swiglu(&format!("blk.{i}.shared swiglu"), bg, bu, ba, fs)?);
-                        body.extend(ctx.matmul(w(*sd), ba, fs, bo, h, None, false, false, false, false)?);
+                        body.extend(ctx.matmul(w(*sd), ba, fs, bo, h, None, false, false)?);
                         shared_out = Some(bo);
                     }
                     if let Some(sgw) = shared_gate {
-                        body.extend(ctx.matmul(w(*sgw), &xn, h, &mb.shared_gate, 1, None, false, false, false, false)?);
+                        body.extend(ctx.matmul(w(*sgw), &xn, h, &mb.shared_gate, 1, None, false, false)?);
                     }
                     let gate_logit = shared_gate.map(|_| &mb.shared_gate);
                     let name = format!("blk.{i}.experts combine");
@@ -533,16 +533,16 @@ impl GpuModel {
                 }
                 (Ffn::Dense { gate_up: parts, down: wd }, _, _) => {
                     for (wi, at) in parts {
-                        body.extend(ctx.matmul_at(w(*wi), &xn, h, &gate_up, 2 * ffn, *at, None, false, false, false, false)?);
+                        body.extend(ctx.matmul_at(w(*wi), &xn, h, &gate_up, 2 * ffn, *at, None, false, false)?);
                     }
                     body.push(ctx.swiglu_stacked(&format!("blk.{i}.swiglu"), &gate_up, &mlp, ffn)?);
-                    body.extend(ctx.matmul(w(*wd), &mlp, ffn, &x, h, None, true, false, false, false)?);
+                    body.extend(ctx.matmul(w(*wd), &mlp, ffn, &x, h, None, true, false)?);
                 }
                 _ => unreachable!("MoE buffers exist whenever an MoE layer does"),
             }
         }
         let mut head = vec![ctx.rms_norm("output_norm", &x, &output_norm, &xn, h, cfg.rms_eps, true)?];
-        head.extend(ctx.matmul(w(output), &xn, h, &logits, vocab, None, false, true, false, false)?);
+        head.extend(ctx.matmul(w(output), &xn, h, &logits, vocab, None, false, true)?);
         head.push(ctx.sample(&logits, &ids, vocab)?);
         for l in layers {
             if let Ffn::Moe { bias: Some(b), .. } = &l.ffn {

@@ -179,8 +179,7 @@ impl Ctx<'_> {
     }
 
     /// `y (+)= W x (+ b)`, one op per row chunk of W.
-    /// `single`: one token, x row 0 → y row 0. `y_at_pos`: y rows start at the
-    /// pass position. `half_y`: y is f16 (a KV cache; needs shader-f16).
+    /// `single`: one token, x row 0 → y row 0.
     #[allow(clippy::too_many_arguments)]
     pub fn matmul(
         &self,
@@ -192,10 +191,8 @@ impl Ctx<'_> {
         bias: Option<&wgpu::Buffer>,
         acc: bool,
         single: bool,
-        y_at_pos: bool,
-        half_y: bool,
     ) -> Result<Vec<Op>> {
-        self.matmul_at(w, x, x_stride, y, y_stride, 0, bias, acc, single, y_at_pos, half_y)
+        self.matmul_at(w, x, x_stride, y, y_stride, 0, bias, acc, single)
     }
 
     /// [`Ctx::matmul`] into columns `row_offset..` of each y row (and of the
@@ -212,13 +209,8 @@ impl Ctx<'_> {
         bias: Option<&wgpu::Buffer>,
         acc: bool,
         single: bool,
-        y_at_pos: bool,
-        half_y: bool,
     ) -> Result<Vec<Op>> {
         let (mut flags, wg, has_scales) = self.matmul_variant(w)?;
-        if half_y {
-            flags.push("HALF_Y");
-        }
         if bias.is_some() {
             flags.push("BIAS");
         }
@@ -236,7 +228,7 @@ impl Ctx<'_> {
                     y_stride,
                     single as u32,
                     x_stride,
-                    y_at_pos as u32,
+                    0,
                     c.scale_offset,
                     0,
                     1,
@@ -479,34 +471,6 @@ impl Ctx<'_> {
         self.op(name.into(), PipelineKey { family: "norm", entry: "main", flags }, &params, &[x, w, out], grid)
     }
 
-    /// RoPE in place on q and k (k rows at the pass position when `k_at_pos`).
-    #[allow(clippy::too_many_arguments)]
-    pub fn rope(
-        &self,
-        name: &str,
-        pairing: crate::config::RopePairing,
-        inv_freq: &wgpu::Buffer,
-        q: &wgpu::Buffer,
-        k: &wgpu::Buffer,
-        head_dim: u32,
-        n_q: u32,
-        n_k: u32,
-        k_at_pos: bool,
-        half_k: bool,
-    ) -> Result<Op> {
-        let mut flags = vec![pairing_flag(pairing)];
-        if half_k {
-            flags.push("HALF_K");
-        }
-        self.op(
-            name.into(),
-            PipelineKey { family: "rope", entry: "main", flags },
-            &words(&[head_dim, n_q, n_k, k_at_pos as u32]),
-            &[inv_freq, q, k],
-            Grid::PerToken { x: (n_q + n_k) * head_dim / 2, wg: shape::ELEMENTWISE_WG, tile: 1, single: false, shared_rows: 1 },
-        )
-    }
-
     /// q, k and v of each token from one row of `qkv` (a stacked matmul's
     /// output): q roped into `q`, k roped into the k cache, v copied into the
     /// v cache, at the pass position (the caches f16 with `half_kv`).
@@ -532,7 +496,7 @@ impl Ctx<'_> {
         self.op_at(
             name.into(),
             PipelineKey { family: "rope", entry: "scatter", flags },
-            &words(&[head_dim, n_q, n_k, 1]),
+            &words(&[head_dim, n_q, n_k, 0]),
             &[(2, inv_freq), (3, q), (4, k_cache), (5, v_cache), (6, qkv)],
             Grid::PerToken { x: (n_q + n_k) * head_dim / 2 + n_k * head_dim, wg: shape::ELEMENTWISE_WG, tile: 1, single: false, shared_rows: 1 },
         )
