@@ -130,14 +130,16 @@ fn with_f16_tensors(name: &str, dir: &common::TempDir, to_f16: impl Fn(&str) -> 
 
 #[test]
 fn stacked_projections_of_two_types_match_the_reference() {
-    // q, k, v (with qwen2's biases) and gate, up load as one stacked matrix
-    // per run of one type. With v and up in f16 and the rest in f32 each is
-    // two matrices writing side by side into one row per token; 16 KiB
+    // q, k, v (with qwen2's biases) and gate, up (dense, shared expert)
+    // load as one stacked matrix per run of one type, the routed experts'
+    // gate and up as one when their types agree. With v and every up in f16
+    // and the rest in f32 each is two matrices writing side by side into one
+    // row per token, and the experts' gate and up stay apart; 16 KiB
     // bindings split them into row chunks besides.
     let gpu = gpu();
     let dir = common::TempDir::new("stacks");
     for name in ["tiny-qwen2-moe", "tiny-deepseek-v3"] {
-        let path = with_f16_tensors(name, &dir, |n| n.ends_with("attn_v.weight") || n.ends_with("ffn_up.weight"));
+        let path = with_f16_tensors(name, &dir, |n| n.ends_with("attn_v.weight") || n.contains("ffn_up"));
         let m = ModelFiles::open(&path).unwrap();
         let ids: Vec<u32> = (0..9).map(|i| (i * 37 + 5) % m.config.vocab as u32).collect();
         let want = baleen::reference::Reference::load(&m).unwrap().forward(&ids, true).unwrap();

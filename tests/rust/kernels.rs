@@ -4,7 +4,7 @@
 
 mod common;
 use baleen::config::RopePairing;
-use baleen::gpu::ops::{AttentionShape, Ctx};
+use baleen::gpu::ops::{AttentionShape, Ctx, GateUp};
 use baleen::gpu::weights::GpuMatrix;
 use baleen::gpu::{Gpu, MatmulShape, Op, Step};
 use baleen::quant::{dequantize, random_blocks, DType};
@@ -383,7 +383,7 @@ fn swiglu_matches() {
     let ctx = Ctx { gpu: &gpu, step: &step_buf, shape: gpu.shape, subgroups: false };
     let (gb, ub) = (upload(&gpu, "g", &g), upload(&gpu, "u", &u));
     let out = gpu.storage("out", (n * cols * 4) as u64).unwrap();
-    run(&gpu, &step_buf, step(n as u32, 0), &[ctx.swiglu("s", &gb, &ub, &out, cols as u32).unwrap()]);
+    run(&gpu, &step_buf, step(n as u32, 0), &[ctx.swiglu("s", GateUp::Apart(&gb, &ub), &out, cols as u32, 1).unwrap()]);
     let want: Vec<f32> = g.iter().zip(&u).map(|(g, u)| reference::silu(*g) * u).collect();
     let got = download(&gpu, &out, n * cols);
     assert!(got.iter().all(|v| v.is_finite()));
@@ -392,7 +392,7 @@ fn swiglu_matches() {
     let stacked: Vec<f32> = (0..n).flat_map(|t| g[t * cols..][..cols].iter().chain(&u[t * cols..][..cols]).copied()).collect();
     let sb = upload(&gpu, "gate up", &stacked);
     let out = gpu.storage("out", (n * cols * 4) as u64).unwrap();
-    run(&gpu, &step_buf, step(n as u32, 0), &[ctx.swiglu_stacked("s", &sb, &out, cols as u32).unwrap()]);
+    run(&gpu, &step_buf, step(n as u32, 0), &[ctx.swiglu("s", GateUp::Stacked(&sb), &out, cols as u32, 1).unwrap()]);
     assert!(common::max_abs_diff(&download(&gpu, &out, n * cols), &want) < 1e-5, "stacked");
 }
 
@@ -700,7 +700,7 @@ fn grouped_experts_sort_gather_matmul_swiglu_and_combine() {
         let (g, u) = (rng.vec(tile_rows * rows), rng.vec(tile_rows * rows));
         let (gb, ub) = (upload(&gpu, "gate", &g), upload(&gpu, "up", &u));
         let act = gpu.storage("act", (tile_rows * rows * 4) as u64).unwrap();
-        run(&gpu, &step_buf, step(n as u32, 0), &[ctx.swiglu_tiles("swiglu", &gb, &ub, &act, rows as u32, &m).unwrap()]);
+        run(&gpu, &step_buf, step(n as u32, 0), &[ctx.swiglu_tiles("swiglu", GateUp::Apart(&gb, &ub), &act, rows as u32, &m).unwrap()]);
         let got = download(&gpu, &act, tile_rows * rows);
         for i in 0..tile_rows * rows {
             let want = g[i] / (1.0 + (-g[i]).exp()) * u[i];

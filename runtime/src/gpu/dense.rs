@@ -3,7 +3,7 @@
 //! token ids and one `Step` uniform, encodes the ops into one command buffer
 //! and submits it once. A decode step reads back only the sampled id.
 
-use super::ops::{AttentionShape, Ctx};
+use super::ops::{AttentionShape, Ctx, GateUp};
 use super::weights::GpuMatrix;
 use super::{Gpu, GpuOptions, Op, Passes, Step};
 use crate::config::ModelConfig;
@@ -194,11 +194,11 @@ impl GpuModel {
             ids: wgpu::Buffer,      // [t, top_k] u32
             weights: wgpu::Buffer,  // [t, top_k]
             // Rows: slots (one token), or TILE_T per tile (grouped).
-            gate: wgpu::Buffer,     // [t · top_k, expert_ffn]
-            up: wgpu::Buffer,       // [t · top_k, expert_ffn]
+            gate: wgpu::Buffer,     // [t · top_k, 2 · expert_ffn]: gate and up stacked, or gate alone
+            up: wgpu::Buffer,       // [t · top_k, expert_ffn] (gate and up apart)
             act: wgpu::Buffer,      // [t · top_k, expert_ffn]
             out: wgpu::Buffer,      // [t · top_k, hidden]; grouped: first the tiles' inputs
-            shared: Option<[wgpu::Buffer; 4]>, // gate, up, act [t, shared_ffn]; out [t, hidden]
+            shared: Option<[wgpu::Buffer; 3]>, // gate and up [t, 2 · shared_ffn]; act [t, shared_ffn]; out [t, hidden]
             shared_gate: wgpu::Buffer, // [t] logits of the shared expert's gate
             // Grouped (passes of several tokens): see moe.wgsl's `sort`.
             slot_pos: wgpu::Buffer, // [t · top_k] u32
@@ -212,7 +212,7 @@ impl GpuModel {
                 // Grouped, every tile has TILE_T rows.
                 let tiles = if grouped { super::expert_tiles((t * k) as u32, e as u32) as u64 } else { 1 };
                 let slots = (t * k).max(if grouped { tiles * shape::TILE_T as u64 } else { 0 });
-                for (what, bytes) in [("expert activations", slots * f.max(h as u64) * 4), ("router logits", t * e * 4)] {
+                for (what, bytes) in [("expert activations", slots * (2 * f).max(h as u64) * 4), ("router logits", t * e * 4)] {
                     if bytes > max_binding {
                         return Err(Error::Unsupported(format!("{what} ({bytes} bytes) exceed the GPU's binding limit")));
                     }
@@ -221,14 +221,13 @@ impl GpuModel {
                     logits: act("router logits", t * e * 4)?,
                     ids: act("expert ids", t * k * 4)?,
                     weights: act("expert weights", t * k * 4)?,
-                    gate: act("expert gate", slots * f * 4)?,
+                    gate: act("expert gate", slots * 2 * f * 4)?,
                     up: act("expert up", slots * f * 4)?,
                     act: act("expert act", slots * f * 4)?,
                     out: act("expert out", slots * h as u64 * 4)?,
                     shared: if fs > 0 {
                         Some([
-                            act("shared gate", t * fs * 4)?,
-                            act("shared up", t * fs * 4)?,
+                            act("shared gate up", t * 2 * fs * 4)?,
                             act("shared act", t * fs * 4)?,
                             act("shared out", t * h as u64 * 4)?,
                         ])
@@ -255,14 +254,28 @@ impl GpuModel {
             g.storage_init(&name, bytemuck::cast_slice(&v))
         };
         let mut weights = Vec::new();
-        let experts = |i: usize, which: names::Expert, e: u64, rows: u32, cols: u32| async move {
+        // A layer's experts' tensors of one kind: one holding every expert, or one each.
+        let expert_tensors = |i: usize, which: names::Expert, e: u64| -> Result<Vec<&crate::format::TensorInfo>> {
             let names: Vec<(String, Option<usize>)> = (0..e as usize).map(|x| names::expert(kind, cfg.arch, i, x, which)).collect();
-            let tensors: Vec<&crate::format::TensorInfo> = if names[0].1.is_some() {
-                vec![index.require(&names[0].0)?]
+            if names[0].1.is_some() {
+                Ok(vec![index.require(&names[0].0)?])
             } else {
-                names.iter().map(|(n, _)| index.require(n)).collect::<Result<_>>()?
-            };
-            GpuMatrix::load_experts(g, reader, &tensors, e, rows as u64, cols as u64, max_binding).await
+                names.iter().map(|(n, _)| index.require(n)).collect()
+            }
+        };
+        let experts = |i: usize, which: names::Expert, e: u64, rows: u32, cols: u32| async move {
+            GpuMatrix::load_experts(g, reader, &expert_tensors(i, which, e)?, e, rows as u64, cols as u64, max_binding).await
+        };
+        // The routed experts' gate and up as one matrix (each expert's gate
+        // rows, then its up rows), or apart when their types differ.
+        let expert_gate_up = |i: usize, e: u64, rows: u32, cols: u32| async move {
+            let (gate, up) = (expert_tensors(i, names::Expert::Gate, e)?, expert_tensors(i, names::Expert::Up, e)?);
+            if gate[0].dtype == up[0].dtype {
+                Ok::<_, Error>(Ok(GpuMatrix::load_expert_pairs(g, reader, &gate, &up, e, rows as u64, cols as u64, max_binding).await?))
+            } else {
+                let gate = GpuMatrix::load_experts(g, reader, &gate, e, rows as u64, cols as u64, max_binding).await?;
+                Ok(Err((gate, GpuMatrix::load_experts(g, reader, &up, e, rows as u64, cols as u64, max_binding).await?)))
+            }
         };
         let matrix = |name: String, rows: u32, cols: u32| async move {
             let t = index.require_matrix(&name, rows as u64, cols as u64)?;
@@ -292,7 +305,17 @@ impl GpuModel {
         enum Ffn {
             /// `gate_up`: stacked parts and the column each starts at.
             Dense { gate_up: Vec<(usize, u32)>, down: usize },
-            Moe { router: usize, bias: Option<wgpu::Buffer>, gate: usize, up: usize, down: usize, shared: Option<[usize; 3]>, shared_gate: Option<usize> },
+            /// `gate_up`: the routed experts' gate and up stacked (each
+            /// expert's gate rows, then its up rows), or apart. `shared`:
+            /// the shared expert's stacked gate and up parts, and its down.
+            Moe {
+                router: usize,
+                bias: Option<wgpu::Buffer>,
+                gate_up: std::result::Result<usize, (usize, usize)>,
+                down: usize,
+                shared: Option<(Vec<(usize, u32)>, usize)>,
+                shared_gate: Option<usize>,
+            },
         }
         enum Attn {
             Gqa {
@@ -381,11 +404,9 @@ impl GpuModel {
                             None
                         };
                         let shared = if fs > 0 {
-                            Some([
-                                w(matrix(mn(Layer::SharedGate), fs, h).await?),
-                                w(matrix(mn(Layer::SharedUp), fs, h).await?),
-                                w(matrix(mn(Layer::SharedDown), h, fs).await?),
-                            ])
+                            let parts = vec![(mn(Layer::SharedGate), fs), (mn(Layer::SharedUp), fs)];
+                            let gate_up = stack(format!("blk.{i}.shared_gate_up"), parts, h).await?.into_iter().map(|(m, at)| (w(m), at)).collect();
+                            Some((gate_up, w(matrix(mn(Layer::SharedDown), h, fs).await?)))
                         } else {
                             None
                         };
@@ -393,8 +414,10 @@ impl GpuModel {
                         Ffn::Moe {
                             router: w(matrix(mn(Layer::Router), e as u32, h).await?),
                             bias,
-                            gate: w(experts(i, names::Expert::Gate, e, f, h).await?),
-                            up: w(experts(i, names::Expert::Up, e, f, h).await?),
+                            gate_up: match expert_gate_up(i, e, f, h).await? {
+                                Ok(both) => Ok(w(both)),
+                                Err((gate, up)) => Err((w(gate), w(up))),
+                            },
                             down: w(experts(i, names::Expert::Down, e, h, f).await?),
                             shared,
                             shared_gate,
@@ -489,16 +512,26 @@ impl GpuModel {
             }
             body.push(ctx.rms_norm(&format!("blk.{i}.ffn_norm"), &x, &l.ffn_norm, &xn, h, cfg.rms_eps, false)?);
             match (&l.ffn, &cfg.moe, &moe_bufs) {
-                (Ffn::Moe { router, bias, gate: eg, up: eu, down: ed, shared, shared_gate }, Some(m), Some(mb)) => {
+                (Ffn::Moe { router, bias, gate_up, down: ed, shared, shared_gate }, Some(m), Some(mb)) => {
                     let (e, k, f) = (m.n_experts as u32, m.top_k as u32, m.expert_ffn as u32);
                     body.extend(ctx.matmul(w(*router), &xn, h, &mb.logits, e, None, false, false)?);
                     body.push(ctx.route(&format!("blk.{i}.route"), m, &mb.logits, bias.as_ref(), &mb.ids, &mb.weights)?);
                     // Each slot's expert rows: in every pass, or with `grouped`
                     // only for one token, several tokens' slots grouped by expert.
                     let per_slot = if grouped { Passes::Single } else { Passes::All };
-                    let mut routed = ctx.experts(w(*eg), f, &xn, h, k, &mb.ids, &mb.gate, k)?;
-                    routed.extend(ctx.experts(w(*eu), f, &xn, h, k, &mb.ids, &mb.up, k)?);
-                    routed.push(ctx.swiglu_rows(&format!("blk.{i}.experts swiglu"), &mb.gate, &mb.up, &mb.act, f, k)?);
+                    let gu = match gate_up {
+                        Ok(_) => GateUp::Stacked(&mb.gate),
+                        Err(_) => GateUp::Apart(&mb.gate, &mb.up),
+                    };
+                    let mut routed = match gate_up {
+                        Ok(both) => ctx.experts(w(*both), 2 * f, &xn, h, k, &mb.ids, &mb.gate, k)?,
+                        Err((eg, eu)) => {
+                            let mut ops = ctx.experts(w(*eg), f, &xn, h, k, &mb.ids, &mb.gate, k)?;
+                            ops.extend(ctx.experts(w(*eu), f, &xn, h, k, &mb.ids, &mb.up, k)?);
+                            ops
+                        }
+                    };
+                    routed.push(ctx.swiglu(&format!("blk.{i}.experts swiglu"), gu, &mb.act, f, k)?);
                     routed.extend(ctx.experts(w(*ed), h, &mb.act, f, 1, &mb.ids, &mb.out, k)?);
                     body.extend(routed.into_iter().map(|o| o.only(per_slot)));
                     if grouped {
@@ -506,18 +539,24 @@ impl GpuModel {
                             ctx.moe_sort(&format!("blk.{i}.experts sort"), m, &mb.ids, &mb.slot_pos, &mb.tiles, &mb.counts)?,
                             ctx.moe_gather(&format!("blk.{i}.experts gather"), &xn, &mb.slot_pos, &mb.out, h, k)?,
                         ];
-                        routed.extend(ctx.grouped(w(*eg), f, &mb.out, h, &mb.tiles, &mb.gate, m)?);
-                        routed.extend(ctx.grouped(w(*eu), f, &mb.out, h, &mb.tiles, &mb.up, m)?);
-                        routed.push(ctx.swiglu_tiles(&format!("blk.{i}.experts swiglu"), &mb.gate, &mb.up, &mb.act, f, m)?);
+                        match gate_up {
+                            Ok(both) => routed.extend(ctx.grouped(w(*both), 2 * f, &mb.out, h, &mb.tiles, &mb.gate, m)?),
+                            Err((eg, eu)) => {
+                                routed.extend(ctx.grouped(w(*eg), f, &mb.out, h, &mb.tiles, &mb.gate, m)?);
+                                routed.extend(ctx.grouped(w(*eu), f, &mb.out, h, &mb.tiles, &mb.up, m)?);
+                            }
+                        }
+                        routed.push(ctx.swiglu_tiles(&format!("blk.{i}.experts swiglu"), gu, &mb.act, f, m)?);
                         routed.extend(ctx.grouped(w(*ed), h, &mb.act, f, &mb.tiles, &mb.out, m)?);
                         body.extend(routed.into_iter().map(|o| o.only(Passes::Multi)));
                     }
                     let mut shared_out = None;
-                    if let (Some([sg, su, sd]), Some([bg, bu, ba, bo])) = (shared, &mb.shared) {
+                    if let (Some((parts, sd)), Some([bgu, ba, bo])) = (shared, &mb.shared) {
                         let fs = m.shared_ffn as u32;
-                        body.extend(ctx.matmul(w(*sg), &xn, h, bg, fs, None, false, false)?);
-                        body.extend(ctx.matmul(w(*su), &xn, h, bu, fs, None, false, false)?);
-                        body.push(ctx.swiglu(&format!("blk.{i}.shared swiglu"), bg, bu, ba, fs)?);
+                        for (wi, at) in parts {
+                            body.extend(ctx.matmul_at(w(*wi), &xn, h, bgu, 2 * fs, *at, None, false, false)?);
+                        }
+                        body.push(ctx.swiglu(&format!("blk.{i}.shared swiglu"), GateUp::Stacked(bgu), ba, fs, 1)?);
                         body.extend(ctx.matmul(w(*sd), ba, fs, bo, h, None, false, false)?);
                         shared_out = Some(bo);
                     }
@@ -535,7 +574,7 @@ impl GpuModel {
                     for (wi, at) in parts {
                         body.extend(ctx.matmul_at(w(*wi), &xn, h, &gate_up, 2 * ffn, *at, None, false, false)?);
                     }
-                    body.push(ctx.swiglu_stacked(&format!("blk.{i}.swiglu"), &gate_up, &mlp, ffn)?);
+                    body.push(ctx.swiglu(&format!("blk.{i}.swiglu"), GateUp::Stacked(&gate_up), &mlp, ffn, 1)?);
                     body.extend(ctx.matmul(w(*wd), &mlp, ffn, &x, h, None, true, false)?);
                 }
                 _ => unreachable!("MoE buffers exist whenever an MoE layer does"),

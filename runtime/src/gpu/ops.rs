@@ -28,6 +28,14 @@ impl AttentionShape {
     }
 }
 
+/// SwiGLU's inputs: gate and up in two buffers, or side by side in each row
+/// of one (a stacked matmul's output: a row's gate, then its up).
+#[derive(Clone, Copy)]
+pub enum GateUp<'a> {
+    Apart(&'a wgpu::Buffer, &'a wgpu::Buffer),
+    Stacked(&'a wgpu::Buffer),
+}
+
 /// MLA's sizes, for its kernels (shaders/wgsl/mla.wgsl).
 pub struct MlaShape {
     pub heads: u32,
@@ -557,44 +565,27 @@ impl Ctx<'_> {
         ])
     }
 
-    /// out = silu(gate) ⊙ up over [n_tokens, cols].
-    pub fn swiglu(&self, name: &str, gate: &wgpu::Buffer, up: &wgpu::Buffer, out: &wgpu::Buffer, cols: u32) -> Result<Op> {
-        self.swiglu_rows(name, gate, up, out, cols, 1)
-    }
-
-    /// SwiGLU over `rows_per_token` rows of `cols` per token (the experts' slots).
-    pub fn swiglu_rows(&self, name: &str, gate: &wgpu::Buffer, up: &wgpu::Buffer, out: &wgpu::Buffer, cols: u32, rows_per_token: u32) -> Result<Op> {
-        self.op(
-            name.into(),
-            PipelineKey { family: "elementwise", entry: "swiglu", flags: vec![] },
-            &words(&[cols, rows_per_token, 0, 0]),
-            &[gate, up, out],
-            Grid::Flat { per_token: cols * rows_per_token, wg: shape::ELEMENTWISE_WG },
-        )
-    }
-
-    /// SwiGLU of `gate_up` `[n_tokens, 2 · cols]`, gate then up in each row
-    /// (a stacked matmul's output), into `out` `[n_tokens, cols]`.
-    pub fn swiglu_stacked(&self, name: &str, gate_up: &wgpu::Buffer, out: &wgpu::Buffer, cols: u32) -> Result<Op> {
-        self.op(
-            name.into(),
-            PipelineKey { family: "elementwise", entry: "swiglu", flags: vec![] },
-            &words(&[cols, 1, 1, 0]),
-            &[gate_up, gate_up, out],
-            Grid::Flat { per_token: cols, wg: shape::ELEMENTWISE_WG },
-        )
+    /// out = silu(gate) ⊙ up over `rows_per_token` rows of `cols` per token
+    /// (1, or the routed experts' slots).
+    pub fn swiglu(&self, name: &str, gate_up: GateUp, out: &wgpu::Buffer, cols: u32, rows_per_token: u32) -> Result<Op> {
+        let grid = Grid::Flat { per_token: cols * rows_per_token, wg: shape::ELEMENTWISE_WG };
+        self.swiglu_op(name, gate_up, out, [cols, rows_per_token], grid)
     }
 
     /// SwiGLU over the grouped experts' tile rows (as many as `out` holds,
     /// launched for the pass's tiles).
-    pub fn swiglu_tiles(&self, name: &str, gate: &wgpu::Buffer, up: &wgpu::Buffer, out: &wgpu::Buffer, cols: u32, m: &crate::config::Moe) -> Result<Op> {
-        self.op(
-            name.into(),
-            PipelineKey { family: "elementwise", entry: "swiglu", flags: vec![] },
-            &words(&[cols, 0, 0, 0]),
-            &[gate, up, out],
-            Grid::TileRows { per_row: cols, wg: shape::ELEMENTWISE_WG, slots_per_token: m.top_k as u32, experts: m.n_experts as u32 },
-        )
+    pub fn swiglu_tiles(&self, name: &str, gate_up: GateUp, out: &wgpu::Buffer, cols: u32, m: &crate::config::Moe) -> Result<Op> {
+        let grid = Grid::TileRows { per_row: cols, wg: shape::ELEMENTWISE_WG, slots_per_token: m.top_k as u32, experts: m.n_experts as u32 };
+        self.swiglu_op(name, gate_up, out, [cols, 0], grid)
+    }
+
+    fn swiglu_op(&self, name: &str, gate_up: GateUp, out: &wgpu::Buffer, [cols, rows_per_token]: [u32; 2], grid: Grid) -> Result<Op> {
+        let (gate, up, stacked) = match gate_up {
+            GateUp::Apart(gate, up) => (gate, up, 0),
+            GateUp::Stacked(both) => (both, both, 1),
+        };
+        let key = PipelineKey { family: "elementwise", entry: "swiglu", flags: vec![] };
+        self.op(name.into(), key, &words(&[cols, rows_per_token, stacked, 0]), &[gate, up, out], grid)
     }
 
     /// Choose the next token from `logits` into `ids[0]`.

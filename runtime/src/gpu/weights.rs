@@ -198,6 +198,53 @@ impl GpuMatrix {
         Self::upload(gpu, &name, first.dtype, experts * rows, cols, stacked_bytes(reader, tensors), max_binding, rows).await
     }
 
+    /// The routed experts' gate and up (`gate`, `up`: one tensor holding
+    /// every expert, or one per expert, as for [`GpuMatrix::load_experts`]),
+    /// each expert's gate rows then its up rows: one matmul computes both,
+    /// `2 · rows` rows per expert.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn load_expert_pairs(
+        gpu: &Gpu,
+        reader: &impl TensorReader,
+        gate: &[&TensorInfo],
+        up: &[&TensorInfo],
+        experts: u64,
+        rows: u64,
+        cols: u64,
+        max_binding: u64,
+    ) -> Result<Self> {
+        let first = gate.first().ok_or_else(|| Error::Config("no expert tensors".into()))?;
+        for t in gate.iter().chain(up) {
+            t.dtype.check_supported(&format!("tensor {:?}", t.name))?;
+            let want: &[u64] = if gate.len() == 1 { &[experts, rows, cols] } else { &[rows, cols] };
+            if t.shape != want || t.dtype != first.dtype || up.len() != gate.len() {
+                return Err(Error::Config(format!(
+                    "expert tensor {:?} is {:?} {}; expected {want:?} {} as {:?}",
+                    t.name,
+                    t.shape,
+                    t.dtype.name(),
+                    first.dtype.name(),
+                    first.name
+                )));
+            }
+        }
+        let per_expert = file_row_bytes(&first.name, first.dtype, cols)? * rows;
+        // Bytes of whole experts (chunks hold whole experts): gate, then up,
+        // each in its own tensor or the e-th part of one holding all.
+        let fetch = |start: u64, len: u64| async move {
+            let mut out = Vec::with_capacity(len as usize);
+            for e in start / (2 * per_expert)..(start + len) / (2 * per_expert) {
+                for ts in [gate, up] {
+                    let (t, at) = if ts.len() == 1 { (ts[0], e * per_expert) } else { (ts[e as usize], 0) };
+                    out.extend(reader.read_range(t, at, per_expert).await?);
+                }
+            }
+            Ok(out)
+        };
+        let name = format!("{}+up", first.name.replace(".0.", ".*."));
+        Self::upload(gpu, &name, first.dtype, experts * 2 * rows, cols, fetch, max_binding, 2 * rows).await
+    }
+
     /// Matrices of one type and width, their rows one after another (q, k
     /// and v; gate and up): one matmul computes them all, in one dispatch.
     pub async fn load_stacked(gpu: &Gpu, reader: &impl TensorReader, tensors: &[&TensorInfo], name: &str, max_binding: u64) -> Result<Self> {
