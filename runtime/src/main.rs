@@ -41,7 +41,8 @@ enum Cmd {
         /// Bytes of weights per kernel run.
         #[arg(long, default_value_t = 32 << 20)]
         bytes: u64,
-        /// Only these weight formats (comma-separated, e.g. Q4_1,Q8_0).
+        /// Only these weight formats and kernels (comma-separated, e.g.
+        /// Q4_1,Q8_0,attention; the others: rms_norm, swiglu, rope, embed, sample).
         #[arg(long)]
         only: Option<String>,
     },

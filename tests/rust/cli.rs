@@ -127,3 +127,18 @@ fn bench_reports_medians() {
     assert!(j["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
     assert!(j.get("peak_gpu_bytes").is_some());
 }
+
+#[test]
+fn bench_kernels_reports_each_kernel_beside_the_copy() {
+    let j = ok_json(&["bench-kernels", "--json", "--bytes", "1048576", "--only", "Q4_1,rms_norm,swiglu,rope,attention,embed,sample"]);
+    assert!(j["copy_gbps"].as_f64().unwrap() > 0.0);
+    let names: Vec<&str> = j["kernels"].as_array().unwrap().iter().map(|k| k["name"].as_str().unwrap()).collect();
+    let want = [
+        "matmul_gemv_Q4_1", "matmul_gemm_Q4_1", "rms_norm", "swiglu", "rope_scatter", "attention_decode", "attention_prefill", "embed_Q4_1", "sample_greedy",
+    ];
+    assert_eq!(names, want);
+    for k in j["kernels"].as_array().unwrap() {
+        let (gbps, f) = (k["gbps"].as_f64().unwrap(), k["fraction_of_copy"].as_f64().unwrap());
+        assert!(gbps > 0.0 && f.is_finite() && f > 0.0, "{k}");
+    }
+}

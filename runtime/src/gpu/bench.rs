@@ -52,10 +52,40 @@ fn time_ops(gpu: &Gpu, step_buf: &wgpu::Buffer, step: &Step, ops: &[&Op], per_su
     Ok(times[times.len() / 2])
 }
 
+/// Kernels timed one by one, each against the copy timed just before and after it.
+struct Bench<'a> {
+    gpu: &'a Gpu,
+    step_buf: &'a wgpu::Buffer,
+    copy: Op,
+    copy_bytes: u64,
+    copies: Vec<f64>,
+    kernels: Vec<KernelFigure>,
+}
+
+impl Bench<'_> {
+    fn copy_gbps(&mut self) -> Result<f64> {
+        let one = Step { n_tokens: 1, ..Default::default() };
+        let gbps = 2.0 * self.copy_bytes as f64 / time_ops(self.gpu, self.step_buf, &one, &[&self.copy], 4, 3)? / 1e9;
+        self.copies.push(gbps);
+        Ok(gbps)
+    }
+
+    /// Time `ops` (a pass of `step`), which move `moved` bytes, between two copies.
+    fn measure(&mut self, name: String, shape: String, ops: &[Op], step: Step, per_submit: usize, moved: u64) -> Result<()> {
+        let refs: Vec<&Op> = ops.iter().collect();
+        let before = self.copy_gbps()?;
+        let secs = time_ops(self.gpu, self.step_buf, &step, &refs, per_submit, 5)?;
+        let after = self.copy_gbps()?;
+        let gbps = moved as f64 / secs / 1e9;
+        self.kernels.push(KernelFigure { name, shape, gbps, fraction_of_copy: gbps / ((before + after) / 2.0) });
+        Ok(())
+    }
+}
+
 pub fn run(gpu: &Gpu, target_bytes: u64, only: Option<&str>) -> Result<KernelReport> {
     let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
     let ctx = Ctx::new(gpu, &step_buf);
-    let one = Step { n_tokens: 1, ..Default::default() };
+    let wanted = |name: &str| only.is_none_or(|o| o.split(',').any(|o| o == name));
 
     // ---- copy baseline
     let bytes = target_bytes.min(gpu.max_binding()) / 16 * 16;
@@ -76,13 +106,13 @@ pub fn run(gpu: &Gpu, target_bytes: u64, only: Option<&str>) -> Result<KernelRep
     });
     let grid = Grid::Fixed(super::flat((bytes / 16) as u32, shape::COPY_WG));
     let copy = Op { name: "copy".into(), pipeline, bind_group, grid, passes: Default::default() };
-    let copy_gbps = || -> Result<f64> { Ok(2.0 * bytes as f64 / time_ops(gpu, &step_buf, &one, &[&copy], 4, 3)? / 1e9) };
-    let mut copies = vec![copy_gbps()?];
+    let mut b = Bench { gpu, step_buf: &step_buf, copy, copy_bytes: bytes, copies: Vec::new(), kernels: Vec::new() };
+    b.copy_gbps()?;
+    let pass = |n: u32, pos: u32| Step { n_tokens: n, pos, ..Default::default() };
 
     // ---- matmul per format: decode GEMV (1 token) and prefill GEMM (64 tokens)
-    let mut kernels = Vec::new();
     let cols: u64 = 4096;
-    for &format in baleen_shaders::WEIGHT_FORMATS.iter().filter(|f| only.is_none_or(|o| o.split(',').any(|o| o == **f))) {
+    for &format in baleen_shaders::WEIGHT_FORMATS.iter().filter(|f| wanted(f)) {
         let dtype = [DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q4_K, DType::Q5_K, DType::Q6_K]
             .into_iter()
             .find(|d| d.name() == format)
@@ -95,28 +125,76 @@ pub fn run(gpu: &Gpu, target_bytes: u64, only: Option<&str>) -> Result<KernelRep
             let x = gpu.storage("x", n as u64 * cols * 4)?;
             let y = gpu.storage("y", n as u64 * rows * 4)?;
             let ops = ctx.matmul(&m, &x, cols as u32, &y, rows as u32, None, false, false)?;
-            let refs: Vec<&Op> = ops.iter().collect();
-            let step = Step { n_tokens: n, ..Default::default() };
-            let per_submit = if n == 1 { 8 } else { 1 };
-            // Copy, kernel, copy: the kernel against the mean of its neighbours.
-            let before = copy_gbps()?;
-            let secs = time_ops(gpu, &step_buf, &step, &refs, per_submit, 5)?;
-            let after = copy_gbps()?;
-            copies.extend([before, after]);
             let moved = data.len() as u64 + n as u64 * (cols + rows) * 4;
-            let gbps = moved as f64 / secs / 1e9;
-            kernels.push(KernelFigure {
-                name: format!("matmul_{label}_{format}"),
-                shape: format!("{rows}x{cols}, {n} token{}", if n == 1 { "" } else { "s" }),
-                gbps,
-                fraction_of_copy: gbps / ((before + after) / 2.0),
-            });
+            let shape = format!("{rows}x{cols}, {n} token{}", if n == 1 { "" } else { "s" });
+            b.measure(format!("matmul_{label}_{format}"), shape, &ops, pass(n, 0), if n == 1 { 8 } else { 1 }, moved)?;
         }
     }
+
+    // ---- the other kernels, at a Llama-3-8B layer's sizes (hidden 4096, ffn
+    // 14336, 32 heads of 128, 8 kv heads), a prefill pass of 64 tokens.
+    let (h, ffn, heads, kv_heads, hd, n) = (4096u32, 14336u32, 32u32, 8u32, 128u32, 64u32);
+    let (q_dim, kv_dim) = (heads * hd, kv_heads * hd);
+    let f32s = |len: u32| len as u64 * 4;
+    if wanted("rms_norm") {
+        let (x, w, out) = (gpu.storage("x", f32s(n * h))?, gpu.storage("w", f32s(h))?, gpu.storage("out", f32s(n * h))?);
+        let ops = [ctx.rms_norm("rms_norm", &x, &w, &out, h, 1e-5, false)?];
+        b.measure("rms_norm".into(), format!("{n}x{h}"), &ops, pass(n, 0), 4, 2 * f32s(n * h) + f32s(h))?;
+    }
+    if wanted("swiglu") {
+        let (gate_up, out) = (gpu.storage("gate up", f32s(n * 2 * ffn))?, gpu.storage("out", f32s(n * ffn))?);
+        let ops = [ctx.swiglu("swiglu", super::ops::GateUp::Stacked(&gate_up), &out, ffn, 1)?];
+        b.measure("swiglu".into(), format!("{n}x{ffn}"), &ops, pass(n, 0), 4, f32s(n * 3 * ffn))?;
+    }
+    let half_kv = gpu.has_f16();
+    let kv_bytes: u64 = if half_kv { 2 } else { 4 };
+    let context = 2048u32;
+    let k_cache = gpu.storage("k cache", context as u64 * kv_dim as u64 * kv_bytes)?;
+    let v_cache = gpu.storage("v cache", context as u64 * kv_dim as u64 * kv_bytes)?;
+    let q = gpu.storage("q", f32s(n * q_dim))?;
+    if wanted("rope") {
+        let (inv, qkv) = (gpu.storage("inv_freq", f32s(hd / 2))?, gpu.storage("qkv", f32s(n * (q_dim + 2 * kv_dim)))?);
+        let ops = [ctx.rope_scatter("rope", crate::config::RopePairing::Halves, &inv, &qkv, &q, &k_cache, &v_cache, hd, heads, kv_heads, half_kv)?];
+        let moved = f32s(n * (2 * q_dim + 2 * kv_dim)) + 2 * (n * kv_dim) as u64 * kv_bytes;
+        b.measure("rope_scatter".into(), format!("{n} tokens, {heads}+{kv_heads} heads of {hd}"), &ops, pass(n, 0), 4, moved)?;
+    }
+    if wanted("attention") {
+        let a = super::ops::AttentionShape::gqa(heads, kv_heads, hd);
+        let max_splits = context.div_ceil(ctx.attention_split(&a));
+        let part_ml = gpu.storage("part ml", (n * heads * max_splits) as u64 * 8)?;
+        let part_o = gpu.storage("part o", f32s(n * heads * max_splits * hd))?;
+        let out = gpu.storage("out", f32s(n * q_dim))?;
+        let ops = ctx.attention("attention", &q, &k_cache, &v_cache, &part_ml, &part_o, &out, &a, max_splits, half_kv)?;
+        // The cache rows read (once per kv head), q and the output.
+        for (tokens, ctx_len) in [(1u32, context), (n, 512)] {
+            let moved = 2 * (ctx_len * kv_dim) as u64 * kv_bytes + 2 * f32s(tokens * q_dim);
+            let shape = format!("{tokens} token{} over {ctx_len}", if tokens == 1 { "" } else { "s" });
+            let per_submit = if tokens == 1 { 4 } else { 1 };
+            b.measure(format!("attention_{}", if tokens == 1 { "decode" } else { "prefill" }), shape, &ops, pass(tokens, ctx_len - tokens), per_submit, moved)?;
+        }
+    }
+    if wanted("embed") {
+        let rows = 32000u64;
+        let data = random_blocks(DType::Q4_1, (rows * h as u64 / 32) as usize, 9);
+        let m = GpuMatrix::from_bytes(gpu, "token_embd", DType::Q4_1, rows, h as u64, &data, gpu.max_binding())?;
+        let ids: Vec<u32> = (0..n).map(|i| (i * 7919 + 13) % rows as u32).collect();
+        let (ids, out) = (gpu.storage_init("ids", bytemuck::cast_slice(&ids))?, gpu.storage("out", f32s(n * h))?);
+        let ops = ctx.embed(&m, &ids, &out)?;
+        let moved = n as u64 * (h as u64 / 32 * 20) + f32s(n * h);
+        b.measure("embed_Q4_1".into(), format!("{n} rows of {h}"), &ops, pass(n, 0), 4, moved)?;
+    }
+    if wanted("sample") {
+        let vocab = 128256u32;
+        let (logits, ids) = (gpu.storage("logits", f32s(vocab))?, gpu.storage("ids", 4)?);
+        let ops = [ctx.sample(&logits, &ids, vocab)?];
+        b.measure("sample_greedy".into(), format!("vocab {vocab}"), &ops, pass(1, 0), 4, f32s(vocab))?;
+    }
+
+    let mut copies = b.copies;
     copies.sort_by(f64::total_cmp);
     Ok(KernelReport {
         adapter: serde_json::json!({ "name": gpu.adapter_name(), "backend": gpu.backend_name() }),
         copy_gbps: copies[copies.len() / 2],
-        kernels,
+        kernels: b.kernels,
     })
 }
