@@ -180,20 +180,7 @@ impl GpuMatrix {
         cols: u64,
         max_binding: u64,
     ) -> Result<Self> {
-        let first = tensors.first().ok_or_else(|| Error::Config("no expert tensors".into()))?;
-        for t in tensors {
-            t.dtype.check_supported(&format!("tensor {:?}", t.name))?;
-            let want: &[u64] = if tensors.len() == 1 { &[experts, rows, cols] } else { &[rows, cols] };
-            if t.shape != want || t.dtype != first.dtype {
-                return Err(Error::Config(format!(
-                    "expert tensor {:?} is {:?} {}; expected {want:?} {}",
-                    t.name,
-                    t.shape,
-                    t.dtype.name(),
-                    first.dtype.name()
-                )));
-            }
-        }
+        let first = check_experts(tensors, &[], experts, rows, cols)?;
         let name = first.name.replace(".0.", ".*.");
         Self::upload(gpu, &name, first.dtype, experts * rows, cols, stacked_bytes(reader, tensors), max_binding, rows).await
     }
@@ -213,21 +200,10 @@ impl GpuMatrix {
         cols: u64,
         max_binding: u64,
     ) -> Result<Self> {
-        let first = gate.first().ok_or_else(|| Error::Config("no expert tensors".into()))?;
-        for t in gate.iter().chain(up) {
-            t.dtype.check_supported(&format!("tensor {:?}", t.name))?;
-            let want: &[u64] = if gate.len() == 1 { &[experts, rows, cols] } else { &[rows, cols] };
-            if t.shape != want || t.dtype != first.dtype || up.len() != gate.len() {
-                return Err(Error::Config(format!(
-                    "expert tensor {:?} is {:?} {}; expected {want:?} {} as {:?}",
-                    t.name,
-                    t.shape,
-                    t.dtype.name(),
-                    first.dtype.name(),
-                    first.name
-                )));
-            }
+        if up.len() != gate.len() {
+            return Err(Error::Config(format!("{} expert gate tensors but {} up tensors", gate.len(), up.len())));
         }
+        let first = check_experts(gate, up, experts, rows, cols)?;
         let per_expert = file_row_bytes(&first.name, first.dtype, cols)? * rows;
         // Bytes of whole experts (chunks hold whole experts): gate, then up,
         // each in its own tensor or the e-th part of one holding all.
@@ -265,6 +241,28 @@ impl GpuMatrix {
         Self::upload(gpu, name, first.dtype, rows, cols, stacked_bytes(reader, tensors), max_binding, 1).await
     }
 
+}
+
+/// The first of one kind of expert tensors (`a`, then those of `b`, stored
+/// alike), after checking each is supported and shaped as one holding every
+/// expert (`[experts, rows, cols]`) or one expert (`[rows, cols]`), all of
+/// the first's type.
+fn check_experts<'t>(a: &[&'t TensorInfo], b: &[&'t TensorInfo], experts: u64, rows: u64, cols: u64) -> Result<&'t TensorInfo> {
+    let first = *a.first().ok_or_else(|| Error::Config("no expert tensors".into()))?;
+    let want: &[u64] = if a.len() == 1 { &[experts, rows, cols] } else { &[rows, cols] };
+    for t in a.iter().chain(b) {
+        t.dtype.check_supported(&format!("tensor {:?}", t.name))?;
+        if t.shape != want || t.dtype != first.dtype {
+            return Err(Error::Config(format!(
+                "expert tensor {:?} is {:?} {}; expected {want:?} {}",
+                t.name,
+                t.shape,
+                t.dtype.name(),
+                first.dtype.name()
+            )));
+        }
+    }
+    Ok(first)
 }
 
 /// Bytes `start..start + len` of `tensors`' data laid end to end.
