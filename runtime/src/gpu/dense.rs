@@ -56,9 +56,8 @@ fn attention_shape(cfg: &ModelConfig) -> AttentionShape {
 }
 
 /// Bytes of the attention scratch per pass token (one value row per head and split).
-fn attention_scratch_per_token(cfg: &ModelConfig, max_splits: usize) -> u64 {
-    let v = cfg.mla.as_ref().map_or(cfg.head_dim, |a| a.kv_lora_rank);
-    (cfg.n_heads * max_splits * v * 4) as u64
+fn attention_scratch_per_token(a: &AttentionShape, max_splits: usize) -> u64 {
+    a.n_heads as u64 * max_splits as u64 * a.v_dim as u64 * 4
 }
 
 impl GpuModel {
@@ -129,7 +128,7 @@ impl GpuModel {
         let max_splits = context.div_ceil(split as usize);
         // Activations are bound whole: a pass holds as many tokens as the
         // widest one's binding does.
-        let attn_scratch = attention_scratch_per_token(&cfg, max_splits);
+        let attn_scratch = attention_scratch_per_token(&attn_shape, max_splits);
         let per_token = [
             ("attention scratch", attn_scratch),
             ("q, k and v", qkv_width as u64 * 4),

@@ -130,14 +130,13 @@ impl Ctx<'_> {
     /// context usually fits one split (and needs no combining pass), as far
     /// as their loops allow (see [`CPU_LOOP_BUDGET`]): a position costs a
     /// loop iteration per element of the key and of the value (thread
-    /// kernel), or per lane's share of them (subgroup kernel).
+    /// kernel), or the subgroup kernel's fixed few.
     pub fn attention_split(&self, a: &AttentionShape) -> u32 {
         let per_position = match self.attention_kernel(a) {
             AttentionKernel::Workgroup => return shape::ATTENTION_SPLIT,
-            AttentionKernel::Subgroup { .. } => {
-                let lanes = self.gpu.info.subgroup_min_size.max(1);
-                a.head_dim.div_ceil(2 * lanes) + a.v_dim.div_ceil(2 * lanes) + lanes.ilog2() + 4
-            }
+            // Its key and value loops run SG_DIMS / 2 each (unrolled, none),
+            // then the sum's halvings.
+            AttentionKernel::Subgroup { .. } => shape::ATTENTION_SG_DIMS + self.gpu.info.subgroup_max_size.max(1).ilog2() + 2,
             AttentionKernel::Thread => a.head_dim + a.v_dim + 2,
         };
         (CPU_LOOP_BUDGET / per_position).clamp(8, shape::ATTENTION_SPLIT_CPU)
