@@ -412,7 +412,8 @@ fn bench_kernels(json: bool, bytes: u64, only: Option<&str>) -> Result<()> {
         use std::fmt::Write as _;
         let _ = writeln!(text, "{} — copy {:.2} GB/s (median; each kernel is compared with the copy timed beside it)", r.adapter["name"].as_str().unwrap_or(""), r.copy_gbps);
         for k in &r.kernels {
-            let _ = writeln!(text, "  {:<22} {:<22} {:>7.2} GB/s  {:>5.2} of copy", k.name, k.shape, k.gbps, k.fraction_of_copy);
+            let flops = k.gflops.map(|g| format!("  {g:>8.2} GFLOP/s")).unwrap_or_default();
+            let _ = writeln!(text, "  {:<22} {:<22} {:>7.2} GB/s  {:>5.2} of copy{flops}", k.name, k.shape, k.gbps, k.fraction_of_copy);
         }
     }
     std::io::stdout().write_all(text.as_bytes()).map_err(|e| Error::io("stdout", e))

@@ -156,6 +156,11 @@ pub mod shape {
     pub const MATMUL_WG_GROUP: u32 = 64;
     /// Tokens one matmul invocation computes (prefill), reusing each dequantised sub-block.
     pub const TILE_T: u32 = 8;
+    /// The tiled GEMM (workgroup-per-row shape, passes of several tokens):
+    /// rows and tokens of one workgroup's tile, and its threads (4 × 4 each).
+    pub const GEMM_ROWS: u32 = 64;
+    pub const GEMM_TOKENS: u32 = 64;
+    pub const GEMM_WG: u32 = 256;
     pub const ELEMENTWISE_WG: u32 = 64;
     pub const ATTENTION_WG: u32 = 32;
     /// Longest head the attention kernel's private accumulator holds.
@@ -236,6 +241,9 @@ pub fn consts(family: &Family, flags: &[&str]) -> Vec<Const> {
         "matmul" => {
             c.push(Const::U32("TILE_T", TILE_T));
             c.push(Const::U32("SHARED_ROWS", MATMUL_SHARED_ROWS));
+            c.push(Const::U32("GEMM_ROWS", GEMM_ROWS));
+            c.push(Const::U32("GEMM_TOKENS", GEMM_TOKENS));
+            c.push(Const::U32("GEMM_WG", GEMM_WG));
         }
         "moe" => c.push(Const::U32("TILE_T", TILE_T)),
         "attention" => {

@@ -6,7 +6,8 @@
 // so is the shape:
 //   ROW_PER_THREAD    one thread computes one row for TILE_T tokens (CPU adapters,
 //                     where barriers and workgroup memory are expensive);
-//   ROW_PER_WORKGROUP WG threads split one row's sub-blocks and reduce (GPUs).
+//   ROW_PER_WORKGROUP WG threads split one row's sub-blocks and reduce (GPUs);
+//                     passes of several tokens take `gemm`, a tiled GEMM.
 // BIAS adds b[r]; ACC adds into y (fused residual). SUBGROUPS: the
 // workgroup-per-row sums reduce with
 // subgroupAdd; thread per row shares each x load across 8 lanes.
@@ -441,6 +442,104 @@ fn main(
         let total = workgroup_sum(tile_value(a, j), lid, sid, ssize);
         if (lid == 0u) {
             store(t0 + j, r, total);
+        }
+    }
+}
+
+// Passes of several tokens (prefill): a tiled GEMM. One workgroup computes
+// GEMM_ROWS rows × GEMM_TOKENS tokens, stepping along the rows 32 values (a
+// sub-block) at a time: GEMM_ROWS of its threads dequantise the rows'
+// sub-blocks into workgroup memory and all of them load the tokens' x there,
+// then each thread accumulates 4 rows × 4 tokens from it. Each weight is
+// read once per GEMM_TOKENS tokens and each x once per GEMM_ROWS rows, where
+// `main` reads every x once per row. Grid: (rows / GEMM_ROWS, tokens /
+// GEMM_TOKENS). Barriers stay in uniform control flow: the sub-block loop's
+// bound is a parameter, and nothing returns early.
+const_assert GEMM_WG == (GEMM_ROWS / 4u) * (GEMM_TOKENS / 4u);
+const_assert GEMM_WG >= GEMM_ROWS;
+
+// The tile's weights [k][row] (a thread's 4 rows at one k are adjacent) and
+// x [token][k / 4] (a token's sub-block as 8 vec4s, stored as loaded).
+var<workgroup> gemm_w: array<f32, 32 * GEMM_ROWS>;
+var<workgroup> gemm_x: array<vec4<f32>, 8 * GEMM_TOKENS>;
+
+// Rows at … at + 3 of one k.
+fn gemm_w4(at: u32) -> vec4<f32> {
+    return vec4<f32>(gemm_w[at], gemm_w[at + 1u], gemm_w[at + 2u], gemm_w[at + 3u]);
+}
+
+// Row `row`'s values 4 k4 … 4 k4 + 3.
+fn gemm_put_w(k4: u32, row: u32, v: vec4<f32>) {
+    for (var c = 0u; c < 4u; c++) {
+        gemm_w[(4u * k4 + c) * GEMM_ROWS + row] = v[c];
+    }
+}
+
+@compute @workgroup_size(GEMM_WG)
+fn gemm(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let n = tokens().y;
+    let r0 = wid.x * GEMM_ROWS;
+    let t0 = wid.y * GEMM_TOKENS;
+    let xs = p.x_stride / 4u;
+    let n_sub = p.cols / 32u;
+    // Dequantising: thread lid < GEMM_ROWS takes row r0 + lid.
+    select_row(min(r0 + lid % GEMM_ROWS, p.rows - 1u), n_sub / SUBS, p.scale_offset);
+    // Accumulating: rows r0 + 4 tr …, tokens t0 + 4 tc … (a_j: token j's rows).
+    let tr = lid % (GEMM_ROWS / 4u);
+    let tc = lid / (GEMM_ROWS / 4u);
+    var a0 = vec4<f32>(0.0);
+    var a1 = vec4<f32>(0.0);
+    var a2 = vec4<f32>(0.0);
+    var a3 = vec4<f32>(0.0);
+    for (var sb = 0u; sb < n_sub; sb++) {
+        if (lid < GEMM_ROWS) {
+            let v = dequant32(sb / SUBS, sb % SUBS);
+            gemm_put_w(0u, lid, v.v0);
+            gemm_put_w(1u, lid, v.v1);
+            gemm_put_w(2u, lid, v.v2);
+            gemm_put_w(3u, lid, v.v3);
+            gemm_put_w(4u, lid, v.v4);
+            gemm_put_w(5u, lid, v.v5);
+            gemm_put_w(6u, lid, v.v6);
+            gemm_put_w(7u, lid, v.v7);
+        }
+        // The tile's x, 8 adjacent threads reading one token's 128 bytes;
+        // tokens past the pass read as 0.
+        for (var i = lid; i < GEMM_TOKENS * 8u; i += GEMM_WG) {
+            let t = i / 8u;
+            var v = vec4<f32>(0.0);
+            if (t0 + t < n) {
+                v = x[(t0 + t) * xs + sb * 8u + i % 8u];
+            }
+            gemm_x[i] = v;
+        }
+        workgroupBarrier();
+        for (var k4 = 0u; k4 < 8u; k4++) {
+            let x0 = gemm_x[(4u * tc) * 8u + k4];
+            let x1 = gemm_x[(4u * tc + 1u) * 8u + k4];
+            let x2 = gemm_x[(4u * tc + 2u) * 8u + k4];
+            let x3 = gemm_x[(4u * tc + 3u) * 8u + k4];
+            for (var c = 0u; c < 4u; c++) {
+                let wv = gemm_w4((4u * k4 + c) * GEMM_ROWS + 4u * tr);
+                a0 += wv * x0[c];
+                a1 += wv * x1[c];
+                a2 += wv * x2[c];
+                a3 += wv * x3[c];
+            }
+        }
+        workgroupBarrier();
+    }
+    let a = array<vec4<f32>, 4>(a0, a1, a2, a3);
+    for (var j = 0u; j < 4u; j++) {
+        let t = t0 + 4u * tc + j;
+        for (var i = 0u; i < 4u; i++) {
+            let r = r0 + 4u * tr + i;
+            if (t < n && r < p.rows) {
+                store(t, r, a[j][i]);
+            }
         }
     }
 }

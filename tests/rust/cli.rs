@@ -140,5 +140,8 @@ fn bench_kernels_reports_each_kernel_beside_the_copy() {
     for k in j["kernels"].as_array().unwrap() {
         let (gbps, f) = (k["gbps"].as_f64().unwrap(), k["fraction_of_copy"].as_f64().unwrap());
         assert!(gbps > 0.0 && f.is_finite() && f > 0.0, "{k}");
+        // Matmuls (only they) also give their arithmetic rate.
+        let name = k["name"].as_str().unwrap();
+        assert_eq!(k["gflops"].as_f64().is_some_and(|g| g > 0.0), name.starts_with("matmul_"), "{k}");
     }
 }

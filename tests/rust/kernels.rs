@@ -133,8 +133,9 @@ fn matmul_every_format_both_shapes() {
         // K-quants need whole 256-value blocks; others straddle sub-blocks.
         let cols = if dtype.block_size() == 256 { 512 } else { 96 };
         for (shape, subgroups) in shapes(&gpu) {
-            // Rows straddle the 64-thread workgroup; tokens straddle the 8-token tile.
-            for (rows, n) in [(1, 1), (65, 1), (130, 9)] {
+            // Rows straddle the 64-thread workgroup and the GEMM's 64-row
+            // tile; tokens straddle the 8-token tile and the GEMM's 64.
+            for (rows, n) in [(1, 1), (65, 1), (130, 9), (130, 70)] {
                 let c = MatmulCase { dtype, shape, rows, cols, n, bias: false, acc: false, max_binding: None, subgroups };
                 check_matmul(&gpu, &c, 100 + i as u64);
             }
@@ -150,6 +151,7 @@ fn matmul_bias_accumulate_and_row_chunks() {
             let cols = if dtype.block_size() == 256 { 256 } else { 64 };
             let c = MatmulCase { dtype, shape, rows: 70, cols, n: 3, bias: true, acc: true, max_binding: None, subgroups };
             check_matmul(&gpu, &c, 7);
+            check_matmul(&gpu, &MatmulCase { n: 67, ..c }, 9);
             // A binding limit of ~20 rows: four chunks, each its own dispatch.
             let row = baleen::gpu::weights::repacked_row_bytes(dtype, cols as u64);
             let c = MatmulCase { max_binding: Some(row * 20), ..c };

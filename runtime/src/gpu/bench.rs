@@ -21,6 +21,10 @@ pub struct KernelFigure {
     pub shape: String,
     pub gbps: f64,
     pub fraction_of_copy: f64,
+    /// Matmuls: arithmetic rate (2 · rows · cols · tokens per run), the
+    /// measure of a GEMM, which reuses each weight for every token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gflops: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -70,15 +74,16 @@ impl Bench<'_> {
         Ok(gbps)
     }
 
-    /// Time `ops` (a pass of `step`), which move `moved` bytes, between two copies.
-    fn measure(&mut self, name: String, shape: String, ops: &[Op], step: Step, per_submit: usize, moved: u64) -> Result<()> {
+    /// Time `ops` (a pass of `step`), which move `moved` bytes, between two
+    /// copies. Returns seconds per run.
+    fn measure(&mut self, name: String, shape: String, ops: &[Op], step: Step, per_submit: usize, moved: u64) -> Result<f64> {
         let refs: Vec<&Op> = ops.iter().collect();
         let before = self.copy_gbps()?;
         let secs = time_ops(self.gpu, self.step_buf, &step, &refs, per_submit, 5)?;
         let after = self.copy_gbps()?;
         let gbps = moved as f64 / secs / 1e9;
-        self.kernels.push(KernelFigure { name, shape, gbps, fraction_of_copy: gbps / ((before + after) / 2.0) });
-        Ok(())
+        self.kernels.push(KernelFigure { name, shape, gbps, fraction_of_copy: gbps / ((before + after) / 2.0), gflops: None });
+        Ok(secs)
     }
 }
 
@@ -127,7 +132,10 @@ pub fn run(gpu: &Gpu, target_bytes: u64, only: Option<&str>) -> Result<KernelRep
             let ops = ctx.matmul(&m, &x, cols as u32, &y, rows as u32, None, false, false)?;
             let moved = data.len() as u64 + n as u64 * (cols + rows) * 4;
             let shape = format!("{rows}x{cols}, {n} token{}", if n == 1 { "" } else { "s" });
-            b.measure(format!("matmul_{label}_{format}"), shape, &ops, pass(n, 0), if n == 1 { 8 } else { 1 }, moved)?;
+            let secs = b.measure(format!("matmul_{label}_{format}"), shape, &ops, pass(n, 0), if n == 1 { 8 } else { 1 }, moved)?;
+            if let Some(k) = b.kernels.last_mut() {
+                k.gflops = Some(2.0 * (rows * cols * n as u64) as f64 / secs / 1e9);
+            }
         }
     }
 

@@ -225,37 +225,54 @@ impl Ctx<'_> {
             flags.push("ACC");
         }
         let shared_rows = if self.lane_subgroups() { shape::MATMUL_SHARED_ROWS } else { 1 };
-        w.chunks
-            .iter()
-            .map(|c| {
-                let params = words(&[
-                    c.rows,
-                    w.cols,
-                    row_offset + c.row_start,
-                    y_stride,
-                    single as u32,
-                    x_stride,
-                    0,
-                    c.scale_offset,
-                    0,
-                    1,
-                    1,
-                    0,
-                ]);
-                let mut bufs = vec![(2, &c.buffer), (3, x), (4, y)];
-                bufs.extend(bias.map(|b| (5, b)));
-                if has_scales {
-                    bufs.push((6, &c.buffer));
-                }
+        // On the workgroup shape, passes of several tokens take the tiled GEMM.
+        let gemm = self.shape == super::MatmulShape::RowPerWorkgroup && !single;
+        let mut ops = Vec::new();
+        for c in &w.chunks {
+            let params = words(&[
+                c.rows,
+                w.cols,
+                row_offset + c.row_start,
+                y_stride,
+                single as u32,
+                x_stride,
+                0,
+                c.scale_offset,
+                0,
+                1,
+                1,
+                0,
+            ]);
+            let mut bufs = vec![(2, &c.buffer), (3, x), (4, y)];
+            bufs.extend(bias.map(|b| (5, b)));
+            if has_scales {
+                bufs.push((6, &c.buffer));
+            }
+            let name = format!("{} rows {}..", w.name, c.row_start);
+            let main = self.op_at(
+                name.clone(),
+                PipelineKey { family: "matmul", entry: "main", flags: flags.clone() },
+                &params,
+                &bufs,
+                Grid::PerToken { x: c.rows, wg, tile: shape::TILE_T, single, shared_rows },
+            )?;
+            if !gemm {
+                ops.push(main);
+                continue;
+            }
+            ops.push(main.only(Passes::Single));
+            ops.push(
                 self.op_at(
-                    format!("{} rows {}..", w.name, c.row_start),
-                    PipelineKey { family: "matmul", entry: "main", flags: flags.clone() },
+                    format!("{name} (tiled)"),
+                    PipelineKey { family: "matmul", entry: "gemm", flags: flags.clone() },
                     &params,
                     &bufs,
-                    Grid::PerToken { x: c.rows, wg, tile: shape::TILE_T, single, shared_rows },
-                )
-            })
-            .collect()
+                    Grid::PerToken { x: c.rows, wg: shape::GEMM_ROWS, tile: shape::GEMM_TOKENS, single: false, shared_rows: 1 },
+                )?
+                .only(Passes::Multi),
+            );
+        }
+        Ok(ops)
     }
 
     /// The routed experts: slot s (`top_k` per token) computes
