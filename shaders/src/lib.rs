@@ -161,6 +161,9 @@ pub mod shape {
     pub const GEMM_ROWS: u32 = 64;
     pub const GEMM_TOKENS: u32 = 64;
     pub const GEMM_WG: u32 = 256;
+    /// Rows and tokens one thread computes in the thread-per-row GEMM with
+    /// subgroups (CPU adapters).
+    pub const LANE_TILE: u32 = 4;
     pub const ELEMENTWISE_WG: u32 = 64;
     pub const ATTENTION_WG: u32 = 32;
     /// Longest head the attention kernel's private accumulator holds.
@@ -244,6 +247,7 @@ pub fn consts(family: &Family, flags: &[&str]) -> Vec<Const> {
             c.push(Const::U32("GEMM_ROWS", GEMM_ROWS));
             c.push(Const::U32("GEMM_TOKENS", GEMM_TOKENS));
             c.push(Const::U32("GEMM_WG", GEMM_WG));
+            c.push(Const::U32("LANE_TILE", LANE_TILE));
         }
         "moe" => c.push(Const::U32("TILE_T", TILE_T)),
         "attention" => {

@@ -208,9 +208,18 @@ fn tile_sub(b: u32, s: u32, xb: u32, xs: u32, tile: ptr<function, Tile>) {
 }
 
 fn tile_sub4(b: u32, s: u32, xb: u32, xs: u32, tile: ptr<function, Tile>) {
+    tile_x4(b, s, x4_tokens(xb, xs), tile);
+}
+
+// This lane's vec4 of 4 tokens' x (sub-block at xb, token stride xs).
+fn x4_tokens(xb: u32, xs: u32) -> W32 {
     let at = xb + lane;
     let z = vec4<f32>(0.0);
-    let xl = W32(x[at], x[at + xs], x[at + 2u * xs], x[at + 3u * xs], z, z, z, z);
+    return W32(x[at], x[at + xs], x[at + 2u * xs], x[at + 3u * xs], z, z, z, z);
+}
+
+// Sub-block s of block b of the current row times 4 tokens' x (xl).
+fn tile_x4(b: u32, s: u32, xl: W32, tile: ptr<function, Tile>) {
 #include dequant_body tile4_sg
 }
 
@@ -329,6 +338,64 @@ fn main(ids: ThreadIds) {
         }
     }
 }
+
+#if SUBGROUPS
+// Passes of several tokens: one thread computes LANE_TILE (4) rows × 4
+// tokens. Each sub-block's x is loaded once for the 4 rows (`main` loads it
+// once per row for 8 tokens; a lane's load is a scalar load per lane on CPU
+// adapters, so loads, more than weights, bound it). Grid: (rows / 4 / WG,
+// tokens / 4). Threads past the last row compute the last row again and
+// store nothing: every lane takes part in the x exchange.
+const_assert LANE_TILE == 4u;
+
+@compute @workgroup_size(WG)
+fn gemm(ids: ThreadIds) {
+    enter(ids);
+    let tt = tokens();
+    let t0 = ids.wid.y * 4u;
+    if (t0 >= tt.y) {
+        return;
+    }
+    let r0 = ids.gid.x * 4u;
+    let nt = min(4u, tt.y - t0);
+    let xs = p.x_stride / 4u;
+    let n_sub = p.cols / 32u;
+    let blocks = n_sub / SUBS;
+    let last = p.rows - 1u;
+    let x0 = (tt.x + t0) * xs;
+    var a0: Tile;
+    var a1: Tile;
+    var a2: Tile;
+    var a3: Tile;
+    for (var sb = 0u; sb < n_sub; sb++) {
+        let xl = x4_tokens(x0 + sb * 8u, xs);
+        let b = sb / SUBS;
+        let s = sb % SUBS;
+        select_row(min(r0, last), blocks, p.scale_offset);
+        tile_x4(b, s, xl, &a0);
+        select_row(min(r0 + 1u, last), blocks, p.scale_offset);
+        tile_x4(b, s, xl, &a1);
+        select_row(min(r0 + 2u, last), blocks, p.scale_offset);
+        tile_x4(b, s, xl, &a2);
+        select_row(min(r0 + 3u, last), blocks, p.scale_offset);
+        tile_x4(b, s, xl, &a3);
+    }
+    for (var j = 0u; j < nt; j++) {
+        if (r0 < p.rows) {
+            store(t0 + j, r0, tile_value(a0, j));
+        }
+        if (r0 + 1u < p.rows) {
+            store(t0 + j, r0 + 1u, tile_value(a1, j));
+        }
+        if (r0 + 2u < p.rows) {
+            store(t0 + j, r0 + 2u, tile_value(a2, j));
+        }
+        if (r0 + 3u < p.rows) {
+            store(t0 + j, r0 + 3u, tile_value(a3, j));
+        }
+    }
+}
+#endif
 
 // One thread: row r of slot s's expert. Grid: (expert_rows / WG, slots).
 // A slot whose expert another chunk holds runs zero sub-blocks.

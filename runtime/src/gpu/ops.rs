@@ -225,8 +225,18 @@ impl Ctx<'_> {
             flags.push("ACC");
         }
         let shared_rows = if self.lane_subgroups() { shape::MATMUL_SHARED_ROWS } else { 1 };
-        // On the workgroup shape, passes of several tokens take the tiled GEMM.
-        let gemm = self.shape == super::MatmulShape::RowPerWorkgroup && !single;
+        // Passes of several tokens take a GEMM entry: on the workgroup shape
+        // a tiled one, on the thread shape with subgroups 4 rows × 4 tokens
+        // a thread. `gemm_tile`: its (rows, tokens) per workgroup.
+        let gemm_tile = if single {
+            None
+        } else if self.shape == super::MatmulShape::RowPerWorkgroup {
+            Some((shape::GEMM_ROWS, shape::GEMM_TOKENS))
+        } else if self.lane_subgroups() {
+            Some((wg * shape::LANE_TILE, shape::LANE_TILE))
+        } else {
+            None
+        };
         let mut ops = Vec::new();
         for c in &w.chunks {
             let params = words(&[
@@ -256,10 +266,10 @@ impl Ctx<'_> {
                 &bufs,
                 Grid::PerToken { x: c.rows, wg, tile: shape::TILE_T, single, shared_rows },
             )?;
-            if !gemm {
+            let Some((tile_rows, tile_tokens)) = gemm_tile else {
                 ops.push(main);
                 continue;
-            }
+            };
             ops.push(main.only(Passes::Single));
             ops.push(
                 self.op_at(
@@ -267,7 +277,7 @@ impl Ctx<'_> {
                     PipelineKey { family: "matmul", entry: "gemm", flags: flags.clone() },
                     &params,
                     &bufs,
-                    Grid::PerToken { x: c.rows, wg: shape::GEMM_ROWS, tile: shape::GEMM_TOKENS, single: false, shared_rows: 1 },
+                    Grid::PerToken { x: c.rows, wg: tile_rows, tile: tile_tokens, single: false, shared_rows: 1 },
                 )?
                 .only(Passes::Multi),
             );
