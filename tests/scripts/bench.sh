@@ -61,10 +61,11 @@ if l:
     print(f"| {l['engine']} | {l['prefill_tokens_per_s']:.1f} | {l['decode_tokens_per_s']:.1f} |")
     print(f"\nbaleen GPU / llama.cpp: prefill {g['prefill_tokens_per_s']/l['prefill_tokens_per_s']:.3f}, decode {g['decode_tokens_per_s']/l['decode_tokens_per_s']:.3f}")
 print(f"\nbench-kernels on {k['adapter']['name']}: copy {k['copy_gbps']:.2f} GB/s\n")
-print("| kernel | shape | GB/s | of copy |")
-print("| --- | --- | ---: | ---: |")
+print("| kernel | shape | GB/s | of copy | GFLOP/s |")
+print("| --- | --- | ---: | ---: | ---: |")
 for x in k["kernels"]:
-    print(f"| {x['name']} | {x['shape']} | {x['gbps']:.2f} | {x['fraction_of_copy']:.2f} |")
+    flops = f"{x['gflops']:.2f}" if "gflops" in x else ""
+    print(f"| {x['name']} | {x['shape']} | {x['gbps']:.2f} | {x['fraction_of_copy']:.2f} | {flops} |")
 print(f"\nMixture of experts (synthetic DeepSeek-V3-shaped Q4_0 model, top 6, on {m8['adapter']['name']}):\n")
 print("| routed experts | prefill tok/s | decode tok/s |")
 print("| ---: | ---: | ---: |")
