@@ -176,8 +176,8 @@ pub mod shape {
     /// parallelism than their cores: a chat's context usually fits one
     /// split, and then attention needs no combining pass.
     pub const ATTENTION_SPLIT_CPU: u32 = 512;
-    /// Elements of a head each lane holds in the subgroup attention (heads
-    /// up to 8 of them per lane of a subgroup of 8: 128).
+    /// Elements of a head each lane holds in the subgroup attention, in
+    /// chunks of 8 (heads up to 128 wide in a subgroup of 8).
     pub const ATTENTION_SG_DIMS: u32 = 16;
     pub const SAMPLE_WG: u32 = 256;
     /// Sampling considers at most this many of the most likely tokens (CPU and GPU alike).

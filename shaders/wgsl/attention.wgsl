@@ -13,8 +13,9 @@
 // "key" row is [c_kv ; k_pe], v_cache is the same buffer and v_dim = rank;
 // LATENT sizes the accumulator for it). SUBGROUPS (CPU adapters with
 // subgroups of at least 8): `partial` runs a subgroup per (split, head,
-// token), each lane holding every S-th element of q and of the output in
-// registers and the score summed across the lanes, instead of a thread with
+// token), each lane holding every S-th chunk of 8 elements of q and of the
+// output in registers (each chunk of a key or value row one or two loads)
+// and the score summed across the lanes, instead of a thread with
 // a per-thread array (which a CPU adapter keeps in memory and reaches with a
 // scalar load per lane) loading q again at every position. WORKGROUP (GPUs):
 // a workgroup per split and a thread per position (WG = split_len); a GPU
@@ -37,6 +38,7 @@ struct Params {
 
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> q: array<f32>;             // [n_tokens, H · hd]
+#if WORKGROUP || !SUBGROUPS
 #if HALF_KV
 // f16 caches read as pairs of halves: one 32-bit load for two elements (on
 // CPU adapters the load, not the unpacking, is the cost).
@@ -49,13 +51,6 @@ fn key_at(i: u32) -> f32 {
 fn value_at(i: u32) -> f32 {
     return unpack2x16float(v_cache[i / 2u])[i % 2u];
 }
-// Elements i and i + 1 (i even).
-fn key_pair(i: u32) -> vec2<f32> {
-    return unpack2x16float(k_cache[i / 2u]);
-}
-fn value_pair(i: u32) -> vec2<f32> {
-    return unpack2x16float(v_cache[i / 2u]);
-}
 #else
 @group(0) @binding(3) var<storage, read> k_cache: array<f32>;       // [ctx, KVH · hd]
 @group(0) @binding(4) var<storage, read> v_cache: array<f32>;       // [ctx, KVH · hd]
@@ -66,11 +61,58 @@ fn key_at(i: u32) -> f32 {
 fn value_at(i: u32) -> f32 {
     return v_cache[i];
 }
-fn key_pair(i: u32) -> vec2<f32> {
-    return vec2<f32>(k_cache[i], k_cache[i + 1u]);
+#endif
+#else
+// The subgroup kernel reads a lane's elements 8 at a time (a chunk): one
+// 16-byte load of halves, two of floats. On CPU adapters a load at a
+// per-lane address is a loop over the lanes whatever its width, so the
+// number of loads, not the arithmetic, is the cost. 8 divides head_dim and
+// v_dim (the host checks), so a chunk never straddles heads or rows.
+const CHUNK: u32 = 8u;
+#if HALF_KV
+@group(0) @binding(3) var<storage, read> k_cache: array<vec4<u32>>; // [ctx, KVH · hd / 8] f16 octets
+@group(0) @binding(4) var<storage, read> v_cache: array<vec4<u32>>;
+
+fn halves8(w: vec4<u32>) -> Chunk {
+    return Chunk(vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)), vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w)));
 }
-fn value_pair(i: u32) -> vec2<f32> {
-    return vec2<f32>(v_cache[i], v_cache[i + 1u]);
+
+// Elements CHUNK·c … of a cache.
+fn key_chunk(c: u32) -> Chunk {
+    return halves8(k_cache[c]);
+}
+fn value_chunk(c: u32) -> Chunk {
+    return halves8(v_cache[c]);
+}
+#else
+@group(0) @binding(3) var<storage, read> k_cache: array<vec4<f32>>; // [ctx, KVH · hd / 4] float quads
+@group(0) @binding(4) var<storage, read> v_cache: array<vec4<f32>>;
+
+fn key_chunk(c: u32) -> Chunk {
+    return Chunk(k_cache[2u * c], k_cache[2u * c + 1u]);
+}
+fn value_chunk(c: u32) -> Chunk {
+    return Chunk(v_cache[2u * c], v_cache[2u * c + 1u]);
+}
+#endif
+// 8 elements.
+struct Chunk {
+    a: vec4<f32>,
+    b: vec4<f32>,
+}
+
+fn chunk_dot(x: Chunk, y: Chunk) -> f32 {
+    return dot(x.a, y.a) + dot(x.b, y.b);
+}
+
+// x · c + y · e
+fn chunk_mix(x: Chunk, c: f32, y: Chunk, e: f32) -> Chunk {
+    return Chunk(x.a * c + y.a * e, x.b * c + y.b * e);
+}
+
+// Element i (< CHUNK) of a chunk.
+fn chunk_at(x: Chunk, i: u32) -> f32 {
+    return select(x.b[i % 4u], x.a[i % 4u], i < 4u);
 }
 #endif
 @group(0) @binding(5) var<storage, read_write> part_ml: array<f32>; // [n_tokens, H, max_splits, 2] (max, sum)
@@ -164,9 +206,11 @@ fn partial(
 }
 #else
 #if SUBGROUPS
-// Pairs of elements of a head one lane holds: 2(lane + S·j) and the next,
-// for j < SG_DIMS / 2 (S the subgroup size); the host keeps head_dim and
-// v_dim even and ≤ 8 · SG_DIMS.
+// The chunks of a head one lane holds: CHUNK·(lane + S·j) …, for
+// j < SG_DIMS / CHUNK (S the subgroup size); the host keeps head_dim and
+// v_dim multiples of CHUNK and ≤ 8 · SG_DIMS.
+const CHUNKS: u32 = SG_DIMS / CHUNK;
+
 @compute @workgroup_size(WG)
 fn partial(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -179,25 +223,30 @@ fn partial(
     if (sp.t >= step.n_tokens) {
         return;
     }
-    let hd = p.head_dim;
-    let qb = sp.qb;
-    var qv: array<vec2<f32>, SG_DIMS / 2>;
-    var acc: array<vec2<f32>, SG_DIMS / 2>;
-    for (var j = 0u; j < SG_DIMS / 2u; j++) {
-        if (2u * ssize * j < hd) {
-            let d = min(2u * (lane + ssize * j), hd - 2u);
-            qv[j] = select(vec2<f32>(0.0), vec2<f32>(q[qb + d], q[qb + d + 1u]), 2u * (lane + ssize * j) < hd);
+    let hd = p.head_dim / CHUNK;
+    let vd = p.v_dim / CHUNK;
+    var qv: array<Chunk, CHUNKS>;
+    var acc: array<Chunk, CHUNKS>;
+    for (var j = 0u; j < CHUNKS; j++) {
+        // Lanes past the head take q = 0 (and read its last chunk below).
+        let c = lane + ssize * j;
+        var v: array<f32, CHUNK>;
+        for (var i = 0u; i < CHUNK; i++) {
+            v[i] = select(0.0, q[sp.qb + min(c * CHUNK + i, p.head_dim - 1u)], c < hd);
         }
+        qv[j] = Chunk(vec4<f32>(v[0], v[1], v[2], v[3]), vec4<f32>(v[4], v[5], v[6], v[7]));
+        acc[j] = Chunk(vec4<f32>(0.0), vec4<f32>(0.0));
     }
+    let kb = sp.kv_off / CHUNK;
+    let stride = sp.kv_stride / CHUNK;
     var m = NEG_BIG;
     var l = 0.0;
     for (var pos = sp.start; pos < sp.end; pos++) {
-        let kb = pos * sp.kv_stride + sp.kv_off;
+        let row = pos * stride + kb;
         var part = 0.0;
-        for (var j = 0u; j < SG_DIMS / 2u; j++) {
-            // Lanes past the head read its last pair and weigh it by q = 0.
-            if (2u * ssize * j < hd) {
-                part += dot(qv[j], key_pair(kb + min(2u * (lane + ssize * j), hd - 2u)));
+        for (var j = 0u; j < CHUNKS; j++) {
+            if (ssize * j < hd) {
+                part += chunk_dot(qv[j], key_chunk(row + min(lane + ssize * j, hd - 1u)));
             }
         }
         // The subgroup's sum in every lane, by halves (a register permute
@@ -210,9 +259,9 @@ fn partial(
         let c = exp(m - m_new);
         let e = exp(score - m_new);
         l = l * c + e;
-        for (var j = 0u; j < SG_DIMS / 2u; j++) {
-            if (2u * ssize * j < p.v_dim) {
-                acc[j] = acc[j] * c + e * value_pair(kb + min(2u * (lane + ssize * j), p.v_dim - 2u));
+        for (var j = 0u; j < CHUNKS; j++) {
+            if (ssize * j < vd) {
+                acc[j] = chunk_mix(acc[j], c, value_chunk(row + min(lane + ssize * j, vd - 1u)), e);
             }
         }
         m = m_new;
@@ -223,15 +272,17 @@ fn partial(
         part_ml[2u * rec] = m;
         part_ml[2u * rec + 1u] = l;
     }
-    for (var j = 0u; j < SG_DIMS / 2u; j++) {
-        let d = 2u * (lane + ssize * j);
-        if (d < p.v_dim) {
-            if (whole) {
-                out[sp.out + d] = acc[j].x / l;
-                out[sp.out + d + 1u] = acc[j].y / l;
-            } else {
-                part_o[rec * p.v_dim + d] = acc[j].x;
-                part_o[rec * p.v_dim + d + 1u] = acc[j].y;
+    for (var j = 0u; j < CHUNKS; j++) {
+        let c = lane + ssize * j;
+        if (c < vd) {
+            for (var i = 0u; i < CHUNK; i++) {
+                let d = c * CHUNK + i;
+                let a = chunk_at(acc[j], i);
+                if (whole) {
+                    out[sp.out + d] = a / l;
+                } else {
+                    part_o[rec * p.v_dim + d] = a;
+                }
             }
         }
     }

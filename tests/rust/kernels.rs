@@ -278,7 +278,8 @@ fn attention_causal_gqa_across_splits() {
     let gpu = gpu();
     let mut rng = Rng(13);
     // With subgroups (on a CPU adapter) a subgroup per split: heads up to 128
-    // wide, and one that is not a multiple of the subgroup. Workgroup per
+    // wide, ones whose chunks of 8 do not fill the subgroup (16, 40), and
+    // one that is no multiple of 8 (20: the thread kernel). Workgroup per
     // row (GPUs): a workgroup per split. Contexts of one split (no combining
     // pass) and of several.
     for (shape, subgroups) in shapes(&gpu) {
@@ -287,8 +288,8 @@ fn attention_causal_gqa_across_splits() {
             Ctx { gpu: &gpu, step: &step_buf, shape, subgroups }.attention_split(&AttentionShape::gqa(4, 2, hd as u32)) as usize
         };
         // The shortest split of these heads: every case spans several of its splits or one.
-        let split = [16, 20, 32, 64, 128].map(split_of).into_iter().min().unwrap();
-        let cases = [(1usize, 0usize, 4usize, 2usize, 16usize), (1, 2 * split + 5, 9, 3, 64), (6, split - 3, 4, 1, 32), (3, 5, 2, 1, 20), (2, split, 2, 2, 128)];
+        let split = [16, 20, 32, 40, 64, 128].map(split_of).into_iter().min().unwrap();
+        let cases = [(1usize, 0usize, 4usize, 2usize, 16usize), (1, 2 * split + 5, 9, 3, 64), (6, split - 3, 4, 1, 32), (3, 5, 2, 1, 20), (2, split, 2, 2, 128), (3, split + 1, 4, 2, 40)];
         for (n, pos, h, kvh, hd) in cases {
             let ctx_len = pos + n;
             let max_splits = ctx_len.div_ceil(split) + 1;
@@ -512,12 +513,12 @@ fn f16_kv_cache_kernels() {
     let out = gpu.storage("out", (n * h * hd * 4) as u64).unwrap();
     let q_now = download(&gpu, &qb, q.len()); // rotated above
     let want = reference_attention(&q_now, &k, &v, n, pos, h, kvh, hd);
-    for shape in [MatmulShape::RowPerThread, MatmulShape::RowPerWorkgroup] {
-        let ctx = Ctx { shape, ..ctx };
+    for (shape, subgroups) in shapes(&gpu) {
+        let ctx = Ctx { shape, subgroups, ..ctx };
         let ops = ctx.attention("attn", &qb, &kb, &vb, &ml, &po, &out, &AttentionShape::gqa(h as u32, kvh as u32, hd as u32), max_splits as u32, true).unwrap();
         run(&gpu, &step_buf, step(n as u32, pos as u32), &ops);
         let got = download(&gpu, &out, n * h * hd);
-        assert!(common::max_abs_diff(&got, &want) < 1e-5, "attention over an f16 cache, {shape:?}");
+        assert!(common::max_abs_diff(&got, &want) < 1e-5, "attention over an f16 cache, {shape:?}, subgroups {subgroups}");
     }
 }
 

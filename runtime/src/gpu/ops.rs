@@ -116,8 +116,8 @@ impl Ctx<'_> {
         } else if self.lane_subgroups()
             && max_sg <= shape::ATTENTION_WG
             && a.head_dim.max(a.v_dim) <= min_sg * shape::ATTENTION_SG_DIMS
-            && a.head_dim % 2 == 0
-            && a.v_dim % 2 == 0
+            && a.head_dim % 8 == 0
+            && a.v_dim % 8 == 0
         {
             AttentionKernel::Subgroup { lanes: max_sg }
         } else {
@@ -134,9 +134,9 @@ impl Ctx<'_> {
     pub fn attention_split(&self, a: &AttentionShape) -> u32 {
         let per_position = match self.attention_kernel(a) {
             AttentionKernel::Workgroup => return shape::ATTENTION_SPLIT,
-            // Its key and value loops run SG_DIMS / 2 each (unrolled, none),
+            // Its key and value loops run SG_DIMS / 8 each (unrolled, none),
             // then the sum's halvings.
-            AttentionKernel::Subgroup { .. } => shape::ATTENTION_SG_DIMS + self.gpu.info.subgroup_max_size.max(1).ilog2() + 2,
+            AttentionKernel::Subgroup { .. } => shape::ATTENTION_SG_DIMS / 4 + self.gpu.info.subgroup_max_size.max(1).ilog2() + 2,
             AttentionKernel::Thread => a.head_dim + a.v_dim + 2,
         };
         (CPU_LOOP_BUDGET / per_position).clamp(8, shape::ATTENTION_SPLIT_CPU)
