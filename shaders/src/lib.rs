@@ -100,6 +100,8 @@ fn emit(line: &str, mode: &str) -> Result<String, String> {
         // `_sg`: x shared across the subgroup, lane l holding vec4 l of the
         // sub-block: `x4` for `dot_sg`, `xl.v<j>` (token j) for `tile*_sg`.
         "dot_sg" => format!("    acc += dot({expr}, subgroupBroadcast(x4, {i}u));"),
+        // `dot_regs`: the sub-block's x already in registers (`xr`).
+        "dot_regs" => format!("    acc += dot({expr}, xr.v{i});"),
         // `tile`: 8 tokens; `tile4`, `tile2`: the first 4 or 2 of them.
         "tile" | "tile4" | "tile2" | "tile_sg" | "tile4_sg" | "tile2_sg" => {
             let (base, shared) = match mode.strip_suffix("_sg") {
@@ -149,9 +151,11 @@ fn expand(family: &str, text: &str, mode: Option<&str>, depth: u32, out: &mut Ve
 pub mod shape {
     /// Threads per workgroup of the thread-per-row matmul.
     pub const MATMUL_WG_THREAD: u32 = 16;
-    /// Rows one thread computes in a single-token thread-per-row matmul with
-    /// subgroups, each x load shared by all of them (at most 4).
+    /// Rows one thread computes in a single-token thread-per-row matmul,
+    /// each x load shared by all of them (at most 4): with subgroups (x
+    /// shared across the lanes too), and without.
     pub const MATMUL_SHARED_ROWS: u32 = 2;
+    pub const MATMUL_SHARED_ROWS_PLAIN: u32 = 4;
     /// Threads sharing one row in the workgroup-per-row matmul.
     pub const MATMUL_WG_GROUP: u32 = 64;
     /// Tokens one matmul invocation computes (prefill), reusing each dequantised sub-block.
@@ -243,7 +247,8 @@ pub fn consts(family: &Family, flags: &[&str]) -> Vec<Const> {
     match family.name {
         "matmul" => {
             c.push(Const::U32("TILE_T", TILE_T));
-            c.push(Const::U32("SHARED_ROWS", MATMUL_SHARED_ROWS));
+            let shared = if flags.contains(&"SUBGROUPS") { MATMUL_SHARED_ROWS } else { MATMUL_SHARED_ROWS_PLAIN };
+            c.push(Const::U32("SHARED_ROWS", shared));
             c.push(Const::U32("GEMM_ROWS", GEMM_ROWS));
             c.push(Const::U32("GEMM_TOKENS", GEMM_TOKENS));
             c.push(Const::U32("GEMM_WG", GEMM_WG));

@@ -100,6 +100,37 @@ fn dot_sub(b: u32, s: u32, x4: XArg) -> f32 {
 }
 
 #include dequant_block dot
+
+#if ROW_PER_THREAD
+// Thread per row without subgroups (the browser's CPU adapter), one token:
+// rows r0 … r0 + SHARED_ROWS - 1 (past the last, the last again), each
+// sub-block's x loaded once into registers for all of them. A thread's x
+// loads (8 per sub-block) outnumber its weight loads (1 to 8), and on a CPU
+// adapter each is a gather.
+fn x_regs(x4: u32) -> W32 {
+    return W32(x[x4], x[x4 + 1u], x[x4 + 2u], x[x4 + 3u], x[x4 + 4u], x[x4 + 5u], x[x4 + 6u], x[x4 + 7u]);
+}
+
+fn dot_regs(b: u32, s: u32, xr: W32) -> f32 {
+    var acc = 0.0;
+#include dequant_body dot_regs
+    return acc;
+}
+
+const_assert SHARED_ROWS <= 4u;
+
+fn rows_shared(x0: u32, n_sub: u32, r0: u32) -> vec4<f32> {
+    var acc = vec4<f32>(0.0);
+    for (var sb = 0u; sb < n_sub; sb++) {
+        let xr = x_regs(x0 + sb * 8u);
+        for (var i = 0u; i < SHARED_ROWS; i++) {
+            select_row(min(r0 + i, p.rows - 1u), n_sub / SUBS, p.scale_offset);
+            acc[i] += dot_regs(sb / SUBS, sb % SUBS, xr);
+        }
+    }
+    return acc;
+}
+#endif
 #else
 // Thread per row with subgroups (CPU adapters: a subgroup is one SIMD
 // register's lanes, each a thread): every lane loads one vec4 of the
@@ -302,7 +333,7 @@ fn enter(ids: ThreadIds) {
 }
 
 // One thread: one row × TILE_T tokens. Grid: (rows / WG, token tiles); with
-// SUBGROUPS and one token, SHARED_ROWS rows (rows / SHARED_ROWS / WG, 1).
+// one token, SHARED_ROWS rows (rows / SHARED_ROWS / WG, 1).
 // Threads past the last row compute the last row again and store nothing:
 // with SUBGROUPS every lane must take part in the x exchange.
 @compute @workgroup_size(WG)
@@ -315,7 +346,6 @@ fn main(ids: ThreadIds) {
     if (t0 >= tt.y) {
         return;
     }
-#if SUBGROUPS
     if (tt.y == 1u) {
         let r0 = gid.x * SHARED_ROWS;
         let a = rows_shared(tt.x * (p.x_stride / 4u), p.cols / 32u, r0);
@@ -326,7 +356,6 @@ fn main(ids: ThreadIds) {
         }
         return;
     }
-#endif
     let r = min(gid.x, p.rows - 1u);
     let nt = min(TILE_T, tt.y - t0);
     let n_sub = p.cols / 32u;

@@ -135,7 +135,12 @@ impl Gpu {
         let info = adapter.get_info();
         let limits = adapter.limits();
         let offered = adapter.features();
-        let features = offered & (wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP);
+        let mut features = offered & (wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP);
+        // BALEEN_SUBGROUPS=0 leaves subgroups out (for measuring the kernels
+        // that run where there are none, such as the browser's).
+        if std::env::var("BALEEN_SUBGROUPS").as_deref() == Ok("0") {
+            features.remove(wgpu::Features::SUBGROUP);
+        }
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("baleen"),
@@ -395,7 +400,7 @@ pub enum Grid {
     /// `x` threads of groups of `wg` along x for each token (y), e.g. matmul
     /// rows (with `tile` tokens per invocation) or embedding sub-blocks.
     /// With one token (`single`, or a pass of one), each thread takes
-    /// `shared_rows` of the `x` (the thread-per-row matmul with subgroups).
+    /// `shared_rows` of the `x` (the thread-per-row matmul).
     PerToken { x: u32, wg: u32, tile: u32, single: bool, shared_rows: u32 },
     /// `x` threads (groups of `wg`) for each of a token's `slots_per_token`
     /// expert slots (y): the routed experts' matmul.

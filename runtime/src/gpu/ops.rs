@@ -224,7 +224,11 @@ impl Ctx<'_> {
         if acc {
             flags.push("ACC");
         }
-        let shared_rows = if self.lane_subgroups() { shape::MATMUL_SHARED_ROWS } else { 1 };
+        let shared_rows = match self.shape {
+            super::MatmulShape::RowPerThread if self.lane_subgroups() => shape::MATMUL_SHARED_ROWS,
+            super::MatmulShape::RowPerThread => shape::MATMUL_SHARED_ROWS_PLAIN,
+            super::MatmulShape::RowPerWorkgroup => 1,
+        };
         // Passes of several tokens take a GEMM entry: on the workgroup shape
         // a tiled one, on the thread shape with subgroups 4 rows × 4 tokens
         // a thread. `gemm_tile`: its (rows, tokens) per workgroup.
