@@ -37,8 +37,8 @@ struct Params {
 }
 
 @group(0) @binding(1) var<uniform> p: Params;
+#if WORKGROUP
 @group(0) @binding(2) var<storage, read> q: array<f32>;             // [n_tokens, H · hd]
-#if WORKGROUP || !SUBGROUPS
 #if HALF_KV
 // f16 caches read as pairs of halves: one 32-bit load for two elements (on
 // CPU adapters the load, not the unpacking, is the cost).
@@ -63,12 +63,19 @@ fn value_at(i: u32) -> f32 {
 }
 #endif
 #else
-// The subgroup kernel reads a lane's elements 8 at a time (a chunk): one
-// 16-byte load of halves, two of floats. On CPU adapters a load at a
-// per-lane address is a loop over the lanes whatever its width, so the
-// number of loads, not the arithmetic, is the cost. 8 divides head_dim and
-// v_dim (the host checks), so a chunk never straddles heads or rows.
+// The CPU adapters' kernels read q, keys and values 8 elements at a time (a
+// chunk): one 16-byte load of halves, two of floats. There a load at a
+// per-thread address is a loop over the lanes (lavapipe) or a gather
+// (SwiftShader) whatever its width, so the number of loads, not the
+// arithmetic, is the cost. 8 divides head_dim and v_dim (the host checks),
+// so a chunk never straddles heads or rows.
 const CHUNK: u32 = 8u;
+@group(0) @binding(2) var<storage, read> q: array<vec4<f32>>;       // [n_tokens, H · hd / 4]
+
+// Elements i … i + 7 of q (i a multiple of 8).
+fn q_chunk(i: u32) -> Chunk {
+    return Chunk(q[i / 4u], q[i / 4u + 1u]);
+}
 #if HALF_KV
 @group(0) @binding(3) var<storage, read> k_cache: array<vec4<u32>>; // [ctx, KVH · hd / 8] f16 octets
 @group(0) @binding(4) var<storage, read> v_cache: array<vec4<u32>>;
@@ -227,15 +234,13 @@ fn partial(
     let vd = p.v_dim / CHUNK;
     var qv: array<Chunk, CHUNKS>;
     var acc: array<Chunk, CHUNKS>;
+    let zero = Chunk(vec4<f32>(0.0), vec4<f32>(0.0));
     for (var j = 0u; j < CHUNKS; j++) {
         // Lanes past the head take q = 0 (and read its last chunk below).
         let c = lane + ssize * j;
-        var v: array<f32, CHUNK>;
-        for (var i = 0u; i < CHUNK; i++) {
-            v[i] = select(0.0, q[sp.qb + min(c * CHUNK + i, p.head_dim - 1u)], c < hd);
-        }
-        qv[j] = Chunk(vec4<f32>(v[0], v[1], v[2], v[3]), vec4<f32>(v[4], v[5], v[6], v[7]));
-        acc[j] = Chunk(vec4<f32>(0.0), vec4<f32>(0.0));
+        let qc = q_chunk(sp.qb + min(c, hd - 1u) * CHUNK);
+        qv[j] = Chunk(select(zero.a, qc.a, c < hd), select(zero.b, qc.b, c < hd));
+        acc[j] = zero;
     }
     let kb = sp.kv_off / CHUNK;
     let stride = sp.kv_stride / CHUNK;
@@ -288,44 +293,53 @@ fn partial(
     }
 }
 #else
+// A thread per (split, head, token), its output chunks in a per-thread
+// array (memory on a CPU adapter: a chunk's update is 2 loads and 2 stores).
 @compute @workgroup_size(WG)
 fn partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let sp = split_at(gid.x + gid.y * nwg.x * WG);
     if (sp.t >= step.n_tokens) {
         return;
     }
-    let hd = p.head_dim;
-    let qb = sp.qb;
+    let hd = p.head_dim / CHUNK;
+    let vd = p.v_dim / CHUNK;
+    let kb = sp.kv_off / CHUNK;
+    let stride = sp.kv_stride / CHUNK;
     var m = NEG_BIG;
     var l = 0.0;
-    var acc: array<f32, MAX_HEAD_DIM>;
+    var acc: array<Chunk, MAX_HEAD_DIM / CHUNK>;
     for (var pos = sp.start; pos < sp.end; pos++) {
-        let kb = pos * sp.kv_stride + sp.kv_off;
+        let row = pos * stride + kb;
         var score = 0.0;
-        for (var d = 0u; d < hd; d++) {
-            score += q[qb + d] * key_at(kb + d);
+        for (var c = 0u; c < hd; c++) {
+            score += chunk_dot(q_chunk(sp.qb + c * CHUNK), key_chunk(row + c));
         }
         score *= p.scale;
         let m_new = max(m, score);
-        let c = exp(m - m_new);
+        let cm = exp(m - m_new);
         let e = exp(score - m_new);
-        l = l * c + e;
-        for (var d = 0u; d < p.v_dim; d++) {
-            acc[d] = acc[d] * c + e * value_at(kb + d);
+        l = l * cm + e;
+        for (var c = 0u; c < vd; c++) {
+            acc[c] = chunk_mix(acc[c], cm, value_chunk(row + c), e);
         }
         m = m_new;
     }
     let rec = sp.rec;
-    if (n_splits() == 1u) {
-        for (var d = 0u; d < p.v_dim; d++) {
-            out[sp.out + d] = acc[d] / l;
-        }
-        return;
+    let whole = n_splits() == 1u;
+    if (!whole) {
+        part_ml[2u * rec] = m;
+        part_ml[2u * rec + 1u] = l;
     }
-    part_ml[2u * rec] = m;
-    part_ml[2u * rec + 1u] = l;
-    for (var d = 0u; d < p.v_dim; d++) {
-        part_o[rec * p.v_dim + d] = acc[d];
+    for (var c = 0u; c < vd; c++) {
+        let a = acc[c];
+        for (var i = 0u; i < CHUNK; i++) {
+            let d = c * CHUNK + i;
+            if (whole) {
+                out[sp.out + d] = chunk_at(a, i) / l;
+            } else {
+                part_o[rec * p.v_dim + d] = chunk_at(a, i);
+            }
+        }
     }
 }
 #endif

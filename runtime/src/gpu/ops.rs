@@ -82,7 +82,8 @@ pub const CPU_LOOP_BUDGET: u32 = 32768;
 /// The kernel that computes attention's split partials (attention.wgsl).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AttentionKernel {
-    /// GPUs: a workgroup per split, a thread per position.
+    /// GPUs, and heads no multiple of 8 wide: a workgroup per split, a
+    /// thread per position.
     Workgroup,
     /// CPU adapters with subgroups: a subgroup (`lanes` at most) per split.
     Subgroup { lanes: u32 },
@@ -111,14 +112,11 @@ impl Ctx<'_> {
 
     fn attention_kernel(&self, a: &AttentionShape) -> AttentionKernel {
         let (min_sg, max_sg) = (self.gpu.info.subgroup_min_size, self.gpu.info.subgroup_max_size);
-        if self.shape == super::MatmulShape::RowPerWorkgroup {
+        // The CPU adapters' kernels read heads in chunks of 8 elements.
+        let chunked = a.head_dim % 8 == 0 && a.v_dim % 8 == 0;
+        if self.shape == super::MatmulShape::RowPerWorkgroup || !chunked {
             AttentionKernel::Workgroup
-        } else if self.lane_subgroups()
-            && max_sg <= shape::ATTENTION_WG
-            && a.head_dim.max(a.v_dim) <= min_sg * shape::ATTENTION_SG_DIMS
-            && a.head_dim % 8 == 0
-            && a.v_dim % 8 == 0
-        {
+        } else if self.lane_subgroups() && max_sg <= shape::ATTENTION_WG && a.head_dim.max(a.v_dim) <= min_sg * shape::ATTENTION_SG_DIMS {
             AttentionKernel::Subgroup { lanes: max_sg }
         } else {
             AttentionKernel::Thread
@@ -129,15 +127,15 @@ impl Ctx<'_> {
     /// adapters need no more parallelism than their cores, so a chat's
     /// context usually fits one split (and needs no combining pass), as far
     /// as their loops allow (see [`CPU_LOOP_BUDGET`]): a position costs a
-    /// loop iteration per element of the key and of the value (thread
-    /// kernel), or the subgroup kernel's fixed few.
+    /// loop iteration per chunk of 8 elements of the key and of the value
+    /// (thread kernel), or the subgroup kernel's fixed few.
     pub fn attention_split(&self, a: &AttentionShape) -> u32 {
         let per_position = match self.attention_kernel(a) {
             AttentionKernel::Workgroup => return shape::ATTENTION_SPLIT,
             // Its key and value loops run SG_DIMS / 8 each (unrolled, none),
             // then the sum's halvings.
             AttentionKernel::Subgroup { .. } => shape::ATTENTION_SG_DIMS / 4 + self.gpu.info.subgroup_max_size.max(1).ilog2() + 2,
-            AttentionKernel::Thread => a.head_dim + a.v_dim + 2,
+            AttentionKernel::Thread => (a.head_dim + a.v_dim) / 8 + 2,
         };
         (CPU_LOOP_BUDGET / per_position).clamp(8, shape::ATTENTION_SPLIT_CPU)
     }
