@@ -426,6 +426,31 @@ fn gemm(ids: ThreadIds) {
 }
 #endif
 
+#if !SUBGROUPS
+// Passes of several tokens without subgroups: each token as a decode step
+// (SHARED_ROWS rows a thread, each sub-block's x loaded once for them).
+// `main`'s tiles reuse a dequantised sub-block for 8 tokens but load each
+// token's x once per row; here x is loaded once per SHARED_ROWS rows and the
+// weights once per token, fewer loads in all, which a CPU adapter pays for
+// more than the dequantising. Grid: (rows / SHARED_ROWS / WG, tokens).
+@compute @workgroup_size(WG)
+fn gemm(ids: ThreadIds) {
+    enter(ids);
+    let tt = tokens();
+    let t = ids.wid.y;
+    if (t >= tt.y) {
+        return;
+    }
+    let r0 = ids.gid.x * SHARED_ROWS;
+    let a = rows_shared((tt.x + t) * (p.x_stride / 4u), p.cols / 32u, r0);
+    for (var i = 0u; i < SHARED_ROWS; i++) {
+        if (r0 + i < p.rows) {
+            store(t, r0 + i, a[i]);
+        }
+    }
+}
+#endif
+
 // One thread: row r of slot s's expert. Grid: (expert_rows / WG, slots).
 // A slot whose expert another chunk holds runs zero sub-blocks.
 @compute @workgroup_size(WG)

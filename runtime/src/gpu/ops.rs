@@ -229,7 +229,8 @@ impl Ctx<'_> {
         };
         // Passes of several tokens take a GEMM entry: on the workgroup shape
         // a tiled one, on the thread shape with subgroups 4 rows × 4 tokens
-        // a thread. `gemm_tile`: its (rows, tokens) per workgroup.
+        // a thread, without them the decode GEMV per token. `gemm_tile`:
+        // its (rows, tokens) per workgroup.
         let gemm_tile = if single {
             None
         } else if self.shape == super::MatmulShape::RowPerWorkgroup {
@@ -237,7 +238,7 @@ impl Ctx<'_> {
         } else if self.lane_subgroups() {
             Some((wg * shape::LANE_TILE, shape::LANE_TILE))
         } else {
-            None
+            Some((wg * shape::MATMUL_SHARED_ROWS_PLAIN, 1))
         };
         let mut ops = Vec::new();
         for c in &w.chunks {
