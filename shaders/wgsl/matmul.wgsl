@@ -102,11 +102,10 @@ fn dot_sub(b: u32, s: u32, x4: XArg) -> f32 {
 #include dequant_block dot
 
 #if ROW_PER_THREAD
-// Thread per row without subgroups (the browser's CPU adapter), one token:
-// rows r0 … r0 + SHARED_ROWS - 1 (past the last, the last again), each
-// sub-block's x loaded once into registers for all of them. A thread's x
-// loads (8 per sub-block) outnumber its weight loads (1 to 8), and on a CPU
-// adapter each is a gather.
+// Thread per row without subgroups (the browser's CPU adapter): a thread's
+// rows share each sub-block's x, loaded once into registers (`rows_shared`).
+// A thread's x loads (8 per sub-block) outnumber its weight loads (1 to 8),
+// and on a CPU adapter each is a gather.
 fn x_regs(x4: u32) -> W32 {
     return W32(x[x4], x[x4 + 1u], x[x4 + 2u], x[x4 + 3u], x[x4 + 4u], x[x4 + 5u], x[x4 + 6u], x[x4 + 7u]);
 }
@@ -117,18 +116,17 @@ fn dot_regs(b: u32, s: u32, xr: W32) -> f32 {
     return acc;
 }
 
-const_assert SHARED_ROWS <= 4u;
+// What `rows_shared` steps by: a sub-block (a K-quant block's x would not
+// fit in registers).
+const UNIT_SUBS: u32 = 1u;
+alias XUnit = W32;
 
-fn rows_shared(x0: u32, n_sub: u32, r0: u32) -> vec4<f32> {
-    var acc = vec4<f32>(0.0);
-    for (var sb = 0u; sb < n_sub; sb++) {
-        let xr = x_regs(x0 + sb * 8u);
-        for (var i = 0u; i < SHARED_ROWS; i++) {
-            select_row(min(r0 + i, p.rows - 1u), n_sub / SUBS, p.scale_offset);
-            acc[i] += dot_regs(sb / SUBS, sb % SUBS, xr);
-        }
-    }
-    return acc;
+fn x_unit(x0: u32, u: u32) -> XUnit {
+    return x_regs(x0 + u * 8u);
+}
+
+fn dot_unit(u: u32, xr: XUnit) -> f32 {
+    return dot_regs(u / SUBS, u % SUBS, xr);
 }
 #endif
 #else
@@ -163,17 +161,32 @@ fn dot_sub(b: u32, s: u32, x4: XArg) -> f32 {
 
 #include dequant_block dot_sg
 
+// What `rows_shared` steps by: a whole block.
+const UNIT_SUBS: u32 = SUBS;
+alias XUnit = XBlock;
+
+fn x_unit(x0: u32, u: u32) -> XUnit {
+    return xblock(x0 + u * 8u * SUBS);
+}
+
+fn dot_unit(u: u32, xq: XUnit) -> f32 {
+    return dot_block(u, xq);
+}
+#endif
+
+#if ROW_PER_THREAD
 // One token: rows r0 … r0 + SHARED_ROWS - 1 (past the last, the last again),
-// each block's x loaded once for all of them.
+// each unit's x (with subgroups a block's, shared across the lanes; without,
+// a sub-block's, in registers) loaded once for all of them.
 const_assert SHARED_ROWS <= 4u;
 
 fn rows_shared(x0: u32, n_sub: u32, r0: u32) -> vec4<f32> {
     var acc = vec4<f32>(0.0);
-    for (var b = 0u; b < n_sub / SUBS; b++) {
-        let xq = xblock(x0 + b * 8u * SUBS);
+    for (var u = 0u; u < n_sub / UNIT_SUBS; u++) {
+        let xq = x_unit(x0, u);
         for (var i = 0u; i < SHARED_ROWS; i++) {
             select_row(min(r0 + i, p.rows - 1u), n_sub / SUBS, p.scale_offset);
-            acc[i] += dot_block(b, xq);
+            acc[i] += dot_unit(u, xq);
         }
     }
     return acc;
