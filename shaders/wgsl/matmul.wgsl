@@ -178,10 +178,10 @@ fn dot_unit(u: u32, xq: XUnit) -> f32 {
 // One token: rows r0 … r0 + SHARED_ROWS - 1 (past the last, the last again),
 // each unit's x (with subgroups a block's, shared across the lanes; without,
 // a sub-block's, in registers) loaded once for all of them.
-const_assert SHARED_ROWS <= 4u;
+const_assert SHARED_ROWS <= 16u;
 
-fn rows_shared(x0: u32, n_sub: u32, r0: u32) -> vec4<f32> {
-    var acc = vec4<f32>(0.0);
+fn rows_shared(x0: u32, n_sub: u32, r0: u32) -> array<f32, SHARED_ROWS> {
+    var acc: array<f32, SHARED_ROWS>;
     for (var u = 0u; u < n_sub / UNIT_SUBS; u++) {
         let xq = x_unit(x0, u);
         for (var i = 0u; i < SHARED_ROWS; i++) {
