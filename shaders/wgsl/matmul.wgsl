@@ -177,15 +177,21 @@ fn dot_unit(u: u32, xq: XUnit) -> f32 {
 #if ROW_PER_THREAD
 // One token: rows r0 … r0 + SHARED_ROWS - 1 (past the last, the last again),
 // each unit's x (with subgroups a block's, shared across the lanes; without,
-// a sub-block's, in registers) loaded once for all of them.
-const_assert SHARED_ROWS <= 16u;
+// a sub-block's, in registers) loaded once for all of them. With `half` > 0
+// (`glu`), the second half of them are rows half + r0 … instead.
+const_assert SHARED_ROWS <= 16u && SHARED_ROWS % 2u == 0u;
 
-fn rows_shared(x0: u32, n_sub: u32, r0: u32) -> array<f32, SHARED_ROWS> {
+fn shared_row(r0: u32, i: u32, half: u32) -> u32 {
+    let h = SHARED_ROWS / 2u;
+    return select(r0 + i, half + r0 + i - h, half > 0u && i >= h);
+}
+
+fn rows_shared(x0: u32, n_sub: u32, r0: u32, half: u32) -> array<f32, SHARED_ROWS> {
     var acc: array<f32, SHARED_ROWS>;
     for (var u = 0u; u < n_sub / UNIT_SUBS; u++) {
         let xq = x_unit(x0, u);
         for (var i = 0u; i < SHARED_ROWS; i++) {
-            select_row(min(r0 + i, p.rows - 1u), n_sub / SUBS, p.scale_offset);
+            select_row(min(shared_row(r0, i, half), p.rows - 1u), n_sub / SUBS, p.scale_offset);
             acc[i] += dot_unit(u, xq);
         }
     }
@@ -361,7 +367,7 @@ fn main(ids: ThreadIds) {
     }
     if (tt.y == 1u) {
         let r0 = gid.x * SHARED_ROWS;
-        let a = rows_shared(tt.x * (p.x_stride / 4u), p.cols / 32u, r0);
+        let a = rows_shared(tt.x * (p.x_stride / 4u), p.cols / 32u, r0, 0u);
         for (var i = 0u; i < SHARED_ROWS; i++) {
             if (r0 + i < p.rows) {
                 store(0u, r0 + i, a[i]);
@@ -455,7 +461,7 @@ fn gemm(ids: ThreadIds) {
         return;
     }
     let r0 = ids.gid.x * SHARED_ROWS;
-    let a = rows_shared((tt.x + t) * (p.x_stride / 4u), p.cols / 32u, r0);
+    let a = rows_shared((tt.x + t) * (p.x_stride / 4u), p.cols / 32u, r0, 0u);
     for (var i = 0u; i < SHARED_ROWS; i++) {
         if (r0 + i < p.rows) {
             store(t, r0 + i, a[i]);
@@ -463,6 +469,31 @@ fn gemm(ids: ThreadIds) {
     }
 }
 #endif
+
+// One token, SwiGLU fused: W stacks the gate's rows over as many of the
+// up projection's (one chunk, no bias); a thread computes SHARED_ROWS / 2
+// gate rows and the up rows p.rows / 2 below them, and stores
+// silu(gate) · up into y (p.rows / 2 values), as elementwise.wgsl's
+// `swiglu` would. Grid: (rows / SHARED_ROWS / WG, 1).
+@compute @workgroup_size(WG)
+fn glu(ids: ThreadIds) {
+    enter(ids);
+    // (Reading the step also keeps binding 0 in this entry's automatic
+    // layout, which every op binds.)
+    if (step.n_tokens == 0u) {
+        return;
+    }
+    let f = p.rows / 2u;
+    let h = SHARED_ROWS / 2u;
+    let r0 = ids.gid.x * h;
+    let a = rows_shared(0u, p.cols / 32u, r0, f);
+    for (var i = 0u; i < h; i++) {
+        let g = a[i];
+        if (r0 + i < f) {
+            y[r0 + i] = g / (1.0 + exp(clamp(-g, -80.0, 80.0))) * a[h + i];
+        }
+    }
+}
 
 // One thread: row r of slot s's expert. Grid: (expert_rows / WG, slots).
 // A slot whose expert another chunk holds runs zero sub-blocks.

@@ -161,6 +161,40 @@ fn matmul_bias_accumulate_and_row_chunks() {
 }
 
 #[test]
+fn matmul_with_swiglu_equals_the_matmul_then_swiglu() {
+    let gpu = gpu();
+    for (shape, subgroups) in shapes(&gpu) {
+        let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
+        let ctx = Ctx { gpu: &gpu, step: &step_buf, shape, subgroups };
+        for (i, dtype) in [DType::Q4_1, DType::Q6_K, DType::F16].into_iter().enumerate() {
+            let cols = if dtype.block_size() == 256 { 256 } else { 96 };
+            // Gate rows straddling a thread's (1 with subgroups, 8 without) and a workgroup's.
+            for f in [1usize, 9, 70] {
+                let (bytes, w) = random_matrix(dtype, 2 * f, cols, 30 + i as u64);
+                let x = Rng(31).vec(cols);
+                let m = GpuMatrix::from_bytes(&gpu, "gate_up", dtype, 2 * f as u64, cols as u64, &bytes, gpu.max_binding()).unwrap();
+                let (xb, out) = (upload(&gpu, "x", &x), upload(&gpu, "out", &vec![0.0; f]));
+                let op = ctx.matmul_swiglu("glu", &m, &xb, cols as u32, &out).unwrap();
+                // Only the thread-per-row shape fuses them.
+                let Some(op) = op else {
+                    assert_eq!(shape, MatmulShape::RowPerWorkgroup);
+                    continue;
+                };
+                assert_eq!(shape, MatmulShape::RowPerThread);
+                run(&gpu, &step_buf, step(1, 0), &[op]);
+                let got = download(&gpu, &out, f);
+                let dot = |r: usize| w[r * cols..(r + 1) * cols].iter().zip(&x).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>();
+                for r in 0..f {
+                    let (g, u) = (dot(r), dot(f + r));
+                    let want = g / (1.0 + (-g).exp()) * u;
+                    assert!((got[r] as f64 - want).abs() <= 1e-4 * want.abs() + 1e-4, "{dtype:?} subgroups {subgroups} f={f} row {r}: {} vs {want}", got[r]);
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn matmul_propagates_nan_and_inf() {
     let gpu = gpu();
     for (shape, subgroups) in shapes(&gpu) {

@@ -570,10 +570,24 @@ impl GpuModel {
                     }
                 }
                 (Ffn::Dense { gate_up: parts, down: wd }, _, _) => {
+                    // Decode on CPU adapters: the matmul applies SwiGLU itself
+                    // (a dispatch fewer), when gate and up are one matrix.
+                    let fused = match parts.as_slice() {
+                        [(wi, 0)] => ctx.matmul_swiglu(&format!("blk.{i}.ffn_gate_up+swiglu"), w(*wi), &xn, h, &mlp)?,
+                        _ => None,
+                    };
+                    // With it, the separate matmul and SwiGLU run in passes of several tokens only.
+                    let unfused = |op: Op| match (fused.is_some(), op.passes) {
+                        (false, _) => Some(op),
+                        (true, Passes::All) => Some(op.only(Passes::Multi)),
+                        (true, Passes::Single) => None,
+                        (true, _) => Some(op),
+                    };
                     for (wi, at) in parts {
-                        body.extend(ctx.matmul_at(w(*wi), &xn, h, &gate_up, 2 * ffn, *at, None, false, false)?);
+                        body.extend(ctx.matmul_at(w(*wi), &xn, h, &gate_up, 2 * ffn, *at, None, false, false)?.into_iter().filter_map(unfused));
                     }
-                    body.push(ctx.swiglu(&format!("blk.{i}.swiglu"), GateUp::Stacked(&gate_up), &mlp, ffn, 1)?);
+                    body.extend(unfused(ctx.swiglu(&format!("blk.{i}.swiglu"), GateUp::Stacked(&gate_up), &mlp, ffn, 1)?));
+                    body.extend(fused);
                     body.extend(ctx.matmul(w(*wd), &mlp, ffn, &x, h, None, true, false)?);
                 }
                 _ => unreachable!("MoE buffers exist whenever an MoE layer does"),

@@ -183,6 +183,35 @@ impl Ctx<'_> {
         Ok((flags, wg, super::weights::layout(w.dtype)?.scale_words > 0))
     }
 
+    /// Rows a thread of the single-token matmul computes.
+    fn shared_rows(&self) -> u32 {
+        match self.shape {
+            super::MatmulShape::RowPerThread if self.lane_subgroups() => shape::MATMUL_SHARED_ROWS,
+            super::MatmulShape::RowPerThread => shape::MATMUL_SHARED_ROWS_PLAIN,
+            super::MatmulShape::RowPerWorkgroup => 1,
+        }
+    }
+
+    /// Passes of one token on the thread-per-row shape: `out = swiglu(W x)`
+    /// in one dispatch, W stacking the gate's rows over the up
+    /// projection's, in one chunk (the matmul's `glu` entry). `None` where
+    /// that does not hold: the caller runs the matmul and `swiglu`.
+    pub fn matmul_swiglu(&self, name: &str, w: &GpuMatrix, x: &wgpu::Buffer, x_stride: u32, out: &wgpu::Buffer) -> Result<Option<Op>> {
+        let [c] = w.chunks.as_slice() else { return Ok(None) };
+        if self.shape != super::MatmulShape::RowPerThread || w.rows % 2 != 0 {
+            return Ok(None);
+        }
+        let (flags, wg, has_scales) = self.matmul_variant(w)?;
+        let params = words(&[c.rows, w.cols, 0, w.rows / 2, 1, x_stride, 0, c.scale_offset, 0, 1, 1, 0]);
+        let mut bufs = vec![(2, &c.buffer), (3, x), (4, out)];
+        if has_scales {
+            bufs.push((6, &c.buffer));
+        }
+        let key = PipelineKey { family: "matmul", entry: "glu", flags };
+        let grid = Grid::PerToken { x: w.rows / 2, wg, tile: 1, single: true, shared_rows: self.shared_rows() / 2 };
+        Ok(Some(self.op_at(name.into(), key, &params, &bufs, grid)?.only(Passes::Single)))
+    }
+
     /// `y (+)= W x (+ b)`, one op per row chunk of W.
     /// `single`: one token, x row 0 → y row 0.
     #[allow(clippy::too_many_arguments)]
@@ -222,11 +251,7 @@ impl Ctx<'_> {
         if acc {
             flags.push("ACC");
         }
-        let shared_rows = match self.shape {
-            super::MatmulShape::RowPerThread if self.lane_subgroups() => shape::MATMUL_SHARED_ROWS,
-            super::MatmulShape::RowPerThread => shape::MATMUL_SHARED_ROWS_PLAIN,
-            super::MatmulShape::RowPerWorkgroup => 1,
-        };
+        let shared_rows = self.shared_rows();
         // Passes of several tokens take a GEMM entry: on the workgroup shape
         // a tiled one, on the thread shape with subgroups 4 rows × 4 tokens
         // a thread, without them the decode GEMV per token. `gemm_tile`:
