@@ -351,40 +351,27 @@ fn enter(ids: ThreadIds) {
 #endif
 }
 
-// One thread: one row × TILE_T tokens. Grid: (rows / WG, token tiles); with
-// one token, SHARED_ROWS rows (rows / SHARED_ROWS / WG, 1).
+// Token t's rows r0 … r0 + SHARED_ROWS - 1 (`rows_shared`), stored.
 // Threads past the last row compute the last row again and store nothing:
 // with SUBGROUPS every lane must take part in the x exchange.
+fn token_rows(t: u32, r0: u32) {
+    let a = rows_shared((tokens().x + t) * (p.x_stride / 4u), p.cols / 32u, r0, 0u);
+    for (var i = 0u; i < SHARED_ROWS; i++) {
+        if (r0 + i < p.rows) {
+            store(t, r0 + i, a[i]);
+        }
+    }
+}
+
+// One token (passes of one, or `single`; passes of several take `gemm`):
+// SHARED_ROWS rows a thread. Grid: (rows / SHARED_ROWS / WG, 1).
 @compute @workgroup_size(WG)
 fn main(ids: ThreadIds) {
     enter(ids);
-    let gid = ids.gid;
-    let wid = ids.wid;
-    let tt = tokens();
-    let t0 = wid.y * TILE_T;
-    if (t0 >= tt.y) {
+    if (tokens().y == 0u) {
         return;
     }
-    if (tt.y == 1u) {
-        let r0 = gid.x * SHARED_ROWS;
-        let a = rows_shared(tt.x * (p.x_stride / 4u), p.cols / 32u, r0, 0u);
-        for (var i = 0u; i < SHARED_ROWS; i++) {
-            if (r0 + i < p.rows) {
-                store(0u, r0 + i, a[i]);
-            }
-        }
-        return;
-    }
-    let r = min(gid.x, p.rows - 1u);
-    let nt = min(TILE_T, tt.y - t0);
-    let n_sub = p.cols / 32u;
-    select_row(r, n_sub / SUBS, p.scale_offset);
-    let a = row_tile((tt.x + t0) * (p.x_stride / 4u), nt, n_sub, 0u, 1u);
-    if (gid.x < p.rows) {
-        for (var j = 0u; j < nt; j++) {
-            store(t0 + j, r, tile_value(a, j));
-        }
-    }
+    token_rows(0u, ids.gid.x * SHARED_ROWS);
 }
 
 #if SUBGROUPS
@@ -455,18 +442,10 @@ fn gemm(ids: ThreadIds) {
 @compute @workgroup_size(WG)
 fn gemm(ids: ThreadIds) {
     enter(ids);
-    let tt = tokens();
-    let t = ids.wid.y;
-    if (t >= tt.y) {
+    if (ids.wid.y >= tokens().y) {
         return;
     }
-    let r0 = ids.gid.x * SHARED_ROWS;
-    let a = rows_shared((tt.x + t) * (p.x_stride / 4u), p.cols / 32u, r0, 0u);
-    for (var i = 0u; i < SHARED_ROWS; i++) {
-        if (r0 + i < p.rows) {
-            store(t, r0 + i, a[i]);
-        }
-    }
+    token_rows(ids.wid.y, ids.gid.x * SHARED_ROWS);
 }
 #endif
 
