@@ -28,10 +28,12 @@
 //! only from those, is loaded by a loop over the SIMD lanes, one 32-bit
 //! word per lane at a time, each behind a branch. A loop counter, a
 //! workgroup id, a uniform-buffer value: all count as per-lane. So on CPU
-//! adapters a kernel's speed follows the words each thread loads: thread
-//! per row keeps each row whole (prefetchers follow a thread's stream; an
-//! interleaved layout was 2-3x slower), a subgroup shares x (matmul.wgsl),
-//! and no lane should idle (attention.wgsl's flat grid).
+//! adapters a kernel's speed follows the words each thread loads, and where
+//! they lie: thread per row reads weights laid out in groups of 8 rows, so
+//! the lanes' loads of one step fall side by side (`row_group`; rows whole,
+//! each lane reading its own distant stream, were 10-20% slower, and rows
+//! interleaved across the whole matrix 2-3x slower), a subgroup shares x
+//! (matmul.wgsl), and no lane should idle (attention.wgsl's flat grid).
 
 /// A kernel family: its name and WGSL text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -62,9 +64,11 @@ pub const COPY: Family = family!("copy", flags: [], choices: []);
 pub const MATMUL: Family = family!("matmul",
     flags: ["BIAS", "ACC", "SUBGROUPS"],
     choices: [["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"], ["ROW_PER_THREAD", "ROW_PER_WORKGROUP"]]);
+// The embedding's shape flag names the layout of its rows: the one the
+// matmul of that shape reads (a tied LM head reads the same matrix).
 pub const EMBED: Family = family!("embed",
     flags: [],
-    choices: [["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"]]);
+    choices: [["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"], ["ROW_PER_THREAD", "ROW_PER_WORKGROUP"]]);
 pub const NORM: Family = family!("norm", flags: ["WORKGROUP"], choices: []);
 pub const ROPE: Family = family!("rope", flags: ["HALF_K"], choices: [["HALVES", "ADJACENT"]]);
 pub const ATTENTION: Family = family!("attention", flags: ["HALF_KV", "LATENT", "SUBGROUPS", "WORKGROUP"], choices: []);
@@ -157,6 +161,10 @@ pub mod shape {
     /// SmolLM2 at 3.4 tok/s with 4, 4.0 with 8, 4.3-4.4 with 16).
     pub const MATMUL_SHARED_ROWS: u32 = 2;
     pub const MATMUL_SHARED_ROWS_PLAIN: u32 = 16;
+    /// Rows interleaved per group in the weight layout the thread-per-row
+    /// matmul reads for most formats (see `row_group`): a subgroup's lanes
+    /// on CPU adapters.
+    pub const ROW_GROUP_THREAD: u32 = 8;
     /// Threads sharing one row in the workgroup-per-row matmul.
     pub const MATMUL_WG_GROUP: u32 = 64;
     /// Tokens one matmul invocation computes (prefill), reusing each dequantised sub-block.
@@ -209,6 +217,23 @@ impl BlockLayout {
     }
 }
 
+/// Rows per interleaved group in the weight layout that a matmul shape
+/// (its flag, `ROW_PER_THREAD` or `ROW_PER_WORKGROUP`) reads for a weight
+/// format: quad k of a group's rows side by side, then quad k + 1
+/// (dequant.wgsl). Workgroup per row (GPUs) keeps rows whole, so a
+/// workgroup's threads read one row's quads side by side. Thread per row
+/// (CPU adapters) groups a subgroup's worth, so the lanes' loads, one row
+/// each, fall in one place: on lavapipe 7-22% faster GEMVs for the float
+/// formats, Q8_0, Q4_0 and Q4_1, level for Q4_K and Q5_K, but 8-15% slower
+/// for Q5_0, Q5_1 and Q6_K, which keep rows whole (BENCHMARKS.md, session 7).
+pub fn row_group(shape_flag: &str, format: &str) -> u32 {
+    if shape_flag == "ROW_PER_THREAD" && !["Q5_0", "Q5_1", "Q6_K"].contains(&format) {
+        shape::ROW_GROUP_THREAD
+    } else {
+        1
+    }
+}
+
 pub fn block_layout(format: &str) -> Option<BlockLayout> {
     let (block_values, quads, scale_words) = match format {
         "F32" => (32, 8, 0),
@@ -244,6 +269,9 @@ pub fn consts(family: &Family, flags: &[&str]) -> Vec<Const> {
         c.push(Const::U32("QUADS", l.quads));
         c.push(Const::U32("SCALE_WORDS", l.scale_words));
         c.push(Const::U32("SUBS", l.subs()));
+        let shape_flag = flags.iter().copied().find(|f| f.starts_with("ROW_PER_")).unwrap_or("ROW_PER_WORKGROUP");
+        let format_flag = flags.iter().copied().find(|f| block_layout(f).is_some()).unwrap_or("");
+        c.push(Const::U32("ROW_GROUP", row_group(shape_flag, format_flag)));
     }
     match family.name {
         "matmul" => {

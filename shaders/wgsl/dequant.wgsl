@@ -6,23 +6,31 @@
 //
 // Per block: QUADS 16-byte quads of quants (read with one load each) and
 // SCALE_WORDS words of scales (f16 d / m, and Q5's high bits) in their own
-// plane, so every quad stays aligned whatever the block size. Quad k of the
-// current row is w[q_base + k] (rows are whole in each plane).
+// plane, so every quad stays aligned whatever the block size.
+//
+// Each plane holds the rows in groups of ROW_GROUP, item-major within a
+// group: quad k of each of the group's rows side by side, then quad k + 1
+// (a chunk's last group is padded with zero rows). ROW_GROUP is 1 (rows
+// whole, one after another) for the workgroup-per-row shape and 8 for thread
+// per row, whose 8 lanes then read neighbouring rows' quads from one place
+// (see runtime/src/gpu/weights.rs). Quad k of the current row is
+// w[q_base + ROW_GROUP · k].
 
 var<private> q_base: u32;
 var<private> s_base: u32;
 
 fn select_row(row: u32, blocks_per_row: u32, scale_offset: u32) {
-    q_base = row * blocks_per_row * QUADS;
-    s_base = scale_offset + row * blocks_per_row * SCALE_WORDS;
+    let first = row - row % ROW_GROUP;
+    q_base = first * blocks_per_row * QUADS + row % ROW_GROUP;
+    s_base = scale_offset + first * blocks_per_row * SCALE_WORDS + row % ROW_GROUP;
 }
 
 fn quad(k: u32) -> vec4<u32> {
-    return w[q_base + k];
+    return w[q_base + ROW_GROUP * k];
 }
 
 fn sword(k: u32) -> u32 {
-    return ws[s_base + k];
+    return ws[s_base + ROW_GROUP * k];
 }
 
 struct W32 {

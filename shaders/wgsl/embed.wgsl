@@ -1,6 +1,6 @@
 // Embedding lookup: out[t] = dequant(W[ids[t]]) for rows held by this chunk.
 // One thread per (token, 32-value sub-block). Constants: WG, QUADS,
-// SCALE_WORDS, SUBS.
+// SCALE_WORDS, SUBS, ROW_GROUP (the weight's layout: see dequant.wgsl).
 
 #include step
 

@@ -23,7 +23,8 @@
 // Tile i = (expert, count) comes from moe.wgsl's `sort`; its slots' x and y
 // rows are TILE_T·i … (the base from the workgroup id: uniform, so CPU
 // adapters load x as broadcasts, not gathers).
-// Constants: WG, TILE_T, and the format's QUADS, SCALE_WORDS, SUBS.
+// Constants: WG, TILE_T, the format's QUADS, SCALE_WORDS, SUBS, and the
+// layout's ROW_GROUP (dequant.wgsl).
 
 #include step
 
@@ -175,23 +176,36 @@ fn dot_unit(u: u32, xq: XUnit) -> f32 {
 #endif
 
 #if ROW_PER_THREAD
-// One token: rows r0 … r0 + SHARED_ROWS - 1 (past the last, the last again),
-// each unit's x (with subgroups a block's, shared across the lanes; without,
-// a sub-block's, in registers) loaded once for all of them. With `half` > 0
-// (`glu`), the second half of them are rows half + r0 … instead.
-const_assert SHARED_ROWS <= 16u && SHARED_ROWS % 2u == 0u;
-
-fn shared_row(r0: u32, i: u32, half: u32) -> u32 {
-    let h = SHARED_ROWS / 2u;
-    return select(r0 + i, half + r0 + i - h, half > 0u && i >= h);
+// Row i of the `per` rows thread g computes. Each ROW_GROUP threads (a
+// subgroup's lanes, on CPU adapters) take ROW_GROUP · per rows, lane l rows
+// l, l + ROW_GROUP, …: at every step the lanes read neighbouring rows, whose
+// quads the layout puts side by side (dequant.wgsl). Threads are launched in
+// workgroups of a multiple of ROW_GROUP, so ceil(rows / per) of them, rounded
+// up to a workgroup, cover every row.
+fn thread_row(g: u32, i: u32, per: u32) -> u32 {
+    return (g - g % ROW_GROUP) * per + i * ROW_GROUP + g % ROW_GROUP;
 }
 
-fn rows_shared(x0: u32, n_sub: u32, r0: u32, half: u32) -> array<f32, SHARED_ROWS> {
+// One token: thread g's SHARED_ROWS rows (past the last, the last again),
+// each unit's x (with subgroups a block's, shared across the lanes; without,
+// a sub-block's, in registers) loaded once for all of them. With `half` > 0
+// (`glu`), the thread's rows are SHARED_ROWS / 2 rows and the rows `half`
+// below them.
+const_assert SHARED_ROWS <= 16u && SHARED_ROWS % 2u == 0u;
+const_assert WG % ROW_GROUP == 0u;
+
+fn shared_row(g: u32, i: u32, half: u32) -> u32 {
+    let h = SHARED_ROWS / 2u;
+    let paired = select(thread_row(g, i, h), half + thread_row(g, i - h, h), i >= h);
+    return select(thread_row(g, i, SHARED_ROWS), paired, half > 0u);
+}
+
+fn rows_shared(x0: u32, n_sub: u32, g: u32, half: u32) -> array<f32, SHARED_ROWS> {
     var acc: array<f32, SHARED_ROWS>;
     for (var u = 0u; u < n_sub / UNIT_SUBS; u++) {
         let xq = x_unit(x0, u);
         for (var i = 0u; i < SHARED_ROWS; i++) {
-            select_row(min(shared_row(r0, i, half), p.rows - 1u), n_sub / SUBS, p.scale_offset);
+            select_row(min(shared_row(g, i, half), p.rows - 1u), n_sub / SUBS, p.scale_offset);
             acc[i] += dot_unit(u, xq);
         }
     }
@@ -351,14 +365,15 @@ fn enter(ids: ThreadIds) {
 #endif
 }
 
-// Token t's rows r0 … r0 + SHARED_ROWS - 1 (`rows_shared`), stored.
-// Threads past the last row compute the last row again and store nothing:
-// with SUBGROUPS every lane must take part in the x exchange.
-fn token_rows(t: u32, r0: u32) {
-    let a = rows_shared((tokens().x + t) * (p.x_stride / 4u), p.cols / 32u, r0, 0u);
+// Token t's rows of thread g (`rows_shared`), stored. Threads past the
+// last row compute the last row again and store nothing: with SUBGROUPS
+// every lane must take part in the x exchange.
+fn token_rows(t: u32, g: u32) {
+    let a = rows_shared((tokens().x + t) * (p.x_stride / 4u), p.cols / 32u, g, 0u);
     for (var i = 0u; i < SHARED_ROWS; i++) {
-        if (r0 + i < p.rows) {
-            store(t, r0 + i, a[i]);
+        let r = thread_row(g, i, SHARED_ROWS);
+        if (r < p.rows) {
+            store(t, r, a[i]);
         }
     }
 }
@@ -371,16 +386,17 @@ fn main(ids: ThreadIds) {
     if (tokens().y == 0u) {
         return;
     }
-    token_rows(0u, ids.gid.x * SHARED_ROWS);
+    token_rows(0u, ids.gid.x);
 }
 
 #if SUBGROUPS
 // Passes of several tokens: one thread computes LANE_TILE (4) rows × 4
 // tokens. Each sub-block's x is loaded once for the 4 rows (`main` loads it
 // once per row for 8 tokens; a lane's load is a scalar load per lane on CPU
-// adapters, so loads, more than weights, bound it). Grid: (rows / 4 / WG,
-// tokens / 4). Threads past the last row compute the last row again and
-// store nothing: every lane takes part in the x exchange.
+// adapters, so loads, more than weights, bound it); its rows are
+// thread_row's. Grid: (rows / 4 / WG, tokens / 4). Threads past the last
+// row compute the last row again and store nothing: every lane takes part
+// in the x exchange.
 const_assert LANE_TILE == 4u;
 
 @compute @workgroup_size(WG)
@@ -391,7 +407,11 @@ fn gemm(ids: ThreadIds) {
     if (t0 >= tt.y) {
         return;
     }
-    let r0 = ids.gid.x * 4u;
+    let g = ids.gid.x;
+    let r0 = thread_row(g, 0u, 4u);
+    let r1 = thread_row(g, 1u, 4u);
+    let r2 = thread_row(g, 2u, 4u);
+    let r3 = thread_row(g, 3u, 4u);
     let nt = min(4u, tt.y - t0);
     let xs = p.x_stride / 4u;
     let n_sub = p.cols / 32u;
@@ -408,25 +428,25 @@ fn gemm(ids: ThreadIds) {
         let s = sb % SUBS;
         select_row(min(r0, last), blocks, p.scale_offset);
         tile_x4(b, s, xl, &a0);
-        select_row(min(r0 + 1u, last), blocks, p.scale_offset);
+        select_row(min(r1, last), blocks, p.scale_offset);
         tile_x4(b, s, xl, &a1);
-        select_row(min(r0 + 2u, last), blocks, p.scale_offset);
+        select_row(min(r2, last), blocks, p.scale_offset);
         tile_x4(b, s, xl, &a2);
-        select_row(min(r0 + 3u, last), blocks, p.scale_offset);
+        select_row(min(r3, last), blocks, p.scale_offset);
         tile_x4(b, s, xl, &a3);
     }
     for (var j = 0u; j < nt; j++) {
         if (r0 < p.rows) {
             store(t0 + j, r0, tile_value(a0, j));
         }
-        if (r0 + 1u < p.rows) {
-            store(t0 + j, r0 + 1u, tile_value(a1, j));
+        if (r1 < p.rows) {
+            store(t0 + j, r1, tile_value(a1, j));
         }
-        if (r0 + 2u < p.rows) {
-            store(t0 + j, r0 + 2u, tile_value(a2, j));
+        if (r2 < p.rows) {
+            store(t0 + j, r2, tile_value(a2, j));
         }
-        if (r0 + 3u < p.rows) {
-            store(t0 + j, r0 + 3u, tile_value(a3, j));
+        if (r3 < p.rows) {
+            store(t0 + j, r3, tile_value(a3, j));
         }
     }
 }
@@ -445,7 +465,7 @@ fn gemm(ids: ThreadIds) {
     if (ids.wid.y >= tokens().y) {
         return;
     }
-    token_rows(ids.wid.y, ids.gid.x * SHARED_ROWS);
+    token_rows(ids.wid.y, ids.gid.x);
 }
 #endif
 
@@ -464,12 +484,12 @@ fn glu(ids: ThreadIds) {
     }
     let f = p.rows / 2u;
     let h = SHARED_ROWS / 2u;
-    let r0 = ids.gid.x * h;
-    let a = rows_shared(0u, p.cols / 32u, r0, f);
+    let a = rows_shared(0u, p.cols / 32u, ids.gid.x, f);
     for (var i = 0u; i < h; i++) {
+        let r = thread_row(ids.gid.x, i, h);
         let g = a[i];
-        if (r0 + i < f) {
-            y[r0 + i] = g / (1.0 + exp(clamp(-g, -80.0, 80.0))) * a[h + i];
+        if (r < f) {
+            y[r] = g / (1.0 + exp(clamp(-g, -80.0, 80.0))) * a[h + i];
         }
     }
 }

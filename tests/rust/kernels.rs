@@ -5,7 +5,7 @@
 mod common;
 use baleen::config::RopePairing;
 use baleen::gpu::ops::{AttentionShape, Ctx, GateUp};
-use baleen::gpu::weights::GpuMatrix;
+use baleen::gpu::weights::{GpuMatrix, Placement};
 use baleen::gpu::{Gpu, MatmulShape, Op, Step};
 use baleen::quant::{dequantize, random_blocks, DType};
 use baleen::reference;
@@ -92,7 +92,7 @@ fn check_matmul(gpu: &Gpu, c: &MatmulCase, seed: u64) {
     let b = rng.vec(c.rows);
     let y0 = rng.vec(c.n * c.rows);
     let mb = c.max_binding.unwrap_or(gpu.max_binding());
-    let m = GpuMatrix::from_bytes(gpu, "w", c.dtype, c.rows as u64, c.cols as u64, &bytes, mb).unwrap();
+    let m = GpuMatrix::from_bytes(gpu, "w", c.dtype, c.rows as u64, c.cols as u64, &bytes, Placement::new(c.shape, mb)).unwrap();
     if c.max_binding.is_some() {
         assert!(m.chunks.len() > 1, "the binding limit should split the matrix");
     }
@@ -172,7 +172,7 @@ fn matmul_with_swiglu_equals_the_matmul_then_swiglu() {
             for f in [1usize, 9, 70] {
                 let (bytes, w) = random_matrix(dtype, 2 * f, cols, 30 + i as u64);
                 let x = Rng(31).vec(cols);
-                let m = GpuMatrix::from_bytes(&gpu, "gate_up", dtype, 2 * f as u64, cols as u64, &bytes, gpu.max_binding()).unwrap();
+                let m = GpuMatrix::from_bytes(&gpu, "gate_up", dtype, 2 * f as u64, cols as u64, &bytes, Placement::new(shape, gpu.max_binding())).unwrap();
                 let (xb, out) = (upload(&gpu, "x", &x), upload(&gpu, "out", &vec![0.0; f]));
                 let op = ctx.matmul_swiglu("glu", &m, &xb, cols as u32, &out).unwrap();
                 // Only the thread-per-row shape fuses them.
@@ -200,7 +200,7 @@ fn matmul_propagates_nan_and_inf() {
     for (shape, subgroups) in shapes(&gpu) {
         let (rows, cols) = (8, 64);
         let (bytes, _) = random_matrix(DType::F32, rows, cols, 3);
-        let m = GpuMatrix::from_bytes(&gpu, "w", DType::F32, rows as u64, cols as u64, &bytes, gpu.max_binding()).unwrap();
+        let m = GpuMatrix::from_bytes(&gpu, "w", DType::F32, rows as u64, cols as u64, &bytes, Placement::new(shape, gpu.max_binding())).unwrap();
         let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
         let ctx = Ctx { gpu: &gpu, step: &step_buf, shape, subgroups };
         let mut x = Rng(5).vec(2 * cols);
@@ -215,18 +215,36 @@ fn matmul_propagates_nan_and_inf() {
 }
 
 #[test]
+fn a_matrix_placed_for_one_kernel_shape_is_refused_by_the_other() {
+    let gpu = gpu();
+    let (bytes, _) = random_matrix(DType::Q4_1, 16, 64, 4);
+    let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
+    let (xb, yb) = (upload(&gpu, "x", &[0.0; 64]), upload(&gpu, "y", &[0.0; 16]));
+    for (placed, run_as) in [(MatmulShape::RowPerWorkgroup, MatmulShape::RowPerThread), (MatmulShape::RowPerThread, MatmulShape::RowPerWorkgroup)] {
+        let m = GpuMatrix::from_bytes(&gpu, "w", DType::Q4_1, 16, 64, &bytes, Placement::new(placed, gpu.max_binding())).unwrap();
+        let ctx = Ctx { gpu: &gpu, step: &step_buf, shape: run_as, subgroups: false };
+        let err = ctx.matmul(&m, &xb, 64, &yb, 16, None, false, true).err().expect("a layout mismatch is an error").to_string();
+        assert!(err.contains("rows lie in groups of") && err.contains("Placement::new"), "{err}");
+        let ids = gpu.storage_init("ids", bytemuck::cast_slice(&[0u32])).unwrap();
+        assert!(ctx.embed(&m, &ids, &yb).is_err(), "the embedding lookup checks the layout too");
+    }
+}
+
+#[test]
 fn embedding_rows_across_chunks() {
     let gpu = gpu();
     for (i, &dtype) in FORMATS.iter().enumerate() {
         let cols = if dtype.block_size() == 256 { 256 } else { 64 };
         let rows = 50;
         let (bytes, w) = random_matrix(dtype, rows, cols, 40 + i as u64);
-        {
+        // Both layouts: rows whole, and in groups of 8 (chunks of 16 rows;
+        // the last chunk, 2 rows, one short group).
+        for shape in [MatmulShape::RowPerThread, MatmulShape::RowPerWorkgroup] {
             let row = baleen::gpu::weights::repacked_row_bytes(dtype, cols as u64);
-            let m = GpuMatrix::from_bytes(&gpu, "embd", dtype, rows as u64, cols as u64, &bytes, row * 16).unwrap();
+            let m = GpuMatrix::from_bytes(&gpu, "embd", dtype, rows as u64, cols as u64, &bytes, Placement::new(shape, row * 16)).unwrap();
             assert_eq!(m.chunks.len(), 4);
             let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
-            let ctx = Ctx { gpu: &gpu, step: &step_buf, shape: MatmulShape::RowPerThread, subgroups: false };
+            let ctx = Ctx { gpu: &gpu, step: &step_buf, shape, subgroups: false };
             let ids: Vec<u32> = vec![0, 15, 16, 49, 31, 32, 7];
             let idb = gpu.storage_init("ids", bytemuck::cast_slice(&ids)).unwrap();
             let out = gpu.storage("out", (ids.len() * cols * 4) as u64).unwrap();
@@ -235,7 +253,7 @@ fn embedding_rows_across_chunks() {
             for (t, &id) in ids.iter().enumerate() {
                 let want = &w[id as usize * cols..(id as usize + 1) * cols];
                 let g = &got[t * cols..(t + 1) * cols];
-                assert!(common::max_abs_diff(g, want) <= 1e-6 * want.iter().fold(1f32, |a, v| a.max(v.abs())), "{dtype:?} id {id}");
+                assert!(common::max_abs_diff(g, want) <= 1e-6 * want.iter().fold(1f32, |a, v| a.max(v.abs())), "{dtype:?} {shape:?} id {id}");
             }
         }
     }
@@ -609,7 +627,7 @@ fn router_on_the_gpu_equals_the_reference_router() {
 
 /// `e` random experts of `rows` × `cols` in `dtype`, loaded in chunks of two
 /// whole experts (a small binding limit), and their dequantised values.
-fn experts_matrix(gpu: &Gpu, dtype: DType, e: usize, rows: usize, cols: usize, seed: u64) -> (GpuMatrix, Vec<f32>) {
+fn experts_matrix(gpu: &Gpu, shape: MatmulShape, dtype: DType, e: usize, rows: usize, cols: usize, seed: u64) -> (GpuMatrix, Vec<f32>) {
     let (bytes, w) = random_matrix(dtype, e * rows, cols, seed);
     let row_bytes = baleen::gpu::weights::repacked_row_bytes(dtype, cols as u64) as usize;
     let tensor = baleen::format::TensorInfo {
@@ -622,7 +640,7 @@ fn experts_matrix(gpu: &Gpu, dtype: DType, e: usize, rows: usize, cols: usize, s
     };
     let src: std::sync::Arc<dyn baleen::source::WeightSource> = std::sync::Arc::new(baleen::source::PrefixSource::whole("w", bytes));
     let index = baleen::format::TensorIndex::new(baleen::format::FileKind::Gguf, vec![src], vec![tensor.clone()], Default::default()).unwrap();
-    let m = baleen::engine::run_ready(GpuMatrix::load_experts(gpu, &index, &[&tensor], e as u64, rows as u64, cols as u64, (2 * rows * row_bytes) as u64 + 64)).unwrap();
+    let m = baleen::engine::run_ready(GpuMatrix::load_experts(gpu, &index, &[&tensor], e as u64, rows as u64, cols as u64, Placement::new(shape, (2 * rows * row_bytes) as u64 + 64))).unwrap();
     assert_eq!(m.chunks.len(), e.div_ceil(2), "whole experts per chunk");
     (m, w)
 }
@@ -635,7 +653,7 @@ fn expert_matmul_reads_ids_from_the_gpu_across_chunks() {
     for (shape, subgroups) in shapes(&gpu) {
         for dtype in [DType::F32, DType::Q4_1, DType::Q6_K] {
             let cols = if dtype == DType::Q6_K { 256 } else { cols };
-            let (m, w) = experts_matrix(&gpu, dtype, e, rows, cols, 5);
+            let (m, w) = experts_matrix(&gpu, shape, dtype, e, rows, cols, 5);
             let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
             let ctx = Ctx { gpu: &gpu, step: &step_buf, shape, subgroups };
             let mut rng = Rng(9);
@@ -719,7 +737,7 @@ fn grouped_experts_sort_gather_matmul_swiglu_and_combine() {
             let x = rng.vec(n * cols);
             let xb = upload(&gpu, "x", &x);
             let xs = gpu.storage("sorted x", (tile_rows * cols * 4) as u64).unwrap();
-            let (wm, w) = experts_matrix(&gpu, dtype, e, rows, cols, 6);
+            let (wm, w) = experts_matrix(&gpu, shape, dtype, e, rows, cols, 6);
             let y = gpu.storage("y", (tile_rows * rows * 4) as u64).unwrap();
             let mut ops = vec![ctx.moe_gather("gather", &xb, &slot_pos, &xs, cols as u32, k as u32).unwrap()];
             ops.extend(ctx.grouped(&wm, rows as u32, &xs, cols as u32, &tiles, &y, &m).unwrap());

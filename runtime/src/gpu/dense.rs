@@ -4,7 +4,7 @@
 //! and submits it once. A decode step reads back only the sampled id.
 
 use super::ops::{AttentionShape, Ctx, GateUp};
-use super::weights::GpuMatrix;
+use super::weights::{GpuMatrix, Placement};
 use super::{Gpu, GpuOptions, Op, Passes, Step};
 use crate::config::ModelConfig;
 #[cfg(not(target_arch = "wasm32"))]
@@ -96,6 +96,7 @@ impl GpuModel {
         let shape = opts.shape.unwrap_or(gpu.shape);
         let grouped = opts.grouped_experts.unwrap_or(gpu.grouped_experts);
         let max_binding = opts.max_binding.unwrap_or(gpu.max_binding()).min(gpu.max_binding());
+        let place = Placement::new(shape, max_binding);
         // MLA's latent cache is f32 (its rows are few and small).
         let kv_half = opts.kv_f16.unwrap_or(true) && gpu.has_f16() && cfg.mla.is_none();
         let kv_bytes: u64 = if kv_half { 2 } else { 4 };
@@ -263,22 +264,22 @@ impl GpuModel {
             }
         };
         let experts = |i: usize, which: names::Expert, e: u64, rows: u32, cols: u32| async move {
-            GpuMatrix::load_experts(g, reader, &expert_tensors(i, which, e)?, e, rows as u64, cols as u64, max_binding).await
+            GpuMatrix::load_experts(g, reader, &expert_tensors(i, which, e)?, e, rows as u64, cols as u64, place).await
         };
         // The routed experts' gate and up as one matrix (each expert's gate
         // rows, then its up rows), or apart when their types differ.
         let expert_gate_up = |i: usize, e: u64, rows: u32, cols: u32| async move {
             let (gate, up) = (expert_tensors(i, names::Expert::Gate, e)?, expert_tensors(i, names::Expert::Up, e)?);
             if gate[0].dtype == up[0].dtype {
-                Ok::<_, Error>(Ok(GpuMatrix::load_expert_pairs(g, reader, &gate, &up, e, rows as u64, cols as u64, max_binding).await?))
+                Ok::<_, Error>(Ok(GpuMatrix::load_expert_pairs(g, reader, &gate, &up, e, rows as u64, cols as u64, place).await?))
             } else {
-                let gate = GpuMatrix::load_experts(g, reader, &gate, e, rows as u64, cols as u64, max_binding).await?;
-                Ok(Err((gate, GpuMatrix::load_experts(g, reader, &up, e, rows as u64, cols as u64, max_binding).await?)))
+                let gate = GpuMatrix::load_experts(g, reader, &gate, e, rows as u64, cols as u64, place).await?;
+                Ok(Err((gate, GpuMatrix::load_experts(g, reader, &up, e, rows as u64, cols as u64, place).await?)))
             }
         };
         let matrix = |name: String, rows: u32, cols: u32| async move {
             let t = index.require_matrix(&name, rows as u64, cols as u64)?;
-            GpuMatrix::load(g, reader, t, max_binding).await
+            GpuMatrix::load(g, reader, t, place).await
         };
         // Matrices whose outputs lie side by side in one row per token (q, k,
         // v; gate, up): each run of one type stacked into one matrix, so one
@@ -291,7 +292,7 @@ impl GpuModel {
             while i < tensors.len() {
                 let run = tensors[i..].iter().take_while(|t| t.dtype == tensors[i].dtype).count();
                 let label = if run == tensors.len() { name.clone() } else { format!("{name} part {}", out.len()) };
-                let m = GpuMatrix::load_stacked(g, reader, &tensors[i..i + run], &label, max_binding).await?;
+                let m = GpuMatrix::load_stacked(g, reader, &tensors[i..i + run], &label, place).await?;
                 let rows = m.rows;
                 out.push((m, offset));
                 offset += rows;

@@ -54,6 +54,12 @@ impl MatmulShape {
             MatmulShape::RowPerWorkgroup => "ROW_PER_WORKGROUP",
         }
     }
+
+    /// Rows per group in the weight layout this shape's kernels read for a
+    /// weight type (see `weights::Placement`).
+    pub fn row_group(self, dtype: crate::quant::DType) -> u32 {
+        shaders::row_group(self.flag(), dtype.name())
+    }
 }
 
 /// Identifies one compiled variant: family, entry point, flags.

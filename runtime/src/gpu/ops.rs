@@ -4,7 +4,7 @@
 
 use super::weights::{format_flag, GpuMatrix};
 use super::{Gpu, Grid, Op, Passes, PipelineKey};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use baleen_shaders::shape;
 
 /// The sizes of one attention.
@@ -165,11 +165,26 @@ impl Ctx<'_> {
         Ok(Op { name, pipeline, bind_group, grid, passes: Passes::All })
     }
 
+    /// The kernel shape's flag, which also names the weight layout that
+    /// shape reads: `w` must have been placed for it.
+    fn layout_flag(&self, w: &GpuMatrix) -> Result<&'static str> {
+        if w.row_group != self.shape.row_group(w.dtype) {
+            return Err(Error::Gpu(format!(
+                "{}: its rows lie in groups of {}, but the {:?} kernels read groups of {}; place it with Placement::new for the shape it runs on",
+                w.name,
+                w.row_group,
+                self.shape,
+                self.shape.row_group(w.dtype)
+            )));
+        }
+        Ok(self.shape.flag())
+    }
+
     /// What every matmul over `w` shares: its flags (format, kernel shape,
     /// subgroups), threads per workgroup, and whether the weight has a
     /// scale plane to bind.
     fn matmul_variant(&self, w: &GpuMatrix) -> Result<(Vec<&'static str>, u32, bool)> {
-        let mut flags = vec![format_flag(w.dtype)?, self.shape.flag()];
+        let mut flags = vec![format_flag(w.dtype)?, self.layout_flag(w)?];
         if (self.subgroups && self.shape == super::MatmulShape::RowPerWorkgroup) || self.lane_subgroups() {
             flags.push("SUBGROUPS");
             if cfg!(target_arch = "wasm32") {
@@ -504,7 +519,7 @@ impl Ctx<'_> {
 
     /// `out[t] = W[ids[t]]`, one op per row chunk of the embedding.
     pub fn embed(&self, w: &GpuMatrix, ids: &wgpu::Buffer, out: &wgpu::Buffer) -> Result<Vec<Op>> {
-        let flags = vec![format_flag(w.dtype)?];
+        let flags = vec![format_flag(w.dtype)?, self.layout_flag(w)?];
         let has_scales = super::weights::layout(w.dtype)?.scale_words > 0;
         w.chunks
             .iter()

@@ -9,10 +9,16 @@
 //! - Q8_0: qs[32] | d;  Q4_0: qs[16] | d;  Q4_1: qs[16] | d, m;
 //! - Q5_0: qs[16] | d, qh;  Q5_1: qs[16] | d m, qh;  Q6_K: ql qh scales | d.
 //!
-//! Rows stay whole (row-major in each plane). An interleaved layout (quad k
-//! of every row together) suits GPUs running a thread per row; but only CPU
-//! adapters run thread per row, and there it was 2-3x slower: each thread's
-//! loads strode `rows` quads apart, which CPU prefetchers do not follow.
+//! Each plane holds a chunk's rows in groups of `row_group` rows (the last
+//! padded with zero rows), item-major within a group: quad k of each of the
+//! group's rows side by side, then quad k + 1 ([`Placement`]). GPUs
+//! (workgroup per row) take groups of 1, rows whole, so a workgroup's
+//! threads read one row's quads side by side. CPU adapters (thread per row)
+//! take groups of 8, a subgroup's lanes, so at each step the lanes read
+//! neighbouring rows' quads from 128 contiguous bytes; for the formats that
+//! measured slower so, rows stay whole there too (`row_group` in the
+//! shaders crate). Quad k of every row of the matrix together, each load
+//! `rows` quads from the last, was 2-3x slower.
 
 use super::Gpu;
 use crate::error::{Error, Result};
@@ -74,18 +80,59 @@ fn split_block(dtype: DType, b: &[u8], quads: &mut Vec<u8>, scales: &mut Vec<u8>
     }
 }
 
-/// Repack whole rows: the quant plane, then the scale plane. Returns the
-/// bytes and the scale plane's offset in u32 words.
-pub fn repack(dtype: DType, bytes: &[u8]) -> Result<(Vec<u8>, u32)> {
+/// Repack `rows` whole rows: the quant plane, then the scale plane, each in
+/// groups of `row_group` rows, the last padded with zero rows (see the
+/// module's comment). Returns the bytes and the scale plane's offset in u32
+/// words.
+pub fn repack(dtype: DType, bytes: &[u8], rows: usize, row_group: usize) -> Result<(Vec<u8>, u32)> {
     let l = layout(dtype)?;
     let bb = file_block_bytes(dtype, &l);
     let (mut quads, mut scales) = (Vec::with_capacity(bytes.len()), Vec::new());
     for block in bytes.chunks_exact(bb) {
         split_block(dtype, block, &mut quads, &mut scales);
     }
-    let offset = (quads.len() / 4) as u32;
-    quads.extend(scales);
-    Ok((quads, offset))
+    let mut packed = group_rows(quads, rows, 16, row_group);
+    let offset = (packed.len() / 4) as u32;
+    packed.extend(group_rows(scales, rows, 4, row_group));
+    Ok((packed, offset))
+}
+
+/// A plane of `rows` rows of `unit`-byte items, item-major within each
+/// group of `group` rows (item k of the group's rows side by side, then
+/// item k + 1), the last group padded with zero rows.
+fn group_rows(plane: Vec<u8>, rows: usize, unit: usize, group: usize) -> Vec<u8> {
+    if group <= 1 || plane.is_empty() {
+        return plane;
+    }
+    let row_bytes = plane.len() / rows;
+    let padded = rows.div_ceil(group) * group;
+    let mut out = Vec::with_capacity(padded * row_bytes);
+    for first in (0..rows).step_by(group) {
+        for k in (0..row_bytes).step_by(unit) {
+            for r in first..first + group {
+                match plane.get(r * row_bytes + k..r * row_bytes + k + unit) {
+                    Some(item) if r < rows => out.extend_from_slice(item),
+                    _ => out.extend(std::iter::repeat_n(0u8, unit)),
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Where a matrix goes on the GPU: rows split into chunks of at most
+/// `max_binding` bytes, laid out for the matmul `shape` that will read them
+/// (rows grouped [`super::MatmulShape::row_group`] at a time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    pub max_binding: u64,
+    pub shape: super::MatmulShape,
+}
+
+impl Placement {
+    pub fn new(shape: super::MatmulShape, max_binding: u64) -> Self {
+        Placement { max_binding, shape }
+    }
 }
 
 /// File bytes of one row of `cols` values, once the GPU layout can hold such rows.
@@ -107,6 +154,8 @@ pub struct GpuMatrix {
     pub dtype: DType,
     pub rows: u32,
     pub cols: u32,
+    /// Rows per group in each chunk's layout (see [`Placement`]).
+    pub row_group: u32,
     pub chunks: Vec<Chunk>,
 }
 
@@ -119,14 +168,18 @@ pub struct Chunk {
     pub rows: u32,
 }
 
-/// Rows per chunk for a given binding limit (also ≤ 65535: one workgroup row each).
-pub fn rows_per_chunk(dtype: DType, cols: u64, max_binding: u64) -> Result<u64> {
+/// Rows per chunk for a given placement: whole groups of rows within the
+/// binding limit (also ≤ 65535: one workgroup row each).
+pub fn rows_per_chunk(dtype: DType, cols: u64, place: Placement) -> Result<u64> {
     let row = repacked_row_bytes(dtype, cols);
-    let n = (max_binding / row.max(1)).min(65535);
+    let group = place.shape.row_group(dtype) as u64;
+    let n = (place.max_binding / row.max(1)).min(65535) / group * group;
     if n == 0 {
         return Err(Error::Unsupported(format!(
-            "a single row of {cols} {} values ({row} bytes) exceeds the GPU's binding limit of {max_binding} bytes",
-            dtype.name()
+            "{group} rows of {cols} {} values ({} bytes: the GPU layout's group of rows) exceed the GPU's binding limit of {} bytes",
+            dtype.name(),
+            group * row,
+            place.max_binding
         )));
     }
     Ok(n)
@@ -142,14 +195,14 @@ impl GpuMatrix {
         rows: u64,
         cols: u64,
         bytes: &[u8],
-        max_binding: u64,
+        place: Placement,
     ) -> Result<Self> {
         let file_row = file_row_bytes(name, dtype, cols)?;
         if bytes.len() as u64 != file_row * rows {
             return Err(Error::Input(format!("{name}: {} bytes for {rows} × {cols} {}", bytes.len(), dtype.name())));
         }
         let fetch = |start: u64, len: u64| std::future::ready(Ok(bytes[start as usize..(start + len) as usize].to_vec()));
-        crate::engine::run_ready(Self::upload(gpu, name, dtype, rows, cols, fetch, max_binding, 1))
+        crate::engine::run_ready(Self::upload(gpu, name, dtype, rows, cols, fetch, place, 1))
     }
 
     /// Read a tensor from `reader`, one chunk of rows at a time, and upload it.
@@ -157,7 +210,7 @@ impl GpuMatrix {
         gpu: &Gpu,
         reader: &impl TensorReader,
         t: &TensorInfo,
-        max_binding: u64,
+        place: Placement,
     ) -> Result<Self> {
         t.dtype.check_supported(&format!("tensor {:?}", t.name))?;
         let (rows, cols) = t.rows_cols();
@@ -165,7 +218,7 @@ impl GpuMatrix {
             return Err(Error::Input(format!("tensor {:?}: {} bytes for {rows} × {cols} {}", t.name, t.nbytes, t.dtype.name())));
         }
         let fetch = |start: u64, len: u64| reader.read_range(t, start, len);
-        Self::upload(gpu, &t.name, t.dtype, rows, cols, fetch, max_binding, 1).await
+        Self::upload(gpu, &t.name, t.dtype, rows, cols, fetch, place, 1).await
     }
 
     /// The routed experts' weight as one matrix of `experts · rows` rows: a
@@ -178,11 +231,11 @@ impl GpuMatrix {
         experts: u64,
         rows: u64,
         cols: u64,
-        max_binding: u64,
+        place: Placement,
     ) -> Result<Self> {
         let first = check_experts(tensors, &[], experts, rows, cols)?;
         let name = first.name.replace(".0.", ".*.");
-        Self::upload(gpu, &name, first.dtype, experts * rows, cols, stacked_bytes(reader, tensors), max_binding, rows).await
+        Self::upload(gpu, &name, first.dtype, experts * rows, cols, stacked_bytes(reader, tensors), place, rows).await
     }
 
     /// The routed experts' gate and up (`gate`, `up`: one tensor holding
@@ -198,7 +251,7 @@ impl GpuMatrix {
         experts: u64,
         rows: u64,
         cols: u64,
-        max_binding: u64,
+        place: Placement,
     ) -> Result<Self> {
         if up.len() != gate.len() {
             return Err(Error::Config(format!("{} expert gate tensors but {} up tensors", gate.len(), up.len())));
@@ -218,12 +271,12 @@ impl GpuMatrix {
             Ok(out)
         };
         let name = format!("{}+up", first.name.replace(".0.", ".*."));
-        Self::upload(gpu, &name, first.dtype, experts * 2 * rows, cols, fetch, max_binding, 2 * rows).await
+        Self::upload(gpu, &name, first.dtype, experts * 2 * rows, cols, fetch, place, 2 * rows).await
     }
 
     /// Matrices of one type and width, their rows one after another (q, k
     /// and v; gate and up): one matmul computes them all, in one dispatch.
-    pub async fn load_stacked(gpu: &Gpu, reader: &impl TensorReader, tensors: &[&TensorInfo], name: &str, max_binding: u64) -> Result<Self> {
+    pub async fn load_stacked(gpu: &Gpu, reader: &impl TensorReader, tensors: &[&TensorInfo], name: &str, place: Placement) -> Result<Self> {
         let first = tensors.first().ok_or_else(|| Error::Config(format!("{name}: no tensors to stack")))?;
         let (_, cols) = first.rows_cols();
         let mut rows = 0;
@@ -238,7 +291,7 @@ impl GpuMatrix {
             }
             rows += r;
         }
-        Self::upload(gpu, name, first.dtype, rows, cols, stacked_bytes(reader, tensors), max_binding, 1).await
+        Self::upload(gpu, name, first.dtype, rows, cols, stacked_bytes(reader, tensors), place, 1).await
     }
 
 }
@@ -294,15 +347,18 @@ impl GpuMatrix {
         rows: u64,
         cols: u64,
         fetch: impl Fn(u64, u64) -> F,
-        max_binding: u64,
+        place: Placement,
         align: u64,
     ) -> Result<Self> {
         let file_row = file_row_bytes(name, dtype, cols)?;
-        // Chunks of whole `align`-row groups (experts).
-        let per = rows_per_chunk(dtype, cols, max_binding)? / align * align;
+        let row_group = place.shape.row_group(dtype);
+        // Chunks of whole `align`-row groups (experts), within the binding
+        // once padded to whole groups of the layout.
+        let per = rows_per_chunk(dtype, cols, place)? / align * align;
         if per == 0 {
             return Err(Error::Unsupported(format!(
-                "{name}: one expert of {align} rows exceeds the GPU's binding limit of {max_binding} bytes"
+                "{name}: one expert of {align} rows exceeds the GPU's binding limit of {} bytes",
+                place.max_binding
             )));
         }
         let mut chunks = Vec::new();
@@ -310,11 +366,26 @@ impl GpuMatrix {
         while r < rows {
             let n = per.min(rows - r);
             let part = fetch(r * file_row, n * file_row).await?;
-            let (packed, scale_offset) = repack(dtype, &part)?;
+            let (packed, scale_offset) = repack(dtype, &part, n as usize, row_group as usize)?;
             let buffer = gpu.storage_init(&format!("{name}[{r}..{}]", r + n), &packed)?;
             chunks.push(Chunk { buffer, scale_offset, row_start: r as u32, rows: n as u32 });
             r += n;
         }
-        Ok(GpuMatrix { name: name.into(), dtype, rows: rows as u32, cols: cols as u32, chunks })
+        Ok(GpuMatrix { name: name.into(), dtype, rows: rows as u32, cols: cols as u32, row_group, chunks })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::group_rows;
+
+    #[test]
+    fn rows_grouped_item_major_the_last_group_padded() {
+        // 3 rows of two 2-byte items, groups of 2: rows a, b interleaved,
+        // then row c beside a zero row.
+        let plane = b"a0a1b0b1c0c1".to_vec();
+        assert_eq!(group_rows(plane.clone(), 3, 2, 2), b"a0b0a1b1c0\0\0c1\0\0");
+        assert_eq!(group_rows(plane.clone(), 3, 2, 4), b"a0b0c0\0\0a1b1c1\0\0");
+        assert_eq!(group_rows(plane.clone(), 3, 2, 1), plane);
     }
 }
