@@ -156,10 +156,12 @@ pub mod shape {
     /// Threads per workgroup of the thread-per-row matmul.
     pub const MATMUL_WG_THREAD: u32 = 16;
     /// Rows one thread computes in a single-token thread-per-row matmul,
-    /// each x load shared by all of them: with subgroups (x shared across
-    /// the lanes too), and without (the browser: SwiftShader decodes
-    /// SmolLM2 at 3.4 tok/s with 4, 4.0 with 8, 4.3-4.4 with 16).
+    /// each x load shared by all of them (see `shared_rows`): with subgroups
+    /// (x shared across the lanes too) for 32-value blocks and for the
+    /// K-quants' 256, and without (the browser: SwiftShader decodes SmolLM2
+    /// at 3.4 tok/s with 4, 4.0 with 8, 4.3-4.4 with 16).
     pub const MATMUL_SHARED_ROWS: u32 = 2;
+    pub const MATMUL_SHARED_ROWS_K: u32 = 8;
     pub const MATMUL_SHARED_ROWS_PLAIN: u32 = 16;
     /// Rows interleaved per group in the weight layout the thread-per-row
     /// matmul reads for most formats (see `row_group`): a subgroup's lanes
@@ -234,6 +236,21 @@ pub fn row_group(shape_flag: &str, format: &str) -> u32 {
     }
 }
 
+/// Rows a thread of the single-token thread-per-row matmul computes, with
+/// or without subgroups, for a weight format. With subgroups each lane loads
+/// a vec4 of every sub-block's x, a whole block's before the rows: for the
+/// K-quants eight loads, which sharing across 8 rows pays for (lavapipe,
+/// decode GEMV of copy: Q4_K 0.42 → 0.54, Q5_K 0.34 → 0.51, Q6_K 0.39 →
+/// 0.51); the 32-value formats' one load is cheaper than the rows'
+/// unrolled code (Q4_1 0.61 → 0.46 and Q8_0 0.79 → 0.53 with 4 rows).
+pub fn shared_rows(subgroups: bool, format: &str) -> u32 {
+    match block_layout(format) {
+        _ if !subgroups => shape::MATMUL_SHARED_ROWS_PLAIN,
+        Some(l) if l.block_values > 32 => shape::MATMUL_SHARED_ROWS_K,
+        _ => shape::MATMUL_SHARED_ROWS,
+    }
+}
+
 pub fn block_layout(format: &str) -> Option<BlockLayout> {
     let (block_values, quads, scale_words) = match format {
         "F32" => (32, 8, 0),
@@ -276,8 +293,8 @@ pub fn consts(family: &Family, flags: &[&str]) -> Vec<Const> {
     match family.name {
         "matmul" => {
             c.push(Const::U32("TILE_T", TILE_T));
-            let shared = if flags.contains(&"SUBGROUPS") { MATMUL_SHARED_ROWS } else { MATMUL_SHARED_ROWS_PLAIN };
-            c.push(Const::U32("SHARED_ROWS", shared));
+            let format_flag = flags.iter().copied().find(|f| block_layout(f).is_some()).unwrap_or("");
+            c.push(Const::U32("SHARED_ROWS", shared_rows(flags.contains(&"SUBGROUPS"), format_flag)));
             c.push(Const::U32("GEMM_ROWS", GEMM_ROWS));
             c.push(Const::U32("GEMM_TOKENS", GEMM_TOKENS));
             c.push(Const::U32("GEMM_WG", GEMM_WG));

@@ -198,11 +198,10 @@ impl Ctx<'_> {
         Ok((flags, wg, super::weights::layout(w.dtype)?.scale_words > 0))
     }
 
-    /// Rows a thread of the single-token matmul computes.
-    fn shared_rows(&self) -> u32 {
+    /// Rows a thread of the single-token matmul over `w` computes.
+    fn shared_rows(&self, w: &GpuMatrix) -> u32 {
         match self.shape {
-            super::MatmulShape::RowPerThread if self.lane_subgroups() => shape::MATMUL_SHARED_ROWS,
-            super::MatmulShape::RowPerThread => shape::MATMUL_SHARED_ROWS_PLAIN,
+            super::MatmulShape::RowPerThread => baleen_shaders::shared_rows(self.lane_subgroups(), w.dtype.name()),
             super::MatmulShape::RowPerWorkgroup => 1,
         }
     }
@@ -223,7 +222,7 @@ impl Ctx<'_> {
             bufs.push((6, &c.buffer));
         }
         let key = PipelineKey { family: "matmul", entry: "glu", flags };
-        let grid = Grid::PerToken { x: w.rows / 2, wg, tile: 1, single: true, shared_rows: self.shared_rows() / 2 };
+        let grid = Grid::PerToken { x: w.rows / 2, wg, tile: 1, single: true, shared_rows: self.shared_rows(w) / 2 };
         Ok(Some(self.op_at(name.into(), key, &params, &bufs, grid)?.only(Passes::Single)))
     }
 
@@ -266,7 +265,7 @@ impl Ctx<'_> {
         if acc {
             flags.push("ACC");
         }
-        let shared_rows = self.shared_rows();
+        let shared_rows = self.shared_rows(w);
         // Passes of several tokens take a GEMM entry: on the workgroup shape
         // a tiled one, on the thread shape with subgroups 4 rows × 4 tokens
         // a thread, without them the decode GEMV per token. `gemm_tile`:
