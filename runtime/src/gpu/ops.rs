@@ -2,7 +2,7 @@
 //! one kernel family. Bindings follow the WGSL: 0 the pass's `Step`, 1 the
 //! op's own parameters, then the buffers in the order the shader lists them.
 
-use super::weights::{format_flag, GpuMatrix};
+use super::weights::{format_flag, Chunk, GpuMatrix};
 use super::{Gpu, Grid, Op, Passes, PipelineKey};
 use crate::error::{Error, Result};
 use baleen_shaders::shape;
@@ -100,6 +100,46 @@ fn pairing_flag(pairing: crate::config::RopePairing) -> &'static str {
 
 fn words(v: &[u32]) -> Vec<u8> {
     bytemuck::cast_slice(v).to_vec()
+}
+
+/// matmul.wgsl's `Params`, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct MatmulParams {
+    rows: u32,
+    cols: u32,
+    row_offset: u32,
+    y_stride: u32,
+    single: u32,
+    x_stride: u32,
+    pad1: u32,
+    scale_offset: u32,
+    expert_rows: u32,
+    x_div: u32,
+    top_k: u32,
+    pad0: u32,
+}
+
+impl MatmulParams {
+    /// Chunk `c` of `w`, x rows `x_stride` apart; the other fields zero
+    /// (and one slot per token): each entry sets its own.
+    fn chunk(w: &GpuMatrix, c: &Chunk, x_stride: u32) -> Self {
+        MatmulParams { rows: c.rows, cols: w.cols, x_stride, scale_offset: c.scale_offset, x_div: 1, top_k: 1, ..bytemuck::Zeroable::zeroed() }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        bytemuck::bytes_of(self).to_vec()
+    }
+}
+
+/// A matmul's bindings for weight chunk `c`: its quant plane (2), x (3), y
+/// (4) and, when the format has scales, the chunk again as the scale plane (6).
+fn chunk_bindings<'b>(c: &'b Chunk, x: &'b wgpu::Buffer, y: &'b wgpu::Buffer, has_scales: bool) -> Vec<(u32, &'b wgpu::Buffer)> {
+    let mut bufs = vec![(2, &c.buffer), (3, x), (4, y)];
+    if has_scales {
+        bufs.push((6, &c.buffer));
+    }
+    bufs
 }
 
 impl Ctx<'_> {
@@ -216,11 +256,8 @@ impl Ctx<'_> {
             return Ok(None);
         }
         let (flags, wg, has_scales) = self.matmul_variant(w)?;
-        let params = words(&[c.rows, w.cols, 0, w.rows / 2, 1, x_stride, 0, c.scale_offset, 0, 1, 1, 0]);
-        let mut bufs = vec![(2, &c.buffer), (3, x), (4, out)];
-        if has_scales {
-            bufs.push((6, &c.buffer));
-        }
+        let params = MatmulParams { y_stride: w.rows / 2, single: 1, ..MatmulParams::chunk(w, c, x_stride) }.bytes();
+        let bufs = chunk_bindings(c, x, out, has_scales);
         let key = PipelineKey { family: "matmul", entry: "glu", flags };
         let grid = Grid::PerToken { x: w.rows / 2, wg, tile: 1, single: true, shared_rows: self.shared_rows(w) / 2 };
         Ok(Some(self.op_at(name.into(), key, &params, &bufs, grid)?.only(Passes::Single)))
@@ -281,25 +318,9 @@ impl Ctx<'_> {
         };
         let mut ops = Vec::new();
         for c in &w.chunks {
-            let params = words(&[
-                c.rows,
-                w.cols,
-                row_offset + c.row_start,
-                y_stride,
-                single as u32,
-                x_stride,
-                0,
-                c.scale_offset,
-                0,
-                1,
-                1,
-                0,
-            ]);
-            let mut bufs = vec![(2, &c.buffer), (3, x), (4, y)];
+            let params = MatmulParams { row_offset: row_offset + c.row_start, y_stride, single: single as u32, ..MatmulParams::chunk(w, c, x_stride) }.bytes();
+            let mut bufs = chunk_bindings(c, x, y, has_scales);
             bufs.extend(bias.map(|b| (5, b)));
-            if has_scales {
-                bufs.push((6, &c.buffer));
-            }
             let name = format!("{} rows {}..", w.name, c.row_start);
             let main = self.op_at(
                 name.clone(),
@@ -374,11 +395,9 @@ impl Ctx<'_> {
         w.chunks
             .iter()
             .map(|c| {
-                let params = words(&[c.rows, w.cols, c.row_start, 0, 0, x_stride, 0, c.scale_offset, expert_rows, x_div, top_k, 0]);
-                let mut bufs = vec![(2, &c.buffer), (3, x), (4, y), schedule];
-                if has_scales {
-                    bufs.push((6, &c.buffer));
-                }
+                let params = MatmulParams { row_offset: c.row_start, expert_rows, x_div, top_k, ..MatmulParams::chunk(w, c, x_stride) }.bytes();
+                let mut bufs = chunk_bindings(c, x, y, has_scales);
+                bufs.push(schedule);
                 self.op_at(
                     format!("{} {entry} rows {}..", w.name, c.row_start),
                     PipelineKey { family: "matmul", entry, flags: flags.clone() },
