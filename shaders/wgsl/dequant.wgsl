@@ -54,14 +54,20 @@ fn i8x4(q: u32) -> vec4<f32> {
     return vec4<f32>((vec4<i32>(bitcast<i32>(q)) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
 }
 
-// Bits j … j+3 of qh, as 0 or 16.
-fn hbit4(qh: u32, j: u32) -> vec4<f32> {
-    return vec4<f32>(((vec4<u32>(qh) >> (vec4<u32>(0u, 1u, 2u, 3u) + vec4<u32>(j))) & vec4<u32>(1u)) << vec4<u32>(4u));
+// 5-bit values: the nibbles at `shift` of q's four bytes, with fifth bits j …
+// j + 3 of qh (Q5_0, Q5_1). Joined as integers, converted once.
+fn q5x4(q: u32, shift: u32, qh: u32, j: u32) -> vec4<f32> {
+    let lo = (vec4<u32>(q) >> (vec4<u32>(0u, 8u, 16u, 24u) + vec4<u32>(shift))) & vec4<u32>(15u);
+    let hi = (vec4<u32>(qh) >> (vec4<u32>(0u, 1u, 2u, 3u) + vec4<u32>(j))) & vec4<u32>(1u);
+    return vec4<f32>(lo | (hi << vec4<u32>(4u)));
 }
 
-// Bit s of each byte of a word, as 0 or 16.
-fn qbit4(q: u32, s: u32) -> vec4<f32> {
-    return vec4<f32>(((vec4<u32>(q) >> (vec4<u32>(0u, 8u, 16u, 24u) + vec4<u32>(s))) & vec4<u32>(1u)) << vec4<u32>(4u));
+// 5-bit values: the nibbles at `shift` of q's four bytes, with bit s of each
+// byte of h as their fifth (Q5_K).
+fn q5k4(q: u32, shift: u32, h: u32, s: u32) -> vec4<f32> {
+    let lo = (vec4<u32>(q) >> (vec4<u32>(0u, 8u, 16u, 24u) + vec4<u32>(shift))) & vec4<u32>(15u);
+    let hi = (vec4<u32>(h) >> (vec4<u32>(0u, 8u, 16u, 24u) + vec4<u32>(s))) & vec4<u32>(1u);
+    return vec4<f32>(lo | (hi << vec4<u32>(4u)));
 }
 
 // Four bf16 values from two words.

@@ -92,14 +92,14 @@
     let m = dm.y;
 #endif
     let q = quad(b);
-    EMIT(0, (nib4(q.x, 0u) + hbit4(qh, 0u)) * d + m);
-    EMIT(1, (nib4(q.y, 0u) + hbit4(qh, 4u)) * d + m);
-    EMIT(2, (nib4(q.z, 0u) + hbit4(qh, 8u)) * d + m);
-    EMIT(3, (nib4(q.w, 0u) + hbit4(qh, 12u)) * d + m);
-    EMIT(4, (nib4(q.x, 4u) + hbit4(qh, 16u)) * d + m);
-    EMIT(5, (nib4(q.y, 4u) + hbit4(qh, 20u)) * d + m);
-    EMIT(6, (nib4(q.z, 4u) + hbit4(qh, 24u)) * d + m);
-    EMIT(7, (nib4(q.w, 4u) + hbit4(qh, 28u)) * d + m);
+    EMIT(0, q5x4(q.x, 0u, qh, 0u) * d + m);
+    EMIT(1, q5x4(q.y, 0u, qh, 4u) * d + m);
+    EMIT(2, q5x4(q.z, 0u, qh, 8u) * d + m);
+    EMIT(3, q5x4(q.w, 0u, qh, 12u) * d + m);
+    EMIT(4, q5x4(q.x, 4u, qh, 16u) * d + m);
+    EMIT(5, q5x4(q.y, 4u, qh, 20u) * d + m);
+    EMIT(6, q5x4(q.z, 4u, qh, 24u) * d + m);
+    EMIT(7, q5x4(q.w, 4u, qh, 28u) * d + m);
 #endif
 #if Q4_K || Q5_K
     // quads: [d, dmin: f16 | scales: 12 bytes] [(Q5_K) qh: 2 quads] [qs: 8 quads].

@@ -16,14 +16,14 @@
     EMIT(7, nib4(c.w, shift) * d - m);
 #endif
 #if Q5_K
-    EMIT(0, (nib4(a.x, shift) + qbit4(ha.x, s)) * d - m);
-    EMIT(1, (nib4(a.y, shift) + qbit4(ha.y, s)) * d - m);
-    EMIT(2, (nib4(a.z, shift) + qbit4(ha.z, s)) * d - m);
-    EMIT(3, (nib4(a.w, shift) + qbit4(ha.w, s)) * d - m);
-    EMIT(4, (nib4(c.x, shift) + qbit4(hc.x, s)) * d - m);
-    EMIT(5, (nib4(c.y, shift) + qbit4(hc.y, s)) * d - m);
-    EMIT(6, (nib4(c.z, shift) + qbit4(hc.z, s)) * d - m);
-    EMIT(7, (nib4(c.w, shift) + qbit4(hc.w, s)) * d - m);
+    EMIT(0, q5k4(a.x, shift, ha.x, s) * d - m);
+    EMIT(1, q5k4(a.y, shift, ha.y, s) * d - m);
+    EMIT(2, q5k4(a.z, shift, ha.z, s) * d - m);
+    EMIT(3, q5k4(a.w, shift, ha.w, s) * d - m);
+    EMIT(4, q5k4(c.x, shift, hc.x, s) * d - m);
+    EMIT(5, q5k4(c.y, shift, hc.y, s) * d - m);
+    EMIT(6, q5k4(c.z, shift, hc.z, s) * d - m);
+    EMIT(7, q5k4(c.w, shift, hc.w, s) * d - m);
 #endif
 #if Q6_K
     EMIT(0, q6x4(la.x, ha.x, ns, hs) * d0);
