@@ -577,8 +577,9 @@ fn workgroup_sum(v: f32, lid: u32, sid: u32, ssize: u32) -> f32 {
 }
 #endif
 
-// One workgroup: one row × TILE_T tokens; threads stride over sub-blocks.
-// Grid: (rows, token tiles). Control flow around barriers is uniform.
+// One token (passes of one, or `single`; passes of several take `gemm`):
+// one workgroup per row, its threads striding over the sub-blocks, then
+// summing. Grid: (rows, 1). Control flow around barriers is uniform.
 @compute @workgroup_size(WG)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -594,19 +595,15 @@ fn main(
 #endif
     let r = wid.x;
     let tt = tokens();
-    let t0 = wid.y * TILE_T;
-    if (r >= p.rows || t0 >= tt.y) {
+    if (r >= p.rows || tt.y == 0u) {
         return;
     }
-    let nt = min(TILE_T, tt.y - t0);
     let n_sub = p.cols / 32u;
     select_row(r, n_sub / SUBS, p.scale_offset);
-    let a = row_tile((tt.x + t0) * (p.x_stride / 4u), nt, n_sub, lid, WG);
-    for (var j = 0u; j < nt; j++) {
-        let total = workgroup_sum(tile_value(a, j), lid, sid, ssize);
-        if (lid == 0u) {
-            store(t0 + j, r, total);
-        }
+    let a = row_tile(tt.x * (p.x_stride / 4u), 1u, n_sub, lid, WG);
+    let total = workgroup_sum(a.a0, lid, sid, ssize);
+    if (lid == 0u) {
+        store(0u, r, total);
     }
 }
 
