@@ -212,6 +212,19 @@ fn partial(
     }
 }
 #else
+// Chunk c of split sp's output, its values a over sum l: the output itself
+// when one split holds the whole context (`whole`), else the split's partial.
+fn store_chunk(sp: Split, c: u32, a: Chunk, l: f32, whole: bool) {
+    for (var i = 0u; i < CHUNK; i++) {
+        let d = c * CHUNK + i;
+        if (whole) {
+            out[sp.out + d] = chunk_at(a, i) / l;
+        } else {
+            part_o[sp.rec * p.v_dim + d] = chunk_at(a, i);
+        }
+    }
+}
+
 #if SUBGROUPS
 // The chunks of a head one lane holds: CHUNK·(lane + S·j) …, for
 // j < SG_DIMS / CHUNK (S the subgroup size); the host keeps head_dim and
@@ -271,24 +284,15 @@ fn partial(
         }
         m = m_new;
     }
-    let rec = sp.rec;
     let whole = n_splits() == 1u;
     if (lane == 0u && !whole) {
-        part_ml[2u * rec] = m;
-        part_ml[2u * rec + 1u] = l;
+        part_ml[2u * sp.rec] = m;
+        part_ml[2u * sp.rec + 1u] = l;
     }
     for (var j = 0u; j < CHUNKS; j++) {
         let c = lane + ssize * j;
         if (c < vd) {
-            for (var i = 0u; i < CHUNK; i++) {
-                let d = c * CHUNK + i;
-                let a = chunk_at(acc[j], i);
-                if (whole) {
-                    out[sp.out + d] = a / l;
-                } else {
-                    part_o[rec * p.v_dim + d] = a;
-                }
-            }
+            store_chunk(sp, c, acc[j], l, whole);
         }
     }
 }
@@ -324,22 +328,13 @@ fn partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
         }
         m = m_new;
     }
-    let rec = sp.rec;
     let whole = n_splits() == 1u;
     if (!whole) {
-        part_ml[2u * rec] = m;
-        part_ml[2u * rec + 1u] = l;
+        part_ml[2u * sp.rec] = m;
+        part_ml[2u * sp.rec + 1u] = l;
     }
     for (var c = 0u; c < vd; c++) {
-        let a = acc[c];
-        for (var i = 0u; i < CHUNK; i++) {
-            let d = c * CHUNK + i;
-            if (whole) {
-                out[sp.out + d] = chunk_at(a, i) / l;
-            } else {
-                part_o[rec * p.v_dim + d] = chunk_at(a, i);
-            }
-        }
+        store_chunk(sp, c, acc[c], l, whole);
     }
 }
 #endif
