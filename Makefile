@@ -13,7 +13,7 @@ WASM_BINDGEN_VERSION := $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/^version 
 NODE_DEPS := tests/browser/node_modules/.package-lock.json
 WASM_OPT := tests/browser/node_modules/.bin/wasm-opt
 
-.PHONY: test demo setup models wasm wasm-check browser-test fuzz-smoke fuzz bench bench-browser tools clean
+.PHONY: test demo setup models wasm wasm-check browser-test fuzz-smoke fuzz bench bench-browser bench-swiftshader tools clean
 
 ## Everything CI runs: unit, integration and model tests, the browser tests,
 ## then a short fuzz run.
@@ -94,6 +94,15 @@ bench: models
 bench-browser: models wasm $(NODE_DEPS)
 	cargo build --release
 	node tests/browser/bench.mjs
+
+## The browser's CPU adapter without a browser: Chromium's SwiftShader as the
+## native Vulkan driver runs the kernel paths the browser takes (no subgroups,
+## no shader-f16) in seconds rather than a browser build and run.
+SWIFTSHADER_ICD ?= /usr/lib/chromium/vk_swiftshader_icd.json
+bench-swiftshader: models
+	cargo build --release
+	VK_ICD_FILENAMES=$(SWIFTSHADER_ICD) ./target/release/baleen bench-kernels --bytes 4194304
+	VK_ICD_FILENAMES=$(SWIFTSHADER_ICD) ./target/release/baleen bench --model $(MODEL) --prompt-tokens 32 --gen-tokens 32 --runs 1
 
 clean:
 	cargo clean
