@@ -2,7 +2,8 @@
 // row into eight vec4s (registers, not an indexed array). The including
 // shader declares `w: array<vec4<u32>>` (the quant plane), `ws: array<u32>`
 // (the same buffer, read from its scale plane at p.scale_offset words) and one
-// format flag; QUADS, SCALE_WORDS and SUBS come from `block_layout` in Rust.
+// format flag; QUADS, SCALE_WORDS and SUBS come from `block_layout` in Rust,
+// ROW_GROUP from `row_group`.
 //
 // Per block: QUADS 16-byte quads of quants (read with one load each) and
 // SCALE_WORDS words of scales (f16 d / m, and Q5's high bits) in their own
@@ -11,10 +12,10 @@
 // Each plane holds the rows in groups of ROW_GROUP, item-major within a
 // group: quad k of each of the group's rows side by side, then quad k + 1
 // (a chunk's last group is padded with zero rows). ROW_GROUP is 1 (rows
-// whole, one after another) for the workgroup-per-row shape and 8 for thread
-// per row, whose 8 lanes then read neighbouring rows' quads from one place
-// (see runtime/src/gpu/weights.rs). Quad k of the current row is
-// w[q_base + ROW_GROUP · k].
+// whole, one after another) for the workgroup-per-row shape and, for most
+// formats, 8 for thread per row, whose 8 lanes then read neighbouring rows'
+// quads from one place (see runtime/src/gpu/weights.rs). Quad k of the
+// current row is w[q_base + ROW_GROUP · k].
 
 var<private> q_base: u32;
 var<private> s_base: u32;
