@@ -226,10 +226,11 @@ impl BlockLayout {
 /// workgroup's threads read one row's quads side by side. Thread per row
 /// (CPU adapters) groups a subgroup's worth, so the lanes' loads, one row
 /// each, fall in one place: on lavapipe 7-22% faster GEMVs for the float
-/// formats, Q8_0, Q4_0 and Q4_1, level for Q4_K and Q5_K, but 8-15% slower
-/// for Q5_0, Q5_1 and Q6_K, which keep rows whole (BENCHMARKS.md, session 7).
+/// formats, Q8_0, Q4_0 and Q4_1, and (their two scale words one load) Q5_0 and
+/// Q5_1, level for Q4_K and Q5_K, but 15% slower for Q6_K, which keeps rows
+/// whole (BENCHMARKS.md, session 7).
 pub fn row_group(shape_flag: &str, format: &str) -> u32 {
-    if shape_flag == "ROW_PER_THREAD" && !["Q5_0", "Q5_1", "Q6_K"].contains(&format) {
+    if shape_flag == "ROW_PER_THREAD" && format != "Q6_K" {
         shape::ROW_GROUP_THREAD
     } else {
         1

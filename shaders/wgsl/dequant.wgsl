@@ -1,7 +1,8 @@
 // Fragment, included with `#include dequant`: expands 32 values of a weight
 // row into eight vec4s (registers, not an indexed array). The including
-// shader declares `w: array<vec4<u32>>` (the quant plane), `ws: array<u32>`
-// (the same buffer, read from its scale plane at p.scale_offset words) and one
+// shader declares `w: array<vec4<u32>>` (the quant plane), `ws:
+// array<ScaleUnit>` (the same buffer, read from its scale plane at
+// p.scale_offset words) and one
 // format flag; QUADS, SCALE_WORDS and SUBS come from `block_layout` in Rust,
 // ROW_GROUP from `row_group`.
 //
@@ -17,20 +18,30 @@
 // quads from one place (see runtime/src/gpu/weights.rs). Quad k of the
 // current row is w[q_base + ROW_GROUP · k].
 
+// A block's scale words, read with one load (the scale plane's items):
+// Q5_0 and Q5_1 have two.
+#if Q5_0 || Q5_1
+alias ScaleUnit = vec2<u32>;
+#else
+alias ScaleUnit = u32;
+#endif
+
 var<private> q_base: u32;
 var<private> s_base: u32;
 
 fn select_row(row: u32, blocks_per_row: u32, scale_offset: u32) {
     let first = row - row % ROW_GROUP;
     q_base = first * blocks_per_row * QUADS + row % ROW_GROUP;
-    s_base = scale_offset + first * blocks_per_row * SCALE_WORDS + row % ROW_GROUP;
+    // In ScaleUnits (the scale plane starts 16-byte aligned).
+    s_base = scale_offset / max(SCALE_WORDS, 1u) + first * blocks_per_row + row % ROW_GROUP;
 }
 
 fn quad(k: u32) -> vec4<u32> {
     return w[q_base + ROW_GROUP * k];
 }
 
-fn sword(k: u32) -> u32 {
+// Block k's scale words.
+fn sword(k: u32) -> ScaleUnit {
     return ws[s_base + ROW_GROUP * k];
 }
 

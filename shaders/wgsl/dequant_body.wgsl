@@ -83,8 +83,9 @@
 #if Q5_0 || Q5_1
     // quad: qs[16]; scales: d (Q5_0: (q - 16) d) or d, m (Q5_1: q d + m), then
     // qh (bit j is value j's fifth bit).
-    let dm = unpack2x16float(sword(2u * b));
-    let qh = sword(2u * b + 1u);
+    let sc = sword(b);
+    let dm = unpack2x16float(sc.x);
+    let qh = sc.y;
     let d = dm.x;
 #if Q5_0
     let m = -16.0 * d;

@@ -45,7 +45,7 @@ struct Params {
 
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;  // quant plane [blocks · QUADS] per row
-@group(0) @binding(6) var<storage, read> ws: array<u32>;       // the same buffer: scale plane at p.scale_offset
+@group(0) @binding(6) var<storage, read> ws: array<ScaleUnit>;       // the same buffer: scale plane at p.scale_offset
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;  // [n_tokens, x_stride / 4]
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;  // [n_tokens, y_stride]
 #if BIAS

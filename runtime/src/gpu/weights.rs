@@ -11,14 +11,15 @@
 //!
 //! Each plane holds a chunk's rows in groups of `row_group` rows (the last
 //! padded with zero rows), item-major within a group: quad k of each of the
-//! group's rows side by side, then quad k + 1 ([`Placement`]). GPUs
+//! group's rows side by side, then quad k + 1; in the scale plane an item is
+//! a block's scale words, read with one load ([`Placement`]). GPUs
 //! (workgroup per row) take groups of 1, rows whole, so a workgroup's
 //! threads read one row's quads side by side. CPU adapters (thread per row)
 //! take groups of 8, a subgroup's lanes, so at each step the lanes read
-//! neighbouring rows' quads from 128 contiguous bytes; for the formats that
-//! measured slower so, rows stay whole there too (`row_group` in the
-//! shaders crate). Quad k of every row of the matrix together, each load
-//! `rows` quads from the last, was 2-3x slower.
+//! neighbouring rows' quads from 128 contiguous bytes; Q6_K, which measured
+//! slower so, keeps its rows whole there too (`row_group` in the shaders
+//! crate). Quad k of every row of the matrix together, each load `rows`
+//! quads from the last, was 2-3x slower.
 
 use super::Gpu;
 use crate::error::{Error, Result};
@@ -93,7 +94,8 @@ pub fn repack(dtype: DType, bytes: &[u8], rows: usize, row_group: usize) -> Resu
     }
     let mut packed = group_rows(quads, rows, 16, row_group);
     let offset = (packed.len() / 4) as u32;
-    packed.extend(group_rows(scales, rows, 4, row_group));
+    // A block's scale words stay together (one load: dequant.wgsl's ScaleUnit).
+    packed.extend(group_rows(scales, rows, 4 * l.scale_words as usize, row_group));
     Ok((packed, offset))
 }
 
