@@ -270,7 +270,9 @@ pub fn block_layout(format: &str) -> Option<BlockLayout> {
 /// The constants a variant needs, from [`shape`] and the weight format.
 pub fn consts(family: &Family, flags: &[&str]) -> Vec<Const> {
     use shape::*;
-    let format = flags.iter().find_map(|f| block_layout(f));
+    // The weight format's flag ("" for families without one) and its layout.
+    let format_flag = flags.iter().copied().find(|f| block_layout(f).is_some()).unwrap_or("");
+    let format = block_layout(format_flag);
     let mut c = Vec::new();
     let wg = match family.name {
         "matmul" if flags.contains(&"ROW_PER_WORKGROUP") => MATMUL_WG_GROUP,
@@ -288,13 +290,11 @@ pub fn consts(family: &Family, flags: &[&str]) -> Vec<Const> {
         c.push(Const::U32("SCALE_WORDS", l.scale_words));
         c.push(Const::U32("SUBS", l.subs()));
         let shape_flag = flags.iter().copied().find(|f| f.starts_with("ROW_PER_")).unwrap_or("ROW_PER_WORKGROUP");
-        let format_flag = flags.iter().copied().find(|f| block_layout(f).is_some()).unwrap_or("");
         c.push(Const::U32("ROW_GROUP", row_group(shape_flag, format_flag)));
     }
     match family.name {
         "matmul" => {
             c.push(Const::U32("TILE_T", TILE_T));
-            let format_flag = flags.iter().copied().find(|f| block_layout(f).is_some()).unwrap_or("");
             c.push(Const::U32("SHARED_ROWS", shared_rows(flags.contains(&"SUBGROUPS"), format_flag)));
             c.push(Const::U32("GEMM_ROWS", GEMM_ROWS));
             c.push(Const::U32("GEMM_TOKENS", GEMM_TOKENS));

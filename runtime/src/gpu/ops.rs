@@ -314,7 +314,7 @@ impl Ctx<'_> {
         } else if self.lane_subgroups() {
             Some((wg * shape::LANE_TILE, shape::LANE_TILE))
         } else {
-            Some((wg * shape::MATMUL_SHARED_ROWS_PLAIN, 1))
+            Some((wg * shared_rows, 1))
         };
         let mut ops = Vec::new();
         for c in &w.chunks {
@@ -322,12 +322,13 @@ impl Ctx<'_> {
             let mut bufs = chunk_bindings(c, x, y, has_scales);
             bufs.extend(bias.map(|b| (5, b)));
             let name = format!("{} rows {}..", w.name, c.row_start);
+            // `main` computes one token (passes of one, or `single`).
             let main = self.op_at(
                 name.clone(),
                 PipelineKey { family: "matmul", entry: "main", flags: flags.clone() },
                 &params,
                 &bufs,
-                Grid::PerToken { x: c.rows, wg, tile: shape::TILE_T, single, shared_rows },
+                Grid::PerToken { x: c.rows, wg, tile: 1, single, shared_rows },
             )?;
             let Some((tile_rows, tile_tokens)) = gemm_tile else {
                 ops.push(main);

@@ -112,9 +112,10 @@ fn group_rows(plane: Vec<u8>, rows: usize, unit: usize, group: usize) -> Vec<u8>
     for first in (0..rows).step_by(group) {
         for k in (0..row_bytes).step_by(unit) {
             for r in first..first + group {
-                match plane.get(r * row_bytes + k..r * row_bytes + k + unit) {
-                    Some(item) if r < rows => out.extend_from_slice(item),
-                    _ => out.extend(std::iter::repeat_n(0u8, unit)),
+                if r < rows {
+                    out.extend_from_slice(&plane[r * row_bytes + k..][..unit]);
+                } else {
+                    out.extend(std::iter::repeat_n(0u8, unit));
                 }
             }
         }
