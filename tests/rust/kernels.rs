@@ -168,7 +168,8 @@ fn matmul_with_swiglu_equals_the_matmul_then_swiglu() {
         let ctx = Ctx { gpu: &gpu, step: &step_buf, shape, subgroups };
         for (i, dtype) in [DType::Q4_1, DType::Q6_K, DType::F16].into_iter().enumerate() {
             let cols = if dtype.block_size() == 256 { 256 } else { 96 };
-            // Gate rows straddling a thread's (1 with subgroups, 8 without) and a workgroup's.
+            // Gate rows straddling a thread's (with subgroups 1, or 4 for the
+            // K-quants; 8 without), a group of 8 rows' and a workgroup's.
             for f in [1usize, 9, 70] {
                 let (bytes, w) = random_matrix(dtype, 2 * f, cols, 30 + i as u64);
                 let x = Rng(31).vec(cols);
@@ -231,6 +232,19 @@ fn a_matrix_placed_for_one_kernel_shape_is_refused_by_the_other() {
 }
 
 #[test]
+fn a_binding_smaller_than_a_group_of_rows_is_refused() {
+    let gpu = gpu();
+    let (bytes, _) = random_matrix(DType::Q4_1, 16, 64, 4);
+    let row = baleen::gpu::weights::repacked_row_bytes(DType::Q4_1, 64);
+    // Room for 4 rows: enough for whole rows, not for a group of 8.
+    let place = |shape| Placement::new(shape, 4 * row);
+    let m = GpuMatrix::from_bytes(&gpu, "w", DType::Q4_1, 16, 64, &bytes, place(MatmulShape::RowPerWorkgroup)).unwrap();
+    assert_eq!(m.chunks.len(), 4);
+    let err = GpuMatrix::from_bytes(&gpu, "w", DType::Q4_1, 16, 64, &bytes, place(MatmulShape::RowPerThread)).err().expect("8 rows do not fit").to_string();
+    assert!(err.contains("8 rows of 64 Q4_1 values") && err.contains("binding limit"), "{err}");
+}
+
+#[test]
 fn embedding_rows_across_chunks() {
     let gpu = gpu();
     for (i, &dtype) in FORMATS.iter().enumerate() {
@@ -238,7 +252,7 @@ fn embedding_rows_across_chunks() {
         let rows = 50;
         let (bytes, w) = random_matrix(dtype, rows, cols, 40 + i as u64);
         // Both layouts: rows whole, and in groups of 8 (chunks of 16 rows;
-        // the last chunk, 2 rows, one short group).
+        // the last chunk's 2 rows in one group padded with zero rows).
         for shape in [MatmulShape::RowPerThread, MatmulShape::RowPerWorkgroup] {
             let row = baleen::gpu::weights::repacked_row_bytes(dtype, cols as u64);
             let m = GpuMatrix::from_bytes(&gpu, "embd", dtype, rows as u64, cols as u64, &bytes, Placement::new(shape, row * 16)).unwrap();
