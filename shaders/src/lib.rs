@@ -90,14 +90,61 @@ const FRAGMENTS: &[(&str, &str)] = &[
     ("workgroup_reduce", include_str!("../wgsl/workgroup_reduce.wgsl")),
 ];
 
-/// Rewrite an `EMIT(i, expr);` line for an include mode (see dequant_body.wgsl).
+/// The arguments of `NAME(a, b, …);` split at top-level commas, if `line` is such a call.
+fn macro_args<'a>(line: &'a str, name: &str) -> Option<Vec<&'a str>> {
+    let inner = line.trim().strip_prefix(name)?.strip_prefix('(')?.strip_suffix(");")?;
+    let (mut args, mut depth, mut start) = (Vec::new(), 0i32, 0);
+    for (i, ch) in inner.char_indices() {
+        match ch {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                args.push(inner[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    args.push(inner[start..].trim());
+    Some(args)
+}
+
+/// Rewrite the value lines of dequant_body.wgsl for an include mode:
+/// `EMIT(i, expr);` (values i·4 … i·4 + 3 of a sub-block), `EMIT_SCALED(i, q,
+/// s, d, m);` (the values q·s·d + m, s a constant power-of-two scale per
+/// component) and `EMIT_DONE(d, m);` (after a sub-block's last EMIT_SCALED).
+/// The subgroup dot product (`dot_sg`) keeps EMIT_SCALED's scales apart:
+/// it sums q · (x·s) and applies d and m once per sub-block, as
+/// d·Σ q(x·s) + m·Σx, with x·s and Σx computed once for all of a lane's rows
+/// (on lavapipe, decode GEMV of copy Q4_0 0.46 → 0.52, Q4_K 0.54 → 0.60:
+/// BENCHMARKS.md, session 8); every other mode takes the value itself.
 fn emit(line: &str, mode: &str) -> Result<String, String> {
     let t = line.trim();
+    let malformed = || format!("malformed {t}");
+    // (`s` 1: no scale; `m` 0: no offset.)
+    if let Some(a) = macro_args(t, "EMIT_SCALED") {
+        let [i, q, s, d, m] = a[..] else { return Err(malformed()) };
+        if mode == "dot_sg" {
+            let x = if s == "1" { format!("subgroupBroadcast(x4, {i}u)") } else { format!("subgroupBroadcast(x4, {i}u) * {s}") };
+            return Ok(format!("    acc += dot({q}, {x});"));
+        }
+        let value = if s == "1" { format!("{q} * {d}") } else { format!("{q} * ({s} * {d})") };
+        let value = if m == "0" { value } else { format!("{value} + {m}") };
+        return emit(&format!("EMIT({i}, {value});"), mode);
+    }
+    if let Some(a) = macro_args(t, "EMIT_DONE") {
+        let [d, m] = a[..] else { return Err(malformed()) };
+        return Ok(match mode {
+            "dot_sg" if m == "0" => format!("    acc = {d} * acc;"),
+            "dot_sg" => format!("    acc = {d} * acc + {m} * sub_xsum(x4);"),
+            _ => String::new(),
+        });
+    }
     let Some(rest) = t.strip_prefix("EMIT(").and_then(|r| r.strip_suffix(");")) else {
         return Ok(line.to_string());
     };
-    let (i, expr) = rest.split_once(", ").ok_or(format!("malformed {t}"))?;
-    let i: u32 = i.parse().map_err(|_| format!("malformed {t}"))?;
+    let (i, expr) = rest.split_once(", ").ok_or_else(malformed)?;
+    let i: u32 = i.parse().map_err(|_| malformed())?;
     Ok(match mode {
         "store" => format!("    r.v{i} = {expr};"),
         "dot" => format!("    acc += dot({expr}, x[x4 + {i}u]);"),
@@ -443,6 +490,19 @@ mod tests {
         assert!(specialise(&MATMUL, &["F32", "ROW_PER_THREAD", "NOPE"], &[]).unwrap_err().contains("no flag NOPE"));
         let bad = Family { name: "bad", source: "#include nothing\n", flags: &[], choices: &[] };
         assert!(specialise(&bad, &[], &[]).unwrap_err().contains("unknown include"));
+    }
+
+    #[test]
+    fn scaled_values_are_factored_only_in_the_subgroup_dot() {
+        let line = "    EMIT_SCALED(3, nibs(q.w, 0u), nib_scale(0u), d, m);";
+        assert_eq!(emit(line, "dot_sg").unwrap(), "    acc += dot(nibs(q.w, 0u), subgroupBroadcast(x4, 3u) * nib_scale(0u));");
+        assert_eq!(emit(line, "dot").unwrap(), "    acc += dot(nibs(q.w, 0u) * (nib_scale(0u) * d) + m, x[x4 + 3u]);");
+        assert_eq!(emit("EMIT_DONE(d, -m);", "dot_sg").unwrap(), "    acc = d * acc + -m * sub_xsum(x4);");
+        assert_eq!(emit("EMIT_DONE(d, -m);", "store").unwrap(), "");
+        // No scale, no offset: no multiply or add for them.
+        assert_eq!(emit("EMIT_SCALED(0, v, 1, d, 0);", "store").unwrap(), "    r.v0 = v * d;");
+        assert_eq!(emit("EMIT_DONE(d, 0);", "dot_sg").unwrap(), "    acc = d * acc;");
+        assert!(emit("EMIT_SCALED(0, v, 1, d);", "dot").unwrap_err().contains("malformed"));
     }
 
     #[test]

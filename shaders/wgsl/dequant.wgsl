@@ -56,30 +56,44 @@ struct W32 {
     v7: vec4<f32>,
 }
 
-// Nibbles (shift 0: low, 4: high) of the four bytes of a word.
-fn nib4(q: u32, shift: u32) -> vec4<f32> {
-    return vec4<f32>((vec4<u32>(q) >> (vec4<u32>(0u, 8u, 16u, 24u) + vec4<u32>(shift))) & vec4<u32>(15u));
+// The quantised values of a word's four bytes, each left in place: byte
+// k's (w >> 8k) & mask as a float times 2^8k (exact in f32), which
+// BYTE_SCALE undoes. The formats first gather a value's bits into its byte
+// with a few operations on the whole word (`q5w`, `q6w`); then a value
+// costs a mask and a conversion. CPU adapters pay for every operation on
+// every value of a lane, and a shift per value was a quarter of them.
+fn fields(w: u32, mask: u32) -> vec4<f32> {
+    return vec4<f32>(vec4<u32>(w) & (vec4<u32>(mask) << vec4<u32>(0u, 8u, 16u, 24u)));
 }
 
-// Signed bytes of a word.
-fn i8x4(q: u32) -> vec4<f32> {
-    return vec4<f32>((vec4<i32>(bitcast<i32>(q)) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
+const BYTE_SCALE = vec4<f32>(1.0, 1.0 / 256.0, 1.0 / 65536.0, 1.0 / 16777216.0);
+
+// The nibbles at `shift` (0: low, 4: high) of a word's bytes, in place (the
+// high ones 2^4 higher still: `nib_scale`).
+fn nibs(q: u32, shift: u32) -> vec4<f32> {
+    return fields(q, 0xfu << shift);
 }
 
-// 5-bit values: the nibbles at `shift` of q's four bytes, with fifth bits j …
-// j + 3 of qh (Q5_0, Q5_1). Joined as integers, converted once.
-fn q5x4(q: u32, shift: u32, qh: u32, j: u32) -> vec4<f32> {
-    let lo = (vec4<u32>(q) >> (vec4<u32>(0u, 8u, 16u, 24u) + vec4<u32>(shift))) & vec4<u32>(15u);
-    let hi = (vec4<u32>(qh) >> (vec4<u32>(0u, 1u, 2u, 3u) + vec4<u32>(j))) & vec4<u32>(1u);
-    return vec4<f32>(lo | (hi << vec4<u32>(4u)));
+fn nib_scale(shift: u32) -> vec4<f32> {
+    return select(BYTE_SCALE, BYTE_SCALE * (1.0 / 16.0), shift != 0u);
 }
 
-// 5-bit values: the nibbles at `shift` of q's four bytes, with bit s of each
-// byte of h as their fifth (Q5_K).
-fn q5k4(q: u32, shift: u32, h: u32, s: u32) -> vec4<f32> {
-    let lo = (vec4<u32>(q) >> (vec4<u32>(0u, 8u, 16u, 24u) + vec4<u32>(shift))) & vec4<u32>(15u);
-    let hi = (vec4<u32>(h) >> (vec4<u32>(0u, 8u, 16u, 24u) + vec4<u32>(s))) & vec4<u32>(1u);
-    return vec4<f32>(lo | (hi << vec4<u32>(4u)));
+// Bits 0..3 of n to bit 0 of bytes 0..3 (each bit times 1 + 2^7 + 2^14 + 2^21
+// lands once on a byte boundary, the others between; no two overlap).
+fn spread4(n: u32) -> u32 {
+    return (n * 0x00204081u) & 0x01010101u;
+}
+
+// Q5_0, Q5_1: 5-bit values (fields 0x1f) from the nibbles at `shift` of q's
+// bytes and bits j … j + 3 of qh as their fifth.
+fn q5w(q: u32, shift: u32, qh: u32, j: u32) -> u32 {
+    return ((q >> shift) & 0x0f0f0f0fu) | (spread4((qh >> j) & 15u) << 4u);
+}
+
+// Q5_K: 5-bit values (fields 0x1f) from the nibbles at `shift` of q's bytes
+// and bit s of each byte of h as their fifth.
+fn q5kw(q: u32, shift: u32, h: u32, s: u32) -> u32 {
+    return ((q >> shift) & 0x0f0f0f0fu) | (((h >> s) & 0x01010101u) << 4u);
 }
 
 // Four bf16 values from two words.
@@ -87,12 +101,13 @@ fn bf16x4(a: u32, b: u32) -> vec4<f32> {
     return bitcast<vec4<f32>>(vec4<u32>(a << 16u, a & 0xffff0000u, b << 16u, b & 0xffff0000u));
 }
 
-// Q6_K: 4 values from a word of low nibbles and a word of high bit pairs, minus 32.
-fn q6x4(ql: u32, qh: u32, nshift: u32, hshift: u32) -> vec4<f32> {
-    let lo = (vec4<u32>(ql) >> (vec4<u32>(0u, 8u, 16u, 24u) + vec4<u32>(nshift))) & vec4<u32>(15u);
-    let hi = (vec4<u32>(qh) >> (vec4<u32>(0u, 8u, 16u, 24u) + vec4<u32>(hshift))) & vec4<u32>(3u);
-    return vec4<f32>(vec4<i32>(lo | (hi << vec4<u32>(4u))) - vec4<i32>(32));
+// Q6_K: 6-bit values (fields 0x3f, from which Q6_OFFSET takes 32) from a
+// word of low nibbles at nshift and a word of high bit pairs at hshift.
+fn q6w(ql: u32, qh: u32, nshift: u32, hshift: u32) -> u32 {
+    return ((ql >> nshift) & 0x0f0f0f0fu) | (((qh >> hshift) & 0x03030303u) << 4u);
 }
+
+const Q6_OFFSET = vec4<f32>(32.0, 8192.0, 2097152.0, 536870912.0);
 
 // Byte i (0..15) of a quad.
 fn qbyte(q: vec4<u32>, i: u32) -> u32 {

@@ -5,6 +5,13 @@
 // `tile` into dot products with the 8 tokens of a tile (`tile4`, `tile2`: its
 // first 4 or 2). Emitting and consuming 4 values at a time keeps few values live: CPU adapters give every
 // invocation's value a SIMD register, and a 32-value array spills.
+//
+// The quantised formats emit `EMIT_SCALED(i, q, s, d, m)`, the values
+// q · s · d + m with q their bits in place (`fields`, dequant.wgsl) and s
+// the powers of two that undo that, then `EMIT_DONE(d, m)` after the last.
+// Every mode takes the values as from EMIT, except the subgroup dot
+// product (`dot_sg`, CPU adapters), which sums q · (x · s) and applies d and
+// m once a sub-block: d · Σ q(x·s) + m · Σx (see `emit` in the shaders crate).
 #if F32
     let k = 8u * b;
     EMIT(0, bitcast<vec4<f32>>(quad(k)));
@@ -47,18 +54,21 @@
     EMIT(7, bf16x4(g.z, g.w));
 #endif
 #if Q8_0
-    // quads: qs[32] as i8; scale: d
+    // quads: qs[32] as i8, read as q + 128 (bytes ^ 0x80): (q + 128) d - 128 d;
+    // scale: d
     let d = unpack2x16float(sword(b)).x;
+    let m = -128.0 * d;
     let a = quad(2u * b);
     let c = quad(2u * b + 1u);
-    EMIT(0, i8x4(a.x) * d);
-    EMIT(1, i8x4(a.y) * d);
-    EMIT(2, i8x4(a.z) * d);
-    EMIT(3, i8x4(a.w) * d);
-    EMIT(4, i8x4(c.x) * d);
-    EMIT(5, i8x4(c.y) * d);
-    EMIT(6, i8x4(c.z) * d);
-    EMIT(7, i8x4(c.w) * d);
+    EMIT_SCALED(0, fields(a.x ^ 0x80808080u, 0xffu), BYTE_SCALE, d, m);
+    EMIT_SCALED(1, fields(a.y ^ 0x80808080u, 0xffu), BYTE_SCALE, d, m);
+    EMIT_SCALED(2, fields(a.z ^ 0x80808080u, 0xffu), BYTE_SCALE, d, m);
+    EMIT_SCALED(3, fields(a.w ^ 0x80808080u, 0xffu), BYTE_SCALE, d, m);
+    EMIT_SCALED(4, fields(c.x ^ 0x80808080u, 0xffu), BYTE_SCALE, d, m);
+    EMIT_SCALED(5, fields(c.y ^ 0x80808080u, 0xffu), BYTE_SCALE, d, m);
+    EMIT_SCALED(6, fields(c.z ^ 0x80808080u, 0xffu), BYTE_SCALE, d, m);
+    EMIT_SCALED(7, fields(c.w ^ 0x80808080u, 0xffu), BYTE_SCALE, d, m);
+    EMIT_DONE(d, m);
 #endif
 #if Q4_0 || Q4_1
     // quad: qs[16] (low nibbles values 0..15, high 16..31); scale: d (Q4_0:
@@ -71,14 +81,15 @@
     let m = dm.y;
 #endif
     let q = quad(b);
-    EMIT(0, nib4(q.x, 0u) * d + m);
-    EMIT(1, nib4(q.y, 0u) * d + m);
-    EMIT(2, nib4(q.z, 0u) * d + m);
-    EMIT(3, nib4(q.w, 0u) * d + m);
-    EMIT(4, nib4(q.x, 4u) * d + m);
-    EMIT(5, nib4(q.y, 4u) * d + m);
-    EMIT(6, nib4(q.z, 4u) * d + m);
-    EMIT(7, nib4(q.w, 4u) * d + m);
+    EMIT_SCALED(0, nibs(q.x, 0u), nib_scale(0u), d, m);
+    EMIT_SCALED(1, nibs(q.y, 0u), nib_scale(0u), d, m);
+    EMIT_SCALED(2, nibs(q.z, 0u), nib_scale(0u), d, m);
+    EMIT_SCALED(3, nibs(q.w, 0u), nib_scale(0u), d, m);
+    EMIT_SCALED(4, nibs(q.x, 4u), nib_scale(4u), d, m);
+    EMIT_SCALED(5, nibs(q.y, 4u), nib_scale(4u), d, m);
+    EMIT_SCALED(6, nibs(q.z, 4u), nib_scale(4u), d, m);
+    EMIT_SCALED(7, nibs(q.w, 4u), nib_scale(4u), d, m);
+    EMIT_DONE(d, m);
 #endif
 #if Q5_0 || Q5_1
     // quad: qs[16]; scales: d (Q5_0: (q - 16) d) or d, m (Q5_1: q d + m), then
@@ -93,14 +104,15 @@
     let m = dm.y;
 #endif
     let q = quad(b);
-    EMIT(0, q5x4(q.x, 0u, qh, 0u) * d + m);
-    EMIT(1, q5x4(q.y, 0u, qh, 4u) * d + m);
-    EMIT(2, q5x4(q.z, 0u, qh, 8u) * d + m);
-    EMIT(3, q5x4(q.w, 0u, qh, 12u) * d + m);
-    EMIT(4, q5x4(q.x, 4u, qh, 16u) * d + m);
-    EMIT(5, q5x4(q.y, 4u, qh, 20u) * d + m);
-    EMIT(6, q5x4(q.z, 4u, qh, 24u) * d + m);
-    EMIT(7, q5x4(q.w, 4u, qh, 28u) * d + m);
+    EMIT_SCALED(0, fields(q5w(q.x, 0u, qh, 0u), 0x1fu), BYTE_SCALE, d, m);
+    EMIT_SCALED(1, fields(q5w(q.y, 0u, qh, 4u), 0x1fu), BYTE_SCALE, d, m);
+    EMIT_SCALED(2, fields(q5w(q.z, 0u, qh, 8u), 0x1fu), BYTE_SCALE, d, m);
+    EMIT_SCALED(3, fields(q5w(q.w, 0u, qh, 12u), 0x1fu), BYTE_SCALE, d, m);
+    EMIT_SCALED(4, fields(q5w(q.x, 4u, qh, 16u), 0x1fu), BYTE_SCALE, d, m);
+    EMIT_SCALED(5, fields(q5w(q.y, 4u, qh, 20u), 0x1fu), BYTE_SCALE, d, m);
+    EMIT_SCALED(6, fields(q5w(q.z, 4u, qh, 24u), 0x1fu), BYTE_SCALE, d, m);
+    EMIT_SCALED(7, fields(q5w(q.w, 4u, qh, 28u), 0x1fu), BYTE_SCALE, d, m);
+    EMIT_DONE(d, m);
 #endif
 #if Q4_K || Q5_K
     // quads: [d, dmin: f16 | scales: 12 bytes] [(Q5_K) qh: 2 quads] [qs: 8 quads].

@@ -6,32 +6,34 @@
 // Q6_K: low 4 bits of la, lc at ns and high 2 of ha, hc at hs, minus 32,
 // times d0 (first 16 values) or d1.
 #if Q4_K
-    EMIT(0, nib4(a.x, shift) * d - m);
-    EMIT(1, nib4(a.y, shift) * d - m);
-    EMIT(2, nib4(a.z, shift) * d - m);
-    EMIT(3, nib4(a.w, shift) * d - m);
-    EMIT(4, nib4(c.x, shift) * d - m);
-    EMIT(5, nib4(c.y, shift) * d - m);
-    EMIT(6, nib4(c.z, shift) * d - m);
-    EMIT(7, nib4(c.w, shift) * d - m);
+    EMIT_SCALED(0, nibs(a.x, shift), nib_scale(shift), d, -m);
+    EMIT_SCALED(1, nibs(a.y, shift), nib_scale(shift), d, -m);
+    EMIT_SCALED(2, nibs(a.z, shift), nib_scale(shift), d, -m);
+    EMIT_SCALED(3, nibs(a.w, shift), nib_scale(shift), d, -m);
+    EMIT_SCALED(4, nibs(c.x, shift), nib_scale(shift), d, -m);
+    EMIT_SCALED(5, nibs(c.y, shift), nib_scale(shift), d, -m);
+    EMIT_SCALED(6, nibs(c.z, shift), nib_scale(shift), d, -m);
+    EMIT_SCALED(7, nibs(c.w, shift), nib_scale(shift), d, -m);
+    EMIT_DONE(d, -m);
 #endif
 #if Q5_K
-    EMIT(0, q5k4(a.x, shift, ha.x, s) * d - m);
-    EMIT(1, q5k4(a.y, shift, ha.y, s) * d - m);
-    EMIT(2, q5k4(a.z, shift, ha.z, s) * d - m);
-    EMIT(3, q5k4(a.w, shift, ha.w, s) * d - m);
-    EMIT(4, q5k4(c.x, shift, hc.x, s) * d - m);
-    EMIT(5, q5k4(c.y, shift, hc.y, s) * d - m);
-    EMIT(6, q5k4(c.z, shift, hc.z, s) * d - m);
-    EMIT(7, q5k4(c.w, shift, hc.w, s) * d - m);
+    EMIT_SCALED(0, fields(q5kw(a.x, shift, ha.x, s), 0x1fu), BYTE_SCALE, d, -m);
+    EMIT_SCALED(1, fields(q5kw(a.y, shift, ha.y, s), 0x1fu), BYTE_SCALE, d, -m);
+    EMIT_SCALED(2, fields(q5kw(a.z, shift, ha.z, s), 0x1fu), BYTE_SCALE, d, -m);
+    EMIT_SCALED(3, fields(q5kw(a.w, shift, ha.w, s), 0x1fu), BYTE_SCALE, d, -m);
+    EMIT_SCALED(4, fields(q5kw(c.x, shift, hc.x, s), 0x1fu), BYTE_SCALE, d, -m);
+    EMIT_SCALED(5, fields(q5kw(c.y, shift, hc.y, s), 0x1fu), BYTE_SCALE, d, -m);
+    EMIT_SCALED(6, fields(q5kw(c.z, shift, hc.z, s), 0x1fu), BYTE_SCALE, d, -m);
+    EMIT_SCALED(7, fields(q5kw(c.w, shift, hc.w, s), 0x1fu), BYTE_SCALE, d, -m);
+    EMIT_DONE(d, -m);
 #endif
 #if Q6_K
-    EMIT(0, q6x4(la.x, ha.x, ns, hs) * d0);
-    EMIT(1, q6x4(la.y, ha.y, ns, hs) * d0);
-    EMIT(2, q6x4(la.z, ha.z, ns, hs) * d0);
-    EMIT(3, q6x4(la.w, ha.w, ns, hs) * d0);
-    EMIT(4, q6x4(lc.x, hc.x, ns, hs) * d1);
-    EMIT(5, q6x4(lc.y, hc.y, ns, hs) * d1);
-    EMIT(6, q6x4(lc.z, hc.z, ns, hs) * d1);
-    EMIT(7, q6x4(lc.w, hc.w, ns, hs) * d1);
+    EMIT(0, (fields(q6w(la.x, ha.x, ns, hs), 0x3fu) - Q6_OFFSET) * (BYTE_SCALE * d0));
+    EMIT(1, (fields(q6w(la.y, ha.y, ns, hs), 0x3fu) - Q6_OFFSET) * (BYTE_SCALE * d0));
+    EMIT(2, (fields(q6w(la.z, ha.z, ns, hs), 0x3fu) - Q6_OFFSET) * (BYTE_SCALE * d0));
+    EMIT(3, (fields(q6w(la.w, ha.w, ns, hs), 0x3fu) - Q6_OFFSET) * (BYTE_SCALE * d0));
+    EMIT(4, (fields(q6w(lc.x, hc.x, ns, hs), 0x3fu) - Q6_OFFSET) * (BYTE_SCALE * d1));
+    EMIT(5, (fields(q6w(lc.y, hc.y, ns, hs), 0x3fu) - Q6_OFFSET) * (BYTE_SCALE * d1));
+    EMIT(6, (fields(q6w(lc.z, hc.z, ns, hs), 0x3fu) - Q6_OFFSET) * (BYTE_SCALE * d1));
+    EMIT(7, (fields(q6w(lc.w, hc.w, ns, hs), 0x3fu) - Q6_OFFSET) * (BYTE_SCALE * d1));
 #endif

@@ -154,6 +154,14 @@ fn xsub(xq: XBlock, s: u32) -> XArg {
     return xq[s];
 }
 
+// Σ of a sub-block's x (EMIT_DONE), from the broadcasts the dot products
+// take too: computed once for all of a lane's rows.
+fn sub_xsum(x4: XArg) -> f32 {
+    let t = (subgroupBroadcast(x4, 0u) + subgroupBroadcast(x4, 1u)) + (subgroupBroadcast(x4, 2u) + subgroupBroadcast(x4, 3u))
+        + ((subgroupBroadcast(x4, 4u) + subgroupBroadcast(x4, 5u)) + (subgroupBroadcast(x4, 6u) + subgroupBroadcast(x4, 7u)));
+    return dot(t, vec4<f32>(1.0));
+}
+
 fn dot_sub(b: u32, s: u32, x4: XArg) -> f32 {
     var acc = 0.0;
 #include dequant_body dot_sg
