@@ -200,8 +200,10 @@ fn expand(family: &str, text: &str, mode: Option<&str>, depth: u32, out: &mut Ve
 /// The numbers that shape kernels. The runtime's launch code reads these same
 /// constants, and `consts` passes them into the WGSL, so the two always agree.
 pub mod shape {
-    /// Threads per workgroup of the thread-per-row matmul.
+    /// Threads per workgroup of the thread-per-row matmul (see `thread_wg`):
+    /// with subgroups, and without.
     pub const MATMUL_WG_THREAD: u32 = 16;
+    pub const MATMUL_WG_THREAD_PLAIN: u32 = 8;
     /// Rows one thread computes in a single-token thread-per-row matmul,
     /// each x load shared by all of them (see `shared_rows`): with subgroups
     /// (x shared across the lanes too) for 32-value blocks and for the
@@ -299,6 +301,19 @@ pub fn shared_rows(subgroups: bool, format: &str) -> u32 {
     }
 }
 
+/// Threads per workgroup of the thread-per-row matmul. Without subgroups (the
+/// browser's SwiftShader) each thread computes 16 rows, so a 576-row matrix
+/// is 36 threads: in workgroups of 16, three for the adapter's cores; of 8,
+/// five (SmolLM2 decode on SwiftShader 6.0-6.1 → 6.3-6.5 tok/s). With
+/// subgroups (lavapipe) 8 and 64 measured level or slower than 16.
+pub fn thread_wg(subgroups: bool) -> u32 {
+    if subgroups {
+        shape::MATMUL_WG_THREAD
+    } else {
+        shape::MATMUL_WG_THREAD_PLAIN
+    }
+}
+
 pub fn block_layout(format: &str) -> Option<BlockLayout> {
     let (block_values, quads, scale_words) = match format {
         "F32" => (32, 8, 0),
@@ -323,7 +338,7 @@ pub fn consts(family: &Family, flags: &[&str]) -> Vec<Const> {
     let mut c = Vec::new();
     let wg = match family.name {
         "matmul" if flags.contains(&"ROW_PER_WORKGROUP") => MATMUL_WG_GROUP,
-        "matmul" => MATMUL_WG_THREAD,
+        "matmul" => thread_wg(flags.contains(&"SUBGROUPS")),
         // A thread per position of a split.
         "attention" if flags.contains(&"WORKGROUP") => ATTENTION_SPLIT,
         "attention" => ATTENTION_WG,

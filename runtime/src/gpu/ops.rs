@@ -232,7 +232,7 @@ impl Ctx<'_> {
             }
         }
         let wg = match self.shape {
-            super::MatmulShape::RowPerThread => shape::MATMUL_WG_THREAD,
+            super::MatmulShape::RowPerThread => baleen_shaders::thread_wg(self.lane_subgroups()),
             super::MatmulShape::RowPerWorkgroup => 1,
         };
         Ok((flags, wg, super::weights::layout(w.dtype)?.scale_words > 0))
