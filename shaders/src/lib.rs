@@ -113,9 +113,9 @@ fn macro_args<'a>(line: &'a str, name: &str) -> Option<Vec<&'a str>> {
 /// `EMIT(i, expr);` (values i·4 … i·4 + 3 of a sub-block), `EMIT_SCALED(i, q,
 /// s, d, m);` (the values q·s·d + m, s a constant power-of-two scale per
 /// component) and `EMIT_DONE(d, m);` (after a sub-block's last EMIT_SCALED).
-/// The subgroup dot product (`dot_sg`) keeps EMIT_SCALED's scales apart:
-/// it sums q · (x·s) and applies d and m once per sub-block, as
-/// d·Σ q(x·s) + m·Σx, with x·s and Σx computed once for all of a lane's rows
+/// The thread-per-row dot products (`dot_sg`, `dot_regs`) keep EMIT_SCALED's
+/// scales apart: they sum q · (x·s) and apply d and m once per sub-block, as
+/// d·Σ q(x·s) + m·Σx, with x·s and Σx computed once for all of a thread's rows
 /// (on lavapipe, decode GEMV of copy Q4_0 0.46 → 0.52, Q4_K 0.54 → 0.60:
 /// BENCHMARKS.md, session 8); every other mode takes the value itself.
 fn emit(line: &str, mode: &str) -> Result<String, String> {
@@ -128,6 +128,15 @@ fn emit(line: &str, mode: &str) -> Result<String, String> {
             let x = if s == "1" { format!("subgroupBroadcast(x4, {i}u)") } else { format!("subgroupBroadcast(x4, {i}u) * {s}") };
             return Ok(format!("    acc += dot({q}, {x});"));
         }
+        // `dot_regs`: x held pre-scaled by BYTE_SCALE (`xr.s`), or as is for s 1.
+        if mode == "dot_regs" {
+            let x = match s {
+                "BYTE_SCALE" => format!("xr.s.v{i}"),
+                "1" => format!("xr.v.v{i}"),
+                _ => return Err(format!("{t}: dot_regs holds x scaled by BYTE_SCALE only")),
+            };
+            return Ok(format!("    acc += dot({q}, {x});"));
+        }
         let value = if s == "1" { format!("{q} * {d}") } else { format!("{q} * ({s} * {d})") };
         let value = if m == "0" { value } else { format!("{value} + {m}") };
         return emit(&format!("EMIT({i}, {value});"), mode);
@@ -135,8 +144,9 @@ fn emit(line: &str, mode: &str) -> Result<String, String> {
     if let Some(a) = macro_args(t, "EMIT_DONE") {
         let [d, m] = a[..] else { return Err(malformed()) };
         return Ok(match mode {
-            "dot_sg" if m == "0" => format!("    acc = {d} * acc;"),
+            "dot_sg" | "dot_regs" if m == "0" => format!("    acc = {d} * acc;"),
             "dot_sg" => format!("    acc = {d} * acc + {m} * sub_xsum(x4);"),
+            "dot_regs" => format!("    acc = {d} * acc + {m} * xr.sum;"),
             _ => String::new(),
         });
     }
@@ -151,8 +161,8 @@ fn emit(line: &str, mode: &str) -> Result<String, String> {
         // `_sg`: x shared across the subgroup, lane l holding vec4 l of the
         // sub-block: `x4` for `dot_sg`, `xl.v<j>` (token j) for `tile*_sg`.
         "dot_sg" => format!("    acc += dot({expr}, subgroupBroadcast(x4, {i}u));"),
-        // `dot_regs`: the sub-block's x already in registers (`xr`).
-        "dot_regs" => format!("    acc += dot({expr}, xr.v{i});"),
+        // `dot_regs`: the sub-block's x already in registers (`xr.v`).
+        "dot_regs" => format!("    acc += dot({expr}, xr.v.v{i});"),
         // `tile`: 8 tokens; `tile4`, `tile2`: the first 4 or 2 of them.
         "tile" | "tile4" | "tile2" | "tile_sg" | "tile4_sg" | "tile2_sg" => {
             let (base, shared) = match mode.strip_suffix("_sg") {
@@ -509,10 +519,14 @@ mod tests {
 
     #[test]
     fn scaled_values_are_factored_only_in_the_subgroup_dot() {
-        let line = "    EMIT_SCALED(3, nibs(q.w, 0u), nib_scale(0u), d, m);";
-        assert_eq!(emit(line, "dot_sg").unwrap(), "    acc += dot(nibs(q.w, 0u), subgroupBroadcast(x4, 3u) * nib_scale(0u));");
-        assert_eq!(emit(line, "dot").unwrap(), "    acc += dot(nibs(q.w, 0u) * (nib_scale(0u) * d) + m, x[x4 + 3u]);");
+        let line = "    EMIT_SCALED(3, nibs(q.w, 0u), BYTE_SCALE, d, m);";
+        assert_eq!(emit(line, "dot_sg").unwrap(), "    acc += dot(nibs(q.w, 0u), subgroupBroadcast(x4, 3u) * BYTE_SCALE);");
+        assert_eq!(emit(line, "dot_regs").unwrap(), "    acc += dot(nibs(q.w, 0u), xr.s.v3);");
+        assert_eq!(emit(line, "dot").unwrap(), "    acc += dot(nibs(q.w, 0u) * (BYTE_SCALE * d) + m, x[x4 + 3u]);");
         assert_eq!(emit("EMIT_DONE(d, -m);", "dot_sg").unwrap(), "    acc = d * acc + -m * sub_xsum(x4);");
+        assert_eq!(emit("EMIT_DONE(d, -m);", "dot_regs").unwrap(), "    acc = d * acc + -m * xr.sum;");
+        // dot_regs holds x at one scale only.
+        assert!(emit("EMIT_SCALED(0, v, HALF, d, m);", "dot_regs").unwrap_err().contains("BYTE_SCALE only"));
         assert_eq!(emit("EMIT_DONE(d, -m);", "store").unwrap(), "");
         // No scale, no offset: no multiply or add for them.
         assert_eq!(emit("EMIT_SCALED(0, v, 1, d, 0);", "store").unwrap(), "    r.v0 = v * d;");

@@ -68,14 +68,9 @@ fn fields(w: u32, mask: u32) -> vec4<f32> {
 
 const BYTE_SCALE = vec4<f32>(1.0, 1.0 / 256.0, 1.0 / 65536.0, 1.0 / 16777216.0);
 
-// The nibbles at `shift` (0: low, 4: high) of a word's bytes, in place (the
-// high ones 2^4 higher still: `nib_scale`).
+// The nibbles at `shift` (0: low, 4: high) of a word's bytes, in place.
 fn nibs(q: u32, shift: u32) -> vec4<f32> {
-    return fields(q, 0xfu << shift);
-}
-
-fn nib_scale(shift: u32) -> vec4<f32> {
-    return select(BYTE_SCALE, BYTE_SCALE * (1.0 / 16.0), shift != 0u);
+    return fields(q >> shift, 0xfu);
 }
 
 // Bits 0..3 of n to bit 0 of bytes 0..3 (each bit times 1 + 2^7 + 2^14 + 2^21

@@ -81,14 +81,14 @@
     let m = dm.y;
 #endif
     let q = quad(b);
-    EMIT_SCALED(0, nibs(q.x, 0u), nib_scale(0u), d, m);
-    EMIT_SCALED(1, nibs(q.y, 0u), nib_scale(0u), d, m);
-    EMIT_SCALED(2, nibs(q.z, 0u), nib_scale(0u), d, m);
-    EMIT_SCALED(3, nibs(q.w, 0u), nib_scale(0u), d, m);
-    EMIT_SCALED(4, nibs(q.x, 4u), nib_scale(4u), d, m);
-    EMIT_SCALED(5, nibs(q.y, 4u), nib_scale(4u), d, m);
-    EMIT_SCALED(6, nibs(q.z, 4u), nib_scale(4u), d, m);
-    EMIT_SCALED(7, nibs(q.w, 4u), nib_scale(4u), d, m);
+    EMIT_SCALED(0, nibs(q.x, 0u), BYTE_SCALE, d, m);
+    EMIT_SCALED(1, nibs(q.y, 0u), BYTE_SCALE, d, m);
+    EMIT_SCALED(2, nibs(q.z, 0u), BYTE_SCALE, d, m);
+    EMIT_SCALED(3, nibs(q.w, 0u), BYTE_SCALE, d, m);
+    EMIT_SCALED(4, nibs(q.x, 4u), BYTE_SCALE, d, m);
+    EMIT_SCALED(5, nibs(q.y, 4u), BYTE_SCALE, d, m);
+    EMIT_SCALED(6, nibs(q.z, 4u), BYTE_SCALE, d, m);
+    EMIT_SCALED(7, nibs(q.w, 4u), BYTE_SCALE, d, m);
     EMIT_DONE(d, m);
 #endif
 #if Q5_0 || Q5_1

@@ -6,14 +6,14 @@
 // Q6_K: low 4 bits of la, lc at ns and high 2 of ha, hc at hs, minus 32,
 // times d0 (first 16 values) or d1.
 #if Q4_K
-    EMIT_SCALED(0, nibs(a.x, shift), nib_scale(shift), d, -m);
-    EMIT_SCALED(1, nibs(a.y, shift), nib_scale(shift), d, -m);
-    EMIT_SCALED(2, nibs(a.z, shift), nib_scale(shift), d, -m);
-    EMIT_SCALED(3, nibs(a.w, shift), nib_scale(shift), d, -m);
-    EMIT_SCALED(4, nibs(c.x, shift), nib_scale(shift), d, -m);
-    EMIT_SCALED(5, nibs(c.y, shift), nib_scale(shift), d, -m);
-    EMIT_SCALED(6, nibs(c.z, shift), nib_scale(shift), d, -m);
-    EMIT_SCALED(7, nibs(c.w, shift), nib_scale(shift), d, -m);
+    EMIT_SCALED(0, nibs(a.x, shift), BYTE_SCALE, d, -m);
+    EMIT_SCALED(1, nibs(a.y, shift), BYTE_SCALE, d, -m);
+    EMIT_SCALED(2, nibs(a.z, shift), BYTE_SCALE, d, -m);
+    EMIT_SCALED(3, nibs(a.w, shift), BYTE_SCALE, d, -m);
+    EMIT_SCALED(4, nibs(c.x, shift), BYTE_SCALE, d, -m);
+    EMIT_SCALED(5, nibs(c.y, shift), BYTE_SCALE, d, -m);
+    EMIT_SCALED(6, nibs(c.z, shift), BYTE_SCALE, d, -m);
+    EMIT_SCALED(7, nibs(c.w, shift), BYTE_SCALE, d, -m);
     EMIT_DONE(d, -m);
 #endif
 #if Q5_K

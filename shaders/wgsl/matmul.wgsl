@@ -107,11 +107,24 @@ fn dot_sub(b: u32, s: u32, x4: XArg) -> f32 {
 // rows share each sub-block's x, loaded once into registers (`rows_shared`).
 // A thread's x loads (8 per sub-block) outnumber its weight loads (1 to 8),
 // and on a CPU adapter each is a gather.
-fn x_regs(x4: u32) -> W32 {
-    return W32(x[x4], x[x4 + 1u], x[x4 + 2u], x[x4 + 3u], x[x4 + 4u], x[x4 + 5u], x[x4 + 6u], x[x4 + 7u]);
+// A sub-block's x, also times BYTE_SCALE and summed, for the quantised
+// formats' d·Σq(x·s) + m·Σx (EMIT_SCALED): computed once for all of a
+// thread's rows.
+struct XRegs {
+    v: W32,
+    s: W32,
+    sum: f32,
 }
 
-fn dot_regs(b: u32, s: u32, xr: W32) -> f32 {
+fn x_regs(x4: u32) -> XRegs {
+    let v = W32(x[x4], x[x4 + 1u], x[x4 + 2u], x[x4 + 3u], x[x4 + 4u], x[x4 + 5u], x[x4 + 6u], x[x4 + 7u]);
+    let s = W32(v.v0 * BYTE_SCALE, v.v1 * BYTE_SCALE, v.v2 * BYTE_SCALE, v.v3 * BYTE_SCALE,
+        v.v4 * BYTE_SCALE, v.v5 * BYTE_SCALE, v.v6 * BYTE_SCALE, v.v7 * BYTE_SCALE);
+    let t = ((v.v0 + v.v1) + (v.v2 + v.v3)) + ((v.v4 + v.v5) + (v.v6 + v.v7));
+    return XRegs(v, s, dot(t, vec4<f32>(1.0)));
+}
+
+fn dot_regs(b: u32, s: u32, xr: XRegs) -> f32 {
     var acc = 0.0;
 #include dequant_body dot_regs
     return acc;
@@ -120,7 +133,7 @@ fn dot_regs(b: u32, s: u32, xr: W32) -> f32 {
 // What `rows_shared` steps by: a sub-block (a K-quant block's x would not
 // fit in registers).
 const UNIT_SUBS: u32 = 1u;
-alias XUnit = W32;
+alias XUnit = XRegs;
 
 fn x_unit(x0: u32, u: u32) -> XUnit {
     return x_regs(x0 + u * 8u);
