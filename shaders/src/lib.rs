@@ -115,7 +115,9 @@ fn macro_args<'a>(line: &'a str, name: &str) -> Option<Vec<&'a str>> {
 /// component) and `EMIT_DONE(d, m);` (after a sub-block's last EMIT_SCALED).
 /// The thread-per-row dot products (`dot_sg`, `dot_regs`) keep EMIT_SCALED's
 /// scales apart: they sum q · (x·s) and apply d and m once per sub-block, as
-/// d·Σ q(x·s) + m·Σx, with x·s and Σx computed once for all of a thread's rows
+/// d·Σ q(x·s) + m·Σx, with x·s and Σx the same for all of a thread's rows
+/// (held in registers without subgroups; with them, the same broadcasts for
+/// every row, which the compiler computes once)
 /// (on lavapipe, decode GEMV of copy Q4_0 0.46 → 0.52, Q4_K 0.54 → 0.60:
 /// BENCHMARKS.md, session 8); every other mode takes the value itself.
 fn emit(line: &str, mode: &str) -> Result<String, String> {
@@ -128,10 +130,10 @@ fn emit(line: &str, mode: &str) -> Result<String, String> {
             let x = if s == "1" { format!("subgroupBroadcast(x4, {i}u)") } else { format!("subgroupBroadcast(x4, {i}u) * {s}") };
             return Ok(format!("    acc += dot({q}, {x});"));
         }
-        // `dot_regs`: x held pre-scaled by BYTE_SCALE (`xr.s`), or as is for s 1.
+        // `dot_regs`: x held pre-scaled by BYTE_SCALE (`xr.scaled`), or as is for s 1.
         if mode == "dot_regs" {
             let x = match s {
-                "BYTE_SCALE" => format!("xr.s.v{i}"),
+                "BYTE_SCALE" => format!("xr.scaled.v{i}"),
                 "1" => format!("xr.v.v{i}"),
                 _ => return Err(format!("{t}: dot_regs holds x scaled by BYTE_SCALE only")),
             };
@@ -210,9 +212,10 @@ fn expand(family: &str, text: &str, mode: Option<&str>, depth: u32, out: &mut Ve
 /// The numbers that shape kernels. The runtime's launch code reads these same
 /// constants, and `consts` passes them into the WGSL, so the two always agree.
 pub mod shape {
-    /// Threads per workgroup of the thread-per-row matmul (see `thread_wg`):
-    /// with subgroups, and without.
+    /// Threads per workgroup of the thread-per-row matmul with subgroups
+    /// (see `thread_wg`).
     pub const MATMUL_WG_THREAD: u32 = 16;
+    /// The same without subgroups.
     pub const MATMUL_WG_THREAD_PLAIN: u32 = 8;
     /// Rows one thread computes in a single-token thread-per-row matmul,
     /// each x load shared by all of them (see `shared_rows`): with subgroups
@@ -518,10 +521,10 @@ mod tests {
     }
 
     #[test]
-    fn scaled_values_are_factored_only_in_the_subgroup_dot() {
+    fn scaled_values_are_factored_only_in_the_thread_dots() {
         let line = "    EMIT_SCALED(3, nibs(q.w, 0u), BYTE_SCALE, d, m);";
         assert_eq!(emit(line, "dot_sg").unwrap(), "    acc += dot(nibs(q.w, 0u), subgroupBroadcast(x4, 3u) * BYTE_SCALE);");
-        assert_eq!(emit(line, "dot_regs").unwrap(), "    acc += dot(nibs(q.w, 0u), xr.s.v3);");
+        assert_eq!(emit(line, "dot_regs").unwrap(), "    acc += dot(nibs(q.w, 0u), xr.scaled.v3);");
         assert_eq!(emit(line, "dot").unwrap(), "    acc += dot(nibs(q.w, 0u) * (BYTE_SCALE * d) + m, x[x4 + 3u]);");
         assert_eq!(emit("EMIT_DONE(d, -m);", "dot_sg").unwrap(), "    acc = d * acc + -m * sub_xsum(x4);");
         assert_eq!(emit("EMIT_DONE(d, -m);", "dot_regs").unwrap(), "    acc = d * acc + -m * xr.sum;");

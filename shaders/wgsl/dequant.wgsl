@@ -57,13 +57,13 @@ struct W32 {
 }
 
 // The quantised values of a word's four bytes, each left in place: byte
-// k's (w >> 8k) & mask as a float times 2^8k (exact in f32), which
+// k's (word >> 8k) & mask as a float times 2^8k (exact in f32), which
 // BYTE_SCALE undoes. The formats first gather a value's bits into its byte
-// with a few operations on the whole word (`q5w`, `q6w`); then a value
-// costs a mask and a conversion. CPU adapters pay for every operation on
-// every value of a lane, and a shift per value was a quarter of them.
-fn fields(w: u32, mask: u32) -> vec4<f32> {
-    return vec4<f32>(vec4<u32>(w) & (vec4<u32>(mask) << vec4<u32>(0u, 8u, 16u, 24u)));
+// with a few operations on the whole word (`q5w`, `q5kw`, `q6w`); then a
+// value costs a mask and a conversion. CPU adapters pay for every operation
+// on every value of a lane, and a shift per value was a quarter of them.
+fn fields(word: u32, mask: u32) -> vec4<f32> {
+    return vec4<f32>(vec4<u32>(word) & (vec4<u32>(mask) << vec4<u32>(0u, 8u, 16u, 24u)));
 }
 
 const BYTE_SCALE = vec4<f32>(1.0, 1.0 / 256.0, 1.0 / 65536.0, 1.0 / 16777216.0);

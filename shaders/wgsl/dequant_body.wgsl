@@ -9,9 +9,10 @@
 // The quantised formats emit `EMIT_SCALED(i, q, s, d, m)`, the values
 // q · s · d + m with q their bits in place (`fields`, dequant.wgsl) and s
 // the powers of two that undo that, then `EMIT_DONE(d, m)` after the last.
-// Every mode takes the values as from EMIT, except the subgroup dot
-// product (`dot_sg`, CPU adapters), which sums q · (x · s) and applies d and
-// m once a sub-block: d · Σ q(x·s) + m · Σx (see `emit` in the shaders crate).
+// Every mode takes the values as from EMIT, except the thread-per-row dot
+// products (`dot_sg`, `dot_regs`: CPU adapters), which sum q · (x · s) and
+// apply d and m once a sub-block: d · Σ q(x·s) + m · Σx (see `emit` in the
+// shaders crate).
 #if F32
     let k = 8u * b;
     EMIT(0, bitcast<vec4<f32>>(quad(k)));
@@ -54,8 +55,9 @@
     EMIT(7, bf16x4(g.z, g.w));
 #endif
 #if Q8_0
-    // quads: qs[32] as i8, read as q + 128 (bytes ^ 0x80): (q + 128) d - 128 d;
-    // scale: d
+    // quads: qs[32] as i8, read as q + 128 (bytes ^ 0x80): (q + 128) d - 128 d
+    // (its rounding error that of 128·d, not of q·d: well inside the
+    // kernels' tolerances); scale: d
     let d = unpack2x16float(sword(b)).x;
     let m = -128.0 * d;
     let a = quad(2u * b);

@@ -112,16 +112,16 @@ fn dot_sub(b: u32, s: u32, x4: XArg) -> f32 {
 // thread's rows.
 struct XRegs {
     v: W32,
-    s: W32,
+    scaled: W32,
     sum: f32,
 }
 
 fn x_regs(x4: u32) -> XRegs {
     let v = W32(x[x4], x[x4 + 1u], x[x4 + 2u], x[x4 + 3u], x[x4 + 4u], x[x4 + 5u], x[x4 + 6u], x[x4 + 7u]);
-    let s = W32(v.v0 * BYTE_SCALE, v.v1 * BYTE_SCALE, v.v2 * BYTE_SCALE, v.v3 * BYTE_SCALE,
+    let scaled = W32(v.v0 * BYTE_SCALE, v.v1 * BYTE_SCALE, v.v2 * BYTE_SCALE, v.v3 * BYTE_SCALE,
         v.v4 * BYTE_SCALE, v.v5 * BYTE_SCALE, v.v6 * BYTE_SCALE, v.v7 * BYTE_SCALE);
     let t = ((v.v0 + v.v1) + (v.v2 + v.v3)) + ((v.v4 + v.v5) + (v.v6 + v.v7));
-    return XRegs(v, s, dot(t, vec4<f32>(1.0)));
+    return XRegs(v, scaled, dot(t, vec4<f32>(1.0)));
 }
 
 fn dot_regs(b: u32, s: u32, xr: XRegs) -> f32 {
@@ -168,7 +168,8 @@ fn xsub(xq: XBlock, s: u32) -> XArg {
 }
 
 // Σ of a sub-block's x (EMIT_DONE), from the broadcasts the dot products
-// take too: computed once for all of a lane's rows.
+// take too: the same expressions for every row of a lane, which the
+// compiler computes once.
 fn sub_xsum(x4: XArg) -> f32 {
     let t = (subgroupBroadcast(x4, 0u) + subgroupBroadcast(x4, 1u)) + (subgroupBroadcast(x4, 2u) + subgroupBroadcast(x4, 3u))
         + ((subgroupBroadcast(x4, 4u) + subgroupBroadcast(x4, 5u)) + (subgroupBroadcast(x4, 6u) + subgroupBroadcast(x4, 7u)));
