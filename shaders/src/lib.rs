@@ -112,9 +112,11 @@ fn macro_args<'a>(line: &'a str, name: &str) -> Option<Vec<&'a str>> {
 /// Rewrite the value lines of dequant_body.wgsl for an include mode:
 /// `EMIT(i, expr);` (values i·4 … i·4 + 3 of a sub-block), `EMIT_SCALED(i, q,
 /// s, d, m);` (the values q·s·d + m, s a constant power-of-two scale per
-/// component) and `EMIT_DONE(d, m);` (after a sub-block's last EMIT_SCALED).
-/// The thread-per-row dot products (`dot_sg`, `dot_regs`) keep EMIT_SCALED's
-/// scales apart: they sum q · (x·s) and apply d and m once per sub-block, as
+/// component) and `EMIT_DONE(d, m);` (after a sub-block's last EMIT_SCALED;
+/// `EMIT_DONE(d, m, a, b);` after EMITs a … b, where a sub-block's parts
+/// have their own d and m, as Q6_K's halves). The thread-per-row dot
+/// products (`dot_sg`, `dot_regs`) keep EMIT_SCALED's scales apart: they sum
+/// q · (x·s) (into `accq`) and apply d and m once per sub-block or part, as
 /// d·Σ q(x·s) + m·Σx, with x·s and Σx the same for all of a thread's rows
 /// (held in registers without subgroups; with them, the same broadcasts for
 /// every row, which the compiler computes once)
@@ -128,7 +130,7 @@ fn emit(line: &str, mode: &str) -> Result<String, String> {
         let [i, q, s, d, m] = a[..] else { return Err(malformed()) };
         if mode == "dot_sg" {
             let x = if s == "1" { format!("subgroupBroadcast(x4, {i}u)") } else { format!("subgroupBroadcast(x4, {i}u) * {s}") };
-            return Ok(format!("    acc += dot({q}, {x});"));
+            return Ok(format!("    accq += dot({q}, {x});"));
         }
         // `dot_regs`: x held pre-scaled by BYTE_SCALE (`xr.scaled`), or as is for s 1.
         if mode == "dot_regs" {
@@ -137,20 +139,35 @@ fn emit(line: &str, mode: &str) -> Result<String, String> {
                 "1" => format!("xr.v.v{i}"),
                 _ => return Err(format!("{t}: dot_regs holds x scaled by BYTE_SCALE only")),
             };
-            return Ok(format!("    acc += dot({q}, {x});"));
+            return Ok(format!("    accq += dot({q}, {x});"));
         }
         let value = if s == "1" { format!("{q} * {d}") } else { format!("{q} * ({s} * {d})") };
         let value = if m == "0" { value } else { format!("{value} + {m}") };
         return emit(&format!("EMIT({i}, {value});"), mode);
     }
     if let Some(a) = macro_args(t, "EMIT_DONE") {
-        let [d, m] = a[..] else { return Err(malformed()) };
-        return Ok(match mode {
-            "dot_sg" | "dot_regs" if m == "0" => format!("    acc = {d} * acc;"),
-            "dot_sg" => format!("    acc = {d} * acc + {m} * sub_xsum(x4);"),
-            "dot_regs" => format!("    acc = {d} * acc + {m} * xr.sum;"),
-            _ => String::new(),
-        });
+        let (d, m, range) = match a[..] {
+            [d, m] => (d, m, 0..=7),
+            [d, m, first, last] => {
+                let n = |v: &str| v.parse::<u32>().ok().filter(|&v| v < 8).ok_or_else(malformed);
+                (d, m, n(first)?..=n(last)?)
+            }
+            _ => return Err(malformed()),
+        };
+        if mode != "dot_sg" && mode != "dot_regs" {
+            return Ok(String::new());
+        }
+        // Σx over the EMITs done: the whole sub-block's is kept (`sub_xsum`,
+        // `xr.sum`), a part's summed here.
+        let xsum = match (mode, range == (0..=7)) {
+            ("dot_sg", true) => "sub_xsum(x4)".to_string(),
+            ("dot_sg", false) => range.map(|i| format!("subgroupBroadcast(x4, {i}u)")).collect::<Vec<_>>().join(" + "),
+            (_, true) => "xr.sum".to_string(),
+            (_, false) => range.map(|i| format!("xr.v.v{i}")).collect::<Vec<_>>().join(" + "),
+        };
+        let xsum = if xsum.contains(" + ") { format!("dot({xsum}, vec4<f32>(1.0))") } else { xsum };
+        let offset = if m == "0" { String::new() } else { format!(" + {m} * {xsum}") };
+        return Ok(format!("    acc += {d} * accq{offset};\n    accq = 0.0;"));
     }
     let Some(rest) = t.strip_prefix("EMIT(").and_then(|r| r.strip_suffix(");")) else {
         return Ok(line.to_string());
@@ -523,17 +540,23 @@ mod tests {
     #[test]
     fn scaled_values_are_factored_only_in_the_thread_dots() {
         let line = "    EMIT_SCALED(3, nibs(q.w, 0u), BYTE_SCALE, d, m);";
-        assert_eq!(emit(line, "dot_sg").unwrap(), "    acc += dot(nibs(q.w, 0u), subgroupBroadcast(x4, 3u) * BYTE_SCALE);");
-        assert_eq!(emit(line, "dot_regs").unwrap(), "    acc += dot(nibs(q.w, 0u), xr.scaled.v3);");
+        assert_eq!(emit(line, "dot_sg").unwrap(), "    accq += dot(nibs(q.w, 0u), subgroupBroadcast(x4, 3u) * BYTE_SCALE);");
+        assert_eq!(emit(line, "dot_regs").unwrap(), "    accq += dot(nibs(q.w, 0u), xr.scaled.v3);");
         assert_eq!(emit(line, "dot").unwrap(), "    acc += dot(nibs(q.w, 0u) * (BYTE_SCALE * d) + m, x[x4 + 3u]);");
-        assert_eq!(emit("EMIT_DONE(d, -m);", "dot_sg").unwrap(), "    acc = d * acc + -m * sub_xsum(x4);");
-        assert_eq!(emit("EMIT_DONE(d, -m);", "dot_regs").unwrap(), "    acc = d * acc + -m * xr.sum;");
+        assert_eq!(emit("EMIT_DONE(d, -m);", "dot_sg").unwrap(), "    acc += d * accq + -m * sub_xsum(x4);\n    accq = 0.0;");
+        assert_eq!(emit("EMIT_DONE(d, -m);", "dot_regs").unwrap(), "    acc += d * accq + -m * xr.sum;\n    accq = 0.0;");
+        // A part of a sub-block (Q6_K's halves): its own Σx.
+        assert_eq!(
+            emit("EMIT_DONE(d1, m1, 4, 5);", "dot_regs").unwrap(),
+            "    acc += d1 * accq + m1 * dot(xr.v.v4 + xr.v.v5, vec4<f32>(1.0));\n    accq = 0.0;"
+        );
+        assert!(emit("EMIT_DONE(d, m, 4, 8);", "dot_sg").unwrap_err().contains("malformed"));
         // dot_regs holds x at one scale only.
         assert!(emit("EMIT_SCALED(0, v, HALF, d, m);", "dot_regs").unwrap_err().contains("BYTE_SCALE only"));
         assert_eq!(emit("EMIT_DONE(d, -m);", "store").unwrap(), "");
         // No scale, no offset: no multiply or add for them.
         assert_eq!(emit("EMIT_SCALED(0, v, 1, d, 0);", "store").unwrap(), "    r.v0 = v * d;");
-        assert_eq!(emit("EMIT_DONE(d, 0);", "dot_sg").unwrap(), "    acc = d * acc;");
+        assert_eq!(emit("EMIT_DONE(d, 0);", "dot_sg").unwrap(), "    acc += d * accq;\n    accq = 0.0;");
         assert!(emit("EMIT_SCALED(0, v, 1, d);", "dot").unwrap_err().contains("malformed"));
     }
 

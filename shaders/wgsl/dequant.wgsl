@@ -96,13 +96,11 @@ fn bf16x4(a: u32, b: u32) -> vec4<f32> {
     return bitcast<vec4<f32>>(vec4<u32>(a << 16u, a & 0xffff0000u, b << 16u, b & 0xffff0000u));
 }
 
-// Q6_K: 6-bit values (fields 0x3f, from which Q6_OFFSET takes 32) from a
+// Q6_K: 6-bit values (fields 0x3f; the value is that minus 32) from a
 // word of low nibbles at nshift and a word of high bit pairs at hshift.
 fn q6w(ql: u32, qh: u32, nshift: u32, hshift: u32) -> u32 {
     return ((ql >> nshift) & 0x0f0f0f0fu) | (((qh >> hshift) & 0x03030303u) << 4u);
 }
-
-const Q6_OFFSET = vec4<f32>(32.0, 8192.0, 2097152.0, 536870912.0);
 
 // Byte i (0..15) of a quad.
 fn qbyte(q: vec4<u32>, i: u32) -> u32 {

@@ -19,6 +19,7 @@ fn dot_block(b: u32, xq: XBlock) -> f32 {
 fn block_sub(a: vec4<u32>, c: vec4<u32>, ha: vec4<u32>, hc: vec4<u32>, s: u32, d: f32, m: f32, x4: XArg) -> f32 {
     let shift = 4u * (s & 1u);
     var acc = 0.0;
+    var accq = 0.0;
 #include kquant_values
     return acc;
 }
@@ -56,6 +57,7 @@ fn dot_block(b: u32, xq: XBlock) -> f32 {
 // ha, hc at hs, scales d0 (first 16 values) and d1.
 fn block_sub(la: vec4<u32>, lc: vec4<u32>, ha: vec4<u32>, hc: vec4<u32>, ns: u32, hs: u32, d0: f32, d1: f32, x4: XArg) -> f32 {
     var acc = 0.0;
+    var accq = 0.0;
 #include kquant_values
     return acc;
 }

@@ -28,12 +28,14 @@
     EMIT_DONE(d, -m);
 #endif
 #if Q6_K
-    EMIT(0, (fields(q6w(la.x, ha.x, ns, hs), 0x3fu) - Q6_OFFSET) * (BYTE_SCALE * d0));
-    EMIT(1, (fields(q6w(la.y, ha.y, ns, hs), 0x3fu) - Q6_OFFSET) * (BYTE_SCALE * d0));
-    EMIT(2, (fields(q6w(la.z, ha.z, ns, hs), 0x3fu) - Q6_OFFSET) * (BYTE_SCALE * d0));
-    EMIT(3, (fields(q6w(la.w, ha.w, ns, hs), 0x3fu) - Q6_OFFSET) * (BYTE_SCALE * d0));
-    EMIT(4, (fields(q6w(lc.x, hc.x, ns, hs), 0x3fu) - Q6_OFFSET) * (BYTE_SCALE * d1));
-    EMIT(5, (fields(q6w(lc.y, hc.y, ns, hs), 0x3fu) - Q6_OFFSET) * (BYTE_SCALE * d1));
-    EMIT(6, (fields(q6w(lc.z, hc.z, ns, hs), 0x3fu) - Q6_OFFSET) * (BYTE_SCALE * d1));
-    EMIT(7, (fields(q6w(lc.w, hc.w, ns, hs), 0x3fu) - Q6_OFFSET) * (BYTE_SCALE * d1));
+    EMIT_SCALED(0, fields(q6w(la.x, ha.x, ns, hs), 0x3fu), BYTE_SCALE, d0, -32.0 * d0);
+    EMIT_SCALED(1, fields(q6w(la.y, ha.y, ns, hs), 0x3fu), BYTE_SCALE, d0, -32.0 * d0);
+    EMIT_SCALED(2, fields(q6w(la.z, ha.z, ns, hs), 0x3fu), BYTE_SCALE, d0, -32.0 * d0);
+    EMIT_SCALED(3, fields(q6w(la.w, ha.w, ns, hs), 0x3fu), BYTE_SCALE, d0, -32.0 * d0);
+    EMIT_DONE(d0, -32.0 * d0, 0, 3);
+    EMIT_SCALED(4, fields(q6w(lc.x, hc.x, ns, hs), 0x3fu), BYTE_SCALE, d1, -32.0 * d1);
+    EMIT_SCALED(5, fields(q6w(lc.y, hc.y, ns, hs), 0x3fu), BYTE_SCALE, d1, -32.0 * d1);
+    EMIT_SCALED(6, fields(q6w(lc.z, hc.z, ns, hs), 0x3fu), BYTE_SCALE, d1, -32.0 * d1);
+    EMIT_SCALED(7, fields(q6w(lc.w, hc.w, ns, hs), 0x3fu), BYTE_SCALE, d1, -32.0 * d1);
+    EMIT_DONE(d1, -32.0 * d1, 4, 7);
 #endif

@@ -126,6 +126,7 @@ fn x_regs(x4: u32) -> XRegs {
 
 fn dot_regs(b: u32, s: u32, xr: XRegs) -> f32 {
     var acc = 0.0;
+    var accq = 0.0;
 #include dequant_body dot_regs
     return acc;
 }
@@ -178,6 +179,7 @@ fn sub_xsum(x4: XArg) -> f32 {
 
 fn dot_sub(b: u32, s: u32, x4: XArg) -> f32 {
     var acc = 0.0;
+    var accq = 0.0;
 #include dequant_body dot_sg
     return acc;
 }
