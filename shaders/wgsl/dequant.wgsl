@@ -2,9 +2,8 @@
 // row into eight vec4s (registers, not an indexed array). The including
 // shader declares `w: array<vec4<u32>>` (the quant plane), `ws:
 // array<ScaleUnit>` (the same buffer, read from its scale plane at
-// p.scale_offset words) and one
-// format flag; QUADS, SCALE_WORDS and SUBS come from `block_layout` in Rust,
-// ROW_GROUP from `row_group`.
+// p.scale_offset words) and one format flag; QUADS, SCALE_WORDS and SUBS
+// come from `block_layout` in Rust, ROW_GROUP from `row_group`.
 //
 // Per block: QUADS 16-byte quads of quants (read with one load each) and
 // SCALE_WORDS words of scales (f16 d / m, and Q5's high bits) in their own
@@ -73,6 +72,12 @@ fn nibs(q: u32, shift: u32) -> vec4<f32> {
     return fields(q >> shift, 0xfu);
 }
 
+// The nibbles at `shift` (0: low, 4: high) of a word's bytes, each at the
+// bottom of its byte: where the 5- and 6-bit formats add their high bits.
+fn nibble_bytes(q: u32, shift: u32) -> u32 {
+    return (q >> shift) & 0x0f0f0f0fu;
+}
+
 // Bits 0..3 of n to bit 0 of bytes 0..3 (each bit times 1 + 2^7 + 2^14 + 2^21
 // lands once on a byte boundary, the others between; no two overlap).
 fn spread4(n: u32) -> u32 {
@@ -82,13 +87,13 @@ fn spread4(n: u32) -> u32 {
 // Q5_0, Q5_1: 5-bit values (fields 0x1f) from the nibbles at `shift` of q's
 // bytes and bits j … j + 3 of qh as their fifth.
 fn q5w(q: u32, shift: u32, qh: u32, j: u32) -> u32 {
-    return ((q >> shift) & 0x0f0f0f0fu) | (spread4((qh >> j) & 15u) << 4u);
+    return nibble_bytes(q, shift) | (spread4((qh >> j) & 15u) << 4u);
 }
 
 // Q5_K: 5-bit values (fields 0x1f) from the nibbles at `shift` of q's bytes
 // and bit s of each byte of h as their fifth.
 fn q5kw(q: u32, shift: u32, h: u32, s: u32) -> u32 {
-    return ((q >> shift) & 0x0f0f0f0fu) | (((h >> s) & 0x01010101u) << 4u);
+    return nibble_bytes(q, shift) | (((h >> s) & 0x01010101u) << 4u);
 }
 
 // Four bf16 values from two words.
@@ -99,7 +104,7 @@ fn bf16x4(a: u32, b: u32) -> vec4<f32> {
 // Q6_K: 6-bit values (fields 0x3f; the value is that minus 32) from a
 // word of low nibbles at nshift and a word of high bit pairs at hshift.
 fn q6w(ql: u32, qh: u32, nshift: u32, hshift: u32) -> u32 {
-    return ((ql >> nshift) & 0x0f0f0f0fu) | (((qh >> hshift) & 0x03030303u) << 4u);
+    return nibble_bytes(ql, nshift) | (((qh >> hshift) & 0x03030303u) << 4u);
 }
 
 // Byte i (0..15) of a quad.
