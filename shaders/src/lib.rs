@@ -34,6 +34,9 @@
 //! each lane reading its own distant stream, were 10-20% slower, and rows
 //! interleaved across the whole matrix 2-3x slower), a subgroup shares x
 //! (matmul.wgsl), and no lane should idle (attention.wgsl's flat grid).
+//! A texel fetch is no such loop: gallivm gathers every lane's texel at
+//! once. So thread per row reads quantised weights from textures where the
+//! device allows (`QUAD_TEXTURE`; runtime/src/gpu/weights.rs).
 
 /// A kernel family: its name and WGSL text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -62,12 +65,12 @@ pub const WEIGHT_FORMATS: &[&str] = &["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_
 
 pub const COPY: Family = family!("copy", flags: [], choices: []);
 pub const MATMUL: Family = family!("matmul",
-    flags: ["BIAS", "ACC", "SUBGROUPS"],
+    flags: ["BIAS", "ACC", "SUBGROUPS", "QUAD_TEXTURE"],
     choices: [["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"], ["ROW_PER_THREAD", "ROW_PER_WORKGROUP"]]);
 // The embedding's shape flag names the layout of its rows: the one the
 // matmul of that shape reads (a tied LM head reads the same matrix).
 pub const EMBED: Family = family!("embed",
-    flags: [],
+    flags: ["QUAD_TEXTURE"],
     choices: [["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"], ["ROW_PER_THREAD", "ROW_PER_WORKGROUP"]]);
 pub const NORM: Family = family!("norm", flags: ["WORKGROUP"], choices: []);
 pub const ROPE: Family = family!("rope", flags: ["HALF_K"], choices: [["HALVES", "ADJACENT"]]);
@@ -132,8 +135,8 @@ fn emit(line: &str, mode: &str) -> Result<String, String> {
             let x = if s == "1" { format!("subgroupBroadcast(x4, {i}u)") } else { format!("subgroupBroadcast(x4, {i}u) * {s}") };
             return Ok(format!("    accq += dot({q}, {x});"));
         }
-        // `dot_regs`: x held pre-scaled by BYTE_SCALE (`xr.scaled`), or as is for s 1.
-        if mode == "dot_regs" {
+        // `dot_regs`, `dot_unit`: x held pre-scaled by BYTE_SCALE (`xr.scaled`), or as is for s 1.
+        if mode == "dot_regs" || mode == "dot_unit" {
             let x = match s {
                 "BYTE_SCALE" => format!("xr.scaled.v{i}"),
                 "1" => format!("xr.v.v{i}"),
@@ -154,7 +157,7 @@ fn emit(line: &str, mode: &str) -> Result<String, String> {
             }
             _ => return Err(malformed()),
         };
-        if mode != "dot_sg" && mode != "dot_regs" {
+        if !["dot_sg", "dot_regs", "dot_unit"].contains(&mode) {
             return Ok(String::new());
         }
         // Σx over the EMITs done: the whole sub-block's is kept (`sub_xsum`,
@@ -170,6 +173,10 @@ fn emit(line: &str, mode: &str) -> Result<String, String> {
         return Ok(format!("    acc += {d} * accq{offset};\n    accq = 0.0;"));
     }
     let Some(rest) = t.strip_prefix("EMIT(").and_then(|r| r.strip_suffix(");")) else {
+        // `dot_unit`: a block's scale words from the texels its unit fetched.
+        if mode == "dot_unit" {
+            return Ok(line.replace("sword(b)", "unit_sword(i)"));
+        }
         return Ok(line.to_string());
     };
     let (i, expr) = rest.split_once(", ").ok_or_else(malformed)?;
@@ -180,8 +187,8 @@ fn emit(line: &str, mode: &str) -> Result<String, String> {
         // `_sg`: x shared across the subgroup, lane l holding vec4 l of the
         // sub-block: `x4` for `dot_sg`, `xl.v<j>` (token j) for `tile*_sg`.
         "dot_sg" => format!("    acc += dot({expr}, subgroupBroadcast(x4, {i}u));"),
-        // `dot_regs`: the sub-block's x already in registers (`xr.v`).
-        "dot_regs" => format!("    acc += dot({expr}, xr.v.v{i});"),
+        // `dot_regs`, `dot_unit`: the sub-block's x already in registers (`xr.v`).
+        "dot_regs" | "dot_unit" => format!("    acc += dot({expr}, xr.v.v{i});"),
         // `tile`: 8 tokens; `tile4`, `tile2`: the first 4 or 2 of them.
         "tile" | "tile4" | "tile2" | "tile_sg" | "tile4_sg" | "tile2_sg" => {
             let (base, shared) = match mode.strip_suffix("_sg") {
@@ -242,6 +249,9 @@ pub mod shape {
     pub const MATMUL_SHARED_ROWS: u32 = 2;
     pub const MATMUL_SHARED_ROWS_K: u32 = 8;
     pub const MATMUL_SHARED_ROWS_PLAIN: u32 = 16;
+    /// With subgroups and weights in textures, 32-value quantised blocks (x
+    /// in registers a unit of 4 blocks at a time: matmul.wgsl).
+    pub const MATMUL_SHARED_ROWS_UNITS: u32 = 16;
     /// Rows interleaved per group in the weight layout the thread-per-row
     /// matmul reads for most formats (see `row_group`): a subgroup's lanes
     /// on CPU adapters.
@@ -323,9 +333,10 @@ pub fn row_group(shape_flag: &str, format: &str) -> u32 {
 /// decode GEMV of copy: Q4_K 0.42 → 0.54, Q5_K 0.34 → 0.51, Q6_K 0.39 →
 /// 0.51); the 32-value formats' one load is cheaper than the rows'
 /// unrolled code (Q4_1 0.61 → 0.46 and Q8_0 0.79 → 0.53 with 4 rows).
-pub fn shared_rows(subgroups: bool, format: &str) -> u32 {
+pub fn shared_rows(subgroups: bool, textures: bool, format: &str) -> u32 {
     match block_layout(format) {
         _ if !subgroups => shape::MATMUL_SHARED_ROWS_PLAIN,
+        Some(l) if textures && l.block_values == 32 && l.scale_words > 0 => shape::MATMUL_SHARED_ROWS_UNITS,
         Some(l) if l.block_values > 32 => shape::MATMUL_SHARED_ROWS_K,
         _ => shape::MATMUL_SHARED_ROWS,
     }
@@ -382,12 +393,15 @@ pub fn consts(family: &Family, flags: &[&str]) -> Vec<Const> {
         c.push(Const::U32("SCALE_WORDS", l.scale_words));
         c.push(Const::U32("SUBS", l.subs()));
         let shape_flag = flags.iter().copied().find(|f| f.starts_with("ROW_PER_")).unwrap_or("ROW_PER_WORKGROUP");
-        c.push(Const::U32("ROW_GROUP", row_group(shape_flag, format_flag)));
+        // In textures (QUAD_TEXTURE) rows lie whole; ROW_GROUP then only
+        // spreads a subgroup's lanes over neighbouring rows.
+        let group = if flags.contains(&"QUAD_TEXTURE") { ROW_GROUP_THREAD } else { row_group(shape_flag, format_flag) };
+        c.push(Const::U32("ROW_GROUP", group));
     }
     match family.name {
         "matmul" => {
             c.push(Const::U32("TILE_T", TILE_T));
-            c.push(Const::U32("SHARED_ROWS", shared_rows(flags.contains(&"SUBGROUPS"), format_flag)));
+            c.push(Const::U32("SHARED_ROWS", shared_rows(flags.contains(&"SUBGROUPS"), flags.contains(&"QUAD_TEXTURE"), format_flag)));
             c.push(Const::U32("GEMM_ROWS", GEMM_ROWS));
             c.push(Const::U32("GEMM_TOKENS", GEMM_TOKENS));
             c.push(Const::U32("GEMM_WG", GEMM_WG));

@@ -25,6 +25,33 @@ alias ScaleUnit = vec2<u32>;
 alias ScaleUnit = u32;
 #endif
 
+#if QUAD_TEXTURE
+// QUAD_TEXTURE: the planes are Rgba32Uint textures, block-major (see
+// `Planes::Textures` in runtime/src/gpu/weights.rs): quad k of the chunk's
+// row r is texel (r, k) of `wq`; the scale units of its blocks
+// SCALE_UNITS · j … are texel (r, j) of `wst`. ROW_GROUP then only spreads
+// a subgroup's lanes over neighbouring rows (`thread_row`).
+const SCALE_UNITS: u32 = 4u / max(SCALE_WORDS, 1u);
+var<private> t_row: u32;
+
+fn select_row(row: u32, blocks_per_row: u32, scale_offset: u32) {
+    t_row = row;
+}
+
+fn quad(k: u32) -> vec4<u32> {
+    return textureLoad(wq, vec2<u32>(t_row, k), 0);
+}
+
+// Block k's scale words.
+fn sword(k: u32) -> ScaleUnit {
+    let t = textureLoad(wst, vec2<u32>(t_row, k / SCALE_UNITS), 0);
+#if Q5_0 || Q5_1
+    return select(t.xy, t.zw, (k & 1u) == 1u);
+#else
+    return t[k % 4u];
+#endif
+}
+#else
 var<private> q_base: u32;
 var<private> s_base: u32;
 
@@ -43,6 +70,7 @@ fn quad(k: u32) -> vec4<u32> {
 fn sword(k: u32) -> ScaleUnit {
     return ws[s_base + ROW_GROUP * k];
 }
+#endif
 
 struct W32 {
     v0: vec4<f32>,

@@ -12,8 +12,13 @@ struct Params {
 }
 
 @group(0) @binding(1) var<uniform> p: Params;
+#if QUAD_TEXTURE
+@group(0) @binding(2) var wq: texture_2d<u32>;                   // quant plane (texel (row, quad))
+@group(0) @binding(5) var wst: texture_2d<u32>;                  // scale plane (texel (row, SCALE_UNITS blocks))
+#else
 @group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;    // quant plane
 @group(0) @binding(5) var<storage, read> ws: array<ScaleUnit>;         // the same buffer: scale plane at p.scale_offset
+#endif
 @group(0) @binding(3) var<storage, read> ids: array<u32>;        // [n_tokens]
 @group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;  // [n_tokens, cols / 4]
 

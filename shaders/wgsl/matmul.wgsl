@@ -44,8 +44,13 @@ struct Params {
 }
 
 @group(0) @binding(1) var<uniform> p: Params;
+#if QUAD_TEXTURE
+@group(0) @binding(2) var wq: texture_2d<u32>;                 // quant plane (texel (row, quad))
+@group(0) @binding(6) var wst: texture_2d<u32>;                // scale plane (texel (row, SCALE_UNITS blocks))
+#else
 @group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;  // quant plane [blocks · QUADS] per row
 @group(0) @binding(6) var<storage, read> ws: array<ScaleUnit>;       // the same buffer: scale plane at p.scale_offset
+#endif
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;  // [n_tokens, x_stride / 4]
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;  // [n_tokens, y_stride]
 #if BIAS
@@ -80,6 +85,24 @@ fn store_slot(s: u32, r: u32, v: f32) {
 
 #include dequant
 
+#if ROW_PER_THREAD
+// A sub-block's x in registers, also times BYTE_SCALE and summed, for the
+// quantised formats' d·Σq(x·s) + m·Σx (EMIT_SCALED): computed once for all
+// of a thread's rows (`dot_regs`, `dot_unit` modes).
+struct XRegs {
+    v: W32,
+    scaled: W32,
+    sum: f32,
+}
+
+fn x_regs_of(v: W32) -> XRegs {
+    let scaled = W32(v.v0 * BYTE_SCALE, v.v1 * BYTE_SCALE, v.v2 * BYTE_SCALE, v.v3 * BYTE_SCALE,
+        v.v4 * BYTE_SCALE, v.v5 * BYTE_SCALE, v.v6 * BYTE_SCALE, v.v7 * BYTE_SCALE);
+    let t = ((v.v0 + v.v1) + (v.v2 + v.v3)) + ((v.v4 + v.v5) + (v.v6 + v.v7));
+    return XRegs(v, scaled, dot(t, vec4<f32>(1.0)));
+}
+#endif
+
 #if !SUBGROUPS || ROW_PER_WORKGROUP
 // A sub-block's x (one token): the index of its first vec4; a block's: the same.
 alias XArg = u32;
@@ -107,21 +130,8 @@ fn dot_sub(b: u32, s: u32, x4: XArg) -> f32 {
 // rows share each sub-block's x, loaded once into registers (`rows_shared`).
 // A thread's x loads (8 per sub-block) outnumber its weight loads (1 to 8),
 // and on a CPU adapter each is a gather.
-// A sub-block's x, also times BYTE_SCALE and summed, for the quantised
-// formats' d·Σq(x·s) + m·Σx (EMIT_SCALED): computed once for all of a
-// thread's rows.
-struct XRegs {
-    v: W32,
-    scaled: W32,
-    sum: f32,
-}
-
 fn x_regs(x4: u32) -> XRegs {
-    let v = W32(x[x4], x[x4 + 1u], x[x4 + 2u], x[x4 + 3u], x[x4 + 4u], x[x4 + 5u], x[x4 + 6u], x[x4 + 7u]);
-    let scaled = W32(v.v0 * BYTE_SCALE, v.v1 * BYTE_SCALE, v.v2 * BYTE_SCALE, v.v3 * BYTE_SCALE,
-        v.v4 * BYTE_SCALE, v.v5 * BYTE_SCALE, v.v6 * BYTE_SCALE, v.v7 * BYTE_SCALE);
-    let t = ((v.v0 + v.v1) + (v.v2 + v.v3)) + ((v.v4 + v.v5) + (v.v6 + v.v7));
-    return XRegs(v, scaled, dot(t, vec4<f32>(1.0)));
+    return x_regs_of(W32(x[x4], x[x4 + 1u], x[x4 + 2u], x[x4 + 3u], x[x4 + 4u], x[x4 + 5u], x[x4 + 6u], x[x4 + 7u]));
 }
 
 fn dot_regs(b: u32, s: u32, xr: XRegs) -> f32 {
@@ -152,6 +162,83 @@ fn dot_unit(u: u32, xr: XUnit) -> f32 {
 // reads x with 4 instead of 32 per lane. Needs subgroups of at least 8.
 var<private> lane: u32;
 
+#if QUAD_TEXTURE
+#if Q8_0 || Q4_0 || Q4_1 || Q5_0 || Q5_1
+// Weights in textures (block-major, dequant.wgsl), 32-value blocks:
+// `rows_shared` steps by units of 4 blocks, a scale texel's worth (Q5's
+// two), fetched once a row; each block's x is broadcast into registers
+// once for all of a thread's SHARED_ROWS rows. Blocks past the row's end
+// (its last unit) count zero, whatever x holds there.
+const UNIT_SUBS: u32 = 4u;
+
+struct XUnit {
+    a: XRegs,
+    b: XRegs,
+    c: XRegs,
+    d: XRegs,
+}
+
+// Sub-block x4's x, from this lane's vec4 and the other seven lanes'.
+fn x_sg(x4: u32) -> XRegs {
+    let v = x[x4 + lane];
+    return x_regs_of(W32(subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u), subgroupBroadcast(v, 2u), subgroupBroadcast(v, 3u),
+        subgroupBroadcast(v, 4u), subgroupBroadcast(v, 5u), subgroupBroadcast(v, 6u), subgroupBroadcast(v, 7u)));
+}
+
+fn x_unit(x0: u32, u: u32) -> XUnit {
+    let x4 = x0 + u * 32u;
+    return XUnit(x_sg(x4), x_sg(x4 + 8u), x_sg(x4 + 16u), x_sg(x4 + 24u));
+}
+
+// The current unit's scale texels (`dot_unit`), and block i's words in them.
+var<private> unit_scales: array<vec4<u32>, SCALE_WORDS>;
+
+fn unit_sword(i: u32) -> ScaleUnit {
+#if Q5_0 || Q5_1
+    let t = unit_scales[i / 2u];
+    return select(t.xy, t.zw, (i & 1u) == 1u);
+#else
+    return unit_scales[0][i];
+#endif
+}
+
+// Block b (the unit's i-th) of the current row times its x.
+fn dot_unit_block(b: u32, i: u32, xr: XRegs) -> f32 {
+    var acc = 0.0;
+    var accq = 0.0;
+#include dequant_body dot_unit
+    return select(0.0, acc, b < p.cols / 32u);
+}
+
+// Fetch unit u's scale texels.
+fn unit_scales_at(u: u32) {
+    for (var t = 0u; t < SCALE_WORDS; t++) {
+        unit_scales[t] = textureLoad(wst, vec2<u32>(t_row, SCALE_WORDS * u + t), 0);
+    }
+}
+
+fn dot_unit(u: u32, xq: XUnit) -> f32 {
+    unit_scales_at(u);
+    let b = 4u * u;
+    return (dot_unit_block(b, 0u, xq.a) + dot_unit_block(b + 1u, 1u, xq.b))
+        + (dot_unit_block(b + 2u, 2u, xq.c) + dot_unit_block(b + 3u, 3u, xq.d));
+}
+
+// One block at a time (`row_tile`: the experts' slots).
+alias XBlock = XRegs;
+
+fn xblock(x4: u32) -> XBlock {
+    return x_sg(x4);
+}
+
+fn dot_block(b: u32, xq: XBlock) -> f32 {
+    unit_scales_at(b / 4u);
+    return dot_unit_block(b, b % 4u, xq);
+}
+#endif
+#endif
+
+#if !QUAD_TEXTURE || F32 || F16 || BF16 || Q4_K || Q5_K || Q6_K
 // This lane's vec4 of a sub-block's x; of each sub-block of a block.
 alias XArg = vec4<f32>;
 alias XBlock = array<vec4<f32>, SUBS>;
@@ -198,6 +285,7 @@ fn dot_unit(u: u32, xq: XUnit) -> f32 {
     return dot_block(u, xq);
 }
 #endif
+#endif
 
 #if ROW_PER_THREAD
 // Row i of the `per` rows thread g computes. Each ROW_GROUP threads (a
@@ -226,7 +314,7 @@ fn shared_row(g: u32, i: u32, half: u32) -> u32 {
 
 fn rows_shared(x0: u32, n_sub: u32, g: u32, half: u32) -> array<f32, SHARED_ROWS> {
     var acc: array<f32, SHARED_ROWS>;
-    for (var u = 0u; u < n_sub / UNIT_SUBS; u++) {
+    for (var u = 0u; u < (n_sub + UNIT_SUBS - 1u) / UNIT_SUBS; u++) {
         let xq = x_unit(x0, u);
         for (var i = 0u; i < SHARED_ROWS; i++) {
             select_row(min(shared_row(g, i, half), p.rows - 1u), n_sub / SUBS, p.scale_offset);

@@ -25,15 +25,18 @@ fn tiny_models_match_transformers_on_both_kernel_shapes() {
         let fx = common::json(&format!("{name}/expected.json"));
         let m = ModelFiles::open(&common::fixture(name)).unwrap();
         let greedy_len = fx["greedy_ids"].as_array().unwrap().len();
-        for (shape, subgroups) in [
-            (MatmulShape::RowPerThread, false),
-            (MatmulShape::RowPerThread, true),
-            (MatmulShape::RowPerWorkgroup, false),
-            (MatmulShape::RowPerWorkgroup, true),
+        // Thread per row with weights in textures and in buffers.
+        for (shape, subgroups, textures) in [
+            (MatmulShape::RowPerThread, false, true),
+            (MatmulShape::RowPerThread, true, true),
+            (MatmulShape::RowPerThread, false, false),
+            (MatmulShape::RowPerThread, true, false),
+            (MatmulShape::RowPerWorkgroup, false, false),
+            (MatmulShape::RowPerWorkgroup, true, false),
         ] {
-            let opts = GpuOptions { shape: Some(shape), max_pass_tokens: 5, subgroups, kv_f16: Some(false), ..Default::default() };
+            let opts = GpuOptions { shape: Some(shape), max_pass_tokens: 5, subgroups, kv_f16: Some(false), quad_textures: Some(textures), ..Default::default() };
             let mut g = GpuModel::load(gpu.clone(), &m, &opts).unwrap();
-            let what = format!("{name} {shape:?} subgroups {subgroups}");
+            let what = format!("{name} {shape:?} subgroups {subgroups} textures {textures}");
             check_tiny(&mut g, &fx, greedy_len, &what);
         }
     }
@@ -75,14 +78,15 @@ fn moe_and_mla_models_match_transformers_on_the_gpu() {
             let m = ModelFiles::open(&file).unwrap();
             // Small bindings: the experts' weights split into chunks of whole
             // experts. Prefill's experts per slot, and grouped by expert.
-            for (shape, max_binding, grouped) in [
-                (MatmulShape::RowPerThread, None, false),
-                (MatmulShape::RowPerThread, None, true),
-                (MatmulShape::RowPerWorkgroup, Some(40 << 10), true),
+            for (shape, max_binding, grouped, textures) in [
+                (MatmulShape::RowPerThread, None, false, true),
+                (MatmulShape::RowPerThread, Some(40 << 10), true, true),
+                (MatmulShape::RowPerThread, None, true, false),
+                (MatmulShape::RowPerWorkgroup, Some(40 << 10), true, false),
             ] {
-                let opts = GpuOptions { shape: Some(shape), max_pass_tokens: 5, kv_f16: Some(false), max_binding, grouped_experts: Some(grouped), ..Default::default() };
+                let opts = GpuOptions { shape: Some(shape), max_pass_tokens: 5, kv_f16: Some(false), max_binding, grouped_experts: Some(grouped), quad_textures: Some(textures), ..Default::default() };
                 let mut g = GpuModel::load(gpu.clone(), &m, &opts).unwrap();
-                check_tiny(&mut g, &fx, clear, &format!("{name} ({}) {shape:?} grouped {grouped}", file.display()));
+                check_tiny(&mut g, &fx, clear, &format!("{name} ({}) {shape:?} grouped {grouped} textures {textures}", file.display()));
             }
         }
     }
@@ -143,13 +147,13 @@ fn stacked_projections_of_two_types_match_the_reference() {
         let m = ModelFiles::open(&path).unwrap();
         let ids: Vec<u32> = (0..9).map(|i| (i * 37 + 5) % m.config.vocab as u32).collect();
         let want = baleen::reference::Reference::load(&m).unwrap().forward(&ids, true).unwrap();
-        for shape in [MatmulShape::RowPerThread, MatmulShape::RowPerWorkgroup] {
+        for (shape, textures) in [(MatmulShape::RowPerThread, true), (MatmulShape::RowPerThread, false), (MatmulShape::RowPerWorkgroup, false)] {
             for max_binding in [None, Some(16 << 10)] {
-                let opts = GpuOptions { shape: Some(shape), max_binding, kv_f16: Some(false), ..Default::default() };
+                let opts = GpuOptions { shape: Some(shape), max_binding, kv_f16: Some(false), quad_textures: Some(textures), ..Default::default() };
                 let mut g = GpuModel::load(gpu.clone(), &m, &opts).unwrap();
                 let got = g.forward(&ids, true).unwrap();
                 let d = common::max_abs_diff(&got, &want);
-                assert!(d <= TINY_TOL, "{name} {shape:?} bindings {max_binding:?}: max |Δlogit| {d}");
+                assert!(d <= TINY_TOL, "{name} {shape:?} textures {textures} bindings {max_binding:?}: max |Δlogit| {d}");
             }
         }
     }

@@ -15,8 +15,27 @@ const FORMATS: [DType; 11] = [
     DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1,
     DType::Q5_0, DType::Q5_1, DType::Q4_K, DType::Q5_K, DType::Q6_K,
 ];
-/// Every matmul path this device can run: both shapes, each with subgroups
-/// when the device has them (thread per row shares x across 8 lanes).
+/// One matmul path: the kernel shape, subgroups, and (thread per row)
+/// weights in textures or in buffers.
+#[derive(Debug, Clone, Copy)]
+struct Path {
+    shape: MatmulShape,
+    subgroups: bool,
+    textures: bool,
+}
+
+impl Path {
+    fn place(&self, gpu: &Gpu, max_binding: u64) -> Placement {
+        Placement::for_gpu(gpu, self.shape, max_binding, self.textures)
+    }
+
+    fn ctx<'a>(&self, gpu: &'a Gpu, step: &'a wgpu::Buffer) -> Ctx<'a> {
+        Ctx { gpu, step, shape: self.shape, subgroups: self.subgroups }
+    }
+}
+
+/// Every kernel shape this device can run, each with subgroups when the
+/// device has them (thread per row shares x across 8 lanes).
 fn shapes(gpu: &Gpu) -> Vec<(MatmulShape, bool)> {
     let mut v = vec![(MatmulShape::RowPerThread, false), (MatmulShape::RowPerWorkgroup, false)];
     if gpu.has_subgroups() {
@@ -26,6 +45,18 @@ fn shapes(gpu: &Gpu) -> Vec<(MatmulShape, bool)> {
         }
     }
     v
+}
+
+/// Every matmul path: each of `shapes`, thread per row with weights in
+/// textures and in buffers.
+fn paths(gpu: &Gpu) -> Vec<Path> {
+    shapes(gpu)
+        .into_iter()
+        .flat_map(|(shape, subgroups)| {
+            let textures: &[bool] = if shape == MatmulShape::RowPerThread { &[true, false] } else { &[false] };
+            textures.iter().map(move |&textures| Path { shape, subgroups, textures })
+        })
+        .collect()
 }
 
 struct Rng(u64);
@@ -75,14 +106,13 @@ fn random_matrix(dtype: DType, rows: usize, cols: usize, seed: u64) -> (Vec<u8>,
 
 struct MatmulCase {
     dtype: DType,
-    shape: MatmulShape,
+    path: Path,
     rows: usize,
     cols: usize,
     n: usize,
     bias: bool,
     acc: bool,
     max_binding: Option<u64>,
-    subgroups: bool,
 }
 
 fn check_matmul(gpu: &Gpu, c: &MatmulCase, seed: u64) {
@@ -92,12 +122,15 @@ fn check_matmul(gpu: &Gpu, c: &MatmulCase, seed: u64) {
     let b = rng.vec(c.rows);
     let y0 = rng.vec(c.n * c.rows);
     let mb = c.max_binding.unwrap_or(gpu.max_binding());
-    let m = GpuMatrix::from_bytes(gpu, "w", c.dtype, c.rows as u64, c.cols as u64, &bytes, Placement::new(c.shape, mb)).unwrap();
+    let m = GpuMatrix::from_bytes(gpu, "w", c.dtype, c.rows as u64, c.cols as u64, &bytes, c.path.place(gpu, mb)).unwrap();
     if c.max_binding.is_some() {
         assert!(m.chunks.len() > 1, "the binding limit should split the matrix");
     }
+    // (Textures hold the quantised formats.)
+    let quantised = !matches!(c.dtype, DType::F32 | DType::F16 | DType::BF16);
+    assert_eq!(m.quad_texture(), c.path.textures && quantised, "{:?} {:?}", c.dtype, c.path);
     let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
-    let ctx = Ctx { gpu, step: &step_buf, shape: c.shape, subgroups: c.subgroups };
+    let ctx = c.path.ctx(gpu, &step_buf);
     let (xb, yb, bb) = (upload(gpu, "x", &x), upload(gpu, "y", &y0), upload(gpu, "b", &b));
     let ops = ctx
         .matmul(&m, &xb, c.cols as u32, &yb, c.rows as u32, c.bias.then_some(&bb), c.acc, false)
@@ -120,7 +153,7 @@ fn check_matmul(gpu: &Gpu, c: &MatmulCase, seed: u64) {
             assert!(
                 (g - want).abs() <= 1e-5 * scale + 1e-5 * want.abs() + 1e-6,
                 "{:?} {:?} {}x{} n={} bias={} acc={}: y[{t},{r}] = {g}, want {want}",
-                c.dtype, c.shape, c.rows, c.cols, c.n, c.bias, c.acc
+                c.dtype, c.path, c.rows, c.cols, c.n, c.bias, c.acc
             );
         }
     }
@@ -130,14 +163,18 @@ fn check_matmul(gpu: &Gpu, c: &MatmulCase, seed: u64) {
 fn matmul_every_format_both_shapes() {
     let gpu = gpu();
     for (i, &dtype) in FORMATS.iter().enumerate() {
-        // K-quants need whole 256-value blocks; others straddle sub-blocks.
-        let cols = if dtype.block_size() == 256 { 512 } else { 96 };
-        for (shape, subgroups) in shapes(&gpu) {
+        // K-quants need whole 256-value blocks; others straddle sub-blocks
+        // and the textures' units of 4 blocks (3 blocks: one unit, its last
+        // block past the row; 5: a whole unit and one block).
+        let cols: &[usize] = if dtype.block_size() == 256 { &[512] } else { &[96, 160] };
+        for path in paths(&gpu) {
             // Rows straddle the 64-thread workgroup and the GEMM's 64-row
             // tile; tokens straddle the 8-token tile and the GEMM's 64.
             for (rows, n) in [(1, 1), (65, 1), (130, 9), (130, 70)] {
-                let c = MatmulCase { dtype, shape, rows, cols, n, bias: false, acc: false, max_binding: None, subgroups };
-                check_matmul(&gpu, &c, 100 + i as u64);
+                for &cols in cols {
+                    let c = MatmulCase { dtype, path, rows, cols, n, bias: false, acc: false, max_binding: None };
+                    check_matmul(&gpu, &c, 100 + i as u64);
+                }
             }
         }
     }
@@ -146,10 +183,10 @@ fn matmul_every_format_both_shapes() {
 #[test]
 fn matmul_bias_accumulate_and_row_chunks() {
     let gpu = gpu();
-    for (shape, subgroups) in shapes(&gpu) {
+    for path in paths(&gpu) {
         for dtype in [DType::Q4_1, DType::Q6_K, DType::F32] {
             let cols = if dtype.block_size() == 256 { 256 } else { 64 };
-            let c = MatmulCase { dtype, shape, rows: 70, cols, n: 3, bias: true, acc: true, max_binding: None, subgroups };
+            let c = MatmulCase { dtype, path, rows: 70, cols, n: 3, bias: true, acc: true, max_binding: None };
             check_matmul(&gpu, &c, 7);
             check_matmul(&gpu, &MatmulCase { n: 67, ..c }, 9);
             // A binding limit of ~20 rows: four chunks, each its own dispatch.
@@ -163,17 +200,19 @@ fn matmul_bias_accumulate_and_row_chunks() {
 #[test]
 fn matmul_with_swiglu_equals_the_matmul_then_swiglu() {
     let gpu = gpu();
-    for (shape, subgroups) in shapes(&gpu) {
+    for path in paths(&gpu) {
         let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
-        let ctx = Ctx { gpu: &gpu, step: &step_buf, shape, subgroups };
+        let ctx = path.ctx(&gpu, &step_buf);
+        let shape = path.shape;
         for (i, dtype) in [DType::Q4_1, DType::Q6_K, DType::F16].into_iter().enumerate() {
             let cols = if dtype.block_size() == 256 { 256 } else { 96 };
             // Gate rows straddling a thread's (with subgroups 1, or 4 for the
-            // K-quants; 8 without), a group of 8 rows' and a workgroup's.
+            // K-quants, 8 in textures; 8 without), a group of 8 rows' and a
+            // workgroup's.
             for f in [1usize, 9, 70] {
                 let (bytes, w) = random_matrix(dtype, 2 * f, cols, 30 + i as u64);
                 let x = Rng(31).vec(cols);
-                let m = GpuMatrix::from_bytes(&gpu, "gate_up", dtype, 2 * f as u64, cols as u64, &bytes, Placement::new(shape, gpu.max_binding())).unwrap();
+                let m = GpuMatrix::from_bytes(&gpu, "gate_up", dtype, 2 * f as u64, cols as u64, &bytes, path.place(&gpu, gpu.max_binding())).unwrap();
                 let (xb, out) = (upload(&gpu, "x", &x), upload(&gpu, "out", &vec![0.0; f]));
                 let op = ctx.matmul_swiglu("glu", &m, &xb, cols as u32, &out).unwrap();
                 // Only the thread-per-row shape fuses them.
@@ -188,7 +227,7 @@ fn matmul_with_swiglu_equals_the_matmul_then_swiglu() {
                 for r in 0..f {
                     let (g, u) = (dot(r), dot(f + r));
                     let want = g / (1.0 + (-g).exp()) * u;
-                    assert!((got[r] as f64 - want).abs() <= 1e-4 * want.abs() + 1e-4, "{dtype:?} subgroups {subgroups} f={f} row {r}: {} vs {want}", got[r]);
+                    assert!((got[r] as f64 - want).abs() <= 1e-4 * want.abs() + 1e-4, "{dtype:?} {path:?} f={f} row {r}: {} vs {want}", got[r]);
                 }
             }
         }
@@ -198,12 +237,12 @@ fn matmul_with_swiglu_equals_the_matmul_then_swiglu() {
 #[test]
 fn matmul_propagates_nan_and_inf() {
     let gpu = gpu();
-    for (shape, subgroups) in shapes(&gpu) {
-        let (rows, cols) = (8, 64);
-        let (bytes, _) = random_matrix(DType::F32, rows, cols, 3);
-        let m = GpuMatrix::from_bytes(&gpu, "w", DType::F32, rows as u64, cols as u64, &bytes, Placement::new(shape, gpu.max_binding())).unwrap();
+    for (path, dtype) in paths(&gpu).into_iter().flat_map(|p| [(p, DType::F32), (p, DType::Q4_1)]) {
+        let (rows, cols) = (8, 160);
+        let (bytes, _) = random_matrix(dtype, rows, cols, 3);
+        let m = GpuMatrix::from_bytes(&gpu, "w", dtype, rows as u64, cols as u64, &bytes, path.place(&gpu, gpu.max_binding())).unwrap();
         let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
-        let ctx = Ctx { gpu: &gpu, step: &step_buf, shape, subgroups };
+        let ctx = path.ctx(&gpu, &step_buf);
         let mut x = Rng(5).vec(2 * cols);
         x[3] = f32::NAN; // token 0
         x[cols + 7] = f32::INFINITY; // token 1
@@ -211,7 +250,7 @@ fn matmul_propagates_nan_and_inf() {
         let ops = ctx.matmul(&m, &xb, cols as u32, &yb, rows as u32, None, false, false).unwrap();
         run(&gpu, &step_buf, step(2, 0), &ops);
         let y = download(&gpu, &yb, 2 * rows);
-        assert!(y.iter().all(|v| !v.is_finite()), "{shape:?}: a NaN or ∞ input must not come out finite: {y:?}");
+        assert!(y.iter().all(|v| !v.is_finite()), "{dtype:?} {path:?}: a NaN or ∞ input must not come out finite: {y:?}");
     }
 }
 
@@ -245,18 +284,44 @@ fn a_binding_smaller_than_a_group_of_rows_is_refused() {
 }
 
 #[test]
+fn textures_hold_as_many_rows_as_they_are_wide_and_rows_that_fit_a_column() {
+    let gpu = gpu();
+    let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
+    let path = Path { shape: MatmulShape::RowPerThread, subgroups: gpu.has_subgroups() && gpu.info.subgroup_min_size >= 8, textures: true };
+    // Textures 16 texels a side: 50 rows of 256 Q4_1 values (8 quads a row)
+    // are 4 chunks of up to 16 rows; rows of 1024 values (32 quads) do not
+    // fit a texel column and stay in buffers.
+    let place = Placement { texture_side: Some(16), ..path.place(&gpu, gpu.max_binding()) };
+    for (cols, chunks, textures) in [(256usize, 4, true), (1024, 1, false)] {
+        let (bytes, w) = random_matrix(DType::Q4_1, 50, cols, 12);
+        let m = GpuMatrix::from_bytes(&gpu, "w", DType::Q4_1, 50, cols as u64, &bytes, place).unwrap();
+        assert_eq!((m.chunks.len(), m.quad_texture()), (chunks, textures), "{cols} columns");
+        let x = Rng(13).vec(cols);
+        let (xb, yb) = (upload(&gpu, "x", &x), gpu.storage("y", 50 * 4).unwrap());
+        run(&gpu, &step_buf, step(1, 0), &path.ctx(&gpu, &step_buf).matmul(&m, &xb, cols as u32, &yb, 50, None, false, false).unwrap());
+        let got = download(&gpu, &yb, 50);
+        for (r, g) in got.iter().enumerate() {
+            let want: f64 = w[r * cols..(r + 1) * cols].iter().zip(&x).map(|(a, b)| *a as f64 * *b as f64).sum();
+            assert!((*g as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()), "{cols} columns, row {r}: {g} vs {want}");
+        }
+    }
+}
+
+#[test]
 fn embedding_rows_across_chunks() {
     let gpu = gpu();
     for (i, &dtype) in FORMATS.iter().enumerate() {
         let cols = if dtype.block_size() == 256 { 256 } else { 64 };
         let rows = 50;
         let (bytes, w) = random_matrix(dtype, rows, cols, 40 + i as u64);
-        // Both layouts: rows whole, and in groups of 8 (chunks of 16 rows;
-        // the last chunk's 2 rows in one group padded with zero rows).
-        for shape in [MatmulShape::RowPerThread, MatmulShape::RowPerWorkgroup] {
+        // Every layout: rows whole, in groups of 8 (chunks of 16 rows; the
+        // last chunk's 2 rows in one group padded with zero rows), and in
+        // textures.
+        for (shape, textures) in [(MatmulShape::RowPerThread, false), (MatmulShape::RowPerThread, true), (MatmulShape::RowPerWorkgroup, false)] {
             let row = baleen::gpu::weights::repacked_row_bytes(dtype, cols as u64);
-            let m = GpuMatrix::from_bytes(&gpu, "embd", dtype, rows as u64, cols as u64, &bytes, Placement::new(shape, row * 16)).unwrap();
-            assert_eq!(m.chunks.len(), 4);
+            let m = GpuMatrix::from_bytes(&gpu, "embd", dtype, rows as u64, cols as u64, &bytes, Placement::for_gpu(&gpu, shape, row * 16, textures)).unwrap();
+            let quantised = !matches!(dtype, DType::F32 | DType::F16 | DType::BF16);
+            assert_eq!((m.chunks.len(), m.quad_texture()), (4, textures && quantised));
             let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
             let ctx = Ctx { gpu: &gpu, step: &step_buf, shape, subgroups: false };
             let ids: Vec<u32> = vec![0, 15, 16, 49, 31, 32, 7];
@@ -267,7 +332,7 @@ fn embedding_rows_across_chunks() {
             for (t, &id) in ids.iter().enumerate() {
                 let want = &w[id as usize * cols..(id as usize + 1) * cols];
                 let g = &got[t * cols..(t + 1) * cols];
-                assert!(common::max_abs_diff(g, want) <= 1e-6 * want.iter().fold(1f32, |a, v| a.max(v.abs())), "{dtype:?} {shape:?} id {id}");
+                assert!(common::max_abs_diff(g, want) <= 1e-6 * want.iter().fold(1f32, |a, v| a.max(v.abs())), "{dtype:?} {shape:?} textures {textures} id {id}");
             }
         }
     }
@@ -641,7 +706,7 @@ fn router_on_the_gpu_equals_the_reference_router() {
 
 /// `e` random experts of `rows` × `cols` in `dtype`, loaded in chunks of two
 /// whole experts (a small binding limit), and their dequantised values.
-fn experts_matrix(gpu: &Gpu, shape: MatmulShape, dtype: DType, e: usize, rows: usize, cols: usize, seed: u64) -> (GpuMatrix, Vec<f32>) {
+fn experts_matrix(gpu: &Gpu, path: Path, dtype: DType, e: usize, rows: usize, cols: usize, seed: u64) -> (GpuMatrix, Vec<f32>) {
     let (bytes, w) = random_matrix(dtype, e * rows, cols, seed);
     let row_bytes = baleen::gpu::weights::repacked_row_bytes(dtype, cols as u64) as usize;
     let tensor = baleen::format::TensorInfo {
@@ -654,7 +719,7 @@ fn experts_matrix(gpu: &Gpu, shape: MatmulShape, dtype: DType, e: usize, rows: u
     };
     let src: std::sync::Arc<dyn baleen::source::WeightSource> = std::sync::Arc::new(baleen::source::PrefixSource::whole("w", bytes));
     let index = baleen::format::TensorIndex::new(baleen::format::FileKind::Gguf, vec![src], vec![tensor.clone()], Default::default()).unwrap();
-    let m = baleen::engine::run_ready(GpuMatrix::load_experts(gpu, &index, &[&tensor], e as u64, rows as u64, cols as u64, Placement::new(shape, (2 * rows * row_bytes) as u64 + 64))).unwrap();
+    let m = baleen::engine::run_ready(GpuMatrix::load_experts(gpu, &index, &[&tensor], e as u64, rows as u64, cols as u64, path.place(gpu, (2 * rows * row_bytes) as u64 + 64))).unwrap();
     assert_eq!(m.chunks.len(), e.div_ceil(2), "whole experts per chunk");
     (m, w)
 }
@@ -664,12 +729,12 @@ fn expert_matmul_reads_ids_from_the_gpu_across_chunks() {
     // 6 experts of 40 rows × 64; 3 tokens × top 2; chunks of 2 experts.
     let gpu = gpu();
     let (e, rows, cols, n, k) = (6usize, 40usize, 64usize, 3usize, 2usize);
-    for (shape, subgroups) in shapes(&gpu) {
+    for path in paths(&gpu) {
         for dtype in [DType::F32, DType::Q4_1, DType::Q6_K] {
             let cols = if dtype == DType::Q6_K { 256 } else { cols };
-            let (m, w) = experts_matrix(&gpu, shape, dtype, e, rows, cols, 5);
+            let (m, w) = experts_matrix(&gpu, path, dtype, e, rows, cols, 5);
             let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
-            let ctx = Ctx { gpu: &gpu, step: &step_buf, shape, subgroups };
+            let ctx = path.ctx(&gpu, &step_buf);
             let mut rng = Rng(9);
             let x = rng.vec(n * cols);
             let chosen: Vec<u32> = vec![5, 0, 2, 3, 1, 5];
@@ -683,7 +748,7 @@ fn expert_matmul_reads_ids_from_the_gpu_across_chunks() {
                 for r in 0..rows {
                     let want = reference::dot(&w[(ex * rows + r) * cols..][..cols], &x[(s / k) * cols..][..cols]);
                     let g = got[s * rows + r];
-                    assert!((g - want).abs() <= 1e-3 * (1.0 + want.abs()), "{dtype:?} {shape:?} slot {s} row {r}: {g} vs {want}");
+                    assert!((g - want).abs() <= 1e-3 * (1.0 + want.abs()), "{dtype:?} {path:?} slot {s} row {r}: {g} vs {want}");
                 }
             }
         }
@@ -705,9 +770,10 @@ fn grouped_experts_sort_gather_matmul_swiglu_and_combine() {
     let tile_rows = n_tiles * 8;
     let mut rng = Rng(41);
     let x = rng.vec(n * cols);
-    for (shape, subgroups) in shapes(&gpu) {
+    for path in paths(&gpu) {
+        let shape = path.shape;
         let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
-        let ctx = Ctx { gpu: &gpu, step: &step_buf, shape, subgroups };
+        let ctx = path.ctx(&gpu, &step_buf);
         let ids = gpu.storage_init("ids", bytemuck::cast_slice(&chosen)).unwrap();
         let slot_pos = gpu.storage("slot rows", slots as u64 * 4).unwrap();
         let tiles = gpu.storage("tiles", n_tiles as u64 * 8).unwrap();
@@ -751,7 +817,7 @@ fn grouped_experts_sort_gather_matmul_swiglu_and_combine() {
             let x = rng.vec(n * cols);
             let xb = upload(&gpu, "x", &x);
             let xs = gpu.storage("sorted x", (tile_rows * cols * 4) as u64).unwrap();
-            let (wm, w) = experts_matrix(&gpu, shape, dtype, e, rows, cols, 6);
+            let (wm, w) = experts_matrix(&gpu, path, dtype, e, rows, cols, 6);
             let y = gpu.storage("y", (tile_rows * rows * 4) as u64).unwrap();
             let mut ops = vec![ctx.moe_gather("gather", &xb, &slot_pos, &xs, cols as u32, k as u32).unwrap()];
             ops.extend(ctx.grouped(&wm, rows as u32, &xs, cols as u32, &tiles, &y, &m).unwrap());
@@ -762,7 +828,7 @@ fn grouped_experts_sort_gather_matmul_swiglu_and_combine() {
                 for r in 0..rows {
                     let want = reference::dot(&w[(chosen[s] as usize * rows + r) * cols..][..cols], &x[(s / k) * cols..][..cols]);
                     let g = got[pos[s] as usize * rows + r];
-                    assert!((g - want).abs() <= 1e-3 * (1.0 + want.abs()), "{dtype:?} {shape:?} slot {s} row {r}: {g} vs {want}");
+                    assert!((g - want).abs() <= 1e-3 * (1.0 + want.abs()), "{dtype:?} {path:?} slot {s} row {r}: {g} vs {want}");
                 }
             }
         }

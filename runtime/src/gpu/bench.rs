@@ -125,7 +125,7 @@ pub fn run(gpu: &Gpu, target_bytes: u64, only: Option<&str>) -> Result<KernelRep
         let row_bytes = cols / dtype.block_size() * dtype.block_bytes();
         let rows = (target_bytes / row_bytes).clamp(64, 65535);
         let data = random_blocks(dtype, (rows * cols / dtype.block_size()) as usize, 7);
-        let m = GpuMatrix::from_bytes(gpu, format, dtype, rows, cols, &data, Placement::new(gpu.shape, gpu.max_binding()))?;
+        let m = GpuMatrix::from_bytes(gpu, format, dtype, rows, cols, &data, Placement::for_gpu(gpu, gpu.shape, gpu.max_binding(), gpu.quad_textures))?;
         for (n, label) in [(1u32, "gemv"), (64, "gemm")] {
             let x = gpu.storage("x", n as u64 * cols * 4)?;
             let y = gpu.storage("y", n as u64 * rows * 4)?;
@@ -184,7 +184,7 @@ pub fn run(gpu: &Gpu, target_bytes: u64, only: Option<&str>) -> Result<KernelRep
     if wanted("embed") {
         let rows = 32000u64;
         let data = random_blocks(DType::Q4_1, (rows * h as u64 / 32) as usize, 9);
-        let m = GpuMatrix::from_bytes(gpu, "token_embd", DType::Q4_1, rows, h as u64, &data, Placement::new(gpu.shape, gpu.max_binding()))?;
+        let m = GpuMatrix::from_bytes(gpu, "token_embd", DType::Q4_1, rows, h as u64, &data, Placement::for_gpu(gpu, gpu.shape, gpu.max_binding(), gpu.quad_textures))?;
         let ids: Vec<u32> = (0..n).map(|i| (i * 7919 + 13) % rows as u32).collect();
         let (ids, out) = (gpu.storage_init("ids", bytemuck::cast_slice(&ids))?, gpu.storage("out", f32s(n * h))?);
         let ops = ctx.embed(&m, &ids, &out)?;

@@ -96,7 +96,7 @@ impl GpuModel {
         let shape = opts.shape.unwrap_or(gpu.shape);
         let grouped = opts.grouped_experts.unwrap_or(gpu.grouped_experts);
         let max_binding = opts.max_binding.unwrap_or(gpu.max_binding()).min(gpu.max_binding());
-        let place = Placement::new(shape, max_binding);
+        let place = Placement::for_gpu(&gpu, shape, max_binding, opts.quad_textures.unwrap_or(gpu.quad_textures));
         // MLA's latent cache is f32 (its rows are few and small).
         let kv_half = opts.kv_f16.unwrap_or(true) && gpu.has_f16() && cfg.mla.is_none();
         let kv_bytes: u64 = if kv_half { 2 } else { 4 };

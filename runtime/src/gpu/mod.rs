@@ -89,11 +89,15 @@ pub struct GpuOptions {
     /// weights read once per tile of its tokens) rather than per slot. None:
     /// the device's choice, [`Gpu::grouped_experts`] (tests run both).
     pub grouped_experts: Option<bool>,
+    /// Put weights' quant planes in textures where the kernels read them so
+    /// (see `weights::Placement`). None: the device's choice,
+    /// [`Gpu::quad_textures`] (tests run both).
+    pub quad_textures: Option<bool>,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        GpuOptions { max_context: 4096, max_pass_tokens: 64, shape: None, max_binding: None, subgroups: true, kv_f16: None, grouped_experts: None }
+        GpuOptions { max_context: 4096, max_pass_tokens: 64, shape: None, max_binding: None, subgroups: true, kv_f16: None, grouped_experts: None, quad_textures: None }
     }
 }
 
@@ -110,6 +114,10 @@ pub struct Gpu {
     /// bound by arithmetic, not reads, and the tiles' padding only costs
     /// (lavapipe: per slot 1.5–2× faster at 6 slots per expert, equal at 48).
     pub grouped_experts: bool,
+    /// Thread-per-row kernels read weights' quant planes from textures
+    /// (see `weights::Placement`): CPU adapters fetch a texel for every lane
+    /// at once, where a storage load is a loop over the lanes.
+    pub quad_textures: bool,
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     /// Errors reported outside an error scope, and device loss.
     failure: Arc<Mutex<Option<String>>>,
@@ -180,7 +188,13 @@ impl Gpu {
             Ok("0") => false,
             _ => info.device_type != wgpu::DeviceType::Cpu,
         };
-        Ok(Gpu { device, queue, info, limits, features, shape, grouped_experts, pipelines: Mutex::default(), failure, allocated: 0.into() })
+        // BALEEN_QUAD_TEXTURES=0|1 overrides the choice (for measuring).
+        let quad_textures = match std::env::var("BALEEN_QUAD_TEXTURES").as_deref() {
+            Ok("1") => true,
+            Ok("0") => false,
+            _ => true,
+        };
+        Ok(Gpu { device, queue, info, limits, features, shape, grouped_experts, quad_textures, pipelines: Mutex::default(), failure, allocated: 0.into() })
     }
 
     #[cfg(not(target_arch = "wasm32"))]
@@ -273,6 +287,47 @@ impl Gpu {
                 usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
             })
         })
+    }
+
+    /// An Rgba32Uint texture of `width` × `height` texels holding `bytes`
+    /// (16 a texel, row after row), as the view a shader binds.
+    pub fn texture_init(&self, label: &str, width: u32, height: u32, bytes: &[u8]) -> Result<wgpu::TextureView> {
+        let side = self.limits.max_texture_dimension_2d;
+        if width == 0 || height == 0 || width > side || height > side || bytes.len() as u64 != width as u64 * height as u64 * 16 {
+            return Err(gpu_err(format!(
+                "{label}: {} bytes do not make a {width} × {height} texture of 16-byte texels ({} allows {side} a side)",
+                bytes.len(),
+                self.info.name
+            )));
+        }
+        self.allocated.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let size = wgpu::Extent3d { width, height, depth_or_array_layers: 1 };
+        let texture = self
+            .scoped(wgpu::ErrorFilter::OutOfMemory, || {
+                self.device.create_texture(&wgpu::TextureDescriptor {
+                    label: Some(label),
+                    size,
+                    mip_level_count: 1,
+                    sample_count: 1,
+                    dimension: wgpu::TextureDimension::D2,
+                    format: wgpu::TextureFormat::Rgba32Uint,
+                    usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+                    view_formats: &[],
+                })
+            })
+            .map_err(|e| {
+                gpu_err(format!(
+                    "out of GPU memory allocating {label} ({} bytes): {e}. Try a smaller model or quantisation, or a shorter context",
+                    bytes.len()
+                ))
+            })?;
+        self.queue.write_texture(
+            wgpu::TexelCopyTextureInfo { texture: &texture, mip_level: 0, origin: wgpu::Origin3d::ZERO, aspect: wgpu::TextureAspect::All },
+            bytes,
+            wgpu::TexelCopyBufferLayout { offset: 0, bytes_per_row: Some(width * 16), rows_per_image: Some(height) },
+            size,
+        );
+        Ok(texture.create_view(&wgpu::TextureViewDescriptor::default()))
     }
 
     /// A zeroed storage buffer of `size` bytes.

@@ -2,7 +2,7 @@
 //! one kernel family. Bindings follow the WGSL: 0 the pass's `Step`, 1 the
 //! op's own parameters, then the buffers in the order the shader lists them.
 
-use super::weights::{format_flag, Chunk, GpuMatrix};
+use super::weights::{format_flag, Chunk, GpuMatrix, Planes};
 use super::{Gpu, Grid, Op, Passes, PipelineKey};
 use crate::error::{Error, Result};
 use baleen_shaders::shape;
@@ -124,7 +124,7 @@ impl MatmulParams {
     /// Chunk `c` of `w`, x rows `x_stride` apart; the other fields zero
     /// (and one slot per token): each entry sets its own.
     fn chunk(w: &GpuMatrix, c: &Chunk, x_stride: u32) -> Self {
-        MatmulParams { rows: c.rows, cols: w.cols, x_stride, scale_offset: c.scale_offset, x_div: 1, top_k: 1, ..bytemuck::Zeroable::zeroed() }
+        MatmulParams { rows: c.rows, cols: w.cols, x_stride, scale_offset: c.scale_offset(), x_div: 1, top_k: 1, ..bytemuck::Zeroable::zeroed() }
     }
 
     fn bytes(&self) -> Vec<u8> {
@@ -132,14 +132,29 @@ impl MatmulParams {
     }
 }
 
-/// A matmul's bindings for weight chunk `c`: its quant plane (2), x (3), y
-/// (4) and, when the format has scales, the chunk again as the scale plane (6).
-fn chunk_bindings<'b>(c: &'b Chunk, x: &'b wgpu::Buffer, y: &'b wgpu::Buffer, has_scales: bool) -> Vec<(u32, &'b wgpu::Buffer)> {
-    let mut bufs = vec![(2, &c.buffer), (3, x), (4, y)];
-    if has_scales {
-        bufs.push((6, &c.buffer));
-    }
-    bufs
+/// A weight chunk's bindings: its quant plane at `quads` and its scale
+/// plane, where the format has one (`has_scales`), at `scales` (a buffer's
+/// two planes are the buffer twice); then `others`.
+fn chunk_bindings<'b>(c: &'b Chunk, [quads, scales]: [u32; 2], has_scales: bool, others: &[(u32, &'b wgpu::Buffer)]) -> Vec<(u32, wgpu::BindingResource<'b>)> {
+    let mut b = match &c.planes {
+        Planes::Buffer { buffer, .. } => {
+            let mut b = vec![(quads, buffer.as_entire_binding())];
+            b.extend(has_scales.then(|| (scales, buffer.as_entire_binding())));
+            b
+        }
+        Planes::Textures { quads: q, scales: s } => {
+            let mut b = vec![(quads, wgpu::BindingResource::TextureView(q))];
+            b.extend(s.as_ref().map(|s| (scales, wgpu::BindingResource::TextureView(s))));
+            b
+        }
+    };
+    b.extend(others.iter().map(|(i, buf)| (*i, buf.as_entire_binding())));
+    b
+}
+
+/// A matmul's bindings for weight chunk `c`: its planes (2, 6), x (3), y (4).
+fn matmul_bindings<'b>(c: &'b Chunk, x: &'b wgpu::Buffer, y: &'b wgpu::Buffer, has_scales: bool) -> Vec<(u32, wgpu::BindingResource<'b>)> {
+    chunk_bindings(c, [2, 6], has_scales, &[(3, x), (4, y)])
 }
 
 impl Ctx<'_> {
@@ -188,14 +203,20 @@ impl Ctx<'_> {
     /// As `op`, with explicit binding numbers (for entry points that use only
     /// some of a file's bindings: the automatic layout holds just those).
     fn op_at(&self, name: String, key: PipelineKey, params: &[u8], buffers: &[(u32, &wgpu::Buffer)], grid: Grid) -> Result<Op> {
+        let bound: Vec<_> = buffers.iter().map(|(i, b)| (*i, b.as_entire_binding())).collect();
+        self.op_bound(name, key, params, bound, grid)
+    }
+
+    /// As `op_at`, with any binding resources (a weight's texture).
+    fn op_bound(&self, name: String, key: PipelineKey, params: &[u8], bound: Vec<(u32, wgpu::BindingResource<'_>)>, grid: Grid) -> Result<Op> {
         let pipeline = self.gpu.pipeline(&key)?;
         let params = self.gpu.uniform(&format!("{name} params"), params);
         let mut entries = vec![
             wgpu::BindGroupEntry { binding: 0, resource: self.step.as_entire_binding() },
             wgpu::BindGroupEntry { binding: 1, resource: params.as_entire_binding() },
         ];
-        for (i, b) in buffers {
-            entries.push(wgpu::BindGroupEntry { binding: *i, resource: b.as_entire_binding() });
+        for (i, resource) in bound {
+            entries.push(wgpu::BindGroupEntry { binding: i, resource });
         }
         let bind_group = self.gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(&name),
@@ -208,7 +229,7 @@ impl Ctx<'_> {
     /// The kernel shape's flag, which also names the weight layout that
     /// shape reads: `w` must have been placed for it.
     fn layout_flag(&self, w: &GpuMatrix) -> Result<&'static str> {
-        if w.row_group != self.shape.row_group(w.dtype) {
+        if !w.quad_texture() && w.row_group != self.shape.row_group(w.dtype) {
             return Err(Error::Gpu(format!(
                 "{}: its rows lie in groups of {}, but the {:?} kernels read groups of {}; place it with Placement::new for the shape it runs on",
                 w.name,
@@ -225,6 +246,9 @@ impl Ctx<'_> {
     /// scale plane to bind.
     fn matmul_variant(&self, w: &GpuMatrix) -> Result<(Vec<&'static str>, u32, bool)> {
         let mut flags = vec![format_flag(w.dtype)?, self.layout_flag(w)?];
+        if w.quad_texture() {
+            flags.push("QUAD_TEXTURE");
+        }
         if (self.subgroups && self.shape == super::MatmulShape::RowPerWorkgroup) || self.lane_subgroups() {
             flags.push("SUBGROUPS");
             if cfg!(target_arch = "wasm32") {
@@ -241,7 +265,7 @@ impl Ctx<'_> {
     /// Rows a thread of the single-token matmul over `w` computes.
     fn shared_rows(&self, w: &GpuMatrix) -> u32 {
         match self.shape {
-            super::MatmulShape::RowPerThread => baleen_shaders::shared_rows(self.lane_subgroups(), w.dtype.name()),
+            super::MatmulShape::RowPerThread => baleen_shaders::shared_rows(self.lane_subgroups(), w.quad_texture(), w.dtype.name()),
             super::MatmulShape::RowPerWorkgroup => 1,
         }
     }
@@ -257,10 +281,10 @@ impl Ctx<'_> {
         }
         let (flags, wg, has_scales) = self.matmul_variant(w)?;
         let params = MatmulParams { y_stride: w.rows / 2, single: 1, ..MatmulParams::chunk(w, c, x_stride) }.bytes();
-        let bufs = chunk_bindings(c, x, out, has_scales);
+        let bound = matmul_bindings(c, x, out, has_scales);
         let key = PipelineKey { family: "matmul", entry: "glu", flags };
         let grid = Grid::PerToken { x: w.rows / 2, wg, tile: 1, single: true, shared_rows: self.shared_rows(w) / 2 };
-        Ok(Some(self.op_at(name.into(), key, &params, &bufs, grid)?.only(Passes::Single)))
+        Ok(Some(self.op_bound(name.into(), key, &params, bound, grid)?.only(Passes::Single)))
     }
 
     /// `y (+)= W x (+ b)`, one op per row chunk of W.
@@ -319,15 +343,15 @@ impl Ctx<'_> {
         let mut ops = Vec::new();
         for c in &w.chunks {
             let params = MatmulParams { row_offset: row_offset + c.row_start, y_stride, single: single as u32, ..MatmulParams::chunk(w, c, x_stride) }.bytes();
-            let mut bufs = chunk_bindings(c, x, y, has_scales);
-            bufs.extend(bias.map(|b| (5, b)));
+            let mut bound = matmul_bindings(c, x, y, has_scales);
+            bound.extend(bias.map(|b| (5, b.as_entire_binding())));
             let name = format!("{} rows {}..", w.name, c.row_start);
             // `main` computes one token (passes of one, or `single`).
-            let main = self.op_at(
+            let main = self.op_bound(
                 name.clone(),
                 PipelineKey { family: "matmul", entry: "main", flags: flags.clone() },
                 &params,
-                &bufs,
+                bound.clone(),
                 Grid::PerToken { x: c.rows, wg, tile: 1, single, shared_rows },
             )?;
             let Some((tile_rows, tile_tokens)) = gemm_tile else {
@@ -336,11 +360,11 @@ impl Ctx<'_> {
             };
             ops.push(main.only(Passes::Single));
             ops.push(
-                self.op_at(
+                self.op_bound(
                     format!("{name} (tiled)"),
                     PipelineKey { family: "matmul", entry: "gemm", flags: flags.clone() },
                     &params,
-                    &bufs,
+                    bound,
                     Grid::PerToken { x: c.rows, wg: tile_rows, tile: tile_tokens, single: false, shared_rows: 1 },
                 )?
                 .only(Passes::Multi),
@@ -397,13 +421,13 @@ impl Ctx<'_> {
             .iter()
             .map(|c| {
                 let params = MatmulParams { row_offset: c.row_start, expert_rows, x_div, top_k, ..MatmulParams::chunk(w, c, x_stride) }.bytes();
-                let mut bufs = chunk_bindings(c, x, y, has_scales);
-                bufs.push(schedule);
-                self.op_at(
+                let mut bound = matmul_bindings(c, x, y, has_scales);
+                bound.push((schedule.0, schedule.1.as_entire_binding()));
+                self.op_bound(
                     format!("{} {entry} rows {}..", w.name, c.row_start),
                     PipelineKey { family: "matmul", entry, flags: flags.clone() },
                     &params,
-                    &bufs,
+                    bound,
                     grid(wg),
                 )
             })
@@ -538,20 +562,19 @@ impl Ctx<'_> {
 
     /// `out[t] = W[ids[t]]`, one op per row chunk of the embedding.
     pub fn embed(&self, w: &GpuMatrix, ids: &wgpu::Buffer, out: &wgpu::Buffer) -> Result<Vec<Op>> {
-        let flags = vec![format_flag(w.dtype)?, self.layout_flag(w)?];
+        let mut flags = vec![format_flag(w.dtype)?, self.layout_flag(w)?];
+        if w.quad_texture() {
+            flags.push("QUAD_TEXTURE");
+        }
         let has_scales = super::weights::layout(w.dtype)?.scale_words > 0;
         w.chunks
             .iter()
             .map(|c| {
-                let mut bufs = vec![(2, &c.buffer), (3, ids), (4, out)];
-                if has_scales {
-                    bufs.push((5, &c.buffer));
-                }
-                self.op_at(
+                self.op_bound(
                     format!("{} rows {}..", w.name, c.row_start),
                     PipelineKey { family: "embed", entry: "main", flags: flags.clone() },
-                    &words(&[c.rows, w.cols, c.row_start, c.scale_offset]),
-                    &bufs,
+                    &words(&[c.rows, w.cols, c.row_start, c.scale_offset()]),
+                    chunk_bindings(c, [2, 5], has_scales, &[(3, ids), (4, out)]),
                     Grid::PerToken { x: w.cols / 32, wg: shape::ELEMENTWISE_WG, tile: 1, single: false, shared_rows: 1 },
                 )
             })

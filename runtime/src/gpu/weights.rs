@@ -20,6 +20,15 @@
 //! slower so, keeps its rows whole there too (`row_group` in the shaders
 //! crate). Quad k of every row of the matrix together, each load `rows`
 //! quads from the last, was 2-3x slower.
+//!
+//! The thread-per-row kernels read quantised matrices from textures instead,
+//! where the device allows ([`Placement`], [`Planes::Textures`]): on CPU
+//! adapters a texel fetch serves every lane at once, where a storage load
+//! is a loop over the lanes. There the layout is block-major, quad k of row
+//! r at texel (r, k): a thread's rows at one step lie together (lavapipe,
+//! decode GEMV of copy: Q4_0 0.52 → 0.74, Q4_K 0.58 → 0.62, Q6_K 0.48 →
+//! 0.59; textures holding rows in groups of 8, as the buffers do, helped
+//! Q4_K only: BENCHMARKS.md, session 9).
 
 use super::Gpu;
 use crate::error::{Error, Result};
@@ -123,18 +132,57 @@ fn group_rows(plane: Vec<u8>, rows: usize, unit: usize, group: usize) -> Vec<u8>
     out
 }
 
+/// A plane of `rows` whole rows as 16-byte texels, row r in texel column
+/// r: texel (r, j) holds bytes 16·j … of the row, its last texel
+/// zero-padded. Returns the texels row by row (width `rows`) and the height.
+fn texel_columns(plane: &[u8], rows: usize) -> (Vec<u8>, u32) {
+    let row_bytes = plane.len() / rows.max(1);
+    let height = row_bytes.div_ceil(16);
+    let mut out = vec![0u8; height * rows * 16];
+    for r in 0..rows {
+        for (j, part) in plane[r * row_bytes..(r + 1) * row_bytes].chunks(16).enumerate() {
+            out[(j * rows + r) * 16..][..part.len()].copy_from_slice(part);
+        }
+    }
+    (out, height as u32)
+}
+
 /// Where a matrix goes on the GPU: rows split into chunks of at most
 /// `max_binding` bytes, laid out for the matmul `shape` that will read them
 /// (rows grouped [`super::MatmulShape::row_group`] at a time).
+///
+/// With `texture_side`, a chunk's planes go to Rgba32Uint textures instead
+/// ([`Planes::Textures`]), when the matrix fits textures of that side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Placement {
     pub max_binding: u64,
     pub shape: super::MatmulShape,
+    pub texture_side: Option<u32>,
 }
 
 impl Placement {
+    /// Chunks in buffers only.
     pub fn new(shape: super::MatmulShape, max_binding: u64) -> Self {
-        Placement { max_binding, shape }
+        Placement { max_binding, shape, texture_side: None }
+    }
+
+    /// As `gpu` reads weights for `shape`: in textures for the
+    /// thread-per-row kernels when `textures` (the device's choice,
+    /// [`super::Gpu::quad_textures`], unless overridden).
+    pub fn for_gpu(gpu: &Gpu, shape: super::MatmulShape, max_binding: u64, textures: bool) -> Self {
+        let texture_side = (textures && shape == super::MatmulShape::RowPerThread).then_some(gpu.limits.max_texture_dimension_2d);
+        Placement { max_binding, shape, texture_side }
+    }
+
+    /// Whether a `dtype` matrix of `cols` columns goes to textures: placed
+    /// so, quantised (F32, F16 and BF16 read faster from buffers: lavapipe,
+    /// decode GEMV of copy F32 1.15 → 0.59, F16 0.95 → 0.85 in textures),
+    /// and a row's quads fit a texel column.
+    pub fn textures(&self, dtype: DType, cols: u64) -> bool {
+        let Ok(l) = layout(dtype) else { return false };
+        let quantised = !matches!(dtype, DType::F32 | DType::F16 | DType::BF16);
+        let height = cols / l.block_values as u64 * l.quads as u64;
+        quantised && self.texture_side.is_some_and(|side| height > 0 && height <= side as u64)
     }
 }
 
@@ -157,26 +205,63 @@ pub struct GpuMatrix {
     pub dtype: DType,
     pub rows: u32,
     pub cols: u32,
-    /// Rows per group in each chunk's layout (see [`Placement`]).
+    /// Rows per group in each chunk's buffer layout (see [`Placement`]);
+    /// 1 in textures.
     pub row_group: u32,
     pub chunks: Vec<Chunk>,
 }
 
+impl GpuMatrix {
+    /// Whether the planes lie in textures (every chunk alike).
+    pub fn quad_texture(&self) -> bool {
+        self.chunks.first().is_some_and(|c| matches!(c.planes, Planes::Textures { .. }))
+    }
+}
+
+impl Chunk {
+    /// Where the scale plane starts in the chunk's buffer, in u32 words (0
+    /// for textures).
+    pub fn scale_offset(&self) -> u32 {
+        match self.planes {
+            Planes::Buffer { scale_offset, .. } => scale_offset,
+            Planes::Textures { .. } => 0,
+        }
+    }
+}
+
+/// Where a chunk's planes lie.
+pub enum Planes {
+    /// The quant plane, then the scale plane from `scale_offset` u32 words,
+    /// each in groups of the matrix's `row_group` rows.
+    Buffer { buffer: wgpu::Buffer, scale_offset: u32 },
+    /// Rgba32Uint textures, block-major: texel (r, k) of `quads` is quad k
+    /// of the chunk's row r (`QUADS` a block), texel (r, j) of `scales` the
+    /// scale units of its blocks `UNITS · j …` (4 / `SCALE_WORDS` a texel,
+    /// the last zero-padded; None for formats without scales). At each
+    /// step a subgroup's lanes, neighbouring rows, read neighbouring
+    /// texels, and a thread's rows a step lie together. On CPU adapters a
+    /// texel fetch serves every lane at once, where a storage load is a loop
+    /// over the lanes (see the shaders crate's comment).
+    Textures { quads: wgpu::TextureView, scales: Option<wgpu::TextureView> },
+}
+
 pub struct Chunk {
-    /// Quant plane, then scale plane.
-    pub buffer: wgpu::Buffer,
-    /// Where the scale plane starts, in u32 words.
-    pub scale_offset: u32,
+    pub planes: Planes,
     pub row_start: u32,
     pub rows: u32,
 }
 
 /// Rows per chunk for a given placement: whole groups of rows within the
-/// binding limit (also ≤ 65535: one workgroup row each).
+/// binding limit (also ≤ 65535: one workgroup row each) and, in a texture,
+/// its side's texel rows.
 pub fn rows_per_chunk(dtype: DType, cols: u64, place: Placement) -> Result<u64> {
     let row = repacked_row_bytes(dtype, cols);
-    let group = place.shape.row_group(dtype) as u64;
-    let n = (place.max_binding / row.max(1)).min(65535) / group * group;
+    // Textures: rows whole, as many as a texture is wide.
+    let (group, texel_rows) = match place.texture_side {
+        Some(side) if place.textures(dtype, cols) => (1, side as u64),
+        _ => (place.shape.row_group(dtype) as u64, u64::MAX),
+    };
+    let n = (place.max_binding / row.max(1)).min(65535).min(texel_rows) / group * group;
     if n == 0 {
         return Err(Error::Unsupported(format!(
             "{group} rows of {cols} {} values ({} bytes: the GPU layout's group of rows) exceed the GPU's binding limit of {} bytes",
@@ -354,7 +439,9 @@ impl GpuMatrix {
         align: u64,
     ) -> Result<Self> {
         let file_row = file_row_bytes(name, dtype, cols)?;
-        let row_group = place.shape.row_group(dtype);
+        let textures = place.textures(dtype, cols);
+        // (Textures keep rows whole.)
+        let row_group = if textures { 1 } else { place.shape.row_group(dtype) };
         // Chunks of whole `align`-row groups (experts), within the binding
         // once padded to whole groups of the layout.
         let per = rows_per_chunk(dtype, cols, place)? / align * align;
@@ -369,9 +456,26 @@ impl GpuMatrix {
         while r < rows {
             let n = per.min(rows - r);
             let part = fetch(r * file_row, n * file_row).await?;
-            let (packed, scale_offset) = repack(dtype, &part, n as usize, row_group as usize)?;
-            let buffer = gpu.storage_init(&format!("{name}[{r}..{}]", r + n), &packed)?;
-            chunks.push(Chunk { buffer, scale_offset, row_start: r as u32, rows: n as u32 });
+            let label = format!("{name}[{r}..{}]", r + n);
+            let planes = if textures {
+                // Rows whole, then each plane's items column by column.
+                // (A block's scale words, 1 or 2, never straddle a texel.)
+                let (packed, scale_offset) = repack(dtype, &part, n as usize, 1)?;
+                let (quads, scales) = packed.split_at(scale_offset as usize * 4);
+                let (texels, height) = texel_columns(quads, n as usize);
+                let quads = gpu.texture_init(&label, n as u32, height, &texels)?;
+                let scales = if scales.is_empty() {
+                    None
+                } else {
+                    let (texels, height) = texel_columns(scales, n as usize);
+                    Some(gpu.texture_init(&format!("{label} scales"), n as u32, height, &texels)?)
+                };
+                Planes::Textures { quads, scales }
+            } else {
+                let (packed, scale_offset) = repack(dtype, &part, n as usize, row_group as usize)?;
+                Planes::Buffer { buffer: gpu.storage_init(&label, &packed)?, scale_offset }
+            };
+            chunks.push(Chunk { planes, row_start: r as u32, rows: n as u32 });
             r += n;
         }
         Ok(GpuMatrix { name: name.into(), dtype, rows: rows as u32, cols: cols as u32, row_group, chunks })
@@ -380,7 +484,20 @@ impl GpuMatrix {
 
 #[cfg(test)]
 mod tests {
-    use super::group_rows;
+    use super::{group_rows, texel_columns};
+
+    #[test]
+    fn texel_columns_hold_a_row_each_the_last_texel_padded() {
+        // 2 rows of 20 bytes: texel row 0 holds each row's first 16 bytes,
+        // texel row 1 its last 4 and 12 zero bytes.
+        let plane: Vec<u8> = (0..40).collect();
+        let (texels, height) = texel_columns(&plane, 2);
+        assert_eq!(height, 2);
+        assert_eq!(&texels[..16], &plane[..16]);
+        assert_eq!(&texels[16..32], &plane[20..36]);
+        assert_eq!(&texels[32..48], &[16, 17, 18, 19, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&texels[48..52], &plane[36..40]);
+    }
 
     #[test]
     fn rows_grouped_item_major_the_last_group_padded() {
