@@ -135,11 +135,11 @@ fn emit(line: &str, mode: &str) -> Result<String, String> {
             let x = if s == "1" { format!("subgroupBroadcast(x4, {i}u)") } else { format!("subgroupBroadcast(x4, {i}u) * {s}") };
             return Ok(format!("    accq += dot({q}, {x});"));
         }
-        // `dot_regs`, `dot_unit`: x held pre-scaled by BYTE_SCALE (`xr.scaled`), or as is for s 1.
+        // `dot_regs`, `dot_unit`: x held pre-scaled by BYTE_SCALE (`x4.scaled`), or as is for s 1.
         if mode == "dot_regs" || mode == "dot_unit" {
             let x = match s {
-                "BYTE_SCALE" => format!("xr.scaled.v{i}"),
-                "1" => format!("xr.v.v{i}"),
+                "BYTE_SCALE" => format!("x4.scaled.v{i}"),
+                "1" => format!("x4.v.v{i}"),
                 _ => return Err(format!("{t}: dot_regs holds x scaled by BYTE_SCALE only")),
             };
             return Ok(format!("    accq += dot({q}, {x});"));
@@ -161,12 +161,12 @@ fn emit(line: &str, mode: &str) -> Result<String, String> {
             return Ok(String::new());
         }
         // Σx over the EMITs done: the whole sub-block's is kept (`sub_xsum`,
-        // `xr.sum`), a part's summed here.
+        // `x4.sum`), a part's summed here.
         let xsum = match (mode, range == (0..=7)) {
             ("dot_sg", true) => "sub_xsum(x4)".to_string(),
             ("dot_sg", false) => range.map(|i| format!("subgroupBroadcast(x4, {i}u)")).collect::<Vec<_>>().join(" + "),
-            (_, true) => "xr.sum".to_string(),
-            (_, false) => range.map(|i| format!("xr.v.v{i}")).collect::<Vec<_>>().join(" + "),
+            (_, true) => "x4.sum".to_string(),
+            (_, false) => range.map(|i| format!("x4.v.v{i}")).collect::<Vec<_>>().join(" + "),
         };
         let xsum = if xsum.contains(" + ") { format!("dot({xsum}, vec4<f32>(1.0))") } else { xsum };
         let offset = if m == "0" { String::new() } else { format!(" + {m} * {xsum}") };
@@ -187,8 +187,8 @@ fn emit(line: &str, mode: &str) -> Result<String, String> {
         // `_sg`: x shared across the subgroup, lane l holding vec4 l of the
         // sub-block: `x4` for `dot_sg`, `xl.v<j>` (token j) for `tile*_sg`.
         "dot_sg" => format!("    acc += dot({expr}, subgroupBroadcast(x4, {i}u));"),
-        // `dot_regs`, `dot_unit`: the sub-block's x already in registers (`xr.v`).
-        "dot_regs" | "dot_unit" => format!("    acc += dot({expr}, xr.v.v{i});"),
+        // `dot_regs`, `dot_unit`: the sub-block's x already in registers (`x4.v`).
+        "dot_regs" | "dot_unit" => format!("    acc += dot({expr}, x4.v.v{i});"),
         // `tile`: 8 tokens; `tile4`, `tile2`: the first 4 or 2 of them.
         "tile" | "tile4" | "tile2" | "tile_sg" | "tile4_sg" | "tile2_sg" => {
             let (base, shared) = match mode.strip_suffix("_sg") {
@@ -249,9 +249,11 @@ pub mod shape {
     pub const MATMUL_SHARED_ROWS: u32 = 2;
     pub const MATMUL_SHARED_ROWS_K: u32 = 8;
     pub const MATMUL_SHARED_ROWS_PLAIN: u32 = 16;
-    /// With subgroups and weights in textures, 32-value quantised blocks (x
-    /// in registers a unit of 4 blocks at a time: matmul.wgsl).
-    pub const MATMUL_SHARED_ROWS_UNITS: u32 = 16;
+    /// With subgroups and weights in textures (the quantised formats), each
+    /// sub-block's x broadcast into registers once for all of them
+    /// (lavapipe, decode GEMV of copy with 8 → 16: Q4_K 0.82 → 0.91, Q6_K
+    /// 0.67 → 0.85).
+    pub const MATMUL_SHARED_ROWS_TEXTURES: u32 = 16;
     /// Rows interleaved per group in the weight layout the thread-per-row
     /// matmul reads for most formats (see `row_group`): a subgroup's lanes
     /// on CPU adapters.
@@ -333,10 +335,12 @@ pub fn row_group(shape_flag: &str, format: &str) -> u32 {
 /// decode GEMV of copy: Q4_K 0.42 → 0.54, Q5_K 0.34 → 0.51, Q6_K 0.39 →
 /// 0.51); the 32-value formats' one load is cheaper than the rows'
 /// unrolled code (Q4_1 0.61 → 0.46 and Q8_0 0.79 → 0.53 with 4 rows).
+/// With weights in textures (`textures`), x is broadcast into registers
+/// once for all of a thread's rows, which more rows then share.
 pub fn shared_rows(subgroups: bool, textures: bool, format: &str) -> u32 {
     match block_layout(format) {
         _ if !subgroups => shape::MATMUL_SHARED_ROWS_PLAIN,
-        Some(l) if textures && l.block_values == 32 && l.scale_words > 0 => shape::MATMUL_SHARED_ROWS_UNITS,
+        _ if textures => shape::MATMUL_SHARED_ROWS_TEXTURES,
         Some(l) if l.block_values > 32 => shape::MATMUL_SHARED_ROWS_K,
         _ => shape::MATMUL_SHARED_ROWS,
     }
@@ -555,14 +559,14 @@ mod tests {
     fn scaled_values_are_factored_only_in_the_thread_dots() {
         let line = "    EMIT_SCALED(3, nibs(q.w, 0u), BYTE_SCALE, d, m);";
         assert_eq!(emit(line, "dot_sg").unwrap(), "    accq += dot(nibs(q.w, 0u), subgroupBroadcast(x4, 3u) * BYTE_SCALE);");
-        assert_eq!(emit(line, "dot_regs").unwrap(), "    accq += dot(nibs(q.w, 0u), xr.scaled.v3);");
+        assert_eq!(emit(line, "dot_regs").unwrap(), "    accq += dot(nibs(q.w, 0u), x4.scaled.v3);");
         assert_eq!(emit(line, "dot").unwrap(), "    acc += dot(nibs(q.w, 0u) * (BYTE_SCALE * d) + m, x[x4 + 3u]);");
         assert_eq!(emit("EMIT_DONE(d, -m);", "dot_sg").unwrap(), "    acc += d * accq + -m * sub_xsum(x4);\n    accq = 0.0;");
-        assert_eq!(emit("EMIT_DONE(d, -m);", "dot_regs").unwrap(), "    acc += d * accq + -m * xr.sum;\n    accq = 0.0;");
+        assert_eq!(emit("EMIT_DONE(d, -m);", "dot_regs").unwrap(), "    acc += d * accq + -m * x4.sum;\n    accq = 0.0;");
         // A part of a sub-block (Q6_K's halves): its own Σx.
         assert_eq!(
             emit("EMIT_DONE(d1, m1, 4, 5);", "dot_regs").unwrap(),
-            "    acc += d1 * accq + m1 * dot(xr.v.v4 + xr.v.v5, vec4<f32>(1.0));\n    accq = 0.0;"
+            "    acc += d1 * accq + m1 * dot(x4.v.v4 + x4.v.v5, vec4<f32>(1.0));\n    accq = 0.0;"
         );
         assert!(emit("EMIT_DONE(d, m, 4, 8);", "dot_sg").unwrap_err().contains("malformed"));
         // dot_regs holds x at one scale only.

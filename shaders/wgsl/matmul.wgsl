@@ -134,7 +134,7 @@ fn x_regs(x4: u32) -> XRegs {
     return x_regs_of(W32(x[x4], x[x4 + 1u], x[x4 + 2u], x[x4 + 3u], x[x4 + 4u], x[x4 + 5u], x[x4 + 6u], x[x4 + 7u]));
 }
 
-fn dot_regs(b: u32, s: u32, xr: XRegs) -> f32 {
+fn dot_regs(b: u32, s: u32, x4: XRegs) -> f32 {
     var acc = 0.0;
     var accq = 0.0;
 #include dequant_body dot_regs
@@ -163,6 +163,48 @@ fn dot_unit(u: u32, xr: XUnit) -> f32 {
 var<private> lane: u32;
 
 #if QUAD_TEXTURE
+// Sub-block x4's x in registers (XRegs), from this lane's vec4 and the
+// other seven lanes': with weights in textures, held for all of a thread's
+// rows (the quantised formats; below).
+fn x_sg(x4: u32) -> XRegs {
+    let v = x[x4 + lane];
+    return x_regs_of(W32(subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u), subgroupBroadcast(v, 2u), subgroupBroadcast(v, 3u),
+        subgroupBroadcast(v, 4u), subgroupBroadcast(v, 5u), subgroupBroadcast(v, 6u), subgroupBroadcast(v, 7u)));
+}
+#endif
+
+#if QUAD_TEXTURE
+#if Q4_K || Q5_K || Q6_K
+// Weights in textures, K-quants: `rows_shared` steps by blocks, each
+// sub-block's x in registers for all of a thread's rows.
+alias XArg = XRegs;
+alias XBlock = array<XRegs, SUBS>;
+
+fn xblock(x4: u32) -> XBlock {
+    var v: XBlock;
+    for (var s = 0u; s < SUBS; s++) {
+        v[s] = x_sg(x4 + 8u * s);
+    }
+    return v;
+}
+
+fn xsub(xq: XBlock, s: u32) -> XArg {
+    return xq[s];
+}
+
+#include dequant_block dot_regs
+
+const UNIT_SUBS: u32 = SUBS;
+alias XUnit = XBlock;
+
+fn x_unit(x0: u32, u: u32) -> XUnit {
+    return xblock(x0 + u * 8u * SUBS);
+}
+
+fn dot_unit(u: u32, xq: XUnit) -> f32 {
+    return dot_block(u, xq);
+}
+#endif
 #if Q8_0 || Q4_0 || Q4_1 || Q5_0 || Q5_1
 // Weights in textures (block-major, dequant.wgsl), 32-value blocks:
 // `rows_shared` steps by units of 4 blocks, a scale texel's worth (Q5's
@@ -176,13 +218,6 @@ struct XUnit {
     b: XRegs,
     c: XRegs,
     d: XRegs,
-}
-
-// Sub-block x4's x, from this lane's vec4 and the other seven lanes'.
-fn x_sg(x4: u32) -> XRegs {
-    let v = x[x4 + lane];
-    return x_regs_of(W32(subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u), subgroupBroadcast(v, 2u), subgroupBroadcast(v, 3u),
-        subgroupBroadcast(v, 4u), subgroupBroadcast(v, 5u), subgroupBroadcast(v, 6u), subgroupBroadcast(v, 7u)));
 }
 
 fn x_unit(x0: u32, u: u32) -> XUnit {
@@ -203,7 +238,7 @@ fn unit_sword(i: u32) -> ScaleUnit {
 }
 
 // Block b (the unit's i-th) of the current row times its x.
-fn dot_unit_block(b: u32, i: u32, xr: XRegs) -> f32 {
+fn dot_unit_block(b: u32, i: u32, x4: XRegs) -> f32 {
     var acc = 0.0;
     var accq = 0.0;
 #include dequant_body dot_unit
@@ -238,7 +273,7 @@ fn dot_block(b: u32, xq: XBlock) -> f32 {
 #endif
 #endif
 
-#if !QUAD_TEXTURE || F32 || F16 || BF16 || Q4_K || Q5_K || Q6_K
+#if !QUAD_TEXTURE || F32 || F16 || BF16
 // This lane's vec4 of a sub-block's x; of each sub-block of a block.
 alias XArg = vec4<f32>;
 alias XBlock = array<vec4<f32>, SUBS>;
