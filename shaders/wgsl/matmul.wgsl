@@ -101,8 +101,31 @@ fn x_regs_of(v: W32) -> XRegs {
     let t = ((v.v0 + v.v1) + (v.v2 + v.v3)) + ((v.v4 + v.v5) + (v.v6 + v.v7));
     return XRegs(v, scaled, dot(t, vec4<f32>(1.0)));
 }
+
+#if SUBGROUPS
+// With subgroups (CPU adapters: a subgroup is one SIMD register's lanes,
+// each a thread), every lane loads one vec4 of a sub-block's x and takes
+// the other seven from its neighbours. Loads at a per-thread address cost
+// a scalar load per lane on such adapters, so this reads x with 4 instead
+// of 32 per lane. Needs subgroups of at least 8.
+var<private> lane: u32;
+
+fn x_sub(x4: u32) -> XRegs {
+    let v = x[x4 + lane];
+    return x_regs_of(W32(subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u), subgroupBroadcast(v, 2u), subgroupBroadcast(v, 3u),
+        subgroupBroadcast(v, 4u), subgroupBroadcast(v, 5u), subgroupBroadcast(v, 6u), subgroupBroadcast(v, 7u)));
+}
+#else
+// Without subgroups (the browser's CPU adapter), each thread loads it: a
+// thread's x loads (8 per sub-block) outnumber its weight loads (1 to 8),
+// and on a CPU adapter each is a gather.
+fn x_sub(x4: u32) -> XRegs {
+    return x_regs_of(W32(x[x4], x[x4 + 1u], x[x4 + 2u], x[x4 + 3u], x[x4 + 4u], x[x4 + 5u], x[x4 + 6u], x[x4 + 7u]));
+}
+#endif
 #endif
 
+#if ROW_PER_WORKGROUP || !QUAD_TEXTURE || F32 || F16 || BF16
 #if !SUBGROUPS || ROW_PER_WORKGROUP
 // A sub-block's x (one token): the index of its first vec4; a block's: the same.
 alias XArg = u32;
@@ -128,12 +151,6 @@ fn dot_sub(b: u32, s: u32, x4: XArg) -> f32 {
 #if ROW_PER_THREAD
 // Thread per row without subgroups (the browser's CPU adapter): a thread's
 // rows share each sub-block's x, loaded once into registers (`rows_shared`).
-// A thread's x loads (8 per sub-block) outnumber its weight loads (1 to 8),
-// and on a CPU adapter each is a gather.
-fn x_regs(x4: u32) -> XRegs {
-    return x_regs_of(W32(x[x4], x[x4 + 1u], x[x4 + 2u], x[x4 + 3u], x[x4 + 4u], x[x4 + 5u], x[x4 + 6u], x[x4 + 7u]));
-}
-
 fn dot_regs(b: u32, s: u32, x4: XRegs) -> f32 {
     var acc = 0.0;
     var accq = 0.0;
@@ -147,7 +164,7 @@ const UNIT_SUBS: u32 = 1u;
 alias XUnit = XRegs;
 
 fn x_unit(x0: u32, u: u32) -> XUnit {
-    return x_regs(x0 + u * 8u);
+    return x_sub(x0 + u * 8u);
 }
 
 fn dot_unit(u: u32, xr: XUnit) -> f32 {
@@ -155,125 +172,9 @@ fn dot_unit(u: u32, xr: XUnit) -> f32 {
 }
 #endif
 #else
-// Thread per row with subgroups (CPU adapters: a subgroup is one SIMD
-// register's lanes, each a thread): every lane loads one vec4 of the
-// sub-block's x and takes the other seven from its neighbours. Loads at a
-// per-thread address cost a scalar load per lane on such adapters, so this
-// reads x with 4 instead of 32 per lane. Needs subgroups of at least 8.
-var<private> lane: u32;
-
-#if QUAD_TEXTURE
-// Sub-block x4's x in registers (XRegs), from this lane's vec4 and the
-// other seven lanes': with weights in textures, held for all of a thread's
-// rows (the quantised formats; below).
-fn x_sg(x4: u32) -> XRegs {
-    let v = x[x4 + lane];
-    return x_regs_of(W32(subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u), subgroupBroadcast(v, 2u), subgroupBroadcast(v, 3u),
-        subgroupBroadcast(v, 4u), subgroupBroadcast(v, 5u), subgroupBroadcast(v, 6u), subgroupBroadcast(v, 7u)));
-}
-#endif
-
-#if QUAD_TEXTURE
-#if Q4_K || Q5_K || Q6_K
-// Weights in textures, K-quants: `rows_shared` steps by blocks, each
-// sub-block's x in registers for all of a thread's rows.
-alias XArg = XRegs;
-alias XBlock = array<XRegs, SUBS>;
-
-fn xblock(x4: u32) -> XBlock {
-    var v: XBlock;
-    for (var s = 0u; s < SUBS; s++) {
-        v[s] = x_sg(x4 + 8u * s);
-    }
-    return v;
-}
-
-fn xsub(xq: XBlock, s: u32) -> XArg {
-    return xq[s];
-}
-
-#include dequant_block dot_regs
-
-const UNIT_SUBS: u32 = SUBS;
-alias XUnit = XBlock;
-
-fn x_unit(x0: u32, u: u32) -> XUnit {
-    return xblock(x0 + u * 8u * SUBS);
-}
-
-fn dot_unit(u: u32, xq: XUnit) -> f32 {
-    return dot_block(u, xq);
-}
-#endif
-#if Q8_0 || Q4_0 || Q4_1 || Q5_0 || Q5_1
-// Weights in textures (block-major, dequant.wgsl), 32-value blocks:
-// `rows_shared` steps by units of 4 blocks, a scale texel's worth (Q5's
-// two), fetched once a row; each block's x is broadcast into registers
-// once for all of a thread's SHARED_ROWS rows. Blocks past the row's end
-// (its last unit) count zero, whatever x holds there.
-const UNIT_SUBS: u32 = 4u;
-
-struct XUnit {
-    a: XRegs,
-    b: XRegs,
-    c: XRegs,
-    d: XRegs,
-}
-
-fn x_unit(x0: u32, u: u32) -> XUnit {
-    let x4 = x0 + u * 32u;
-    return XUnit(x_sg(x4), x_sg(x4 + 8u), x_sg(x4 + 16u), x_sg(x4 + 24u));
-}
-
-// The current unit's scale texels (`dot_unit`), and block i's words in them.
-var<private> unit_scales: array<vec4<u32>, SCALE_WORDS>;
-
-fn unit_sword(i: u32) -> ScaleUnit {
-#if Q5_0 || Q5_1
-    let t = unit_scales[i / 2u];
-    return select(t.xy, t.zw, (i & 1u) == 1u);
-#else
-    return unit_scales[0][i];
-#endif
-}
-
-// Block b (the unit's i-th) of the current row times its x.
-fn dot_unit_block(b: u32, i: u32, x4: XRegs) -> f32 {
-    var acc = 0.0;
-    var accq = 0.0;
-#include dequant_body dot_unit
-    return select(0.0, acc, b < p.cols / 32u);
-}
-
-// Fetch unit u's scale texels.
-fn unit_scales_at(u: u32) {
-    for (var t = 0u; t < SCALE_WORDS; t++) {
-        unit_scales[t] = textureLoad(wst, vec2<u32>(t_row, SCALE_WORDS * u + t), 0);
-    }
-}
-
-fn dot_unit(u: u32, xq: XUnit) -> f32 {
-    unit_scales_at(u);
-    let b = 4u * u;
-    return (dot_unit_block(b, 0u, xq.a) + dot_unit_block(b + 1u, 1u, xq.b))
-        + (dot_unit_block(b + 2u, 2u, xq.c) + dot_unit_block(b + 3u, 3u, xq.d));
-}
-
-// One block at a time (`row_tile`: the experts' slots).
-alias XBlock = XRegs;
-
-fn xblock(x4: u32) -> XBlock {
-    return x_sg(x4);
-}
-
-fn dot_block(b: u32, xq: XBlock) -> f32 {
-    unit_scales_at(b / 4u);
-    return dot_unit_block(b, b % 4u, xq);
-}
-#endif
-#endif
-
-#if !QUAD_TEXTURE || F32 || F16 || BF16
+// Thread per row with subgroups, weights in buffers: each lane holds one
+// vec4 of each sub-block's x, and each row's dot products take the other
+// seven by broadcast.
 // This lane's vec4 of a sub-block's x; of each sub-block of a block.
 alias XArg = vec4<f32>;
 alias XBlock = array<vec4<f32>, SUBS>;
@@ -318,6 +219,103 @@ fn x_unit(x0: u32, u: u32) -> XUnit {
 
 fn dot_unit(u: u32, xq: XUnit) -> f32 {
     return dot_block(u, xq);
+}
+#endif
+#else
+// Thread per row, quantised weights in textures (block-major,
+// dequant.wgsl): each sub-block's x in registers (`x_sub`) for all of a
+// thread's SHARED_ROWS rows.
+#if Q4_K || Q5_K || Q6_K
+// K-quants: `rows_shared` steps by blocks.
+alias XArg = XRegs;
+alias XBlock = array<XRegs, SUBS>;
+
+fn xblock(x4: u32) -> XBlock {
+    var v: XBlock;
+    for (var s = 0u; s < SUBS; s++) {
+        v[s] = x_sub(x4 + 8u * s);
+    }
+    return v;
+}
+
+fn xsub(xq: XBlock, s: u32) -> XArg {
+    return xq[s];
+}
+
+#include dequant_block dot_regs
+
+const UNIT_SUBS: u32 = SUBS;
+alias XUnit = XBlock;
+
+fn x_unit(x0: u32, u: u32) -> XUnit {
+    return xblock(x0 + u * 8u * SUBS);
+}
+
+fn dot_unit(u: u32, xq: XUnit) -> f32 {
+    return dot_block(u, xq);
+}
+#else
+// 32-value blocks: `rows_shared` steps by units of 4 blocks, a scale
+// texel's worth (Q5's two), fetched once a row. Blocks past the row's end
+// (its last unit) count zero, whatever x holds there.
+const UNIT_SUBS: u32 = 4u;
+
+struct XUnit {
+    a: XRegs,
+    b: XRegs,
+    c: XRegs,
+    d: XRegs,
+}
+
+fn x_unit(x0: u32, u: u32) -> XUnit {
+    let x4 = x0 + u * 32u;
+    return XUnit(x_sub(x4), x_sub(x4 + 8u), x_sub(x4 + 16u), x_sub(x4 + 24u));
+}
+
+// The current unit's scale texels (`dot_unit`), and block i's words in them.
+var<private> unit_scales: array<vec4<u32>, SCALE_WORDS>;
+
+fn unit_sword(i: u32) -> ScaleUnit {
+#if Q5_0 || Q5_1
+    let t = unit_scales[i / 2u];
+    return select(t.xy, t.zw, (i & 1u) == 1u);
+#else
+    return unit_scales[0][i];
+#endif
+}
+
+// Block b (the unit's i-th) of the current row times its x.
+fn dot_unit_block(b: u32, i: u32, x4: XRegs) -> f32 {
+    var acc = 0.0;
+    var accq = 0.0;
+#include dequant_body dot_unit
+    return select(0.0, acc, b < p.cols / 32u);
+}
+
+// Fetch unit u's scale texels.
+fn unit_scales_at(u: u32) {
+    for (var t = 0u; t < SCALE_WORDS; t++) {
+        unit_scales[t] = textureLoad(wst, vec2<u32>(t_row, SCALE_WORDS * u + t), 0);
+    }
+}
+
+fn dot_unit(u: u32, xq: XUnit) -> f32 {
+    unit_scales_at(u);
+    let b = 4u * u;
+    return (dot_unit_block(b, 0u, xq.a) + dot_unit_block(b + 1u, 1u, xq.b))
+        + (dot_unit_block(b + 2u, 2u, xq.c) + dot_unit_block(b + 3u, 3u, xq.d));
+}
+
+// One block at a time (`row_tile`: the experts' slots).
+alias XBlock = XRegs;
+
+fn xblock(x4: u32) -> XBlock {
+    return x_sub(x4);
+}
+
+fn dot_block(b: u32, xq: XBlock) -> f32 {
+    unit_scales_at(b / 4u);
+    return dot_unit_block(b, b % 4u, xq);
 }
 #endif
 #endif
