@@ -25,10 +25,11 @@
 //! where the device allows ([`Placement`], [`Planes::Textures`]): on CPU
 //! adapters a texel fetch serves every lane at once, where a storage load
 //! is a loop over the lanes. There the layout is block-major, quad k of row
-//! r at texel (r, k): a thread's rows at one step lie together (lavapipe,
-//! decode GEMV of copy: Q4_0 0.52 → 0.74, Q4_K 0.58 → 0.62, Q6_K 0.48 →
-//! 0.59; textures holding rows in groups of 8, as the buffers do, helped
-//! Q4_K only: BENCHMARKS.md, session 9).
+//! r at texel (r, k): a thread's rows at one step lie together. With the
+//! kernels' x held in registers for 16 rows a thread (matmul.wgsl), lavapipe's
+//! decode GEMV of copy went Q4_0 0.53 → 0.82, Q4_K 0.53 → 0.96, Q6_K 0.56 →
+//! 0.84; textures holding rows in groups of 8, as the buffers do, helped Q4_K
+//! alone (BENCHMARKS.md, session 9).
 
 use super::Gpu;
 use crate::error::{Error, Result};
