@@ -84,6 +84,7 @@ pub const FAMILIES: &[Family] = &[COPY, MATMUL, EMBED, NORM, ROPE, ATTENTION, EL
 
 /// Fragments pulled in by `#include NAME` (processed with the includer's flags).
 const FRAGMENTS: &[(&str, &str)] = &[
+    ("block_units", include_str!("../wgsl/block_units.wgsl")),
     ("cos_sin", include_str!("../wgsl/cos_sin.wgsl")),
     ("dequant", include_str!("../wgsl/dequant.wgsl")),
     ("dequant_body", include_str!("../wgsl/dequant_body.wgsl")),
@@ -118,11 +119,11 @@ fn macro_args<'a>(line: &'a str, name: &str) -> Option<Vec<&'a str>> {
 /// component) and `EMIT_DONE(d, m);` (after a sub-block's last EMIT_SCALED;
 /// `EMIT_DONE(d, m, a, b);` after EMITs a … b, where a sub-block's parts
 /// have their own d and m, as Q6_K's halves). The thread-per-row dot
-/// products (`dot_sg`, `dot_regs`) keep EMIT_SCALED's scales apart: they sum
+/// products (`dot_sg`, `dot_regs`, `dot_unit`) keep EMIT_SCALED's scales apart: they sum
 /// q · (x·s) (into `accq`) and apply d and m once per sub-block or part, as
 /// d·Σ q(x·s) + m·Σx, with x·s and Σx the same for all of a thread's rows
-/// (held in registers without subgroups; with them, the same broadcasts for
-/// every row, which the compiler computes once)
+/// (held in registers; in `dot_sg`, the same broadcasts for every row, which
+/// the compiler computes once when it unrolls the rows)
 /// (on lavapipe, decode GEMV of copy Q4_0 0.46 → 0.52, Q4_K 0.54 → 0.60:
 /// BENCHMARKS.md, session 8); every other mode takes the value itself.
 fn emit(line: &str, mode: &str) -> Result<String, String> {
@@ -258,6 +259,9 @@ pub mod shape {
     /// matmul reads for most formats (see `row_group`): a subgroup's lanes
     /// on CPU adapters.
     pub const ROW_GROUP_THREAD: u32 = 8;
+    /// Rows side by side in a weight texture (a band: see dequant.wgsl):
+    /// at most half the 8192 texels a side WebGPU guarantees.
+    pub const TEXTURE_ROWS: u32 = 4096;
     /// Threads sharing one row in the workgroup-per-row matmul.
     pub const MATMUL_WG_GROUP: u32 = 64;
     /// Tokens one matmul invocation computes (prefill), reusing each dequantised sub-block.
@@ -401,6 +405,7 @@ pub fn consts(family: &Family, flags: &[&str]) -> Vec<Const> {
         // spreads a subgroup's lanes over neighbouring rows.
         let group = if flags.contains(&"QUAD_TEXTURE") { ROW_GROUP_THREAD } else { row_group(shape_flag, format_flag) };
         c.push(Const::U32("ROW_GROUP", group));
+        c.push(Const::U32("TEX_ROWS", TEXTURE_ROWS));
     }
     match family.name {
         "matmul" => {
@@ -576,6 +581,11 @@ mod tests {
         assert_eq!(emit("EMIT_SCALED(0, v, 1, d, 0);", "store").unwrap(), "    r.v0 = v * d;");
         assert_eq!(emit("EMIT_DONE(d, 0);", "dot_sg").unwrap(), "    acc += d * accq;\n    accq = 0.0;");
         assert!(emit("EMIT_SCALED(0, v, 1, d);", "dot").unwrap_err().contains("malformed"));
+        // `dot_unit`: a block's scale words from its unit's texels, as `dot_regs` otherwise.
+        let scales = "    let dm = unpack2x16float(sword(b));";
+        assert_eq!(emit(scales, "dot_unit").unwrap(), "    let dm = unpack2x16float(unit_sword(i));");
+        assert_eq!(emit(scales, "dot_regs").unwrap(), scales);
+        assert_eq!(emit(line, "dot_unit").unwrap(), emit(line, "dot_regs").unwrap());
     }
 
     #[test]

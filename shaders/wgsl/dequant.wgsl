@@ -1,21 +1,23 @@
 // Fragment, included with `#include dequant`: expands 32 values of a weight
 // row into eight vec4s (registers, not an indexed array). The including
-// shader declares `w: array<vec4<u32>>` (the quant plane), `ws:
+// shader declares `w: array<vec4<u32>>` (the quant plane) and `ws:
 // array<ScaleUnit>` (the same buffer, read from its scale plane at
-// p.scale_offset words) and one format flag; QUADS, SCALE_WORDS and SUBS
-// come from `block_layout` in Rust, ROW_GROUP from `row_group`.
+// p.scale_offset words) or, with QUAD_TEXTURE, the textures `wq` and `wst`,
+// and one format flag; QUADS, SCALE_WORDS and SUBS come from `block_layout`
+// in Rust, ROW_GROUP from `row_group`.
 //
 // Per block: QUADS 16-byte quads of quants (read with one load each) and
 // SCALE_WORDS words of scales (f16 d / m, and Q5's high bits) in their own
 // plane, so every quad stays aligned whatever the block size.
 //
-// Each plane holds the rows in groups of ROW_GROUP, item-major within a
-// group: quad k of each of the group's rows side by side, then quad k + 1
-// (a chunk's last group is padded with zero rows). ROW_GROUP is 1 (rows
-// whole, one after another) for the workgroup-per-row shape and, for most
-// formats, 8 for thread per row, whose 8 lanes then read neighbouring rows'
-// quads from one place (see runtime/src/gpu/weights.rs). Quad k of the
-// current row is w[q_base + ROW_GROUP · k].
+// In buffers each plane holds the rows in groups of ROW_GROUP, item-major
+// within a group: quad k of each of the group's rows side by side, then
+// quad k + 1 (a chunk's last group is padded with zero rows). ROW_GROUP is 1
+// (rows whole, one after another) for the workgroup-per-row shape and, for
+// most formats, 8 for thread per row, whose 8 lanes then read neighbouring
+// rows' quads from one place (see runtime/src/gpu/weights.rs). Quad k of the
+// current row is w[q_base + ROW_GROUP · k]. Textures (QUAD_TEXTURE) are laid
+// out block-major instead (below).
 
 // A block's scale words, read with one load (the scale plane's items):
 // Q5_0 and Q5_1 have two.
@@ -26,25 +28,36 @@ alias ScaleUnit = u32;
 #endif
 
 #if QUAD_TEXTURE
-// QUAD_TEXTURE: the planes are Rgba32Uint textures, block-major (see
-// `Planes::Textures` in runtime/src/gpu/weights.rs): quad k of the chunk's
-// row r is texel (r, k) of `wq`; the scale units of its blocks
-// SCALE_UNITS · j … are texel (r, j) of `wst`. ROW_GROUP then only spreads
-// a subgroup's lanes over neighbouring rows (`thread_row`).
+// QUAD_TEXTURE: the planes are Rgba32Uint textures, block-major, in bands
+// of TEX_ROWS rows (see `Planes::Textures` in runtime/src/gpu/weights.rs):
+// quad k of the chunk's row r is texel (r % TEX_ROWS, (r / TEX_ROWS) · h + k)
+// of `wq`, h a row's quads; the scale units of its blocks SCALE_UNITS · j …
+// are texel (r % TEX_ROWS, (r / TEX_ROWS) · h' + j) of `wst`, h' a row's
+// scale texels. ROW_GROUP then only spreads a subgroup's lanes over
+// neighbouring rows (`thread_row`).
 const SCALE_UNITS: u32 = 4u / max(SCALE_WORDS, 1u);
-var<private> t_row: u32;
+// The current row's quad 0 and first scale texel.
+var<private> t_quad: vec2<u32>;
+var<private> t_scale: vec2<u32>;
 
 fn select_row(row: u32, blocks_per_row: u32, scale_offset: u32) {
-    t_row = row;
+    let band = row / TEX_ROWS;
+    t_quad = vec2<u32>(row % TEX_ROWS, band * blocks_per_row * QUADS);
+    t_scale = vec2<u32>(row % TEX_ROWS, band * ((blocks_per_row + SCALE_UNITS - 1u) / SCALE_UNITS));
 }
 
 fn quad(k: u32) -> vec4<u32> {
-    return textureLoad(wq, vec2<u32>(t_row, k), 0);
+    return textureLoad(wq, vec2<u32>(t_quad.x, t_quad.y + k), 0);
+}
+
+// Scale texel j of the current row.
+fn scale_texel(j: u32) -> vec4<u32> {
+    return textureLoad(wst, vec2<u32>(t_scale.x, t_scale.y + j), 0);
 }
 
 // Block k's scale words.
 fn sword(k: u32) -> ScaleUnit {
-    let t = textureLoad(wst, vec2<u32>(t_row, k / SCALE_UNITS), 0);
+    let t = scale_texel(k / SCALE_UNITS);
 #if Q5_0 || Q5_1
     return select(t.xy, t.zw, (k & 1u) == 1u);
 #else

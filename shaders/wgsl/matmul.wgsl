@@ -149,8 +149,9 @@ fn dot_sub(b: u32, s: u32, x4: XArg) -> f32 {
 #include dequant_block dot
 
 #if ROW_PER_THREAD
-// Thread per row without subgroups (the browser's CPU adapter): a thread's
-// rows share each sub-block's x, loaded once into registers (`rows_shared`).
+// Thread per row without subgroups (the browser's CPU adapter), weights in
+// buffers: a thread's rows share each sub-block's x, loaded once into
+// registers (`rows_shared`).
 fn dot_regs(b: u32, s: u32, x4: XRegs) -> f32 {
     var acc = 0.0;
     var accq = 0.0;
@@ -158,8 +159,8 @@ fn dot_regs(b: u32, s: u32, x4: XRegs) -> f32 {
     return acc;
 }
 
-// What `rows_shared` steps by: a sub-block (a K-quant block's x would not
-// fit in registers).
+// What `rows_shared` steps by: a sub-block (the path for weights in textures
+// holds a K-quant block's, spilling registers, for its fewer texel fetches).
 const UNIT_SUBS: u32 = 1u;
 alias XUnit = XRegs;
 
@@ -208,18 +209,7 @@ fn dot_sub(b: u32, s: u32, x4: XArg) -> f32 {
 }
 
 #include dequant_block dot_sg
-
-// What `rows_shared` steps by: a whole block.
-const UNIT_SUBS: u32 = SUBS;
-alias XUnit = XBlock;
-
-fn x_unit(x0: u32, u: u32) -> XUnit {
-    return xblock(x0 + u * 8u * SUBS);
-}
-
-fn dot_unit(u: u32, xq: XUnit) -> f32 {
-    return dot_block(u, xq);
-}
+#include block_units
 #endif
 #else
 // Thread per row, quantised weights in textures (block-major,
@@ -243,17 +233,7 @@ fn xsub(xq: XBlock, s: u32) -> XArg {
 }
 
 #include dequant_block dot_regs
-
-const UNIT_SUBS: u32 = SUBS;
-alias XUnit = XBlock;
-
-fn x_unit(x0: u32, u: u32) -> XUnit {
-    return xblock(x0 + u * 8u * SUBS);
-}
-
-fn dot_unit(u: u32, xq: XUnit) -> f32 {
-    return dot_block(u, xq);
-}
+#include block_units
 #else
 // 32-value blocks: `rows_shared` steps by units of 4 blocks, a scale
 // texel's worth (Q5's two), fetched once a row. Blocks past the row's end
@@ -295,7 +275,7 @@ fn dot_unit_block(b: u32, i: u32, x4: XRegs) -> f32 {
 // Fetch unit u's scale texels.
 fn unit_scales_at(u: u32) {
     for (var t = 0u; t < SCALE_WORDS; t++) {
-        unit_scales[t] = textureLoad(wst, vec2<u32>(t_row, SCALE_WORDS * u + t), 0);
+        unit_scales[t] = scale_texel(SCALE_WORDS * u + t);
     }
 }
 
@@ -332,8 +312,8 @@ fn thread_row(g: u32, i: u32, per: u32) -> u32 {
 }
 
 // One token: thread g's SHARED_ROWS rows (past the last, the last again),
-// each unit's x (with subgroups a block's, shared across the lanes; without,
-// a sub-block's, in registers) loaded once for all of them. With `half` > 0
+// each unit's x (`x_unit`: by path a sub-block's, a block's or 4 blocks')
+// taken once for all of them. With `half` > 0
 // (`glu`), the thread's rows are SHARED_ROWS / 2 rows and the rows `half`
 // below them.
 const_assert SHARED_ROWS <= 16u && SHARED_ROWS % 2u == 0u;
@@ -599,7 +579,7 @@ fn gemm(ids: ThreadIds) {
 
 #if !SUBGROUPS
 // Passes of several tokens without subgroups: each token as a decode step
-// (SHARED_ROWS rows a thread, each sub-block's x loaded once for them).
+// (SHARED_ROWS rows a thread, each unit's x loaded once for them).
 // `main`'s tiles reuse a dequantised sub-block for 8 tokens but load each
 // token's x once per row; here x is loaded once per SHARED_ROWS rows and the
 // weights once per token, fewer loads in all, which a CPU adapter pays for

@@ -109,6 +109,36 @@ fn tensors_over_the_binding_limit_are_split_into_row_chunks() {
 
 /// `name`'s GGUF with the tensors `to_f16` picks rewritten as F16, in `dir`.
 fn with_f16_tensors(name: &str, dir: &common::TempDir, to_f16: impl Fn(&str) -> bool) -> std::path::PathBuf {
+    use baleen::quant::DType;
+    let f16 = |v: &[f32]| v.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
+    rewritten(name, dir, "f16", |t| to_f16(&t.name).then_some(DType::F16), f16)
+}
+
+/// `name`'s GGUF with every matrix whose rows are whole 32-value blocks
+/// quantised to Q8_0 here (d = max |v| / 127 a block), in `dir`.
+fn with_q8_0_matrices(name: &str, dir: &common::TempDir) -> std::path::PathBuf {
+    use baleen::quant::DType;
+    let q8_0 = |v: &[f32]| {
+        v.chunks(32)
+            .flat_map(|b| {
+                let d = b.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+                let q = b.iter().map(move |v| if d > 0.0 { (v / d).round() as i8 as u8 } else { 0 });
+                half::f16::from_f32(d).to_le_bytes().into_iter().chain(q)
+            })
+            .collect()
+    };
+    rewritten(name, dir, "q8_0", |t| (t.shape.len() == 2 && t.shape[1] % 32 == 0).then_some(DType::Q8_0), q8_0)
+}
+
+/// `name`'s GGUF with the tensors `pick` gives a type rewritten in it
+/// (`encode`: f32 values to that type's bytes), the others f32, in `dir`.
+fn rewritten(
+    name: &str,
+    dir: &common::TempDir,
+    tag: &str,
+    pick: impl Fn(&baleen::format::TensorInfo) -> Option<baleen::quant::DType>,
+    encode: impl Fn(&[f32]) -> Vec<u8>,
+) -> std::path::PathBuf {
     use baleen::format::gguf::writer;
     use baleen::quant::DType;
     let m = ModelFiles::open(&common::fixture(&format!("{name}/model.gguf"))).unwrap();
@@ -118,18 +148,51 @@ fn with_f16_tensors(name: &str, dir: &common::TempDir, to_f16: impl Fn(&str) -> 
         .iter()
         .map(|t| {
             let values = idx.read_f32(t).unwrap();
-            let (dtype, data) = if to_f16(&t.name) {
-                (DType::F16, values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect())
-            } else {
-                (DType::F32, values.iter().flat_map(|v| v.to_le_bytes()).collect())
+            let (dtype, data) = match pick(t) {
+                Some(dtype) => (dtype, encode(&values)),
+                None => (DType::F32, values.iter().flat_map(|v| v.to_le_bytes()).collect()),
             };
             writer::Tensor { name: t.name.clone(), dtype, shape: t.shape.clone(), data }
         })
         .collect();
     let meta: Vec<_> = idx.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let path = dir.0.join(format!("{name}.gguf"));
+    let path = dir.0.join(format!("{name}-{tag}.gguf"));
     std::fs::write(&path, writer::write(&meta, &tensors)).unwrap();
     path
+}
+
+#[test]
+fn quantised_models_read_from_textures_as_from_buffers() {
+    // The tiny models with their matrices in Q8_0: thread per row with the
+    // weights in textures (with and without subgroups) and in buffers,
+    // against the reference backend on the same file, through decode and
+    // chunked prefill (the MoE models' experts per slot and grouped).
+    let gpu = gpu();
+    let dir = common::TempDir::new("q8_0");
+    for name in ["tiny-mixtral", "tiny-qwen2-moe", "tiny-deepseek-v3"] {
+        let path = with_q8_0_matrices(name, &dir);
+        let m = ModelFiles::open(&path).unwrap();
+        let ids: Vec<u32> = (0..9).map(|i| (i * 37 + 5) % m.config.vocab as u32).collect();
+        let want = baleen::reference::Reference::load(&m).unwrap().forward(&ids, true).unwrap();
+        for (subgroups, textures, grouped) in [(true, true, false), (false, true, true), (true, false, true)] {
+            let opts = GpuOptions {
+                shape: Some(MatmulShape::RowPerThread),
+                max_pass_tokens: 4,
+                subgroups,
+                kv_f16: Some(false),
+                grouped_experts: Some(grouped),
+                quad_textures: Some(textures),
+                ..Default::default()
+            };
+            let mut g = GpuModel::load(gpu.clone(), &m, &opts).unwrap();
+            let (in_textures, all) = g.matrices_in_textures();
+            assert_eq!(in_textures > 0, textures, "{name}: {in_textures} of {all} matrices in textures");
+            let got = g.forward(&ids, true).unwrap();
+            let d = common::max_abs_diff(&got, &want);
+            assert!(d <= TINY_TOL, "{name} subgroups {subgroups} textures {textures} grouped {grouped}: max |Δlogit| {d}");
+            eprintln!("{name} Q8_0 subgroups {subgroups} textures {textures} ({in_textures} of {all} matrices): max |Δlogit| {d:e}");
+        }
+    }
 }
 
 #[test]

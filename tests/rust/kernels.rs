@@ -284,25 +284,29 @@ fn a_binding_smaller_than_a_group_of_rows_is_refused() {
 }
 
 #[test]
-fn textures_hold_as_many_rows_as_they_are_wide_and_rows_that_fit_a_column() {
+fn textures_hold_rows_in_bands_and_rows_past_the_side_stay_in_buffers() {
     let gpu = gpu();
     let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
-    let path = Path { shape: MatmulShape::RowPerThread, subgroups: gpu.has_subgroups() && gpu.info.subgroup_min_size >= 8, textures: true };
-    // Textures 16 texels a side: 50 rows of 256 Q4_1 values (8 quads a row)
-    // are 4 chunks of up to 16 rows; rows of 1024 values (32 quads) do not
-    // fit a texel column and stay in buffers.
-    let place = Placement { texture_side: Some(16), ..path.place(&gpu, gpu.max_binding()) };
-    for (cols, chunks, textures) in [(256usize, 4, true), (1024, 1, false)] {
-        let (bytes, w) = random_matrix(DType::Q4_1, 50, cols, 12);
-        let m = GpuMatrix::from_bytes(&gpu, "w", DType::Q4_1, 50, cols as u64, &bytes, place).unwrap();
-        assert_eq!((m.chunks.len(), m.quad_texture()), (chunks, textures), "{cols} columns");
+    let band = baleen_shaders::shape::TEXTURE_ROWS as usize;
+    // Rows past a band of TEXTURE_ROWS go below it (5 blocks a row: a whole
+    // unit and one block); with a side of TEXTURE_ROWS texels, rows of 4098
+    // quads (Q8_0) do not fit and stay in buffers.
+    for (dtype, rows, cols, side, textures) in [(DType::Q4_1, band + 70, 160usize, None, true), (DType::Q8_0, 3, 32 * 2049, Some(band as u32), false)] {
+        let (bytes, w) = random_matrix(dtype, rows, cols, 12);
         let x = Rng(13).vec(cols);
-        let (xb, yb) = (upload(&gpu, "x", &x), gpu.storage("y", 50 * 4).unwrap());
-        run(&gpu, &step_buf, step(1, 0), &path.ctx(&gpu, &step_buf).matmul(&m, &xb, cols as u32, &yb, 50, None, false, false).unwrap());
-        let got = download(&gpu, &yb, 50);
-        for (r, g) in got.iter().enumerate() {
-            let want: f64 = w[r * cols..(r + 1) * cols].iter().zip(&x).map(|(a, b)| *a as f64 * *b as f64).sum();
-            assert!((*g as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()), "{cols} columns, row {r}: {g} vs {want}");
+        let xb = upload(&gpu, "x", &x);
+        for path in paths(&gpu).into_iter().filter(|p| p.textures) {
+            let place = path.place(&gpu, gpu.max_binding());
+            let place = Placement { texture_side: side.or(place.texture_side), ..place };
+            let m = GpuMatrix::from_bytes(&gpu, "w", dtype, rows as u64, cols as u64, &bytes, place).unwrap();
+            assert_eq!((m.chunks.len(), m.quad_texture()), (1, textures), "{rows} × {cols}");
+            let yb = gpu.storage("y", rows as u64 * 4).unwrap();
+            run(&gpu, &step_buf, step(1, 0), &path.ctx(&gpu, &step_buf).matmul(&m, &xb, cols as u32, &yb, rows as u32, None, false, false).unwrap());
+            let got = download(&gpu, &yb, rows);
+            for (r, g) in got.iter().enumerate() {
+                let want = reference::dot(&w[r * cols..(r + 1) * cols], &x);
+                assert!((g - want).abs() <= 1e-4 * (1.0 + want.abs()), "{path:?} {rows} × {cols}, row {r}: {g} vs {want}");
+            }
         }
     }
 }
@@ -311,7 +315,8 @@ fn textures_hold_as_many_rows_as_they_are_wide_and_rows_that_fit_a_column() {
 fn embedding_rows_across_chunks() {
     let gpu = gpu();
     for (i, &dtype) in FORMATS.iter().enumerate() {
-        let cols = if dtype.block_size() == 256 { 256 } else { 64 };
+        // 5 blocks a row (in textures, a second scale texel).
+        let cols = 5 * dtype.block_size().max(32) as usize;
         let rows = 50;
         let (bytes, w) = random_matrix(dtype, rows, cols, 40 + i as u64);
         // Every layout: rows whole, in groups of 8 (chunks of 16 rows; the
@@ -724,14 +729,27 @@ fn experts_matrix(gpu: &Gpu, path: Path, dtype: DType, e: usize, rows: usize, co
     (m, w)
 }
 
+/// Expert weights' formats in the tests: a float, 32-value formats with one
+/// and two scale words a block, K-quants without and with a scale plane.
+const EXPERT_FORMATS: [DType; 6] = [DType::F32, DType::Q8_0, DType::Q4_1, DType::Q5_0, DType::Q4_K, DType::Q6_K];
+
+/// Their rows: 5 blocks (textures: a unit of 4 blocks, then one; a second
+/// scale texel), the float's 2.
+fn expert_cols(dtype: DType) -> usize {
+    match dtype {
+        DType::F32 => 64,
+        d => 5 * d.block_size() as usize,
+    }
+}
+
 #[test]
 fn expert_matmul_reads_ids_from_the_gpu_across_chunks() {
-    // 6 experts of 40 rows × 64; 3 tokens × top 2; chunks of 2 experts.
+    // 6 experts of 40 rows; 3 tokens × top 2; chunks of 2 experts.
     let gpu = gpu();
-    let (e, rows, cols, n, k) = (6usize, 40usize, 64usize, 3usize, 2usize);
+    let (e, rows, n, k) = (6usize, 40usize, 3usize, 2usize);
     for path in paths(&gpu) {
-        for dtype in [DType::F32, DType::Q4_1, DType::Q6_K] {
-            let cols = if dtype == DType::Q6_K { 256 } else { cols };
+        for dtype in EXPERT_FORMATS {
+            let cols = expert_cols(dtype);
             let (m, w) = experts_matrix(&gpu, path, dtype, e, rows, cols, 5);
             let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
             let ctx = path.ctx(&gpu, &step_buf);
@@ -757,9 +775,9 @@ fn expert_matmul_reads_ids_from_the_gpu_across_chunks() {
 
 #[test]
 fn grouped_experts_sort_gather_matmul_swiglu_and_combine() {
-    // A prefill pass's experts grouped: 7 tokens × top 3 over 6 experts, with
-    // expert 4 chosen by every token (21 slots: its run needs two tiles of 8
-    // and a part tile) and expert 2 by none; weights in chunks of 2 experts.
+    // A prefill pass's experts grouped: 7 tokens × top 3 over 6 experts (21
+    // slots), with expert 4 chosen by every token and expert 2 by none;
+    // weights in chunks of 2 experts.
     use baleen::gpu::{expert_tiles, Grid};
     let gpu = gpu();
     let (e, rows, cols, n, k) = (6usize, 40usize, 64usize, 7usize, 3usize);
@@ -812,8 +830,8 @@ fn grouped_experts_sort_gather_matmul_swiglu_and_combine() {
 
         // The grouped matmul in three formats, chunked by whole experts; then
         // SwiGLU over the tile rows and the weighted sum back per token.
-        for dtype in [DType::F32, DType::Q4_1, DType::Q6_K] {
-            let cols = if dtype == DType::Q6_K { 256 } else { cols };
+        for dtype in EXPERT_FORMATS {
+            let cols = expert_cols(dtype);
             let x = rng.vec(n * cols);
             let xb = upload(&gpu, "x", &x);
             let xs = gpu.storage("sorted x", (tile_rows * cols * 4) as u64).unwrap();

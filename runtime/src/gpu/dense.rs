@@ -35,7 +35,7 @@ pub struct GpuModel {
     head: Vec<Op>,
     len: usize,
     /// Weights and activations the bind groups use.
-    _weights: Vec<GpuMatrix>,
+    weights: Vec<GpuMatrix>,
     _buffers: Vec<wgpu::Buffer>,
 }
 
@@ -629,7 +629,7 @@ impl GpuModel {
             body,
             head,
             len: 0,
-            _weights: weights,
+            weights,
             _buffers: buffers,
         })
     }
@@ -744,6 +744,12 @@ impl GpuModel {
         {
             self.gpu.read_async(&self.ids, 0, 4).await.map(|_| ())
         }
+    }
+
+    /// How many of the model's matrices lie in textures, of all of them
+    /// (see `weights::Placement`).
+    pub fn matrices_in_textures(&self) -> (usize, usize) {
+        (self.weights.iter().filter(|m| m.quad_texture()).count(), self.weights.len())
     }
 
     /// The last pass's logits (`[vocab]`), once the GPU is done.

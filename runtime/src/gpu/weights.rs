@@ -25,7 +25,8 @@
 //! where the device allows ([`Placement`], [`Planes::Textures`]): on CPU
 //! adapters a texel fetch serves every lane at once, where a storage load
 //! is a loop over the lanes. There the layout is block-major, quad k of row
-//! r at texel (r, k): a thread's rows at one step lie together. With the
+//! r at texel (r, k) (in bands of 4096 rows): at one step a subgroup's 8
+//! lanes, 16 rows each, read 2 KiB that lie together. With the
 //! kernels' x held in registers for 16 rows a thread (matmul.wgsl), lavapipe's
 //! decode GEMV of copy went Q4_0 0.53 → 0.82, Q4_K 0.53 → 0.96, Q6_K 0.56 →
 //! 0.84; textures holding rows in groups of 8, as the buffers do, helped Q4_K
@@ -35,6 +36,7 @@ use super::Gpu;
 use crate::error::{Error, Result};
 use crate::format::{TensorInfo, TensorReader};
 use crate::quant::DType;
+use baleen_shaders::shape::TEXTURE_ROWS;
 use baleen_shaders::{block_layout, BlockLayout};
 
 /// The WGSL flag naming a weight format.
@@ -133,19 +135,24 @@ fn group_rows(plane: Vec<u8>, rows: usize, unit: usize, group: usize) -> Vec<u8>
     out
 }
 
-/// A plane of `rows` whole rows as 16-byte texels, row r in texel column
-/// r: texel (r, j) holds bytes 16·j … of the row, its last texel
-/// zero-padded. Returns the texels row by row (width `rows`) and the height.
-fn texel_columns(plane: &[u8], rows: usize) -> (Vec<u8>, u32) {
+/// A plane of `rows` whole rows as 16-byte texels, block-major in bands of
+/// `TEXTURE_ROWS` rows ([`Planes::Textures`]): row r's bytes 16·j … (its
+/// last texel zero-padded) at texel (r % TEXTURE_ROWS, (r / TEXTURE_ROWS) ·
+/// h + j), h a row's texels. Returns the texels row by row and the width
+/// and height.
+fn texel_columns(plane: &[u8], rows: usize) -> (Vec<u8>, u32, u32) {
     let row_bytes = plane.len() / rows.max(1);
-    let height = row_bytes.div_ceil(16);
-    let mut out = vec![0u8; height * rows * 16];
+    let h = row_bytes.div_ceil(16);
+    let width = rows.min(TEXTURE_ROWS as usize);
+    let height = rows.div_ceil(width.max(1)) * h;
+    let mut out = vec![0u8; width * height * 16];
     for r in 0..rows {
+        let (x, y0) = (r % width, r / width * h);
         for (j, part) in plane[r * row_bytes..(r + 1) * row_bytes].chunks(16).enumerate() {
-            out[(j * rows + r) * 16..][..part.len()].copy_from_slice(part);
+            out[((y0 + j) * width + x) * 16..][..part.len()].copy_from_slice(part);
         }
     }
-    (out, height as u32)
+    (out, width as u32, height as u32)
 }
 
 /// Where a matrix goes on the GPU: rows split into chunks of at most
@@ -175,15 +182,18 @@ impl Placement {
         Placement { max_binding, shape, texture_side }
     }
 
-    /// Whether a `dtype` matrix of `cols` columns goes to textures: placed
-    /// so, quantised (F32, F16 and BF16 read faster from buffers: lavapipe,
-    /// decode GEMV of copy F32 1.15 → 0.59, F16 0.95 → 0.85 in textures),
-    /// and a row's quads fit a texel column.
-    pub fn textures(&self, dtype: DType, cols: u64) -> bool {
-        let Ok(l) = layout(dtype) else { return false };
+    /// The most rows of a `dtype` matrix of `cols` columns one texture
+    /// holds (bands of `TEXTURE_ROWS` rows, as many as its side holds),
+    /// where such matrices go to textures: placed so, quantised (F32, F16
+    /// and BF16 read faster from buffers: lavapipe, decode GEMV of copy F32
+    /// 1.15 → 0.59, F16 0.95 → 0.85 in textures), and a row's quads within
+    /// the side. None: buffers.
+    pub fn texture_rows(&self, dtype: DType, cols: u64) -> Option<u64> {
+        let l = layout(dtype).ok()?;
         let quantised = !matches!(dtype, DType::F32 | DType::F16 | DType::BF16);
+        let side = self.texture_side.filter(|&side| side >= TEXTURE_ROWS)? as u64;
         let height = cols / l.block_values as u64 * l.quads as u64;
-        quantised && self.texture_side.is_some_and(|side| height > 0 && height <= side as u64)
+        (quantised && height > 0 && height <= side).then(|| side / height * TEXTURE_ROWS as u64)
     }
 }
 
@@ -235,14 +245,16 @@ pub enum Planes {
     /// The quant plane, then the scale plane from `scale_offset` u32 words,
     /// each in groups of the matrix's `row_group` rows.
     Buffer { buffer: wgpu::Buffer, scale_offset: u32 },
-    /// Rgba32Uint textures, block-major: texel (r, k) of `quads` is quad k
-    /// of the chunk's row r (`QUADS` a block), texel (r, j) of `scales` the
-    /// scale units of its blocks `UNITS · j …` (4 / `SCALE_WORDS` a texel,
-    /// the last zero-padded; None for formats without scales). At each
-    /// step a subgroup's lanes, neighbouring rows, read neighbouring
-    /// texels, and a thread's rows a step lie together. On CPU adapters a
-    /// texel fetch serves every lane at once, where a storage load is a loop
-    /// over the lanes (see the shaders crate's comment).
+    /// Rgba32Uint textures, block-major in bands of `TEXTURE_ROWS` rows:
+    /// quad k of the chunk's row r (`QUADS` a block) is texel (r %
+    /// TEXTURE_ROWS, (r / TEXTURE_ROWS) · h + k) of `quads`, h a row's
+    /// quads; texel j of its row in `scales` likewise holds the scale words
+    /// of its blocks `4 / SCALE_WORDS · j …` (the last zero-padded; None for
+    /// formats without scales). At each step a subgroup's lanes,
+    /// neighbouring rows, read neighbouring texels, and the lanes' 16 rows
+    /// each (`thread_row`) lie together: 2 KiB. On CPU adapters a texel
+    /// fetch serves every lane at once, where a storage load is a loop over
+    /// the lanes (see the shaders crate's comment).
     Textures { quads: wgpu::TextureView, scales: Option<wgpu::TextureView> },
 }
 
@@ -253,16 +265,15 @@ pub struct Chunk {
 }
 
 /// Rows per chunk for a given placement: whole groups of rows within the
-/// binding limit (also ≤ 65535: one workgroup row each) and, in a texture,
-/// its side's texel rows.
-pub fn rows_per_chunk(dtype: DType, cols: u64, place: Placement) -> Result<u64> {
+/// binding limit (also ≤ 65535: one workgroup row each); in `textures`,
+/// rows whole, as many as a texture holds.
+pub fn rows_per_chunk(dtype: DType, cols: u64, place: Placement, textures: bool) -> Result<u64> {
     let row = repacked_row_bytes(dtype, cols);
-    // Textures: rows whole, as many as a texture is wide.
-    let (group, texel_rows) = match place.texture_side {
-        Some(side) if place.textures(dtype, cols) => (1, side as u64),
+    let (group, texture_rows) = match place.texture_rows(dtype, cols) {
+        Some(n) if textures => (1, n),
         _ => (place.shape.row_group(dtype) as u64, u64::MAX),
     };
-    let n = (place.max_binding / row.max(1)).min(65535).min(texel_rows) / group * group;
+    let n = (place.max_binding / row.max(1)).min(65535).min(texture_rows) / group * group;
     if n == 0 {
         return Err(Error::Unsupported(format!(
             "{group} rows of {cols} {} values ({} bytes: the GPU layout's group of rows) exceed the GPU's binding limit of {} bytes",
@@ -440,12 +451,13 @@ impl GpuMatrix {
         align: u64,
     ) -> Result<Self> {
         let file_row = file_row_bytes(name, dtype, cols)?;
-        let textures = place.textures(dtype, cols);
+        // Textures where they hold an `align`-row group (an expert) in one chunk.
+        let textures = place.texture_rows(dtype, cols).is_some_and(|n| n.min(65535) >= align);
         // (Textures keep rows whole.)
         let row_group = if textures { 1 } else { place.shape.row_group(dtype) };
         // Chunks of whole `align`-row groups (experts), within the binding
         // once padded to whole groups of the layout.
-        let per = rows_per_chunk(dtype, cols, place)? / align * align;
+        let per = rows_per_chunk(dtype, cols, place, textures)? / align * align;
         if per == 0 {
             return Err(Error::Unsupported(format!(
                 "{name}: one expert of {align} rows exceeds the GPU's binding limit of {} bytes",
@@ -463,13 +475,13 @@ impl GpuMatrix {
                 // (A block's scale words, 1 or 2, never straddle a texel.)
                 let (packed, scale_offset) = repack(dtype, &part, n as usize, 1)?;
                 let (quads, scales) = packed.split_at(scale_offset as usize * 4);
-                let (texels, height) = texel_columns(quads, n as usize);
-                let quads = gpu.texture_init(&label, n as u32, height, &texels)?;
+                let (texels, width, height) = texel_columns(quads, n as usize);
+                let quads = gpu.texture_init(&label, width, height, &texels)?;
                 let scales = if scales.is_empty() {
                     None
                 } else {
-                    let (texels, height) = texel_columns(scales, n as usize);
-                    Some(gpu.texture_init(&format!("{label} scales"), n as u32, height, &texels)?)
+                    let (texels, width, height) = texel_columns(scales, n as usize);
+                    Some(gpu.texture_init(&format!("{label} scales"), width, height, &texels)?)
                 };
                 Planes::Textures { quads, scales }
             } else {
@@ -485,19 +497,51 @@ impl GpuMatrix {
 
 #[cfg(test)]
 mod tests {
-    use super::{group_rows, texel_columns};
+    use super::{group_rows, rows_per_chunk, texel_columns, Placement, TEXTURE_ROWS};
 
     #[test]
     fn texel_columns_hold_a_row_each_the_last_texel_padded() {
         // 2 rows of 20 bytes: texel row 0 holds each row's first 16 bytes,
         // texel row 1 its last 4 and 12 zero bytes.
         let plane: Vec<u8> = (0..40).collect();
-        let (texels, height) = texel_columns(&plane, 2);
-        assert_eq!(height, 2);
+        let (texels, width, height) = texel_columns(&plane, 2);
+        assert_eq!((width, height), (2, 2));
         assert_eq!(&texels[..16], &plane[..16]);
         assert_eq!(&texels[16..32], &plane[20..36]);
         assert_eq!(&texels[32..48], &[16, 17, 18, 19, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(&texels[48..52], &plane[36..40]);
+    }
+
+    #[test]
+    fn texel_columns_past_a_band_start_the_next_below() {
+        // One 16-byte texel a row: row TEXTURE_ROWS + 1 is texel (1, 1).
+        let rows = TEXTURE_ROWS as usize + 2;
+        let plane: Vec<u8> = (0..rows * 16).map(|i| (i / 16) as u8).collect();
+        let (texels, width, height) = texel_columns(&plane, rows);
+        assert_eq!((width, height), (TEXTURE_ROWS, 2));
+        let at = |x: usize, y: usize| texels[(y * width as usize + x) * 16];
+        assert_eq!((at(1, 0), at(1, 1), at(2, 1)), (1, (TEXTURE_ROWS + 1) as u8, 0));
+    }
+
+    #[test]
+    fn textures_hold_bands_as_many_as_the_side_allows() {
+        use super::super::MatmulShape;
+        use crate::quant::DType;
+        let place = Placement { max_binding: 1 << 30, shape: MatmulShape::RowPerThread, texture_side: Some(8192) };
+        // Q4_1 rows of 4096 values: 128 quads, 64 bands of 4096 rows.
+        assert_eq!(place.texture_rows(DType::Q4_1, 4096), Some(64 * 4096));
+        // Q4_K rows of 14336 values: 504 quads, 16 bands.
+        assert_eq!(place.texture_rows(DType::Q4_K, 14336), Some(16 * 4096));
+        // A row's quads past the side, float formats, no side: buffers.
+        assert_eq!(place.texture_rows(DType::Q8_0, 32 * 4097), None);
+        assert_eq!(place.texture_rows(DType::F16, 4096), None);
+        assert_eq!(Placement { texture_side: None, ..place }.texture_rows(DType::Q4_1, 4096), None);
+        // Chunks: at most 65535 rows; in textures, rows whole.
+        assert_eq!(rows_per_chunk(DType::Q4_1, 4096, place, true).unwrap(), 65535);
+        let small = Placement { texture_side: Some(4096), ..place };
+        assert_eq!(small.texture_rows(DType::Q4_K, 14336), Some(8 * 4096));
+        assert_eq!(rows_per_chunk(DType::Q4_K, 14336, small, true).unwrap(), 32768);
+        assert_eq!(rows_per_chunk(DType::Q4_K, 14336, small, false).unwrap() % 8, 0);
     }
 
     #[test]
