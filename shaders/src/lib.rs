@@ -119,7 +119,7 @@ fn macro_args<'a>(line: &'a str, name: &str) -> Option<Vec<&'a str>> {
 /// component) and `EMIT_DONE(d, m);` (after a sub-block's last EMIT_SCALED;
 /// `EMIT_DONE(d, m, a, b);` after EMITs a … b, where a sub-block's parts
 /// have their own d and m, as Q6_K's halves). The thread-per-row dot
-/// products (`dot_sg`, `dot_regs`, `dot_unit`) keep EMIT_SCALED's scales apart: they sum
+/// products (`dot_sg`, `dot_regs`) keep EMIT_SCALED's scales apart: they sum
 /// q · (x·s) (into `accq`) and apply d and m once per sub-block or part, as
 /// d·Σ q(x·s) + m·Σx, with x·s and Σx the same for all of a thread's rows
 /// (held in registers; in `dot_sg`, the same broadcasts for every row, which
@@ -127,6 +127,12 @@ fn macro_args<'a>(line: &'a str, name: &str) -> Option<Vec<&'a str>> {
 /// (on lavapipe, decode GEMV of copy Q4_0 0.46 → 0.52, Q4_K 0.54 → 0.60:
 /// BENCHMARKS.md, session 8); every other mode takes the value itself.
 fn emit(line: &str, mode: &str) -> Result<String, String> {
+    // `MODE_unit`: as MODE, a block's scale words taken from the texels its
+    // unit of 4 blocks fetched (`unit_sword(i)`, i the block's place in the
+    // unit: weights in textures, matmul.wgsl).
+    if let Some(base) = mode.strip_suffix("_unit") {
+        return emit(&line.replace("sword(b)", "unit_sword(i)"), base);
+    }
     let t = line.trim();
     let malformed = || format!("malformed {t}");
     // (`s` 1: no scale; `m` 0: no offset.)
@@ -136,8 +142,8 @@ fn emit(line: &str, mode: &str) -> Result<String, String> {
             let x = if s == "1" { format!("subgroupBroadcast(x4, {i}u)") } else { format!("subgroupBroadcast(x4, {i}u) * {s}") };
             return Ok(format!("    accq += dot({q}, {x});"));
         }
-        // `dot_regs`, `dot_unit`: x held pre-scaled by BYTE_SCALE (`x4.scaled`), or as is for s 1.
-        if mode == "dot_regs" || mode == "dot_unit" {
+        // `dot_regs`: x held pre-scaled by BYTE_SCALE (`x4.scaled`), or as is for s 1.
+        if mode == "dot_regs" {
             let x = match s {
                 "BYTE_SCALE" => format!("x4.scaled.v{i}"),
                 "1" => format!("x4.v.v{i}"),
@@ -158,7 +164,7 @@ fn emit(line: &str, mode: &str) -> Result<String, String> {
             }
             _ => return Err(malformed()),
         };
-        if !["dot_sg", "dot_regs", "dot_unit"].contains(&mode) {
+        if mode != "dot_sg" && mode != "dot_regs" {
             return Ok(String::new());
         }
         // Σx over the EMITs done: the whole sub-block's is kept (`sub_xsum`,
@@ -174,10 +180,6 @@ fn emit(line: &str, mode: &str) -> Result<String, String> {
         return Ok(format!("    acc += {d} * accq{offset};\n    accq = 0.0;"));
     }
     let Some(rest) = t.strip_prefix("EMIT(").and_then(|r| r.strip_suffix(");")) else {
-        // `dot_unit`: a block's scale words from the texels its unit fetched.
-        if mode == "dot_unit" {
-            return Ok(line.replace("sword(b)", "unit_sword(i)"));
-        }
         return Ok(line.to_string());
     };
     let (i, expr) = rest.split_once(", ").ok_or_else(malformed)?;
@@ -188,8 +190,8 @@ fn emit(line: &str, mode: &str) -> Result<String, String> {
         // `_sg`: x shared across the subgroup, lane l holding vec4 l of the
         // sub-block: `x4` for `dot_sg`, `xl.v<j>` (token j) for `tile*_sg`.
         "dot_sg" => format!("    acc += dot({expr}, subgroupBroadcast(x4, {i}u));"),
-        // `dot_regs`, `dot_unit`: the sub-block's x already in registers (`x4.v`).
-        "dot_regs" | "dot_unit" => format!("    acc += dot({expr}, x4.v.v{i});"),
+        // `dot_regs`: the sub-block's x already in registers (`x4.v`).
+        "dot_regs" => format!("    acc += dot({expr}, x4.v.v{i});"),
         // `tile`: 8 tokens; `tile4`, `tile2`: the first 4 or 2 of them.
         "tile" | "tile4" | "tile2" | "tile_sg" | "tile4_sg" | "tile2_sg" => {
             let (base, shared) = match mode.strip_suffix("_sg") {
@@ -581,11 +583,11 @@ mod tests {
         assert_eq!(emit("EMIT_SCALED(0, v, 1, d, 0);", "store").unwrap(), "    r.v0 = v * d;");
         assert_eq!(emit("EMIT_DONE(d, 0);", "dot_sg").unwrap(), "    acc += d * accq;\n    accq = 0.0;");
         assert!(emit("EMIT_SCALED(0, v, 1, d);", "dot").unwrap_err().contains("malformed"));
-        // `dot_unit`: a block's scale words from its unit's texels, as `dot_regs` otherwise.
+        // `_unit` modes: a block's scale words from its unit's texels, as the mode otherwise.
         let scales = "    let dm = unpack2x16float(sword(b));";
-        assert_eq!(emit(scales, "dot_unit").unwrap(), "    let dm = unpack2x16float(unit_sword(i));");
+        assert_eq!(emit(scales, "dot_regs_unit").unwrap(), "    let dm = unpack2x16float(unit_sword(i));");
         assert_eq!(emit(scales, "dot_regs").unwrap(), scales);
-        assert_eq!(emit(line, "dot_unit").unwrap(), emit(line, "dot_regs").unwrap());
+        assert_eq!(emit(line, "dot_regs_unit").unwrap(), emit(line, "dot_regs").unwrap());
     }
 
     #[test]

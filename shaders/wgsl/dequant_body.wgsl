@@ -10,7 +10,7 @@
 // q · s · d + m with q their bits in place (`fields`, dequant.wgsl) and s
 // the powers of two that undo that, then `EMIT_DONE(d, m)` after the last.
 // Every mode takes the values as from EMIT, except the thread-per-row dot
-// products (`dot_sg`, `dot_regs`, `dot_unit`: CPU adapters), which sum q · (x · s) and
+// products (`dot_sg`, `dot_regs`: CPU adapters), which sum q · (x · s) and
 // apply d and m once a sub-block: d · Σ q(x·s) + m · Σx (see `emit` in the
 // shaders crate).
 #if F32

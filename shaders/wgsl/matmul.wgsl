@@ -88,7 +88,7 @@ fn store_slot(s: u32, r: u32, v: f32) {
 #if ROW_PER_THREAD
 // A sub-block's x in registers, also times BYTE_SCALE and summed, for the
 // quantised formats' d·Σq(x·s) + m·Σx (EMIT_SCALED): computed once for all
-// of a thread's rows (`dot_regs`, `dot_unit` modes).
+// of a thread's rows (the `dot_regs` mode).
 struct XRegs {
     v: W32,
     scaled: W32,
@@ -252,7 +252,8 @@ fn x_unit(x0: u32, u: u32) -> XUnit {
     return XUnit(x_sub(x4), x_sub(x4 + 8u), x_sub(x4 + 16u), x_sub(x4 + 24u));
 }
 
-// The current unit's scale texels (`dot_unit`), and block i's words in them.
+// The current unit's scale texels (`unit_scales_at`), and block i's words in
+// them (the `_unit` include modes' `unit_sword(i)`).
 var<private> unit_scales: array<vec4<u32>, SCALE_WORDS>;
 
 fn unit_sword(i: u32) -> ScaleUnit {
@@ -268,7 +269,7 @@ fn unit_sword(i: u32) -> ScaleUnit {
 fn dot_unit_block(b: u32, i: u32, x4: XRegs) -> f32 {
     var acc = 0.0;
     var accq = 0.0;
-#include dequant_body dot_unit
+#include dequant_body dot_regs_unit
     return select(0.0, acc, b < p.cols / 32u);
 }
 
