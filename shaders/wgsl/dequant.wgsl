@@ -55,14 +55,18 @@ fn scale_texel(j: u32) -> vec4<u32> {
     return textureLoad(wst, vec2<u32>(t_scale.x, t_scale.y + j), 0);
 }
 
-// Block k's scale words.
-fn sword(k: u32) -> ScaleUnit {
-    let t = scale_texel(k / SCALE_UNITS);
+// Block k's scale words in t, the scale texel that holds them.
+fn texel_sword(t: vec4<u32>, k: u32) -> ScaleUnit {
 #if Q5_0 || Q5_1
     return select(t.xy, t.zw, (k & 1u) == 1u);
 #else
     return t[k % 4u];
 #endif
+}
+
+// Block k's scale words.
+fn sword(k: u32) -> ScaleUnit {
+    return texel_sword(scale_texel(k / SCALE_UNITS), k);
 }
 #else
 var<private> q_base: u32;

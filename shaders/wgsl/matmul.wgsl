@@ -257,12 +257,7 @@ fn x_unit(x0: u32, u: u32) -> XUnit {
 var<private> unit_scales: array<vec4<u32>, SCALE_WORDS>;
 
 fn unit_sword(i: u32) -> ScaleUnit {
-#if Q5_0 || Q5_1
-    let t = unit_scales[i / 2u];
-    return select(t.xy, t.zw, (i & 1u) == 1u);
-#else
-    return unit_scales[0][i];
-#endif
+    return texel_sword(unit_scales[i / SCALE_UNITS], i);
 }
 
 // Block b (the unit's i-th) of the current row times its x.

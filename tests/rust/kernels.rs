@@ -15,6 +15,7 @@ const FORMATS: [DType; 11] = [
     DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1,
     DType::Q5_0, DType::Q5_1, DType::Q4_K, DType::Q5_K, DType::Q6_K,
 ];
+
 /// One matmul path: the kernel shape, subgroups, and (thread per row)
 /// weights in textures or in buffers.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +46,11 @@ fn shapes(gpu: &Gpu) -> Vec<(MatmulShape, bool)> {
         }
     }
     v
+}
+
+/// Whether textures hold `dtype` (placed so): the quantised formats.
+fn quantised(dtype: DType) -> bool {
+    !matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
 }
 
 /// Every matmul path: each of `shapes`, thread per row with weights in
@@ -126,9 +132,7 @@ fn check_matmul(gpu: &Gpu, c: &MatmulCase, seed: u64) {
     if c.max_binding.is_some() {
         assert!(m.chunks.len() > 1, "the binding limit should split the matrix");
     }
-    // (Textures hold the quantised formats.)
-    let quantised = !matches!(c.dtype, DType::F32 | DType::F16 | DType::BF16);
-    assert_eq!(m.quad_texture(), c.path.textures && quantised, "{:?} {:?}", c.dtype, c.path);
+    assert_eq!(m.quad_texture(), c.path.textures && quantised(c.dtype), "{:?} {:?}", c.dtype, c.path);
     let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
     let ctx = c.path.ctx(gpu, &step_buf);
     let (xb, yb, bb) = (upload(gpu, "x", &x), upload(gpu, "y", &y0), upload(gpu, "b", &b));
@@ -325,8 +329,7 @@ fn embedding_rows_across_chunks() {
         for (shape, textures) in [(MatmulShape::RowPerThread, false), (MatmulShape::RowPerThread, true), (MatmulShape::RowPerWorkgroup, false)] {
             let row = baleen::gpu::weights::repacked_row_bytes(dtype, cols as u64);
             let m = GpuMatrix::from_bytes(&gpu, "embd", dtype, rows as u64, cols as u64, &bytes, Placement::for_gpu(&gpu, shape, row * 16, textures)).unwrap();
-            let quantised = !matches!(dtype, DType::F32 | DType::F16 | DType::BF16);
-            assert_eq!((m.chunks.len(), m.quad_texture()), (4, textures && quantised));
+            assert_eq!((m.chunks.len(), m.quad_texture()), (4, textures && quantised(dtype)));
             let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
             let ctx = Ctx { gpu: &gpu, step: &step_buf, shape, subgroups: false };
             let ids: Vec<u32> = vec![0, 15, 16, 49, 31, 32, 7];

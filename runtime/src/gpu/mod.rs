@@ -188,12 +188,8 @@ impl Gpu {
             Ok("0") => false,
             _ => info.device_type != wgpu::DeviceType::Cpu,
         };
-        // BALEEN_QUAD_TEXTURES=0|1 overrides the choice (for measuring).
-        let quad_textures = match std::env::var("BALEEN_QUAD_TEXTURES").as_deref() {
-            Ok("1") => true,
-            Ok("0") => false,
-            _ => true,
-        };
+        // BALEEN_QUAD_TEXTURES=0 keeps every weight in buffers (for measuring).
+        let quad_textures = std::env::var("BALEEN_QUAD_TEXTURES").as_deref() != Ok("0");
         Ok(Gpu { device, queue, info, limits, features, shape, grouped_experts, quad_textures, pipelines: Mutex::default(), failure, allocated: 0.into() })
     }
 
@@ -300,27 +296,19 @@ impl Gpu {
                 self.info.name
             )));
         }
-        self.allocated.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let size = wgpu::Extent3d { width, height, depth_or_array_layers: 1 };
-        let texture = self
-            .scoped(wgpu::ErrorFilter::OutOfMemory, || {
-                self.device.create_texture(&wgpu::TextureDescriptor {
-                    label: Some(label),
-                    size,
-                    mip_level_count: 1,
-                    sample_count: 1,
-                    dimension: wgpu::TextureDimension::D2,
-                    format: wgpu::TextureFormat::Rgba32Uint,
-                    usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
-                    view_formats: &[],
-                })
+        let texture = self.allocate(label, bytes.len() as u64, || {
+            self.device.create_texture(&wgpu::TextureDescriptor {
+                label: Some(label),
+                size,
+                mip_level_count: 1,
+                sample_count: 1,
+                dimension: wgpu::TextureDimension::D2,
+                format: wgpu::TextureFormat::Rgba32Uint,
+                usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+                view_formats: &[],
             })
-            .map_err(|e| {
-                gpu_err(format!(
-                    "out of GPU memory allocating {label} ({} bytes): {e}. Try a smaller model or quantisation, or a shorter context",
-                    bytes.len()
-                ))
-            })?;
+        })?;
         self.queue.write_texture(
             wgpu::TexelCopyTextureInfo { texture: &texture, mip_level: 0, origin: wgpu::Origin3d::ZERO, aspect: wgpu::TextureAspect::All },
             bytes,
@@ -358,6 +346,12 @@ impl Gpu {
                 self.info.name, self.limits.max_buffer_size
             )));
         }
+        self.allocate(label, size, make)
+    }
+
+    /// Make a `size`-byte allocation (`make`: a buffer or a texture),
+    /// counted in [`Gpu::allocated_bytes`], out of memory an error.
+    fn allocate<T>(&self, label: &str, size: u64, make: impl FnOnce() -> T) -> Result<T> {
         self.allocated.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
         self.scoped(wgpu::ErrorFilter::OutOfMemory, make).map_err(|e| {
             gpu_err(format!(

@@ -470,22 +470,18 @@ impl GpuMatrix {
             let n = per.min(rows - r);
             let part = fetch(r * file_row, n * file_row).await?;
             let label = format!("{name}[{r}..{}]", r + n);
+            let (packed, scale_offset) = repack(dtype, &part, n as usize, row_group as usize)?;
             let planes = if textures {
-                // Rows whole, then each plane's items column by column.
-                // (A block's scale words, 1 or 2, never straddle a texel.)
-                let (packed, scale_offset) = repack(dtype, &part, n as usize, 1)?;
-                let (quads, scales) = packed.split_at(scale_offset as usize * 4);
-                let (texels, width, height) = texel_columns(quads, n as usize);
-                let quads = gpu.texture_init(&label, width, height, &texels)?;
-                let scales = if scales.is_empty() {
-                    None
-                } else {
-                    let (texels, width, height) = texel_columns(scales, n as usize);
-                    Some(gpu.texture_init(&format!("{label} scales"), width, height, &texels)?)
+                // Each plane's rows (whole) column by column. (A block's
+                // scale words, 1 or 2, never straddle a texel.)
+                let texture = |plane: &[u8], label: &str| {
+                    let (texels, width, height) = texel_columns(plane, n as usize);
+                    gpu.texture_init(label, width, height, &texels)
                 };
-                Planes::Textures { quads, scales }
+                let (quads, scales) = packed.split_at(scale_offset as usize * 4);
+                let scales = if scales.is_empty() { None } else { Some(texture(scales, &format!("{label} scales"))?) };
+                Planes::Textures { quads: texture(quads, &label)?, scales }
             } else {
-                let (packed, scale_offset) = repack(dtype, &part, n as usize, row_group as usize)?;
                 Planes::Buffer { buffer: gpu.storage_init(&label, &packed)?, scale_offset }
             };
             chunks.push(Chunk { planes, row_start: r as u32, rows: n as u32 });
