@@ -3,6 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::sample::{sample, top_k, SamplingParams};
+pub use crate::support::{now_ms, run_ready};
 
 /// A forward pass with a KV cache.
 pub trait Backend {
@@ -86,20 +87,6 @@ impl Generation {
     }
 }
 
-/// Monotonic milliseconds (`std::time::Instant` panics on wasm32).
-pub fn now_ms() -> f64 {
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        use std::sync::OnceLock;
-        static T0: OnceLock<std::time::Instant> = OnceLock::new();
-        T0.get_or_init(std::time::Instant::now).elapsed().as_secs_f64() * 1000.0
-    }
-    #[cfg(target_arch = "wasm32")]
-    {
-        js_sys::Date::now()
-    }
-}
-
 /// What generation needs of a backend, awaitable: in the browser every GPU
 /// readback is a promise. Any [`Backend`] is one through [`Ready`].
 #[allow(async_fn_in_trait)]
@@ -138,16 +125,6 @@ impl AsyncBackend for Ready<'_> {
         want_logits: bool,
     ) -> Result<(u32, Option<Vec<f32>>)> {
         self.0.forward_sample(tokens, sampling, draw, want_logits)
-    }
-}
-
-/// Drive a future that never waits (one over [`Ready`]) to its end.
-pub fn run_ready<T>(f: impl std::future::Future<Output = T>) -> T {
-    let mut f = std::pin::pin!(f);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match f.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(v) => v,
-        std::task::Poll::Pending => unreachable!("a synchronous backend's future waited"),
     }
 }
 

@@ -184,7 +184,7 @@ impl TensorIndex {
 
     /// A vector of `len` values, dequantised to f32.
     pub fn read_vector(&self, name: &str, len: u64) -> Result<Vec<f32>> {
-        crate::engine::run_ready(self.read_vector_from(self, name, len))
+        crate::support::run_ready(self.read_vector_from(self, name, len))
     }
 
     /// [`TensorIndex::read_vector`], its bytes from `reader`.
@@ -203,7 +203,7 @@ impl TensorIndex {
 
     /// Read a tensor and dequantise it to f32.
     pub fn read_f32(&self, t: &TensorInfo) -> Result<Vec<f32>> {
-        crate::engine::run_ready(self.read_f32_from(self, t))
+        crate::support::run_ready(self.read_f32_from(self, t))
     }
 
     /// [`TensorIndex::read_f32`], its bytes from `reader`.

@@ -9,7 +9,7 @@
 use super::ops::Ctx;
 use super::weights::{GpuMatrix, Placement};
 use super::{Gpu, Grid, Op, PipelineKey, Step};
-use crate::engine::now_ms;
+use crate::support::now_ms;
 use crate::error::Result;
 use crate::quant::{random_blocks, DType};
 use baleen_shaders::shape;

@@ -302,7 +302,7 @@ impl GpuMatrix {
             return Err(Error::Input(format!("{name}: {} bytes for {rows} × {cols} {}", bytes.len(), dtype.name())));
         }
         let fetch = |start: u64, len: u64| std::future::ready(Ok(bytes[start as usize..(start + len) as usize].to_vec()));
-        crate::engine::run_ready(Self::upload(gpu, name, dtype, rows, cols, fetch, place, 1))
+        crate::support::run_ready(Self::upload(gpu, name, dtype, rows, cols, fetch, place, 1))
     }
 
     /// Read a tensor from `reader`, one chunk of rows at a time, and upload it.
