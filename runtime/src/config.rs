@@ -4,6 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::format::{FileKind, TensorIndex};
+use crate::model::names::{self, Global, Layer};
 use serde_json::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,8 +136,9 @@ pub enum RopeScaling {
     /// Llama 3.1: low frequencies divided by `factor`, a smooth ramp between.
     Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position: f64 },
     /// Per-dimension frequency divisors stored in the file (GGUF `rope_freqs.weight`,
-    /// what llama.cpp's converter writes for Llama 3 scaling).
-    FreqFactors(Vec<f32>),
+    /// what llama.cpp's converter writes for Llama 3 scaling): tensor data,
+    /// which the model reads ([`ModelConfig::rope_inv_freq`]).
+    FreqFactors,
     /// YaRN (DeepSeek-V2/V3): interpolated and extrapolated frequencies blended
     /// by a linear ramp between the `beta_fast` and `beta_slow` rotations;
     /// cos and sin multiplied by `attention_factor`.
@@ -230,7 +232,8 @@ impl ModelConfig {
         } else {
             hidden / n_heads.max(1)
         };
-        let embd = index.require("token_embd.weight")?;
+        let gguf = |g| names::global(FileKind::Gguf, g);
+        let embd = index.require(gguf(Global::TokenEmbd))?;
         let vocab = match embd.shape.as_slice() {
             [v, _] => *v as usize,
             other => return Err(cfg_err(format!("token_embd.weight has shape {other:?}; expected [vocab, hidden]"))),
@@ -252,8 +255,8 @@ impl ModelConfig {
             },
             Some(other) => return Err(Error::Unsupported(format!("rope scaling type {other:?} for {arch_name}"))),
         };
-        let rope_scaling = match index.get("rope_freqs.weight") {
-            Some(t) => RopeScaling::FreqFactors(index.read_f32(t)?),
+        let rope_scaling = match index.get(gguf(Global::RopeFreqs)) {
+            Some(_) => RopeScaling::FreqFactors,
             None => rope_scaling,
         };
         let opt_u = |k: &str| index.meta(&key(k)).and_then(|v| v.as_u64()).map(|v| v as usize);
@@ -318,7 +321,7 @@ impl ModelConfig {
                     || index.meta(&key("expert_weights_norm")).and_then(|v| v.as_bool()).unwrap_or(false);
                 let mut m = Moe::softmax_top_k(n_experts, get_u("expert_used_count")?, expert_ffn, norm);
                 m.shared_ffn = opt_u("expert_shared_feed_forward_length").unwrap_or(0);
-                m.shared_gate = index.get("blk.0.ffn_gate_inp_shexp.weight").is_some();
+                m.shared_gate = index.get(&names::layer(FileKind::Gguf, 0, Layer::SharedExpertGate)).is_some();
                 moe = Some(m);
             }
         }
@@ -336,8 +339,8 @@ impl ModelConfig {
             rope_pairing: Self::pairing(arch, FileKind::Gguf),
             rope_scaling,
             context_length: get_u("context_length")?,
-            tie_embeddings: index.get("output.weight").is_none(),
-            qkv_bias: index.get("blk.0.attn_q.bias").is_some(),
+            tie_embeddings: index.get(gguf(Global::Output)).is_none(),
+            qkv_bias: index.get(&names::layer(FileKind::Gguf, 0, Layer::QBias)).is_some(),
             mla,
             moe,
         };
@@ -420,7 +423,7 @@ impl ModelConfig {
             (RopeScaling::Yarn { factor, .. }, Some(all)) if all != 0.0 => yarn_mscale(*factor, all).powi(2),
             _ => 1.0,
         };
-        let embd = index.require("model.embed_tokens.weight")?;
+        let embd = index.require(names::global(FileKind::Safetensors, Global::TokenEmbd))?;
         let vocab = match embd.shape.as_slice() {
             [v, _] => *v as usize,
             other => return Err(cfg_err(format!("model.embed_tokens.weight has shape {other:?}; expected [vocab, hidden]"))),
@@ -509,7 +512,7 @@ impl ModelConfig {
             rope_scaling,
             context_length: opt_u("max_position_embeddings").unwrap_or(4096),
             tie_embeddings: json.get("tie_word_embeddings").and_then(|v| v.as_bool()).unwrap_or(false)
-                || index.get("lm_head.weight").is_none(),
+                || index.get(names::global(FileKind::Safetensors, Global::Output)).is_none(),
             qkv_bias: arch == Arch::Qwen2
                 || arch == Arch::Qwen2Moe
                 || (arch != Arch::DeepSeek2 && json.get("attention_bias").and_then(|v| v.as_bool()).unwrap_or(false)),
@@ -565,11 +568,6 @@ impl ModelConfig {
                 )));
             }
         }
-        if let RopeScaling::FreqFactors(f) = &self.rope_scaling {
-            if f.len() != self.rope_dim() / 2 {
-                return Err(cfg_err(format!("rope_freqs has {} factors for head dim {}", f.len(), self.head_dim)));
-            }
-        }
         Ok(self)
     }
 
@@ -586,8 +584,10 @@ impl ModelConfig {
         }
     }
 
-    /// RoPE inverse frequencies, one per rotated pair (`rope_dim / 2`).
-    pub fn rope_inv_freq(&self) -> Vec<f32> {
+    /// RoPE inverse frequencies, one per rotated pair (`rope_dim / 2`);
+    /// `file_factors`: the divisors of [`RopeScaling::FreqFactors`], read
+    /// from the file (`rope_dim / 2` of them; ignored for other scalings).
+    pub fn rope_inv_freq(&self, file_factors: Option<&[f32]>) -> Vec<f32> {
         let d = self.rope_dim() as f64;
         let half = self.rope_dim() / 2;
         // YaRN's ramp: pairs below `low` keep their frequency, above `high`
@@ -611,7 +611,7 @@ impl ModelConfig {
                         base / factor * (1.0 - extrapolate) + base * extrapolate
                     }
                     RopeScaling::Linear { factor } => base / factor,
-                    RopeScaling::FreqFactors(f) => base / f[i] as f64,
+                    RopeScaling::FreqFactors => file_factors.and_then(|f| f.get(i)).map_or(base, |&f| base / f as f64),
                     &RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position } => {
                         let low_wavelen = original_max_position / low_freq_factor;
                         let high_wavelen = original_max_position / high_freq_factor;

@@ -8,6 +8,9 @@
 //! - [`reference`]: the plain-Rust f32 forward pass, the oracle.
 //! - [`engine`], [`sample`]: generation over any backend.
 
+/// `baleen compare`: both backends, every intermediate diffed.
+#[cfg(all(feature = "gpu", not(target_arch = "wasm32")))]
+pub mod compare;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -21,6 +24,7 @@ pub mod sample;
 #[cfg(all(feature = "serve", not(target_arch = "wasm32")))]
 pub mod serve;
 pub mod source;
+pub mod support;
 pub mod tokenizer;
 /// The browser engine (wasm-bindgen exports for `web/`).
 #[cfg(all(target_arch = "wasm32", feature = "gpu"))]

@@ -1,7 +1,8 @@
 //! The `baleen` command line. See design.md, "The CLI contract".
 
 use baleen::engine::{generate, Backend, GenerateParams, Generation};
-use baleen::gpu::dense::GpuModel;
+use baleen::gpu::model::GpuModel;
+use baleen::gpu::{Gpu, GpuOptions, MatmulShape};
 use baleen::model::ModelFiles;
 use baleen::reference::Reference;
 use baleen::sample::SamplingParams;
@@ -10,6 +11,7 @@ use baleen::{Error, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(name = "baleen", version, about = "Run LLMs on WebGPU (and natively, through wgpu)")]
@@ -46,6 +48,10 @@ enum Cmd {
         #[arg(long)]
         only: Option<String>,
     },
+    /// Run a prompt through both backends and diff every named intermediate
+    /// (max |Δ| and RMS at the last position, in graph order); exit 1 when
+    /// one exceeds --tolerance.
+    Compare(CompareArgs),
     /// Describe a model file: architecture, hyper-parameters, tensors.
     Inspect {
         /// A .gguf file or a Hugging Face model folder.
@@ -66,11 +72,26 @@ enum Cmd {
     },
 }
 
+/// The KV cache's element type on the GPU.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum KvCache {
+    /// Half the memory and the attention's reads; needs shader-f16.
+    F16,
+    F32,
+}
+
+/// `--kv-cache`, shared by the commands that load a GPU model.
 #[derive(clap::Args)]
-struct RunArgs {
-    /// A .gguf file or a Hugging Face model folder.
-    #[arg(long)]
-    model: PathBuf,
+struct KvArgs {
+    /// The GPU's KV cache (default: f16 where the device has shader-f16).
+    /// DeepSeek's latent cache is always f32.
+    #[arg(long, value_enum)]
+    kv_cache: Option<KvCache>,
+}
+
+/// The prompt, shared by `run` and `compare`.
+#[derive(clap::Args)]
+struct PromptArgs {
     /// The prompt text.
     #[arg(long, conflicts_with = "prompt_ids")]
     prompt: Option<String>,
@@ -83,6 +104,53 @@ struct RunArgs {
     /// A system message (implies --chat).
     #[arg(long)]
     system: Option<String>,
+}
+
+impl PromptArgs {
+    fn ids(&self, m: &ModelFiles) -> Result<Vec<u32>> {
+        let chat = self.chat || self.system.is_some();
+        match (&self.prompt, &self.prompt_ids) {
+            (_, Some(ids)) if chat => Err(Error::Input("--prompt-ids feeds ids as given; it cannot be combined with --chat/--system".into())),
+            (_, Some(ids)) => Ok(ids.clone()),
+            (Some(text), None) if chat => {
+                let mut msgs = Vec::new();
+                if let Some(s) = &self.system {
+                    msgs.push(Message::new("system", s));
+                }
+                msgs.push(Message::new("user", text));
+                m.tokenizer.encode_chat(&msgs, true)
+            }
+            (Some(text), None) => m.tokenizer.encode(text, true),
+            (None, None) => Err(Error::Input("give a prompt: --prompt TEXT or --prompt-ids 1,2,3".into())),
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct CompareArgs {
+    /// A .gguf file or a Hugging Face model folder.
+    #[arg(long)]
+    model: PathBuf,
+    #[command(flatten)]
+    prompt: PromptArgs,
+    /// The largest max |Δ| an intermediate may have.
+    #[arg(long, default_value_t = 1e-3)]
+    tolerance: f32,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// The GPU's KV cache (default here: f32, as the reference's).
+    #[arg(long, value_enum, default_value = "f32")]
+    kv_cache: KvCache,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// A .gguf file or a Hugging Face model folder.
+    #[arg(long)]
+    model: PathBuf,
+    #[command(flatten)]
+    prompt: PromptArgs,
     #[arg(long, default_value_t = 128)]
     max_tokens: usize,
     #[command(flatten)]
@@ -95,6 +163,8 @@ struct RunArgs {
     /// Write the last prompt position's logits (little-endian f32) to FILE.
     #[arg(long)]
     dump_logits: Option<PathBuf>,
+    #[command(flatten)]
+    kv: KvArgs,
 }
 
 /// Sampling flags shared by `run` and `chat` (llama.cpp's defaults).
@@ -138,6 +208,8 @@ struct ChatArgs {
     sampling: SamplingArgs,
     #[arg(long, value_enum, default_value = "gpu")]
     backend: BackendKind,
+    #[command(flatten)]
+    kv: KvArgs,
 }
 
 #[derive(clap::Args)]
@@ -154,6 +226,8 @@ struct BenchArgs {
     backend: BackendKind,
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    kv: KvArgs,
 }
 
 fn main() {
@@ -162,6 +236,7 @@ fn main() {
         Cmd::Run(a) => run(a),
         Cmd::Chat(a) => chat(a),
         Cmd::Bench(a) => bench(a),
+        Cmd::Compare(a) => compare(a),
         Cmd::Inspect { path } => inspect(&path),
         Cmd::Serve { port, models, web, pkg } => baleen::serve::serve(baleen::serve::ServeOptions { port, web, pkg, models }, |url| {
             println!("baleen: serving the chat page at {url}");
@@ -174,46 +249,91 @@ fn main() {
     }
 }
 
-fn load_gpu_model(m: &ModelFiles) -> Result<GpuModel> {
-    let gpu = std::sync::Arc::new(baleen::gpu::Gpu::new_blocking()?);
-    GpuModel::load(gpu, m, &Default::default())
+/// The first adapter, with the choices the environment overrides for
+/// measuring: BALEEN_SUBGROUPS=0 (a device without subgroups),
+/// BALEEN_MATMUL_SHAPE=thread|workgroup, BALEEN_GROUPED_EXPERTS=0|1,
+/// BALEEN_QUAD_TEXTURES=0 (every weight in buffers).
+fn open_gpu() -> Result<Gpu> {
+    let var = |k: &str| std::env::var(k).ok();
+    let mut gpu = pollster::block_on(Gpu::with_subgroups(var("BALEEN_SUBGROUPS").as_deref() != Some("0")))?;
+    match var("BALEEN_MATMUL_SHAPE").as_deref() {
+        Some("thread") => gpu.shape = MatmulShape::RowPerThread,
+        Some("workgroup") => gpu.shape = MatmulShape::RowPerWorkgroup,
+        _ => {}
+    }
+    match var("BALEEN_GROUPED_EXPERTS").as_deref() {
+        Some("1") => gpu.grouped_experts = true,
+        Some("0") => gpu.grouped_experts = false,
+        _ => {}
+    }
+    if var("BALEEN_QUAD_TEXTURES").as_deref() == Some("0") {
+        gpu.quad_textures = false;
+    }
+    Ok(gpu)
 }
 
-fn open_backend(kind: BackendKind, m: &ModelFiles) -> Result<Box<dyn Backend>> {
+fn gpu_options(kv: Option<KvCache>) -> GpuOptions {
+    GpuOptions { kv_f16: kv.map(|k| k == KvCache::F16), ..Default::default() }
+}
+
+fn load_gpu_model(m: &ModelFiles, kv: Option<KvCache>) -> Result<GpuModel> {
+    GpuModel::load(Arc::new(open_gpu()?), m, &gpu_options(kv))
+}
+
+fn open_backend(kind: BackendKind, m: &ModelFiles, kv: Option<KvCache>) -> Result<Box<dyn Backend>> {
     match kind {
         BackendKind::Reference => Ok(Box::new(Reference::load(m)?)),
-        BackendKind::Gpu => Ok(Box::new(load_gpu_model(m)?)),
+        BackendKind::Gpu => Ok(Box::new(load_gpu_model(m, kv)?)),
     }
+}
+
+fn compare(a: CompareArgs) -> Result<()> {
+    let m = ModelFiles::open(&a.model)?;
+    let ids = a.prompt.ids(&m)?;
+    let c = baleen::compare::compare(&m, &ids, Arc::new(open_gpu()?), &gpu_options(Some(a.kv_cache)))?;
+    let over = c.first_over(a.tolerance);
+    let mut out = String::new();
+    if a.json {
+        let worst = c.worst().map(|d| serde_json::json!({ "name": d.name, "max_abs": d.max_abs }));
+        let json = serde_json::json!({
+            "model": m.name,
+            "adapter": { "name": c.adapter.0, "backend": c.adapter.1 },
+            "prompt_ids": ids,
+            "tolerance": a.tolerance,
+            "intermediates": c.intermediates,
+            "worst": worst,
+            "first_over": over.map(|d| d.name.clone()),
+        });
+        out = json.to_string() + "\n";
+    } else {
+        use std::fmt::Write as _;
+        let _ = writeln!(out, "{} on {} ({}), {} prompt tokens: GPU − reference at the last position", m.name, c.adapter.0, c.adapter.1, ids.len());
+        for d in &c.intermediates {
+            let flag = if d.max_abs <= a.tolerance { "" } else { "  > tolerance" };
+            let _ = writeln!(out, "  {:<28} max |Δ| {:>10.3e}  rms {:>10.3e}{flag}", d.name, d.max_abs, d.rms);
+        }
+        match over {
+            Some(d) => _ = writeln!(out, "first over {:e}: {} (max |Δ| {:e})", a.tolerance, d.name, d.max_abs),
+            None => _ = writeln!(out, "every intermediate within {:e}", a.tolerance),
+        }
+    }
+    std::io::stdout().write_all(out.as_bytes()).map_err(|e| Error::io("stdout", e))?;
+    if over.is_some() {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 fn run(a: RunArgs) -> Result<()> {
     let m = ModelFiles::open(&a.model)?;
-    let chat = a.chat || a.system.is_some();
-    let prompt_ids = match (&a.prompt, &a.prompt_ids) {
-        (_, Some(ids)) => {
-            if chat {
-                return Err(Error::Input("--prompt-ids feeds ids as given; it cannot be combined with --chat/--system".into()));
-            }
-            ids.clone()
-        }
-        (Some(text), None) if chat => {
-            let mut msgs = Vec::new();
-            if let Some(s) = &a.system {
-                msgs.push(Message::new("system", s));
-            }
-            msgs.push(Message::new("user", text));
-            m.tokenizer.encode_chat(&msgs, true)?
-        }
-        (Some(text), None) => m.tokenizer.encode(text, true)?,
-        (None, None) => return Err(Error::Input("give a prompt: --prompt TEXT or --prompt-ids 1,2,3".into())),
-    };
+    let prompt_ids = a.prompt.ids(&m)?;
     let params = GenerateParams {
         max_tokens: a.max_tokens,
         sampling: a.sampling.params()?,
         stop_ids: m.tokenizer.stop_ids.clone(),
     };
     let seed = params.sampling.seed;
-    let mut backend = open_backend(a.backend, &m)?;
+    let mut backend = open_backend(a.backend, &m, a.kv.kv_cache)?;
 
     let mut stream = m.tokenizer.stream();
     let mut out = std::io::stdout().lock();
@@ -267,7 +387,7 @@ fn clock_seed() -> u64 {
 fn chat(a: ChatArgs) -> Result<()> {
     use std::io::BufRead;
     let m = ModelFiles::open(&a.model)?;
-    let mut backend = open_backend(a.backend, &m)?;
+    let mut backend = open_backend(a.backend, &m, a.kv.kv_cache)?;
     let (adapter, _) = backend.describe();
     eprintln!("{} on {adapter}. Type a message; /reset starts over; Ctrl-D quits.", m.name);
     let mut messages: Vec<Message> = a.system.iter().map(|s| Message::new("system", s)).collect();
@@ -341,7 +461,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     // Concrete backends, so the GPU one can also be profiled after the runs.
     let (mut gpu_model, mut reference) = (None, None);
     let backend: &mut dyn Backend = match a.backend {
-        BackendKind::Gpu => gpu_model.insert(load_gpu_model(&m)?),
+        BackendKind::Gpu => gpu_model.insert(load_gpu_model(&m, a.kv.kv_cache)?),
         BackendKind::Reference => reference.insert(Reference::load(&m)?),
     };
     let total = a.prompt_tokens.checked_add(a.gen_tokens).unwrap_or(usize::MAX);
@@ -403,7 +523,7 @@ fn bench(a: BenchArgs) -> Result<()> {
 }
 
 fn bench_kernels(json: bool, bytes: u64, only: Option<&str>) -> Result<()> {
-    let gpu = baleen::gpu::Gpu::new_blocking()?;
+    let gpu = open_gpu()?;
     let r = baleen::gpu::bench::run(&gpu, bytes, only)?;
     let mut text = String::new();
     if json {
@@ -443,7 +563,7 @@ fn inspect(path: &std::path::Path) -> Result<()> {
     let _ = writeln!(out, "vocab           {} (tokenizer: {})", c.vocab, m.tokenizer.vocab_size());
     let _ = writeln!(out, "context         {}", c.context_length);
     let _ = writeln!(out, "rope            theta {} {:?} pairs, scaling {}", c.rope_theta, c.rope_pairing, match &c.rope_scaling {
-        baleen::config::RopeScaling::FreqFactors(_) => "per-dimension factors (rope_freqs)".to_string(),
+        baleen::config::RopeScaling::FreqFactors => "per-dimension factors (rope_freqs)".to_string(),
         other => format!("{other:?}"),
     });
     let _ = writeln!(out, "rms eps         {}", c.rms_eps);

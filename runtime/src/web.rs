@@ -8,7 +8,7 @@
 use crate::engine::{AsyncBackend, GenerateParams, Session, StopReason};
 use crate::error::{Error, Result};
 use crate::format::{tensor_range, TensorInfo, TensorReader};
-use crate::gpu::dense::GpuModel;
+use crate::gpu::model::GpuModel;
 use crate::gpu::{Gpu, GpuOptions};
 use crate::model::ModelFiles;
 use crate::sample::SamplingParams;
@@ -129,9 +129,16 @@ pub fn shader_variants() -> js_sys::Array {
 }
 
 /// Load a GGUF model of `size` bytes named `name`: `read(offset, len)` returns
-/// a promise of its bytes; `on_tensor(done, total)` reports each tensor uploaded.
+/// a promise of its bytes; `on_tensor(done, total)` reports each tensor uploaded;
+/// `kv_cache`: "f16" or "f32" (default: f16 where the GPU has shader-f16).
 #[wasm_bindgen(js_name = loadModel)]
-pub async fn load_model(name: String, size: f64, read: Function, on_tensor: Function) -> std::result::Result<WebEngine, JsValue> {
+pub async fn load_model(name: String, size: f64, read: Function, on_tensor: Function, kv_cache: Option<String>) -> std::result::Result<WebEngine, JsValue> {
+    let kv_f16 = match kv_cache.as_deref() {
+        None => None,
+        Some("f16") => Some(true),
+        Some("f32") => Some(false),
+        Some(other) => return Err(to_js(Error::Input(format!("kvCache {other:?}: use \"f16\" or \"f32\"")))),
+    };
     if !(size.is_finite() && size > 0.0) {
         return Err(to_js(Error::Input(format!("{name}: the server gave no file size ({size}); it must answer Range requests"))));
     }
@@ -140,7 +147,7 @@ pub async fn load_model(name: String, size: f64, read: Function, on_tensor: Func
     let tensors = files.index.tensors.len();
     reader.total = tensors;
     let gpu = Arc::new(Gpu::new().await.map_err(to_js)?);
-    let opts = GpuOptions { max_binding: Some(MAX_FETCH_BYTES), ..GpuOptions::default() };
+    let opts = GpuOptions { max_staging: Some(MAX_FETCH_BYTES), kv_f16, ..GpuOptions::default() };
     let model = GpuModel::load_from(gpu, &files, &reader, &opts).await.map_err(to_js)?;
     model.gpu.check().map_err(to_js)?;
     let ModelFiles { tokenizer, .. } = files;
@@ -180,22 +187,11 @@ impl WebEngine {
     /// A JSON object describing the model and the GPU.
     pub fn info(&self) -> std::result::Result<String, JsValue> {
         let inner = self.inner.try_borrow().map_err(|_| busy())?;
-        let m = &inner.model;
-        let (adapter, backend) = (m.gpu.adapter_name(), m.gpu.backend_name());
-        Ok(serde_json::json!({
-            "name": inner.name,
-            "architecture": m.cfg.arch.name(),
-            "layers": m.cfg.n_layers,
-            "context": AsyncBackend::context_length(m),
-            "vocab": m.cfg.vocab,
-            "tensors": inner.tensors,
-            "adapter": adapter,
-            "backend": backend,
-            "gpu_bytes": m.gpu.allocated_bytes(),
-            "kv_f16": m.kv_f16,
-            "chat_template": inner.tokenizer.has_chat_template(),
-        })
-        .to_string())
+        let mut info = serde_json::to_value(inner.model.info()).expect("serialisable");
+        info["name"] = inner.name.clone().into();
+        info["tensors"] = inner.tensors.into();
+        info["chat_template"] = inner.tokenizer.has_chat_template().into();
+        Ok(info.to_string())
     }
 
     /// Reply to `messages` (JSON `[{role, content}]`, the whole conversation)

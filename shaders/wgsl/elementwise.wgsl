@@ -1,7 +1,9 @@
-// SwiGLU activation: out = silu(gate) ⊙ up over [n_tokens · rows_per_token, cols]
+// SwiGLU activation (`swiglu`): out = silu(gate) ⊙ up over [n_tokens · rows_per_token, cols]
 // (rows_per_token: 1, or the routed experts' top_k slots; 0: every row of
 // out, the grouped experts' tiles). `stacked`: gate and up side by side in
 // one [n_tokens, 2 · cols] buffer (one matmul computed both), bound as both.
+// `scale`: out *= factor over [n_tokens, cols] (rows_per_token 1) or one row
+// (0): a test's wrong kernel, on purpose.
 // Constants: WG.
 
 #include step
@@ -10,7 +12,7 @@ struct Params {
     cols: u32,
     rows_per_token: u32,
     stacked: u32,
-    pad2: u32,
+    factor: f32, // scale
 }
 
 @group(0) @binding(1) var<uniform> p: Params;
@@ -38,4 +40,12 @@ fn swiglu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     // silu(g) = g / (1 + e^-g); the clamp keeps e^-g finite and normal
     // (subnormal floats are slow on CPU adapters).
     out[i] = g / (1.0 + exp(clamp(-g, -80.0, 80.0))) * u;
+}
+
+@compute @workgroup_size(WG)
+fn scale(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    if (i < select(p.cols, step.n_tokens * p.cols, p.rows_per_token == 1u)) {
+        out[i] = out[i] * p.factor;
+    }
 }

@@ -6,7 +6,7 @@
 
 mod common;
 use baleen::engine::{generate, Backend, GenerateParams};
-use baleen::gpu::dense::GpuModel;
+use baleen::gpu::model::GpuModel;
 use baleen::gpu::{Gpu, GpuOptions, MatmulShape};
 use baleen::model::ModelFiles;
 use baleen::sample::SamplingParams;

@@ -43,7 +43,7 @@ fn configs_from_both_files_agree() {
         if a.arch != baleen::config::Arch::Llama {
             assert_eq!(a.rope_pairing, b.rope_pairing, "{name}");
         }
-        assert_eq!(a.rope_inv_freq(), b.rope_inv_freq(), "{name}");
+        assert_eq!(a.rope_inv_freq(None), b.rope_inv_freq(None), "{name}");
         assert_eq!(a.rope_attention_factor(), b.rope_attention_factor(), "{name}");
     }
     let v3 = ModelFiles::open(&common::fixture("tiny-deepseek-v3")).unwrap().config;

@@ -8,11 +8,12 @@
 //!   row chunks that fit the binding limit.
 //! - [`ops`]: one launcher per kernel family, each building an [`Op`]
 //!   (pipeline + bind group, made once) that a pass encodes.
-//! - [`dense`]: the llama/qwen2 graph as a list of ops, and the [`Backend`](crate::engine::Backend).
+//! - [`model`]: a model's graph (`crate::model`) recorded into ops at load,
+//!   and the [`Backend`](crate::engine::Backend) that runs them.
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
-pub mod dense;
+pub mod model;
 pub mod ops;
 pub mod weights;
 
@@ -80,6 +81,10 @@ pub struct GpuOptions {
     pub shape: Option<MatmulShape>,
     /// Pretend the binding limit is this small (tests of row-chunked tensors).
     pub max_binding: Option<u64>,
+    /// Most bytes of one weight chunk held in memory while it uploads (in
+    /// the browser, one download piece); chunks also keep within the
+    /// binding limit. None: the binding limit alone.
+    pub max_staging: Option<u64>,
     /// Use subgroup operations if the device has them (default: yes).
     pub subgroups: bool,
     /// Keep the KV cache in f16 (half the memory and attention reads); needs
@@ -93,11 +98,15 @@ pub struct GpuOptions {
     /// (see `weights::Placement`). None: the device's choice,
     /// [`Gpu::quad_textures`] (tests run both).
     pub quad_textures: Option<bool>,
+    /// Test hook: multiply the named intermediate by this factor after
+    /// the op that makes it (a kernel made wrong on purpose, which
+    /// `baleen compare` must find).
+    pub scale_output: Option<(String, f32)>,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        GpuOptions { max_context: 4096, max_pass_tokens: 64, shape: None, max_binding: None, subgroups: true, kv_f16: None, grouped_experts: None, quad_textures: None }
+        GpuOptions { max_context: 4096, max_pass_tokens: 64, shape: None, max_binding: None, max_staging: None, subgroups: true, kv_f16: None, grouped_experts: None, quad_textures: None, scale_output: None }
     }
 }
 
@@ -133,6 +142,13 @@ impl Gpu {
     /// The first adapter wgpu finds (high-performance preferred), with its
     /// own limits and whichever optional features it has.
     pub async fn new() -> Result<Gpu> {
+        Self::with_subgroups(true).await
+    }
+
+    /// As [`Gpu::new`]; without `subgroups` the device leaves them out even
+    /// where the adapter has them (for measuring the kernels that run where
+    /// there are none, such as the browser's).
+    pub async fn with_subgroups(subgroups: bool) -> Result<Gpu> {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
         let adapter = instance
             .request_adapter(&wgpu::RequestAdapterOptions {
@@ -150,9 +166,7 @@ impl Gpu {
         let limits = adapter.limits();
         let offered = adapter.features();
         let mut features = offered & (wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP);
-        // BALEEN_SUBGROUPS=0 leaves subgroups out (for measuring the kernels
-        // that run where there are none, such as the browser's).
-        if std::env::var("BALEEN_SUBGROUPS").as_deref() == Ok("0") {
+        if !subgroups {
             features.remove(wgpu::Features::SUBGROUP);
         }
         let (device, queue) = adapter
@@ -175,22 +189,21 @@ impl Gpu {
                 format!("the GPU device was lost ({reason:?}: {msg}); reload the model (a driver reset or a tab in the background can cause this)")
             });
         });
-        // BALEEN_MATMUL_SHAPE=thread|workgroup overrides the choice (for measuring).
-        let shape = match (std::env::var("BALEEN_MATMUL_SHAPE").as_deref(), info.device_type) {
-            (Ok("thread"), _) => MatmulShape::RowPerThread,
-            (Ok("workgroup"), _) => MatmulShape::RowPerWorkgroup,
-            (_, wgpu::DeviceType::Cpu) => MatmulShape::RowPerThread,
-            _ => MatmulShape::RowPerWorkgroup,
-        };
-        // BALEEN_GROUPED_EXPERTS=0|1 overrides the choice (for measuring).
-        let grouped_experts = match std::env::var("BALEEN_GROUPED_EXPERTS").as_deref() {
-            Ok("1") => true,
-            Ok("0") => false,
-            _ => info.device_type != wgpu::DeviceType::Cpu,
-        };
-        // BALEEN_QUAD_TEXTURES=0 keeps every weight in buffers (for measuring).
-        let quad_textures = std::env::var("BALEEN_QUAD_TEXTURES").as_deref() != Ok("0");
-        Ok(Gpu { device, queue, info, limits, features, shape, grouped_experts, quad_textures, pipelines: Mutex::default(), failure, allocated: 0.into() })
+        let cpu = info.device_type == wgpu::DeviceType::Cpu;
+        let shape = if cpu { MatmulShape::RowPerThread } else { MatmulShape::RowPerWorkgroup };
+        Ok(Gpu {
+            device,
+            queue,
+            info,
+            limits,
+            features,
+            shape,
+            grouped_experts: !cpu,
+            quad_textures: true,
+            pipelines: Mutex::default(),
+            failure,
+            allocated: 0.into(),
+        })
     }
 
     #[cfg(not(target_arch = "wasm32"))]
@@ -434,6 +447,44 @@ impl Gpu {
 /// Encode ops into one compute pass.
 pub fn encode(enc: &mut wgpu::CommandEncoder, step: &Step, ops: &[&Op]) {
     let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("baleen"), timestamp_writes: None });
+    dispatch(&mut pass, step, ops);
+}
+
+/// A named intermediate: `buf` holds its value (`width` values a row, the
+/// pass's last token's row, or row 0 when `single`) once the first `at`
+/// ops of its list have run.
+pub struct Mark {
+    pub at: usize,
+    pub name: String,
+    pub buf: wgpu::Buffer,
+    pub width: u32,
+    pub single: bool,
+}
+
+/// Encode `ops` as [`encode`] does, copying each mark's row into `dump`
+/// from byte `offset` on, one after another, as the op before it finishes.
+/// Returns the offset past the last row.
+pub fn encode_keeping(enc: &mut wgpu::CommandEncoder, step: &Step, ops: &[&Op], marks: &[Mark], dump: &wgpu::Buffer, mut offset: u64) -> u64 {
+    let mut done = 0;
+    for m in marks {
+        if m.at > done {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("baleen"), timestamp_writes: None });
+            dispatch(&mut pass, step, &ops[done..m.at]);
+            done = m.at;
+        }
+        let bytes = m.width as u64 * 4;
+        let row = if m.single { 0 } else { step.n_tokens.saturating_sub(1) as u64 };
+        enc.copy_buffer_to_buffer(&m.buf, row * bytes, dump, offset, bytes);
+        offset += bytes;
+    }
+    if done < ops.len() {
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("baleen"), timestamp_writes: None });
+        dispatch(&mut pass, step, &ops[done..]);
+    }
+    offset
+}
+
+fn dispatch(pass: &mut wgpu::ComputePass<'_>, step: &Step, ops: &[&Op]) {
     for op in ops {
         if !op.passes.runs(step) {
             continue;

@@ -1,21 +1,521 @@
-//! The dense transformer (llama, qwen2) as a list of GPU ops, and its
-//! [`Backend`]. Every buffer and bind group is made at load; a pass writes the
-//! token ids and one `Step` uniform, encodes the ops into one command buffer
-//! and submits it once. A decode step reads back only the sampled id.
+//! A model on the GPU: the loader that places the weights a model file
+//! declares ([`GpuWeights`]), the recorder that turns its graph into a list
+//! of ops with every buffer and bind group made at load, and the
+//! [`Backend`] that runs them. A pass writes the token ids and one `Step`
+//! uniform, encodes the ops into one command buffer and submits it once; a
+//! decode step reads back only the sampled id. Nothing here knows an
+//! architecture: that is `crate::model`'s.
 
-use super::ops::{AttentionShape, Ctx, GateUp};
+use super::ops::{AttentionShape, Ctx, GateUp, MlaShape};
 use super::weights::{GpuMatrix, Placement};
-use super::{Gpu, GpuOptions, Op, Passes, Step};
-use crate::config::ModelConfig;
+use super::{Gpu, GpuOptions, Mark, Op, Passes, Step};
+use crate::config::{Arch, ModelConfig, Moe};
 #[cfg(not(target_arch = "wasm32"))]
 use crate::engine::Backend;
 use crate::error::{Error, Result};
-use crate::model::names::{self, Global, Layer};
-use crate::format::TensorReader;
-use crate::model::ModelFiles;
+use crate::format::{TensorIndex, TensorInfo, TensorReader};
+use crate::model::names;
+use crate::model::ops::{ExpertsDecl, Gqa, Latent, LinearDecl, Load, Ops, Rope, Weights};
+use crate::model::{Model, ModelFiles};
 use crate::sample::SamplingParams;
 use baleen_shaders::shape;
+use std::collections::HashMap;
 use std::sync::Arc;
+
+/// The GPU's weights: matrices in row chunks (buffers or textures, see
+/// [`Placement`]), vectors in f32 buffers.
+pub struct GpuWeights;
+
+impl Weights for GpuWeights {
+    type Linear = GpuLinear;
+    type Vector = wgpu::Buffer;
+    type Experts = GpuExperts;
+    type Dense = wgpu::Buffer;
+}
+
+/// A linear layer: each run of parts of one type stacked into one matrix,
+/// with the column its outputs start at, so one matmul computes a run.
+pub struct GpuLinear {
+    parts: Vec<(GpuMatrix, u32)>,
+    bias: Option<wgpu::Buffer>, // [rows]
+    rows: u32,
+    cols: u32,
+}
+
+/// The routed experts' gate and up: one matrix (each expert's gate rows,
+/// then its up rows) when their types agree, else apart.
+enum ExpertGateUp {
+    Stacked(GpuMatrix),
+    Apart(GpuMatrix, GpuMatrix),
+}
+
+pub struct GpuExperts {
+    gate_up: ExpertGateUp,
+    down: GpuMatrix, // [experts · hidden, ffn]
+    ffn: u32,
+    hidden: u32,
+}
+
+/// Uploads the weights a model declares, read from `reader`, as `place` says.
+struct Loader<'a, R> {
+    gpu: &'a Gpu,
+    index: &'a TensorIndex,
+    reader: &'a R,
+    place: Placement,
+    arch: Arch,
+    /// Matrices in textures, and all matrices.
+    textures: (usize, usize),
+}
+
+impl<R: TensorReader> Loader<'_, R> {
+    fn placed(&mut self, m: GpuMatrix) -> GpuMatrix {
+        self.textures.0 += m.quad_texture() as usize;
+        self.textures.1 += 1;
+        m
+    }
+
+    /// A layer's experts' tensors of one kind: one holding every expert, or one each.
+    fn expert_tensors(&self, d: &ExpertsDecl, which: names::Expert) -> Result<Vec<&TensorInfo>> {
+        let names: Vec<(String, Option<usize>)> = (0..d.n).map(|e| names::expert(self.index.kind, self.arch, d.layer, e, which)).collect();
+        match names.first() {
+            Some((name, Some(_))) => Ok(vec![self.index.require(name)?]),
+            _ => names.iter().map(|(n, _)| self.index.require(n)).collect(),
+        }
+    }
+}
+
+impl<R: TensorReader> Load for Loader<'_, R> {
+    type W = GpuWeights;
+    type Reader = R;
+
+    fn index(&self) -> &TensorIndex {
+        self.index
+    }
+    fn reader(&self) -> &R {
+        self.reader
+    }
+
+    async fn linear(&mut self, d: &LinearDecl) -> Result<GpuLinear> {
+        let cols = d.cols as u64;
+        let tensors: Vec<&TensorInfo> = d.parts.iter().map(|(n, rows)| self.index.require_matrix(n, *rows as u64, cols)).collect::<Result<_>>()?;
+        let mut parts = Vec::new();
+        let (mut i, mut offset) = (0, 0u32);
+        while i < tensors.len() {
+            let run = tensors[i..].iter().take_while(|t| t.dtype == tensors[i].dtype).count();
+            let m = match run == tensors.len() {
+                true if run == 1 => GpuMatrix::load(self.gpu, self.reader, tensors[0], self.place).await?,
+                true => GpuMatrix::load_stacked(self.gpu, self.reader, &tensors, &d.name, self.place).await?,
+                false => {
+                    let label = format!("{} part {}", d.name, parts.len());
+                    GpuMatrix::load_stacked(self.gpu, self.reader, &tensors[i..i + run], &label, self.place).await?
+                }
+            };
+            let rows = m.rows;
+            parts.push((self.placed(m), offset));
+            offset += rows;
+            i += run;
+        }
+        let bias = match d.read_bias(self.index, self.reader).await? {
+            Some(b) => Some(self.gpu.storage_init(&format!("{} bias", d.name), bytemuck::cast_slice(&b))?),
+            None => None,
+        };
+        Ok(GpuLinear { parts, bias, rows: offset, cols: d.cols as u32 })
+    }
+
+    async fn vector(&mut self, name: &str, len: usize) -> Result<wgpu::Buffer> {
+        let v = self.index.read_vector_from(self.reader, name, len as u64).await?;
+        self.gpu.storage_init(name, bytemuck::cast_slice(&v))
+    }
+
+    async fn experts(&mut self, d: &ExpertsDecl) -> Result<GpuExperts> {
+        let (e, f, h) = (d.n as u64, d.ffn as u64, d.hidden as u64);
+        let (gate, up) = (self.expert_tensors(d, names::Expert::Gate)?, self.expert_tensors(d, names::Expert::Up)?);
+        let (g, r, p) = (self.gpu, self.reader, self.place);
+        let gate_up = if gate[0].dtype == up[0].dtype {
+            ExpertGateUp::Stacked(GpuMatrix::load_expert_pairs(g, r, &gate, &up, e, f, h, p).await?)
+        } else {
+            ExpertGateUp::Apart(GpuMatrix::load_experts(g, r, &gate, e, f, h, p).await?, GpuMatrix::load_experts(g, r, &up, e, f, h, p).await?)
+        };
+        let gate_up = match gate_up {
+            ExpertGateUp::Stacked(m) => ExpertGateUp::Stacked(self.placed(m)),
+            ExpertGateUp::Apart(a, b) => ExpertGateUp::Apart(self.placed(a), self.placed(b)),
+        };
+        let down = self.expert_tensors(d, names::Expert::Down)?;
+        let down = GpuMatrix::load_experts(g, r, &down, e, h, f, p).await?;
+        Ok(GpuExperts { gate_up, down: self.placed(down), ffn: f as u32, hidden: h as u32 })
+    }
+
+    fn dense(&mut self, name: &str, _rows: usize, _cols: usize, values: &[f32]) -> Result<wgpu::Buffer> {
+        self.gpu.storage_init(name, bytemuck::cast_slice(values))
+    }
+}
+
+/// An activation buffer: `[max_pass, width]` f32, or one row (`single`:
+/// the LM head's, the last token's).
+#[derive(Clone)]
+pub struct GpuAct {
+    buf: wgpu::Buffer,
+    width: u32,
+    single: bool,
+}
+
+/// The chosen experts: ids `[n, top_k]` u32, weights `[n, top_k]`.
+pub struct GpuRoutes {
+    ids: wgpu::Buffer,
+    weights: wgpu::Buffer,
+}
+
+/// The experts' outputs `[slots, hidden]`: per slot, or (passes of several
+/// tokens, `slot_pos`) at the rows of their expert's tiles.
+pub struct GpuSlots {
+    out: wgpu::Buffer,
+    slot_pos: Option<wgpu::Buffer>,
+}
+
+/// What an intermediate's name says about its buffer: the name without its
+/// layer (`blk.3.qkv` → `qkv`). Layers run one after another, so one
+/// buffer per role (and width) serves every layer.
+fn role(name: &str) -> &str {
+    match name.strip_prefix("blk.").and_then(|r| r.split_once('.')) {
+        Some((layer, rest)) if layer.chars().all(|c| c.is_ascii_digit()) => rest,
+        _ => name,
+    }
+}
+
+/// Records a graph into ops, making the buffers they need as it goes.
+struct Recorder<'a> {
+    gpu: &'a Gpu,
+    ctx: Ctx<'a>,
+    grouped: bool,
+    /// The binding limit weights and activations are placed within.
+    max_binding: u64,
+    /// Tokens a pass holds: as many as the widest activation's binding does.
+    max_pass: usize,
+    /// Positions the KV cache holds.
+    context: usize,
+    kv_half: bool,
+    ids: wgpu::Buffer, // [max_pass] u32: the pass's input ids; ids[0] ← sampled token
+    pool: HashMap<(String, u64), wgpu::Buffer>,
+    /// Per layer: keys (GQA) or latent rows (MLA), and values (GQA).
+    caches: Vec<Option<(wgpu::Buffer, Option<wgpu::Buffer>)>>,
+    inv_freq: Option<wgpu::Buffer>,
+    ops: Vec<Op>,
+    marks: Vec<Mark>,
+    /// Test hook: multiply this intermediate by this factor.
+    scale_output: Option<(String, f32)>,
+}
+
+impl Recorder<'_> {
+    /// A buffer of `per_token` bytes for each of a pass's tokens, one per role.
+    fn buffer(&mut self, name: &str, per_token: u64) -> Result<wgpu::Buffer> {
+        let fits = (self.max_binding / per_token.max(1)) as usize;
+        if fits == 0 {
+            return Err(Error::Unsupported(format!(
+                "one token's {name} ({per_token} bytes, at a context of {}) exceeds the GPU's binding limit of {} bytes; use a shorter context",
+                self.context, self.max_binding
+            )));
+        }
+        // Earlier buffers, sized for more tokens, hold the fewer too.
+        self.max_pass = self.max_pass.min(fits);
+        self.fixed(name, self.max_pass as u64 * per_token)
+    }
+
+    /// A buffer of `bytes`, one per role and size.
+    fn fixed(&mut self, name: &str, bytes: u64) -> Result<wgpu::Buffer> {
+        if bytes > self.max_binding {
+            return Err(Error::Unsupported(format!("{name} ({bytes} bytes) exceed the GPU's binding limit of {} bytes", self.max_binding)));
+        }
+        let key = (role(name).to_string(), bytes);
+        if let Some(b) = self.pool.get(&key) {
+            return Ok(b.clone());
+        }
+        let b = self.gpu.storage(role(name), bytes)?;
+        self.pool.insert(key, b.clone());
+        Ok(b)
+    }
+
+    fn act(&mut self, name: &str, width: u32, single: bool) -> Result<GpuAct> {
+        let buf = if single { self.fixed(&format!("{name} (one row)"), width as u64 * 4)? } else { self.buffer(name, width as u64 * 4)? };
+        Ok(GpuAct { buf, width, single })
+    }
+
+    /// `name` is `x`'s value once the ops so far have run.
+    fn mark(&mut self, name: &str, x: &GpuAct) -> Result<()> {
+        if let Some((target, factor)) = &self.scale_output {
+            if target == name {
+                let op = self.ctx.scale(&format!("{name} scaled"), &x.buf, x.width, x.single, *factor)?;
+                self.ops.push(op);
+            }
+        }
+        self.marks.push(Mark { at: self.ops.len(), name: name.to_string(), buf: x.buf.clone(), width: x.width, single: x.single });
+        Ok(())
+    }
+
+    fn inv_freq(&mut self, rope: &Rope) -> Result<wgpu::Buffer> {
+        if let Some(b) = &self.inv_freq {
+            return Ok(b.clone());
+        }
+        let b = self.gpu.storage_init("rope inv_freq", bytemuck::cast_slice(&rope.inv_freq))?;
+        self.inv_freq = Some(b.clone());
+        Ok(b)
+    }
+
+    /// Layer `l`'s cache: `[context, width]` keys, and values with `values`
+    /// (f16 with `half`).
+    fn cache(&mut self, l: usize, width: u32, values: bool, half: bool) -> Result<(wgpu::Buffer, Option<wgpu::Buffer>)> {
+        if self.caches.len() <= l {
+            self.caches.resize(l + 1, None);
+        }
+        if let Some(c) = &self.caches[l] {
+            return Ok(c.clone());
+        }
+        let bytes = self.context as u64 * width as u64 * if half { 2 } else { 4 };
+        let k = self.gpu.storage(&format!("k cache {l}"), bytes)?;
+        let v = if values { Some(self.gpu.storage(&format!("v cache {l}"), bytes)?) } else { None };
+        self.caches[l] = Some((k.clone(), v.clone()));
+        Ok((k, v))
+    }
+
+    /// Attention's split partials: `[max_pass, heads, splits]` (max, sum)
+    /// and `[max_pass, heads, splits, v_dim]` outputs, and the splits.
+    fn attention_scratch(&mut self, a: &AttentionShape) -> Result<(wgpu::Buffer, wgpu::Buffer, u32)> {
+        let max_splits = self.context.div_ceil(self.ctx.attention_split(a) as usize) as u64;
+        let per_head = a.n_heads as u64 * max_splits;
+        let o = self.buffer("attention scratch", per_head * a.v_dim as u64 * 4)?;
+        let ml = self.buffer("attention partial max/sum", per_head * 8)?;
+        Ok((ml, o, max_splits as u32))
+    }
+
+    /// The ops and marks recorded since the last call.
+    fn take(&mut self) -> (Vec<Op>, Vec<Mark>) {
+        (std::mem::take(&mut self.ops), std::mem::take(&mut self.marks))
+    }
+}
+
+fn single_row(name: &str) -> Error {
+    Error::Gpu(format!("{name}: this op runs on every token's row, not on the LM head's one"))
+}
+
+impl Ops for Recorder<'_> {
+    type W = GpuWeights;
+    type Act = GpuAct;
+    type Routes = GpuRoutes;
+    type Slots = GpuSlots;
+
+    fn embed(&mut self, name: &str, w: &GpuLinear) -> Result<GpuAct> {
+        let [(m, 0)] = w.parts.as_slice() else { return Err(Error::Config(format!("{name}: an embedding of several tensor types"))) };
+        let x = self.act(name, w.cols, false)?;
+        self.ops.extend(self.ctx.embed(m, &self.ids, &x.buf)?);
+        self.mark(name, &x)?;
+        Ok(x)
+    }
+
+    fn rms_norm(&mut self, name: &str, x: &GpuAct, w: &wgpu::Buffer, eps: f32) -> Result<GpuAct> {
+        if x.single {
+            return Err(single_row(name));
+        }
+        let y = self.act(name, x.width, false)?;
+        self.ops.push(self.ctx.rms_norm(name, &x.buf, w, &y.buf, x.width, eps, false)?);
+        self.mark(name, &y)?;
+        Ok(y)
+    }
+
+    fn rms_norm_head(&mut self, name: &str, x: &GpuAct, w: &wgpu::Buffer, eps: f32) -> Result<GpuAct> {
+        let y = self.act(name, x.width, true)?;
+        self.ops.push(self.ctx.rms_norm(name, &x.buf, w, &y.buf, x.width, eps, true)?);
+        self.mark(name, &y)?;
+        Ok(y)
+    }
+
+    fn linear(&mut self, name: &str, w: &GpuLinear, x: &GpuAct) -> Result<GpuAct> {
+        let y = self.act(name, w.rows, x.single)?;
+        for (m, at) in &w.parts {
+            self.ops.extend(self.ctx.matmul_at(m, &x.buf, x.width, &y.buf, w.rows, *at, w.bias.as_ref(), false, x.single)?);
+        }
+        self.mark(name, &y)?;
+        Ok(y)
+    }
+
+    fn add_linear(&mut self, name: &str, residual: &mut GpuAct, w: &GpuLinear, x: &GpuAct) -> Result<()> {
+        for (m, at) in &w.parts {
+            self.ops.extend(self.ctx.matmul_at(m, &x.buf, x.width, &residual.buf, residual.width, *at, w.bias.as_ref(), true, x.single)?);
+        }
+        self.mark(name, residual)
+    }
+
+    fn glu(&mut self, name: &str, w: &GpuLinear, x: &GpuAct) -> Result<GpuAct> {
+        if x.single {
+            return Err(single_row(name));
+        }
+        let f = w.rows / 2;
+        let out = self.act(name, f, false)?;
+        let gate_up = self.act(&format!("{name} gate_up"), 2 * f, false)?;
+        // Passes of one token on CPU adapters: the matmul applies SwiGLU
+        // itself (a dispatch fewer), when gate and up are one matrix.
+        let fused = match w.parts.as_slice() {
+            [(m, 0)] if w.bias.is_none() => self.ctx.matmul_swiglu(&format!("{name} gate_up+swiglu"), m, &x.buf, x.width, &out.buf)?,
+            _ => None,
+        };
+        // With it, the separate matmul and SwiGLU run in passes of several tokens only.
+        let unfused = |op: Op| match (fused.is_some(), op.passes) {
+            (false, _) => Some(op),
+            (true, Passes::All) => Some(op.only(Passes::Multi)),
+            (true, Passes::Single) => None,
+            (true, _) => Some(op),
+        };
+        for (m, at) in &w.parts {
+            let ops = self.ctx.matmul_at(m, &x.buf, x.width, &gate_up.buf, 2 * f, *at, w.bias.as_ref(), false, false)?;
+            self.ops.extend(ops.into_iter().filter_map(unfused));
+        }
+        let swiglu = self.ctx.swiglu(&format!("{name} swiglu"), GateUp::Stacked(&gate_up.buf), &out.buf, f, 1)?;
+        self.ops.extend(unfused(swiglu));
+        self.ops.extend(fused);
+        self.mark(name, &out)?;
+        Ok(out)
+    }
+
+    fn attention(&mut self, name: &str, l: usize, qkv: &GpuAct, a: &Gqa) -> Result<GpuAct> {
+        if a.head_dim as u32 > shape::MAX_HEAD_DIM {
+            return Err(Error::Unsupported(format!("head dim {} (the GPU kernels hold up to {})", a.head_dim, shape::MAX_HEAD_DIM)));
+        }
+        if a.rope.factor != 1.0 {
+            return Err(Error::Unsupported(format!("a RoPE attention factor of {} on grouped-query attention (GPU)", a.rope.factor)));
+        }
+        let (nh, nkv, hd) = (a.heads as u32, a.kv_heads as u32, a.head_dim as u32);
+        let shape = AttentionShape { n_heads: nh, n_kv_heads: nkv, head_dim: hd, v_dim: hd, scale: a.scale, latent: false };
+        let (k, v) = self.cache(l, nkv * hd, true, self.kv_half)?;
+        let v = v.ok_or_else(|| Error::Gpu(format!("{name}: layer {l}'s cache holds no values")))?;
+        let q = self.act(&format!("{name} q"), nh * hd, false)?;
+        let inv_freq = self.inv_freq(&a.rope)?;
+        let kv_half = self.kv_half;
+        self.ops.push(self.ctx.rope_scatter(&format!("{name} rope"), a.rope.pairing, &inv_freq, &qkv.buf, &q.buf, &k, &v, hd, nh, nkv, kv_half)?);
+        let out = self.act(name, nh * hd, false)?;
+        let (ml, o, max_splits) = self.attention_scratch(&shape)?;
+        self.ops.extend(self.ctx.attention(name, &q.buf, &k, &v, &ml, &o, &out.buf, &shape, max_splits, kv_half)?);
+        self.mark(name, &out)?;
+        Ok(out)
+    }
+
+    fn latent_attention(&mut self, name: &str, l: usize, q: &GpuAct, kv_a: &GpuAct, norm: &wgpu::Buffer, kv_b: &wgpu::Buffer, a: &Latent) -> Result<GpuAct> {
+        if a.rank as u32 > shape::MAX_LATENT_RANK {
+            return Err(Error::Unsupported(format!("kv_lora_rank {} (the GPU latent attention holds up to {})", a.rank, shape::MAX_LATENT_RANK)));
+        }
+        let m = MlaShape {
+            heads: a.heads as u32,
+            rank: a.rank as u32,
+            rope: a.rope_dim as u32,
+            nope: a.nope as u32,
+            v_dim: a.v_dim as u32,
+            eps: a.eps,
+            rope_factor: a.rope.factor,
+            pairing: a.rope.pairing,
+        };
+        let row = m.rank + m.rope;
+        // MLA's latent cache is f32 (its rows are few and small).
+        let (cache, _) = self.cache(l, row, false, false)?;
+        let inv_freq = self.inv_freq(&a.rope)?;
+        let q_lat = self.act(&format!("{name} q latent"), m.heads * row, false)?;
+        self.ops.push(self.ctx.mla_kv_cache(&format!("{name} latent cache"), &m, &inv_freq, &kv_a.buf, norm, &cache)?);
+        self.ops.push(self.ctx.mla_absorb_q(&format!("{name} absorb q"), &m, &inv_freq, &q.buf, kv_b, &q_lat.buf)?);
+        let shape = AttentionShape { n_heads: m.heads, n_kv_heads: 1, head_dim: row, v_dim: m.rank, scale: a.scale, latent: true };
+        let latent = self.act(&format!("{name} latent"), m.heads * m.rank, false)?;
+        let (ml, o, max_splits) = self.attention_scratch(&shape)?;
+        self.ops.extend(self.ctx.attention(name, &q_lat.buf, &cache, &cache, &ml, &o, &latent.buf, &shape, max_splits, false)?);
+        let out = self.act(name, m.heads * m.v_dim, false)?;
+        self.ops.push(self.ctx.mla_v_up(&format!("{name} v up"), &m, &latent.buf, kv_b, &out.buf)?);
+        self.mark(name, &out)?;
+        Ok(out)
+    }
+
+    fn route(&mut self, name: &str, logits: &GpuAct, bias: Option<&wgpu::Buffer>, m: &Moe) -> Result<GpuRoutes> {
+        if m.groups > shape::MAX_EXPERT_GROUPS as usize {
+            return Err(Error::Unsupported(format!("{} expert groups (the GPU router holds up to {})", m.groups, shape::MAX_EXPERT_GROUPS)));
+        }
+        let k = m.top_k as u64;
+        let routes = GpuRoutes { ids: self.buffer(&format!("{name} ids"), k * 4)?, weights: self.buffer(&format!("{name} weights"), k * 4)? };
+        self.ops.push(self.ctx.route(name, m, &logits.buf, bias, &routes.ids, &routes.weights)?);
+        Ok(routes)
+    }
+
+    fn experts(&mut self, name: &str, w: &GpuExperts, x: &GpuAct, routes: &GpuRoutes, m: &Moe) -> Result<GpuSlots> {
+        let (e, k, f, h) = (m.n_experts as u32, m.top_k as u32, w.ffn, w.hidden);
+        let t = self.max_pass as u64;
+        // Grouped, every tile has TILE_T rows.
+        let grouped = self.grouped;
+        let tiles = if grouped { super::expert_tiles((t * k as u64) as u32, e) as u64 } else { 1 };
+        let slots = (t * k as u64).max(if grouped { tiles * shape::TILE_T as u64 } else { 0 });
+        let gate = self.fixed(&format!("{name} gate"), slots * 2 * f as u64 * 4)?; // [slots, 2 · ffn]: gate and up stacked, or gate alone
+        let up = self.fixed(&format!("{name} up"), slots * f as u64 * 4)?; // [slots, ffn] (gate and up apart)
+        let act = self.fixed(&format!("{name} act"), slots * f as u64 * 4)?; // [slots, ffn]
+        let out = self.fixed(&format!("{name} out"), slots * h as u64 * 4)?; // [slots, hidden]; grouped: first the tiles' inputs
+        let ctx = &self.ctx;
+        let gu = match &w.gate_up {
+            ExpertGateUp::Stacked(_) => GateUp::Stacked(&gate),
+            ExpertGateUp::Apart(..) => GateUp::Apart(&gate, &up),
+        };
+        // Each slot's expert rows: in every pass, or with `grouped` only for
+        // one token, several tokens' slots grouped by expert.
+        let per_slot = if grouped { Passes::Single } else { Passes::All };
+        let mut routed = match &w.gate_up {
+            ExpertGateUp::Stacked(both) => ctx.experts(both, 2 * f, &x.buf, h, k, &routes.ids, &gate, k)?,
+            ExpertGateUp::Apart(eg, eu) => {
+                let mut ops = ctx.experts(eg, f, &x.buf, h, k, &routes.ids, &gate, k)?;
+                ops.extend(ctx.experts(eu, f, &x.buf, h, k, &routes.ids, &up, k)?);
+                ops
+            }
+        };
+        routed.push(ctx.swiglu(&format!("{name} swiglu"), gu, &act, f, k)?);
+        routed.extend(ctx.experts(&w.down, h, &act, f, 1, &routes.ids, &out, k)?);
+        self.ops.extend(routed.into_iter().map(|o| o.only(per_slot)));
+        if !grouped {
+            return Ok(GpuSlots { out, slot_pos: None });
+        }
+        // Grouped (passes of several tokens): see moe.wgsl's `sort`.
+        let slot_pos = self.buffer(&format!("{name} slot rows"), k as u64 * 4)?; // [t · top_k] u32
+        let tile_list = self.fixed(&format!("{name} tiles"), tiles * 8)?; // [expert_tiles] × (expert, count) u32
+        let counts = self.fixed(&format!("{name} counts"), e as u64 * 4)?; // [experts] u32
+        let ctx = &self.ctx;
+        let mut routed = vec![
+            ctx.moe_sort(&format!("{name} sort"), m, &routes.ids, &slot_pos, &tile_list, &counts)?,
+            ctx.moe_gather(&format!("{name} gather"), &x.buf, &slot_pos, &out, h, k)?,
+        ];
+        match &w.gate_up {
+            ExpertGateUp::Stacked(both) => routed.extend(ctx.grouped(both, 2 * f, &out, h, &tile_list, &gate, m)?),
+            ExpertGateUp::Apart(eg, eu) => {
+                routed.extend(ctx.grouped(eg, f, &out, h, &tile_list, &gate, m)?);
+                routed.extend(ctx.grouped(eu, f, &out, h, &tile_list, &up, m)?);
+            }
+        }
+        routed.push(ctx.swiglu_tiles(&format!("{name} swiglu"), gu, &act, f, m)?);
+        routed.extend(ctx.grouped(&w.down, h, &act, f, &tile_list, &out, m)?);
+        self.ops.extend(routed.into_iter().map(|o| o.only(Passes::Multi)));
+        Ok(GpuSlots { out, slot_pos: Some(slot_pos) })
+    }
+
+    fn moe_combine(&mut self, name: &str, x: &mut GpuAct, slots: &GpuSlots, routes: &GpuRoutes, shared: Option<&GpuAct>, gate: Option<&GpuAct>, m: &Moe) -> Result<()> {
+        let (h, k) = (x.width, m.top_k as u32);
+        let (shared, gate) = (shared.map(|s| &s.buf), gate.map(|g| &g.buf));
+        let per_slot = if slots.slot_pos.is_some() { Passes::Single } else { Passes::All };
+        self.ops.push(self.ctx.moe_combine(name, &x.buf, &slots.out, &routes.weights, shared, gate, None, h, k)?.only(per_slot));
+        if let Some(slot_pos) = &slots.slot_pos {
+            self.ops.push(self.ctx.moe_combine(name, &x.buf, &slots.out, &routes.weights, shared, gate, Some(slot_pos), h, k)?.only(Passes::Multi));
+        }
+        self.mark(name, x)
+    }
+}
+
+/// What a loaded model is, for reports (the page's `info()`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelInfo {
+    pub architecture: &'static str,
+    pub layers: usize,
+    pub context: usize,
+    pub vocab: usize,
+    pub adapter: String,
+    pub backend: String,
+    pub gpu_bytes: u64,
+    pub kv_f16: bool,
+}
 
 pub struct GpuModel {
     pub gpu: Arc<Gpu>,
@@ -33,589 +533,83 @@ pub struct GpuModel {
     body: Vec<Op>,
     /// Final norm, LM head, sampling: passes whose last token is wanted.
     head: Vec<Op>,
+    /// The named intermediates of `body` and of `head`.
+    marks: [Vec<Mark>; 2],
     len: usize,
-    /// Weights and activations the bind groups use.
-    weights: Vec<GpuMatrix>,
+    /// Matrices in textures, and all matrices.
+    textures: (usize, usize),
+    /// The weights and activations the bind groups use.
+    _model: Model<GpuWeights>,
     _buffers: Vec<wgpu::Buffer>,
-}
-
-/// The attention kernel's sizes: grouped-query heads, or MLA's latent rows
-/// (one shared "kv head" of rank + rope, the first rank values the value).
-fn attention_shape(cfg: &ModelConfig) -> AttentionShape {
-    match &cfg.mla {
-        None => AttentionShape::gqa(cfg.n_heads as u32, cfg.n_kv_heads as u32, cfg.head_dim as u32),
-        Some(a) => AttentionShape {
-            n_heads: cfg.n_heads as u32,
-            n_kv_heads: 1,
-            head_dim: (a.kv_lora_rank + a.qk_rope) as u32,
-            v_dim: a.kv_lora_rank as u32,
-            scale: (a.softmax_mscale / ((a.qk_nope + a.qk_rope) as f64).sqrt()) as f32,
-            latent: true,
-        },
-    }
-}
-
-/// Bytes of the attention scratch per pass token (one value row per head and split).
-fn attention_scratch_per_token(a: &AttentionShape, max_splits: usize) -> u64 {
-    a.n_heads as u64 * max_splits as u64 * a.v_dim as u64 * 4
 }
 
 impl GpuModel {
     /// Load a model from its own files.
     pub fn load(gpu: Arc<Gpu>, m: &ModelFiles, opts: &GpuOptions) -> Result<Self> {
-        crate::engine::run_ready(Self::load_from(gpu, m, &m.index, opts))
+        crate::support::run_ready(Self::load_from(gpu, m, &m.index, opts))
     }
 
     /// Load a model whose tensor bytes come from `reader` (in the browser, a
     /// download): one tensor, or one chunk of a large one, at a time.
     pub async fn load_from(gpu: Arc<Gpu>, m: &ModelFiles, reader: &impl TensorReader, opts: &GpuOptions) -> Result<Self> {
         let cfg = m.config.clone();
-        let index = &m.index;
-        let kind = index.kind;
-        if let Some(a) = &cfg.mla {
-            if a.kv_lora_rank as u32 > shape::MAX_LATENT_RANK {
-                return Err(Error::Unsupported(format!(
-                    "kv_lora_rank {} (the GPU latent attention holds up to {})",
-                    a.kv_lora_rank,
-                    shape::MAX_LATENT_RANK
-                )));
-            }
-        }
-        if let Some(m) = &cfg.moe {
-            if m.groups > shape::MAX_EXPERT_GROUPS as usize {
-                return Err(Error::Unsupported(format!(
-                    "{} expert groups (the GPU router holds up to {})",
-                    m.groups,
-                    shape::MAX_EXPERT_GROUPS
-                )));
-            }
-        }
-        if cfg.mla.is_none() && cfg.head_dim as u32 > shape::MAX_HEAD_DIM {
-            return Err(Error::Unsupported(format!("head dim {} (the GPU kernels hold up to {})", cfg.head_dim, shape::MAX_HEAD_DIM)));
-        }
         let shape = opts.shape.unwrap_or(gpu.shape);
         let grouped = opts.grouped_experts.unwrap_or(gpu.grouped_experts);
         let max_binding = opts.max_binding.unwrap_or(gpu.max_binding()).min(gpu.max_binding());
-        let place = Placement::for_gpu(&gpu, shape, max_binding, opts.quad_textures.unwrap_or(gpu.quad_textures));
+        let chunk_bytes = max_binding.min(opts.max_staging.unwrap_or(u64::MAX));
+        let place = Placement::for_gpu(&gpu, shape, chunk_bytes, opts.quad_textures.unwrap_or(gpu.quad_textures));
+        if opts.kv_f16 == Some(true) && !gpu.has_f16() {
+            return Err(Error::Unsupported(format!("an f16 KV cache on {}, which lacks shader-f16; use an f32 cache", gpu.adapter_name())));
+        }
         // MLA's latent cache is f32 (its rows are few and small).
         let kv_half = opts.kv_f16.unwrap_or(true) && gpu.has_f16() && cfg.mla.is_none();
-        let kv_bytes: u64 = if kv_half { 2 } else { 4 };
-        let kv_dim64 = match &cfg.mla {
-            Some(a) => (a.kv_lora_rank + a.qk_rope) as u64,
-            None => (cfg.n_kv_heads * cfg.head_dim) as u64,
-        };
         // Each layer's K (and V) cache is one binding: the context fits it.
-        let fits = (gpu.max_binding() / (kv_dim64 * kv_bytes).max(1)) as usize;
+        let kv_row = match &cfg.mla {
+            Some(a) => (a.kv_lora_rank + a.qk_rope) as u64 * 4,
+            None => (cfg.n_kv_heads * cfg.head_dim) as u64 * if kv_half { 2 } else { 4 },
+        };
+        let fits = (gpu.max_binding() / kv_row.max(1)) as usize;
         let context = cfg.context_length.min(opts.max_context.max(1)).min(fits);
         if context == 0 {
-            return Err(Error::Unsupported(format!("one token of KV cache ({} bytes) exceeds the GPU's binding limit", kv_dim64 * kv_bytes)));
+            return Err(Error::Unsupported(format!("one token of KV cache ({kv_row} bytes) exceeds the GPU's binding limit")));
         }
-        // Validated config sizes (≤ 2^24 each, head_dim ≤ 256): products fit u32
-        // only when checked.
-        let dim = |v: usize| u32::try_from(v).map_err(|_| Error::Config(format!("dimension {v} too large")));
-        if cfg.n_heads * cfg.head_dim > u32::MAX as usize / 4 {
-            return Err(Error::Config(format!("{} heads of {} are too large", cfg.n_heads, cfg.head_dim)));
-        }
-        let (h, hd) = (dim(cfg.hidden)?, dim(cfg.head_dim)?);
-        let (nh, nkv) = (cfg.n_heads as u32, cfg.n_kv_heads as u32);
-        let (q_dim, kv_dim, ffn, vocab) = (nh * hd, nkv * hd, cfg.ffn as u32, cfg.vocab as u32);
-        // [t, q_dim + 2 · kv_dim]: q, k and v side by side (one stacked matmul)
-        let qkv_width = q_dim + 2 * kv_dim;
+        let mut loader = Loader { gpu: &gpu, index: &m.index, reader, place, arch: cfg.arch, textures: (0, 0) };
+        let model = Model::load(&mut loader, &cfg).await?;
+        let textures = loader.textures;
 
         let step = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
         let ctx = Ctx { gpu: &gpu, step: &step, shape, subgroups: opts.subgroups && gpu.has_subgroups() };
-        let attn_shape = attention_shape(&cfg);
-        let split = ctx.attention_split(&attn_shape);
-        let max_splits = context.div_ceil(split as usize);
-        // Activations are bound whole: a pass holds as many tokens as the
-        // widest one's binding does.
-        let attn_scratch = attention_scratch_per_token(&attn_shape, max_splits);
-        let per_token = [
-            ("attention scratch", attn_scratch),
-            ("q, k and v", qkv_width as u64 * 4),
-            ("ffn activations", 2 * ffn as u64 * 4),
-        ];
-        let (widest, per_token_bytes) = per_token.into_iter().max_by_key(|w| w.1).expect("three widths");
-        let max_pass = opts.max_pass_tokens.max(1).min((max_binding / per_token_bytes.max(1)) as usize);
-        if max_pass == 0 {
-            return Err(Error::Unsupported(format!(
-                "one token's {widest} ({per_token_bytes} bytes, at a context of {context}) exceeds the GPU's binding limit of {max_binding} bytes; use a shorter context"
-            )));
-        }
-        if vocab as u64 * 4 > max_binding {
-            return Err(Error::Unsupported(format!("the logits ({} bytes) exceed the GPU's binding limit of {max_binding} bytes", vocab as u64 * 4)));
-        }
-        let t = max_pass as u64;
-
-        let mut buffers = Vec::new();
-        let mut act = |name: &str, bytes: u64| -> Result<wgpu::Buffer> {
-            let b = gpu.storage(name, bytes)?;
-            buffers.push(b.clone());
-            Ok(b)
+        let max_pass = opts.max_pass_tokens.max(1);
+        let ids = gpu.storage("ids", max_pass as u64 * 4)?;
+        let mut rec = Recorder {
+            gpu: &gpu,
+            ctx,
+            grouped,
+            max_binding,
+            max_pass,
+            context,
+            kv_half,
+            ids: ids.clone(),
+            pool: HashMap::new(),
+            caches: Vec::new(),
+            inv_freq: None,
+            ops: Vec::new(),
+            marks: Vec::new(),
+            scale_output: opts.scale_output.clone(),
         };
-        let ids = act("ids", t * 4)?;
-        let x = act("x", t * h as u64 * 4)?; // [t, hidden] residual stream
-        let xn = act("xn", t * h as u64 * 4)?; // [t, hidden] normed
-        let q = act("q", t * q_dim as u64 * 4)?; // [t, n_heads · head_dim]
-        let qkv = act("qkv", t * qkv_width as u64 * 4)?;
-        // [t, n_heads · head_dim]; with MLA [t, n_heads · rank] (the latent output)
-        let attn_width = cfg.mla.as_ref().map_or(q_dim, |a| nh * a.kv_lora_rank as u32);
-        let attn = act("attn", t * attn_width as u64 * 4)?;
-        // MLA: q-LoRA's bottleneck, kv_a, the absorbed queries, the heads' v outputs.
-        struct MlaBufs {
-            qa: wgpu::Buffer,    // [t, q_lora_rank]
-            qan: wgpu::Buffer,   // [t, q_lora_rank] normed
-            kv_a: wgpu::Buffer,  // [t, rank + rope]
-            q_lat: wgpu::Buffer, // [t, n_heads · (rank + rope)]
-            o: wgpu::Buffer,     // [t, n_heads · v]
+        let x = model.body(&mut rec)?;
+        let (body, body_marks) = rec.take();
+        let logits = model.head(&mut rec, &x)?;
+        if !logits.single || logits.width as usize != cfg.vocab {
+            return Err(Error::Gpu(format!("the LM head made {} values a row, not the vocabulary's {}", logits.width, cfg.vocab)));
         }
-        let mla_bufs = match &cfg.mla {
-            None => None,
-            Some(a) => {
-                let (rq, row) = (a.q_lora_rank.unwrap_or(1) as u64, (a.kv_lora_rank + a.qk_rope) as u64);
-                if t * nh as u64 * row * 4 > max_binding {
-                    return Err(Error::Unsupported("the absorbed MLA queries exceed the GPU's binding limit".into()));
-                }
-                Some(MlaBufs {
-                    qa: act("q_a", t * rq * 4)?,
-                    qan: act("q_a normed", t * rq * 4)?,
-                    kv_a: act("kv_a", t * row * 4)?,
-                    q_lat: act("q latent", t * nh as u64 * row * 4)?,
-                    o: act("mla o", t * nh as u64 * a.v_head_dim as u64 * 4)?,
-                })
-            }
-        };
-        let gate_up = act("gate up", t * 2 * ffn as u64 * 4)?; // [t, 2 · ffn]: gate then up (one stacked matmul)
-        let mlp = act("mlp", t * ffn as u64 * 4)?; // [t, ffn]
-        // Mixture of experts: router logits, the chosen ids and weights, the
-        // experts' activations per slot (top_k per token), the shared expert's.
-        struct MoeBufs {
-            logits: wgpu::Buffer,   // [t, experts]
-            ids: wgpu::Buffer,      // [t, top_k] u32
-            weights: wgpu::Buffer,  // [t, top_k]
-            // Rows: slots (one token), or TILE_T per tile (grouped).
-            gate: wgpu::Buffer,     // [t · top_k, 2 · expert_ffn]: gate and up stacked, or gate alone
-            up: wgpu::Buffer,       // [t · top_k, expert_ffn] (gate and up apart)
-            act: wgpu::Buffer,      // [t · top_k, expert_ffn]
-            out: wgpu::Buffer,      // [t · top_k, hidden]; grouped: first the tiles' inputs
-            shared: Option<[wgpu::Buffer; 3]>, // gate and up [t, 2 · shared_ffn]; act [t, shared_ffn]; out [t, hidden]
-            shared_gate: wgpu::Buffer, // [t] logits of the shared expert's gate
-            // Grouped (passes of several tokens): see moe.wgsl's `sort`.
-            slot_pos: wgpu::Buffer, // [t · top_k] u32
-            tiles: wgpu::Buffer,    // [expert_tiles] × (expert, count) u32
-            counts: wgpu::Buffer,   // [experts] u32
-        }
-        let moe_bufs = match &cfg.moe {
-            None => None,
-            Some(m) => {
-                let (e, k, f, fs) = (m.n_experts as u64, m.top_k as u64, m.expert_ffn as u64, m.shared_ffn as u64);
-                // Grouped, every tile has TILE_T rows.
-                let tiles = if grouped { super::expert_tiles((t * k) as u32, e as u32) as u64 } else { 1 };
-                let slots = (t * k).max(if grouped { tiles * shape::TILE_T as u64 } else { 0 });
-                for (what, bytes) in [("expert activations", slots * (2 * f).max(h as u64) * 4), ("router logits", t * e * 4)] {
-                    if bytes > max_binding {
-                        return Err(Error::Unsupported(format!("{what} ({bytes} bytes) exceed the GPU's binding limit")));
-                    }
-                }
-                Some(MoeBufs {
-                    logits: act("router logits", t * e * 4)?,
-                    ids: act("expert ids", t * k * 4)?,
-                    weights: act("expert weights", t * k * 4)?,
-                    gate: act("expert gate", slots * 2 * f * 4)?,
-                    up: act("expert up", slots * f * 4)?,
-                    act: act("expert act", slots * f * 4)?,
-                    out: act("expert out", slots * h as u64 * 4)?,
-                    shared: if fs > 0 {
-                        Some([
-                            act("shared gate up", t * 2 * fs * 4)?,
-                            act("shared act", t * fs * 4)?,
-                            act("shared out", t * h as u64 * 4)?,
-                        ])
-                    } else {
-                        None
-                    },
-                    shared_gate: act("shared expert gate", t * 4)?,
-                    slot_pos: act("expert slot rows", t * k * 4)?,
-                    tiles: act("expert tiles", tiles * 8)?,
-                    counts: act("expert counts", e * 4)?,
-                })
-            }
-        };
-        let part_ml = act("attn partial max/sum", t * (nh as u64) * max_splits as u64 * 8)?;
-        let part_o = act("attn partial out", t * attn_scratch)?;
-        let logits = act("logits", vocab as u64 * 4)?;
-        let inv_freq_data: Vec<f32> = cfg.rope_inv_freq();
-        let inv_freq = gpu.storage_init("rope inv_freq", bytemuck::cast_slice(&inv_freq_data))?;
-        buffers.push(inv_freq.clone());
-
-        let g: &Gpu = &gpu;
-        let vector = |name: String, len: u32| async move {
-            let v = index.read_vector_from(reader, &name, len as u64).await?;
-            g.storage_init(&name, bytemuck::cast_slice(&v))
-        };
-        let mut weights = Vec::new();
-        // A layer's experts' tensors of one kind: one holding every expert, or one each.
-        let expert_tensors = |i: usize, which: names::Expert, e: u64| -> Result<Vec<&crate::format::TensorInfo>> {
-            let names: Vec<(String, Option<usize>)> = (0..e as usize).map(|x| names::expert(kind, cfg.arch, i, x, which)).collect();
-            if names[0].1.is_some() {
-                Ok(vec![index.require(&names[0].0)?])
-            } else {
-                names.iter().map(|(n, _)| index.require(n)).collect()
-            }
-        };
-        let experts = |i: usize, which: names::Expert, e: u64, rows: u32, cols: u32| async move {
-            GpuMatrix::load_experts(g, reader, &expert_tensors(i, which, e)?, e, rows as u64, cols as u64, place).await
-        };
-        // The routed experts' gate and up as one matrix (each expert's gate
-        // rows, then its up rows), or apart when their types differ.
-        let expert_gate_up = |i: usize, e: u64, rows: u32, cols: u32| async move {
-            let (gate, up) = (expert_tensors(i, names::Expert::Gate, e)?, expert_tensors(i, names::Expert::Up, e)?);
-            if gate[0].dtype == up[0].dtype {
-                Ok::<_, Error>(Ok(GpuMatrix::load_expert_pairs(g, reader, &gate, &up, e, rows as u64, cols as u64, place).await?))
-            } else {
-                let gate = GpuMatrix::load_experts(g, reader, &gate, e, rows as u64, cols as u64, place).await?;
-                Ok(Err((gate, GpuMatrix::load_experts(g, reader, &up, e, rows as u64, cols as u64, place).await?)))
-            }
-        };
-        let matrix = |name: String, rows: u32, cols: u32| async move {
-            let t = index.require_matrix(&name, rows as u64, cols as u64)?;
-            GpuMatrix::load(g, reader, t, place).await
-        };
-        // Matrices whose outputs lie side by side in one row per token (q, k,
-        // v; gate, up): each run of one type stacked into one matrix, so one
-        // matmul computes it. Each with the column its outputs start at.
-        let stack = |name: String, parts: Vec<(String, u32)>, cols: u32| async move {
-            let tensors: Vec<&crate::format::TensorInfo> =
-                parts.iter().map(|(n, rows)| index.require_matrix(n, *rows as u64, cols as u64)).collect::<Result<_>>()?;
-            let mut out = Vec::new();
-            let (mut i, mut offset) = (0, 0u32);
-            while i < tensors.len() {
-                let run = tensors[i..].iter().take_while(|t| t.dtype == tensors[i].dtype).count();
-                let label = if run == tensors.len() { name.clone() } else { format!("{name} part {}", out.len()) };
-                let m = GpuMatrix::load_stacked(g, reader, &tensors[i..i + run], &label, place).await?;
-                let rows = m.rows;
-                out.push((m, offset));
-                offset += rows;
-                i += run;
-            }
-            Ok::<_, Error>(out)
-        };
-
-        // Load everything first (indices into `weights`), then build ops.
-        enum Ffn {
-            /// `gate_up`: stacked parts and the column each starts at.
-            Dense { gate_up: Vec<(usize, u32)>, down: usize },
-            /// `gate_up`: the routed experts' gate and up stacked (each
-            /// expert's gate rows, then its up rows), or apart. `shared`:
-            /// the shared expert's stacked gate and up parts, and its down.
-            Moe {
-                router: usize,
-                bias: Option<wgpu::Buffer>,
-                gate_up: std::result::Result<usize, (usize, usize)>,
-                down: usize,
-                shared: Option<(Vec<(usize, u32)>, usize)>,
-                shared_gate: Option<usize>,
-            },
-        }
-        enum Attn {
-            Gqa {
-                /// Stacked parts of [q; k; v] and the column each starts at.
-                qkv: Vec<(usize, u32)>,
-                bias: Option<wgpu::Buffer>, // [q_dim + 2 · kv_dim]
-                v_cache: wgpu::Buffer, // [context, kv_dim] f32, or f16 with kv_half
-            },
-            Mla {
-                /// `W_q`, or `W_qa`, its norm and `W_qb`.
-                q: std::result::Result<usize, (usize, wgpu::Buffer, usize)>,
-                kv_a: usize,
-                kv_a_norm: wgpu::Buffer,
-                kv_b: wgpu::Buffer, // [heads · (nope + v), rank] f32
-            },
-        }
-        struct L {
-            attn_norm: wgpu::Buffer,
-            attn: Attn,
-            wo: usize,
-            ffn_norm: wgpu::Buffer,
-            ffn: Ffn,
-            /// [context, kv_dim] (f16 with kv_half); MLA: [context, rank + rope] latent rows.
-            k_cache: wgpu::Buffer,
-        }
-        weights.push(matrix(names::global(kind, Global::TokenEmbd).into(), vocab, h).await?);
-        let embd = 0;
-        let mut layers = Vec::with_capacity(cfg.n_layers);
-        for i in 0..cfg.n_layers {
-            let n = |w| names::layer(kind, i, w);
-            let mut w = |m: GpuMatrix| {
-                weights.push(m);
-                weights.len() - 1
-            };
-            let (attn_l, o_cols) = match &cfg.mla {
-                None => {
-                    let bias = if cfg.qkv_bias {
-                        let mut b = Vec::with_capacity(qkv_width as usize);
-                        for (part, len) in [(Layer::QBias, q_dim), (Layer::KBias, kv_dim), (Layer::VBias, kv_dim)] {
-                            b.extend(index.read_vector_from(reader, &n(part), len as u64).await?);
-                        }
-                        Some(gpu.storage_init(&format!("blk.{i}.qkv bias"), bytemuck::cast_slice(&b))?)
-                    } else {
-                        None
-                    };
-                    let qkv_parts = vec![(n(Layer::Q), q_dim), (n(Layer::K), kv_dim), (n(Layer::V), kv_dim)];
-                    let a = Attn::Gqa {
-                        qkv: stack(format!("blk.{i}.attn_qkv"), qkv_parts, h).await?.into_iter().map(|(m, at)| (w(m), at)).collect(),
-                        bias,
-                        v_cache: gpu.storage(&format!("v cache {i}"), context as u64 * kv_dim as u64 * kv_bytes)?,
-                    };
-                    (a, q_dim)
-                }
-                Some(a) => {
-                    let (rank, rope, vd) = (a.kv_lora_rank as u32, a.qk_rope as u32, a.v_head_dim as u32);
-                    let q = match a.q_lora_rank {
-                        None => Ok(w(matrix(n(Layer::Q), q_dim, h).await?)),
-                        Some(rq) => {
-                            let qa = w(matrix(n(Layer::QA), rq as u32, h).await?);
-                            let norm = vector(n(Layer::QANorm), rq as u32).await?;
-                            Err((qa, norm, w(matrix(n(Layer::QB), q_dim, rq as u32).await?)))
-                        }
-                    };
-                    let kv_b = crate::model::mla_kv_b(index, reader, i, nh as usize, a).await?;
-                    let a = Attn::Mla {
-                        q,
-                        kv_a: w(matrix(n(Layer::KvA), rank + rope, h).await?),
-                        kv_a_norm: vector(n(Layer::KvANorm), rank).await?,
-                        kv_b: gpu.storage_init(&format!("blk.{i}.kv_b f32"), bytemuck::cast_slice(&kv_b))?,
-                    };
-                    (a, nh * vd)
-                }
-            };
-            layers.push(L {
-                attn_norm: vector(n(Layer::AttnNorm), h).await?,
-                attn: attn_l,
-                wo: w(matrix(n(Layer::O), h, o_cols).await?),
-                ffn_norm: vector(n(Layer::FfnNorm), h).await?,
-                ffn: match &cfg.moe {
-                    Some(m) if m.is_moe_layer(i) => {
-                        let mn = |w| names::moe(kind, cfg.arch, i, w);
-                        let (e, f, fs) = (m.n_experts as u64, m.expert_ffn as u32, m.shared_ffn as u32);
-                        let bias = if index.get(&mn(Layer::RouterBias)).is_some() {
-                            Some(vector(mn(Layer::RouterBias), e as u32).await?)
-                        } else {
-                            None
-                        };
-                        let shared = if fs > 0 {
-                            let parts = vec![(mn(Layer::SharedGate), fs), (mn(Layer::SharedUp), fs)];
-                            let gate_up = stack(format!("blk.{i}.shared_gate_up"), parts, h).await?.into_iter().map(|(m, at)| (w(m), at)).collect();
-                            Some((gate_up, w(matrix(mn(Layer::SharedDown), h, fs).await?)))
-                        } else {
-                            None
-                        };
-                        let shared_gate = if m.shared_gate { Some(w(matrix(mn(Layer::SharedExpertGate), 1, h).await?)) } else { None };
-                        Ffn::Moe {
-                            router: w(matrix(mn(Layer::Router), e as u32, h).await?),
-                            bias,
-                            gate_up: match expert_gate_up(i, e, f, h).await? {
-                                Ok(both) => Ok(w(both)),
-                                Err((gate, up)) => Err((w(gate), w(up))),
-                            },
-                            down: w(experts(i, names::Expert::Down, e, h, f).await?),
-                            shared,
-                            shared_gate,
-                        }
-                    }
-                    _ => Ffn::Dense {
-                        gate_up: stack(format!("blk.{i}.ffn_gate_up"), vec![(n(Layer::Gate), ffn), (n(Layer::Up), ffn)], h)
-                            .await?
-                            .into_iter()
-                            .map(|(m, at)| (w(m), at))
-                            .collect(),
-                        down: w(matrix(n(Layer::Down), h, ffn).await?),
-                    },
-                },
-                k_cache: gpu.storage(&format!("k cache {i}"), context as u64 * kv_dim64 * kv_bytes)?,
-            });
-        }
-        let output_norm = vector(names::global(kind, Global::OutputNorm).into(), h).await?;
-        let output = if cfg.tie_embeddings {
-            embd
-        } else {
-            weights.push(matrix(names::global(kind, Global::Output).into(), vocab, h).await?);
-            weights.len() - 1
-        };
-
-        // ---- the graph
-        let w = |i: usize| &weights[i];
-        let mut body = ctx.embed(w(embd), &ids, &x)?;
-        for (i, l) in layers.iter().enumerate() {
-            body.push(ctx.rms_norm(&format!("blk.{i}.attn_norm"), &x, &l.attn_norm, &xn, h, cfg.rms_eps, false)?);
-            match (&l.attn, &cfg.mla, &mla_bufs) {
-                (Attn::Gqa { qkv: parts, bias, v_cache }, _, _) => {
-                    for (wi, at) in parts {
-                        body.extend(ctx.matmul_at(w(*wi), &xn, h, &qkv, qkv_width, *at, bias.as_ref(), false, false)?);
-                    }
-                    let name = format!("blk.{i}.rope");
-                    body.push(ctx.rope_scatter(&name, cfg.rope_pairing, &inv_freq, &qkv, &q, &l.k_cache, v_cache, hd, nh, nkv, kv_half)?);
-                    body.extend(ctx.attention(
-                        &format!("blk.{i}.attn"),
-                        &q,
-                        &l.k_cache,
-                        v_cache,
-                        &part_ml,
-                        &part_o,
-                        &attn,
-                        &attn_shape,
-                        max_splits as u32,
-                        kv_half,
-                    )?);
-                    body.extend(ctx.matmul(w(l.wo), &attn, q_dim, &x, h, None, true, false)?);
-                }
-                (Attn::Mla { q: wq, kv_a, kv_a_norm, kv_b }, Some(a), Some(mb)) => {
-                    let m = super::ops::MlaShape {
-                        heads: nh,
-                        rank: a.kv_lora_rank as u32,
-                        rope: a.qk_rope as u32,
-                        nope: a.qk_nope as u32,
-                        v_dim: a.v_head_dim as u32,
-                        eps: cfg.rms_eps,
-                        rope_factor: cfg.rope_attention_factor(),
-                        pairing: cfg.rope_pairing,
-                    };
-                    match wq {
-                        Ok(wq) => body.extend(ctx.matmul(w(*wq), &xn, h, &q, q_dim, None, false, false)?),
-                        Err((qa, norm, qb)) => {
-                            let rq = w(*qa).rows;
-                            body.extend(ctx.matmul(w(*qa), &xn, h, &mb.qa, rq, None, false, false)?);
-                            body.push(ctx.rms_norm(&format!("blk.{i}.q_a_norm"), &mb.qa, norm, &mb.qan, rq, cfg.rms_eps, false)?);
-                            body.extend(ctx.matmul(w(*qb), &mb.qan, rq, &q, q_dim, None, false, false)?);
-                        }
-                    }
-                    let row = m.rank + m.rope;
-                    body.extend(ctx.matmul(w(*kv_a), &xn, h, &mb.kv_a, row, None, false, false)?);
-                    body.push(ctx.mla_kv_cache(&format!("blk.{i}.latent cache"), &m, &inv_freq, &mb.kv_a, kv_a_norm, &l.k_cache)?);
-                    body.push(ctx.mla_absorb_q(&format!("blk.{i}.absorb q"), &m, &inv_freq, &q, kv_b, &mb.q_lat)?);
-                    body.extend(ctx.attention(
-                        &format!("blk.{i}.attn"),
-                        &mb.q_lat,
-                        &l.k_cache,
-                        &l.k_cache,
-                        &part_ml,
-                        &part_o,
-                        &attn,
-                        &attn_shape,
-                        max_splits as u32,
-                        false,
-                    )?);
-                    body.push(ctx.mla_v_up(&format!("blk.{i}.v up"), &m, &attn, kv_b, &mb.o)?);
-                    body.extend(ctx.matmul(w(l.wo), &mb.o, nh * m.v_dim, &x, h, None, true, false)?);
-                }
-                _ => unreachable!("MLA buffers exist whenever an MLA layer does"),
-            }
-            body.push(ctx.rms_norm(&format!("blk.{i}.ffn_norm"), &x, &l.ffn_norm, &xn, h, cfg.rms_eps, false)?);
-            match (&l.ffn, &cfg.moe, &moe_bufs) {
-                (Ffn::Moe { router, bias, gate_up, down: ed, shared, shared_gate }, Some(m), Some(mb)) => {
-                    let (e, k, f) = (m.n_experts as u32, m.top_k as u32, m.expert_ffn as u32);
-                    body.extend(ctx.matmul(w(*router), &xn, h, &mb.logits, e, None, false, false)?);
-                    body.push(ctx.route(&format!("blk.{i}.route"), m, &mb.logits, bias.as_ref(), &mb.ids, &mb.weights)?);
-                    // Each slot's expert rows: in every pass, or with `grouped`
-                    // only for one token, several tokens' slots grouped by expert.
-                    let per_slot = if grouped { Passes::Single } else { Passes::All };
-                    let gu = match gate_up {
-                        Ok(_) => GateUp::Stacked(&mb.gate),
-                        Err(_) => GateUp::Apart(&mb.gate, &mb.up),
-                    };
-                    let mut routed = match gate_up {
-                        Ok(both) => ctx.experts(w(*both), 2 * f, &xn, h, k, &mb.ids, &mb.gate, k)?,
-                        Err((eg, eu)) => {
-                            let mut ops = ctx.experts(w(*eg), f, &xn, h, k, &mb.ids, &mb.gate, k)?;
-                            ops.extend(ctx.experts(w(*eu), f, &xn, h, k, &mb.ids, &mb.up, k)?);
-                            ops
-                        }
-                    };
-                    routed.push(ctx.swiglu(&format!("blk.{i}.experts swiglu"), gu, &mb.act, f, k)?);
-                    routed.extend(ctx.experts(w(*ed), h, &mb.act, f, 1, &mb.ids, &mb.out, k)?);
-                    body.extend(routed.into_iter().map(|o| o.only(per_slot)));
-                    if grouped {
-                        let mut routed = vec![
-                            ctx.moe_sort(&format!("blk.{i}.experts sort"), m, &mb.ids, &mb.slot_pos, &mb.tiles, &mb.counts)?,
-                            ctx.moe_gather(&format!("blk.{i}.experts gather"), &xn, &mb.slot_pos, &mb.out, h, k)?,
-                        ];
-                        match gate_up {
-                            Ok(both) => routed.extend(ctx.grouped(w(*both), 2 * f, &mb.out, h, &mb.tiles, &mb.gate, m)?),
-                            Err((eg, eu)) => {
-                                routed.extend(ctx.grouped(w(*eg), f, &mb.out, h, &mb.tiles, &mb.gate, m)?);
-                                routed.extend(ctx.grouped(w(*eu), f, &mb.out, h, &mb.tiles, &mb.up, m)?);
-                            }
-                        }
-                        routed.push(ctx.swiglu_tiles(&format!("blk.{i}.experts swiglu"), gu, &mb.act, f, m)?);
-                        routed.extend(ctx.grouped(w(*ed), h, &mb.act, f, &mb.tiles, &mb.out, m)?);
-                        body.extend(routed.into_iter().map(|o| o.only(Passes::Multi)));
-                    }
-                    let mut shared_out = None;
-                    if let (Some((parts, sd)), Some([bgu, ba, bo])) = (shared, &mb.shared) {
-                        let fs = m.shared_ffn as u32;
-                        for (wi, at) in parts {
-                            body.extend(ctx.matmul_at(w(*wi), &xn, h, bgu, 2 * fs, *at, None, false, false)?);
-                        }
-                        body.push(ctx.swiglu(&format!("blk.{i}.shared swiglu"), GateUp::Stacked(bgu), ba, fs, 1)?);
-                        body.extend(ctx.matmul(w(*sd), ba, fs, bo, h, None, false, false)?);
-                        shared_out = Some(bo);
-                    }
-                    if let Some(sgw) = shared_gate {
-                        body.extend(ctx.matmul(w(*sgw), &xn, h, &mb.shared_gate, 1, None, false, false)?);
-                    }
-                    let gate_logit = shared_gate.map(|_| &mb.shared_gate);
-                    let name = format!("blk.{i}.experts combine");
-                    body.push(ctx.moe_combine(&name, &x, &mb.out, &mb.weights, shared_out, gate_logit, None, h, k)?.only(per_slot));
-                    if grouped {
-                        body.push(ctx.moe_combine(&name, &x, &mb.out, &mb.weights, shared_out, gate_logit, Some(&mb.slot_pos), h, k)?.only(Passes::Multi));
-                    }
-                }
-                (Ffn::Dense { gate_up: parts, down: wd }, _, _) => {
-                    // Decode on CPU adapters: the matmul applies SwiGLU itself
-                    // (a dispatch fewer), when gate and up are one matrix.
-                    let fused = match parts.as_slice() {
-                        [(wi, 0)] => ctx.matmul_swiglu(&format!("blk.{i}.ffn_gate_up+swiglu"), w(*wi), &xn, h, &mlp)?,
-                        _ => None,
-                    };
-                    // With it, the separate matmul and SwiGLU run in passes of several tokens only.
-                    let unfused = |op: Op| match (fused.is_some(), op.passes) {
-                        (false, _) => Some(op),
-                        (true, Passes::All) => Some(op.only(Passes::Multi)),
-                        (true, Passes::Single) => None,
-                        (true, _) => Some(op),
-                    };
-                    for (wi, at) in parts {
-                        body.extend(ctx.matmul_at(w(*wi), &xn, h, &gate_up, 2 * ffn, *at, None, false, false)?.into_iter().filter_map(unfused));
-                    }
-                    body.extend(unfused(ctx.swiglu(&format!("blk.{i}.swiglu"), GateUp::Stacked(&gate_up), &mlp, ffn, 1)?));
-                    body.extend(fused);
-                    body.extend(ctx.matmul(w(*wd), &mlp, ffn, &x, h, None, true, false)?);
-                }
-                _ => unreachable!("MoE buffers exist whenever an MoE layer does"),
-            }
-        }
-        let mut head = vec![ctx.rms_norm("output_norm", &x, &output_norm, &xn, h, cfg.rms_eps, true)?];
-        head.extend(ctx.matmul(w(output), &xn, h, &logits, vocab, None, false, true)?);
-        head.push(ctx.sample(&logits, &ids, vocab)?);
-        for l in layers {
-            if let Ffn::Moe { bias: Some(b), .. } = &l.ffn {
-                buffers.push(b.clone());
-            }
-            match l.attn {
-                Attn::Gqa { bias, v_cache, .. } => {
-                    buffers.push(v_cache);
-                    buffers.extend(bias);
-                }
-                Attn::Mla { q, kv_a_norm, kv_b, .. } => {
-                    buffers.extend([kv_a_norm, kv_b]);
-                    if let Err((_, norm, _)) = q {
-                        buffers.push(norm);
-                    }
-                }
-            }
-            buffers.extend([l.attn_norm, l.ffn_norm, l.k_cache]);
-        }
-        buffers.extend([output_norm, step.clone(), inv_freq]);
+        rec.ops.push(rec.ctx.sample(&logits.buf, &ids, logits.width)?);
+        let (head, head_marks) = rec.take();
+        let max_pass = rec.max_pass;
+        let mut buffers: Vec<wgpu::Buffer> = rec.pool.into_values().collect();
+        buffers.extend(rec.caches.into_iter().flatten().flat_map(|(k, v)| std::iter::once(k).chain(v)));
+        buffers.extend(rec.inv_freq);
+        buffers.push(step.clone());
         gpu.check()?;
         Ok(GpuModel {
             gpu,
@@ -625,11 +619,13 @@ impl GpuModel {
             max_pass,
             step,
             ids,
-            logits,
+            logits: logits.buf,
             body,
             head,
+            marks: [body_marks, head_marks],
             len: 0,
-            weights,
+            textures,
+            _model: model,
             _buffers: buffers,
         })
     }
@@ -683,6 +679,43 @@ impl GpuModel {
         Ok(())
     }
 
+    /// Run `tokens` (in chunks) and return, in graph order, every named
+    /// intermediate's value at the last position (the last pass copies
+    /// each one's row aside as the op that made it finishes).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn intermediates(&mut self, tokens: &[u32]) -> Result<Vec<(String, Vec<f32>)>> {
+        self.check_input(tokens)?;
+        let greedy = SamplingParams::default();
+        let chunks: Vec<&[u32]> = tokens.chunks(self.max_pass).collect();
+        let Some((last, rest)) = chunks.split_last() else { return Ok(Vec::new()) };
+        for c in rest {
+            self.pass(c, false, &greedy, 0)?;
+        }
+        let bytes: u64 = self.marks.iter().flatten().map(|m| m.width as u64 * 4).sum();
+        let dump = self.gpu.storage("intermediates", bytes)?;
+        self.gpu.check()?;
+        self.gpu.queue.write_buffer(&self.ids, 0, bytemuck::cast_slice(last));
+        let step = Step { n_tokens: last.len() as u32, pos: self.len as u32, ..Default::default() };
+        self.gpu.queue.write_buffer(&self.step, 0, bytemuck::bytes_of(&step));
+        let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+        let (body, head): (Vec<&Op>, Vec<&Op>) = (self.body.iter().collect(), self.head.iter().collect());
+        let at = super::encode_keeping(&mut enc, &step, &body, &self.marks[0], &dump, 0);
+        super::encode_keeping(&mut enc, &step, &head, &self.marks[1], &dump, at);
+        self.gpu.queue.submit([enc.finish()]);
+        self.len += last.len();
+        let values: Vec<f32> = bytemuck::cast_slice(&self.gpu.read(&dump, 0, bytes)?).to_vec();
+        let mut at = 0;
+        Ok(self
+            .marks
+            .iter()
+            .flatten()
+            .map(|m| {
+                at += m.width as usize;
+                (m.name.clone(), values[at - m.width as usize..at].to_vec())
+            })
+            .collect())
+    }
+
     /// Wall time of each op of a pass of `n_tokens` (1: a decode step; the
     /// token ids are the last prompt's) at the current position, run alone
     /// `reps` times: where a step's time goes. Leaves the cache as it was.
@@ -704,15 +737,15 @@ impl GpuModel {
             // ~5 ms, so a submit's own cost (tens of µs) does not swamp a
             // GPU's few-µs kernels.
             let ops = vec![op; reps];
-            let t0 = crate::engine::now_ms();
+            let t0 = crate::support::now_ms();
             self.gpu.run(&self.step, &step, &ops)?;
             self.finished().await?;
-            let per_op = ((crate::engine::now_ms() - t0) / reps as f64).max(1e-3);
+            let per_op = ((crate::support::now_ms() - t0) / reps as f64).max(1e-3);
             let ops = vec![op; reps.max((5.0 / per_op) as usize).min(500)];
-            let t0 = crate::engine::now_ms();
+            let t0 = crate::support::now_ms();
             self.gpu.run(&self.step, &step, &ops)?;
             self.finished().await?;
-            out.push((op.name.clone(), (crate::engine::now_ms() - t0) / ops.len() as f64));
+            out.push((op.name.clone(), (crate::support::now_ms() - t0) / ops.len() as f64));
         }
         Ok(out)
     }
@@ -746,10 +779,23 @@ impl GpuModel {
         }
     }
 
+    pub fn info(&self) -> ModelInfo {
+        ModelInfo {
+            architecture: self.cfg.arch.name(),
+            layers: self.cfg.n_layers,
+            context: self.context,
+            vocab: self.cfg.vocab,
+            adapter: self.gpu.adapter_name(),
+            backend: self.gpu.backend_name(),
+            gpu_bytes: self.gpu.allocated_bytes(),
+            kv_f16: self.kv_f16,
+        }
+    }
+
     /// How many of the model's matrices lie in textures, of all of them
     /// (see `weights::Placement`).
     pub fn matrices_in_textures(&self) -> (usize, usize) {
-        (self.weights.iter().filter(|m| m.quad_texture()).count(), self.weights.len())
+        self.textures
     }
 
     /// The last pass's logits (`[vocab]`), once the GPU is done.

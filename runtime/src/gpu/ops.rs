@@ -699,6 +699,13 @@ impl Ctx<'_> {
         self.op(name.into(), key, &words(&[cols, rows_per_token, stacked, 0]), &[gate, up, out], grid)
     }
 
+    /// `x *= factor` over each token's row of `cols` (or row 0 only, `single`).
+    pub fn scale(&self, name: &str, x: &wgpu::Buffer, cols: u32, single: bool, factor: f32) -> Result<Op> {
+        let key = PipelineKey { family: "elementwise", entry: "scale", flags: vec![] };
+        let grid = if single { Grid::Fixed([cols.div_ceil(shape::ELEMENTWISE_WG), 1, 1]) } else { Grid::Flat { per_token: cols, wg: shape::ELEMENTWISE_WG } };
+        self.op_at(name.into(), key, &words(&[cols, !single as u32, 0, factor.to_bits()]), &[(4, x)], grid)
+    }
+
     /// Choose the next token from `logits` into `ids[0]`.
     pub fn sample(&self, logits: &wgpu::Buffer, ids: &wgpu::Buffer, vocab: u32) -> Result<Op> {
         self.op(

@@ -1,9 +1,18 @@
-//! Opening a model: file → tensor index → configuration + tokenizer, and the
-//! names of each architecture's weights in each file format.
+//! Opening a model (file → tensor index → configuration + tokenizer) and
+//! each architecture's forward pass, written once against [`ops`]:
+//! - [`llama`]: Llama, Qwen2, Mixtral, Qwen2-MoE (grouped-query attention);
+//! - [`deepseek2`]: DeepSeek-V2/V3 (latent attention, DeepSeekMoE);
+//! - [`decoder`]: the pre-norm decoder both are, around their attention
+//!   (embedding, layers, feed-forward blocks, LM head);
+//! - [`names`]: each weight's name in each file format.
 
+pub mod decoder;
+pub mod deepseek2;
+pub mod llama;
 pub mod names;
+pub mod ops;
 
-use crate::config::{Mla, ModelConfig};
+use crate::config::{Arch, Mla, ModelConfig};
 use crate::error::{Error, Result};
 use crate::format::{self, TensorIndex, TensorReader};
 use crate::source::{model_files, FileSource, ModelPath, WeightSource};
@@ -49,6 +58,38 @@ impl ModelFiles {
         let config = ModelConfig::from_gguf(&index)?;
         let tokenizer = Tokenizer::from_gguf(&index.metadata)?;
         Ok(ModelFiles { name, config, index, tokenizer })
+    }
+}
+
+/// A model's graph over one backend's weights.
+pub enum Model<W: ops::Weights> {
+    Llama(llama::Llama<W>),
+    DeepSeek2(deepseek2::DeepSeek2<W>),
+}
+
+impl<W: ops::Weights> Model<W> {
+    /// Open the weights `cfg`'s architecture declares through `l`.
+    pub async fn load<L: ops::Load<W = W>>(l: &mut L, cfg: &ModelConfig) -> Result<Self> {
+        Ok(match cfg.arch {
+            Arch::DeepSeek2 => Model::DeepSeek2(deepseek2::load(l, cfg).await?),
+            Arch::Llama | Arch::Qwen2 | Arch::Qwen2Moe => Model::Llama(llama::load(l, cfg).await?),
+        })
+    }
+
+    /// Embedding and layers: the residual stream `[n, hidden]`.
+    pub fn body<O: ops::Ops<W = W>>(&self, o: &mut O) -> Result<O::Act> {
+        match self {
+            Model::Llama(m) => m.body(o),
+            Model::DeepSeek2(m) => m.body(o),
+        }
+    }
+
+    /// Final norm and LM head of the rows the head runs on: logits.
+    pub fn head<O: ops::Ops<W = W>>(&self, o: &mut O, x: &O::Act) -> Result<O::Act> {
+        match self {
+            Model::Llama(m) => m.head(o, x),
+            Model::DeepSeek2(m) => m.head(o, x),
+        }
     }
 }
 

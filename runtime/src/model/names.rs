@@ -9,6 +9,8 @@ pub enum Global {
     TokenEmbd,
     OutputNorm,
     Output,
+    /// Per-dimension RoPE frequency divisors (llama.cpp's Llama 3 scaling).
+    RopeFreqs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +111,8 @@ pub fn global(kind: FileKind, g: Global) -> &'static str {
         (FileKind::Gguf, Global::TokenEmbd) => "token_embd.weight",
         (FileKind::Gguf, Global::OutputNorm) => "output_norm.weight",
         (FileKind::Gguf, Global::Output) => "output.weight",
+        (FileKind::Gguf, Global::RopeFreqs) => "rope_freqs.weight",
+        (FileKind::Safetensors, Global::RopeFreqs) => "rope_freqs.weight",
         (FileKind::Safetensors, Global::TokenEmbd) => "model.embed_tokens.weight",
         (FileKind::Safetensors, Global::OutputNorm) => "model.norm.weight",
         (FileKind::Safetensors, Global::Output) => "lm_head.weight",

@@ -1,17 +1,20 @@
-//! The reference: a plain-Rust f32 forward pass, written to be read.
+//! The reference: the model graphs of [`crate::model`] executed in plain-Rust
+//! f32, written to be read.
 //!
 //! It is the oracle for every GPU kernel and every model, so clarity wins over
 //! speed everywhere except the one hot loop (the matrix product), which splits
 //! rows across threads. Weights stay in their file's block format and are
 //! dequantised a row at a time, so memory is the file's size, not 4 bytes a weight.
 
-use crate::config::{Arch, GroupScore, Mla, ModelConfig, Moe, RopePairing, Scoring};
+use crate::config::{Arch, GroupScore, ModelConfig, Moe, RopePairing, Scoring};
 use crate::engine::Backend;
 use crate::error::{Error, Result};
 use crate::format::TensorIndex;
-use crate::model::names::{self, Global, Layer};
-use crate::model::ModelFiles;
+use crate::model::names;
+use crate::model::ops::{ExpertsDecl, Gqa, Latent, LinearDecl, Load, Ops, Rope, Weights};
+use crate::model::{Model, ModelFiles};
 use crate::quant::{dequantize, DType};
+use crate::support::run_ready;
 
 /// A weight matrix `[rows, cols]` in its stored block format.
 pub struct Matrix {
@@ -37,7 +40,7 @@ impl Matrix {
         }
         t.dtype.check_supported(&format!("tensor {:?}", t.name))?;
         let slab = t.nbytes / parts as u64;
-        let data = crate::engine::run_ready(crate::format::TensorReader::read_range(index, t, part as u64 * slab, slab))?;
+        let data = run_ready(crate::format::TensorReader::read_range(index, t, part as u64 * slab, slab))?;
         Ok(Matrix { name: format!("{name}[{part}]"), dtype: t.dtype, rows, cols, data })
     }
 
@@ -169,75 +172,6 @@ pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
-/// Grouped-query attention's projections (llama, qwen2).
-struct Gqa {
-    wq: Matrix,           // [n_heads * head_dim, hidden]
-    wk: Matrix,           // [n_kv_heads * head_dim, hidden]
-    wv: Matrix,           // [n_kv_heads * head_dim, hidden]
-    bq: Option<Vec<f32>>, // [n_heads * head_dim] (qwen2)
-    bk: Option<Vec<f32>>, // [n_kv_heads * head_dim]
-    bv: Option<Vec<f32>>, // [n_kv_heads * head_dim]
-}
-
-/// Multi-head latent attention's projections (DeepSeek).
-struct MlaWeights {
-    /// `W_q`, or `W_qa`, its norm and `W_qb`.
-    q: Result<Matrix, (Matrix, Vec<f32>, Matrix)>, // → [n_heads * (nope + rope)]
-    kv_a: Matrix,        // [rank + rope, hidden]
-    kv_a_norm: Vec<f32>, // [rank]
-    kv_b: Matrix,        // [n_heads * (nope + v), rank]
-}
-
-enum Attention {
-    Gqa(Gqa),
-    Mla(MlaWeights),
-}
-
-/// A SwiGLU MLP: gate [ffn, hidden], up [ffn, hidden], down [hidden, ffn].
-struct Mlp {
-    gate: Matrix,
-    up: Matrix,
-    down: Matrix,
-}
-
-impl Mlp {
-    fn load(index: &TensorIndex, names: [String; 3], hidden: usize, ffn: usize) -> Result<Self> {
-        let [g, u, d] = names;
-        Ok(Mlp { gate: Matrix::load(index, &g, [ffn, hidden])?, up: Matrix::load(index, &u, [ffn, hidden])?, down: Matrix::load(index, &d, [hidden, ffn])? })
-    }
-
-    /// `down(silu(gate x) ⊙ up x)` for `n` rows of `x`.
-    fn forward(&self, x: &[f32], n: usize) -> Vec<f32> {
-        let gate = self.gate.matmul(x, n);
-        let up = self.up.matmul(x, n);
-        let act: Vec<f32> = gate.iter().zip(&up).map(|(g, u)| silu(*g) * u).collect();
-        self.down.matmul(&act, n)
-    }
-}
-
-/// A mixture-of-experts block.
-struct MoeWeights {
-    router: Matrix,         // [experts, hidden]
-    bias: Option<Vec<f32>>, // [experts]: added to scores for selection only
-    experts: Vec<Mlp>,
-    shared: Option<Mlp>,
-    /// Qwen2-MoE: the shared expert's output times `sigmoid(gate · x)`.
-    shared_gate: Option<Vec<f32>>, // [hidden]
-}
-
-enum Ffn {
-    Dense(Mlp),
-    Moe(MoeWeights),
-}
-
-struct LayerWeights {
-    attn_norm: Vec<f32>, // [hidden]
-    attn: Attention,
-    wo: Matrix,         // [hidden, n_heads * v_dim]
-    ffn_norm: Vec<f32>, // [hidden]
-    ffn: Ffn,
-}
-
 /// Choose the experts of one token from its router logits: `(expert, weight)`
 /// pairs, best first. Scores are the softmax or sigmoid of the logits; the
 /// correction `bias` (DeepSeek-V3) is added for choosing only. With groups,
@@ -291,196 +225,293 @@ pub fn route(logits: &[f32], bias: Option<&[f32]>, m: &Moe) -> Vec<(usize, f32)>
     chosen.into_iter().zip(weights).map(|(e, w)| (e, w * m.scale)).collect()
 }
 
-/// The transformer on the CPU, with its KV cache: llama and qwen2 (grouped-query
-/// attention, SwiGLU), DeepSeek-V2/V3 (latent attention, mixture of experts).
-pub struct Reference {
-    pub cfg: ModelConfig,
-    token_embd: Matrix,  // [vocab, hidden]
-    layers: Vec<LayerWeights>,
-    output_norm: Vec<f32>, // [hidden]
-    output: Option<Matrix>, // [vocab, hidden]; None when tied to token_embd
-    inv_freq: Vec<f32>,     // [rope_dim / 2]
-    /// Per layer `[pos, k_width]`: keys (GQA), or MLA's latent `c_kv`.
-    k_cache: Vec<Vec<f32>>,
-    /// Per layer `[pos, v_width]`: values (GQA), or MLA's roped `k_pe`.
-    v_cache: Vec<Vec<f32>>,
-    /// Tokens in the cache.
-    pub len: usize,
+/// A linear layer: matrices stacked by rows (their outputs side by side),
+/// and a bias.
+pub struct Linear {
+    parts: Vec<Matrix>,
+    bias: Option<Vec<f32>>, // [rows]
+    rows: usize,
 }
 
-impl Reference {
-    pub fn load(m: &ModelFiles) -> Result<Self> {
-        let (cfg, index) = (&m.config, &m.index);
-        let kind = index.kind;
-        let (h, q_dim, kv_dim) = (cfg.hidden, cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim);
-        let mat = |name: &str, shape: [usize; 2]| Matrix::load(index, name, shape);
-        let mut layers = Vec::with_capacity(cfg.n_layers);
-        for i in 0..cfg.n_layers {
-            let n = |w| names::layer(kind, i, w);
-            let vector = |w, len: usize| index.read_vector(&n(w), len as u64);
-            let (attn, v_dim) = match &cfg.mla {
-                None => {
-                    let bias = |w, len| if cfg.qkv_bias { vector(w, len).map(Some) } else { Ok(None) };
-                    let gqa = Gqa {
-                        wq: mat(&n(Layer::Q), [q_dim, h])?,
-                        wk: mat(&n(Layer::K), [kv_dim, h])?,
-                        wv: mat(&n(Layer::V), [kv_dim, h])?,
-                        bq: bias(Layer::QBias, q_dim)?,
-                        bk: bias(Layer::KBias, kv_dim)?,
-                        bv: bias(Layer::VBias, kv_dim)?,
-                    };
-                    (Attention::Gqa(gqa), cfg.head_dim)
+impl Linear {
+    /// `W x (+ b)` for the `n` rows of `x`: `[n, rows]`.
+    fn forward(&self, x: &[f32], n: usize) -> Vec<f32> {
+        let mut y = match self.parts.as_slice() {
+            [m] => m.matmul(x, n),
+            parts => {
+                let mut y = vec![0f32; n * self.rows];
+                let mut at = 0;
+                for m in parts {
+                    let part = m.matmul(x, n); // [n, m.rows]
+                    for (row, p) in y.chunks_exact_mut(self.rows).zip(part.chunks_exact(m.rows)) {
+                        row[at..at + m.rows].copy_from_slice(p);
+                    }
+                    at += m.rows;
                 }
-                Some(mla) => (Attention::Mla(load_mla(index, cfg, mla, i)?), mla.v_head_dim),
-            };
-            let ffn = match &cfg.moe {
-                Some(moe) if moe.is_moe_layer(i) => {
-                    let experts = (0..moe.n_experts)
-                        .map(|e| {
-                            let w = |which, shape| Matrix::load_expert(index, cfg.arch, i, e, moe.n_experts, which, shape);
-                            let f = moe.expert_ffn;
-                            Ok(Mlp { gate: w(names::Expert::Gate, [f, h])?, up: w(names::Expert::Up, [f, h])?, down: w(names::Expert::Down, [h, f])? })
-                        })
-                        .collect::<Result<Vec<_>>>()?;
-                    let mn = |w| names::moe(kind, cfg.arch, i, w);
-                    let shared = if moe.shared_ffn > 0 {
-                        Some(Mlp::load(index, [mn(Layer::SharedGate), mn(Layer::SharedUp), mn(Layer::SharedDown)], h, moe.shared_ffn)?)
-                    } else {
-                        None
-                    };
-                    let shared_gate = if moe.shared_gate { Some(index.read_vector(&mn(Layer::SharedExpertGate), h as u64)?) } else { None };
-                    let bias = match index.get(&mn(Layer::RouterBias)) {
-                        Some(_) => Some(index.read_vector(&mn(Layer::RouterBias), moe.n_experts as u64)?),
-                        None => None,
-                    };
-                    let router = mat(&mn(Layer::Router), [moe.n_experts, h])?;
-                    Ffn::Moe(MoeWeights { router, bias, experts, shared, shared_gate })
-                }
-                _ => Ffn::Dense(Mlp::load(index, [n(Layer::Gate), n(Layer::Up), n(Layer::Down)], h, cfg.ffn)?),
-            };
-            layers.push(LayerWeights {
-                attn_norm: vector(Layer::AttnNorm, h)?,
-                attn,
-                wo: mat(&n(Layer::O), [h, cfg.n_heads * v_dim])?,
-                ffn_norm: vector(Layer::FfnNorm, h)?,
-                ffn,
-            });
+                y
+            }
+        };
+        if let Some(b) = &self.bias {
+            y.chunks_exact_mut(self.rows).for_each(|r| r.iter_mut().zip(b).for_each(|(y, b)| *y += b));
         }
-        Ok(Reference {
-            token_embd: mat(names::global(kind, Global::TokenEmbd), [cfg.vocab, h])?,
-            output_norm: index.read_vector(names::global(kind, Global::OutputNorm), h as u64)?,
-            output: if cfg.tie_embeddings {
-                None
-            } else {
-                Some(mat(names::global(kind, Global::Output), [cfg.vocab, h])?)
-            },
-            inv_freq: cfg.rope_inv_freq(),
-            k_cache: vec![Vec::new(); cfg.n_layers],
-            v_cache: vec![Vec::new(); cfg.n_layers],
-            len: 0,
-            cfg: cfg.clone(),
-            layers,
-        })
+        y
+    }
+}
+
+/// One routed expert: gate [ffn, hidden], up [ffn, hidden], down [hidden, ffn].
+pub struct Expert {
+    gate: Matrix,
+    up: Matrix,
+    down: Matrix,
+}
+
+impl Expert {
+    /// `down(silu(gate x) ⊙ up x)` for `n` rows of `x`.
+    fn forward(&self, x: &[f32], n: usize) -> Vec<f32> {
+        let gate = self.gate.matmul(x, n);
+        let up = self.up.matmul(x, n);
+        let act: Vec<f32> = gate.iter().zip(&up).map(|(g, u)| silu(*g) * u).collect();
+        self.down.matmul(&act, n)
+    }
+}
+
+/// The reference's weights: matrices in their file's block format, vectors in f32.
+pub struct RefWeights;
+
+impl Weights for RefWeights {
+    type Linear = Linear;
+    type Vector = Vec<f32>;
+    type Experts = Vec<Expert>;
+    type Dense = Matrix;
+}
+
+/// Reads the weights a model declares straight from the tensor index.
+struct Loader<'a> {
+    index: &'a TensorIndex,
+    arch: Arch,
+}
+
+impl Load for Loader<'_> {
+    type W = RefWeights;
+    type Reader = TensorIndex;
+
+    fn index(&self) -> &TensorIndex {
+        self.index
+    }
+    fn reader(&self) -> &TensorIndex {
+        self.index
     }
 
-    /// Widths of one position in the (k, v) caches.
-    fn cache_widths(&self) -> (usize, usize) {
-        match &self.cfg.mla {
-            Some(m) => (m.kv_lora_rank, m.qk_rope),
-            None => (self.cfg.n_kv_heads * self.cfg.head_dim, self.cfg.n_kv_heads * self.cfg.head_dim),
-        }
+    async fn linear(&mut self, d: &LinearDecl) -> Result<Linear> {
+        let parts = d.parts.iter().map(|(name, rows)| Matrix::load(self.index, name, [*rows, d.cols])).collect::<Result<Vec<_>>>()?;
+        let bias = d.read_bias(self.index, self.index).await?;
+        Ok(Linear { parts, bias, rows: d.rows() })
     }
 
-    /// Rotate every `hd`-wide head of `rows` (`[n, heads · hd]`) at positions
-    /// `start..`: its dims `at..at + rope_dim`, times the YaRN attention factor.
-    fn rope_rows(&self, rows: &mut [f32], n: usize, hd: usize, at: usize, start: usize) {
-        let (factor, width) = (self.cfg.rope_attention_factor(), rows.len() / n.max(1));
-        for (i, row) in rows.chunks_exact_mut(width).enumerate() {
-            for head in row.chunks_exact_mut(hd) {
-                let part = &mut head[at..at + 2 * self.inv_freq.len()];
-                rope(part, start + i, &self.inv_freq, self.cfg.rope_pairing);
-                if factor != 1.0 {
-                    part.iter_mut().for_each(|v| *v *= factor);
-                }
+    async fn vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>> {
+        self.index.read_vector(name, len as u64)
+    }
+
+    async fn experts(&mut self, d: &ExpertsDecl) -> Result<Vec<Expert>> {
+        let (f, h) = (d.ffn, d.hidden);
+        (0..d.n)
+            .map(|e| {
+                let w = |which, shape| Matrix::load_expert(self.index, self.arch, d.layer, e, d.n, which, shape);
+                Ok(Expert { gate: w(names::Expert::Gate, [f, h])?, up: w(names::Expert::Up, [f, h])?, down: w(names::Expert::Down, [h, f])? })
+            })
+            .collect()
+    }
+
+    fn dense(&mut self, name: &str, rows: usize, cols: usize, values: &[f32]) -> Result<Matrix> {
+        Ok(Matrix::from_f32(name, rows, cols, values))
+    }
+}
+
+/// An activation: `n` rows.
+pub struct Act {
+    n: usize,
+    data: Vec<f32>, // [n, width]
+}
+
+impl Act {
+    fn width(&self) -> usize {
+        self.data.len() / self.n.max(1)
+    }
+}
+
+/// Rotate every `hd`-wide head of `rows` (`[n, heads · hd]`) at positions
+/// `start..`: its dims `at..at + 2 · inv_freq.len()`, times the attention factor.
+fn rope_rows(r: &Rope, rows: &mut [f32], n: usize, hd: usize, at: usize, start: usize) {
+    let width = rows.len() / n.max(1);
+    for (i, row) in rows.chunks_exact_mut(width).enumerate() {
+        for head in row.chunks_exact_mut(hd) {
+            let part = &mut head[at..at + 2 * r.inv_freq.len()];
+            rope(part, start + i, &r.inv_freq, r.pairing);
+            if r.factor != 1.0 {
+                part.iter_mut().for_each(|v| *v *= r.factor);
             }
         }
     }
+}
 
-    /// Grouped-query attention of `n` new rows `xn` at positions `start..`.
-    fn gqa(&mut self, l: usize, xn: &[f32], n: usize, start: usize) -> Vec<f32> {
-        let cfg = &self.cfg;
-        let hd = cfg.head_dim;
-        let (q_dim, kv_dim, group) = (cfg.n_heads * hd, cfg.n_kv_heads * hd, cfg.n_heads / cfg.n_kv_heads);
-        let Attention::Gqa(w) = &self.layers[l].attn else { unreachable!("a GQA layer") };
-        let mut q = w.wq.matmul(xn, n); // [n, n_heads * head_dim]
-        let mut k = w.wk.matmul(xn, n); // [n, n_kv_heads * head_dim]
-        let mut v = w.wv.matmul(xn, n); // [n, n_kv_heads * head_dim]
-        for (t, b) in [(&mut q, &w.bq), (&mut k, &w.bk), (&mut v, &w.bv)] {
-            if let Some(b) = b {
-                t.chunks_exact_mut(b.len()).for_each(|r| r.iter_mut().zip(b).for_each(|(x, b)| *x += b));
-            }
+/// The ops executed in plain Rust over one pass: the pass's tokens at
+/// positions `start..`, the KV cache of every layer, and (for `compare`)
+/// every named intermediate's last row.
+#[derive(Default)]
+pub struct RefOps {
+    tokens: Vec<u32>,
+    start: usize,
+    /// The LM head runs on every row (else on the last).
+    head_all: bool,
+    /// Per layer `[pos, width]`: keys (GQA), or MLA's latent `c_kv`.
+    k_cache: Vec<Vec<f32>>,
+    /// Per layer `[pos, width]`: values (GQA), or MLA's roped `k_pe`.
+    v_cache: Vec<Vec<f32>>,
+    /// Per layer the (k, v) widths of one position.
+    widths: Vec<(usize, usize)>,
+    kept: Option<Vec<(String, Vec<f32>)>>,
+}
+
+impl RefOps {
+    fn keep(&mut self, name: &str, x: &Act) {
+        if let Some(kept) = &mut self.kept {
+            let w = x.width();
+            kept.push((name.to_string(), x.data[x.data.len() - w..].to_vec()));
         }
-        self.rope_rows(&mut q, n, hd, 0, start);
-        self.rope_rows(&mut k, n, hd, 0, start);
-        self.k_cache[l].extend_from_slice(&k);
-        self.v_cache[l].extend_from_slice(&v);
-        let (kc, vc) = (&self.k_cache[l], &self.v_cache[l]); // [start + n, kv_dim]
-        let scale = 1.0 / (hd as f32).sqrt();
-        let mut attn = vec![0f32; n * q_dim]; // [n, n_heads * head_dim]
+    }
+
+    /// Layer `l`'s caches, `kw` and `vw` values a position.
+    fn caches(&mut self, l: usize, kw: usize, vw: usize) -> (&mut Vec<f32>, &mut Vec<f32>) {
+        if self.k_cache.len() <= l {
+            self.k_cache.resize_with(l + 1, Vec::new);
+            self.v_cache.resize_with(l + 1, Vec::new);
+            self.widths.resize(l + 1, (0, 0));
+        }
+        self.widths[l] = (kw, vw);
+        (&mut self.k_cache[l], &mut self.v_cache[l])
+    }
+
+    fn truncate(&mut self, len: usize) {
+        for ((k, v), (kw, vw)) in self.k_cache.iter_mut().zip(&mut self.v_cache).zip(&self.widths) {
+            k.truncate(len * kw);
+            v.truncate(len * vw);
+        }
+    }
+}
+
+/// Each token's chosen (expert, weight) pairs.
+pub struct Routes(Vec<Vec<(usize, f32)>>);
+
+impl Ops for RefOps {
+    type W = RefWeights;
+    type Act = Act;
+    type Routes = Routes;
+    /// `[n · top_k, hidden]`: each token's chosen experts' outputs in order.
+    type Slots = Vec<f32>;
+
+    fn embed(&mut self, name: &str, w: &Linear) -> Result<Act> {
+        let [m] = w.parts.as_slice() else { return Err(Error::Config("an embedding stacked from several tensors".into())) };
+        let (n, h) = (self.tokens.len(), m.cols);
+        let mut x = vec![0f32; n * h];
+        for (i, &t) in self.tokens.iter().enumerate() {
+            m.row(t as usize, &mut x[i * h..(i + 1) * h]);
+        }
+        let x = Act { n, data: x };
+        self.keep(name, &x);
+        Ok(x)
+    }
+
+    fn rms_norm(&mut self, name: &str, x: &Act, w: &Vec<f32>, eps: f32) -> Result<Act> {
+        let mut y = Act { n: x.n, data: x.data.clone() };
+        y.data.chunks_exact_mut(x.width()).for_each(|r| rms_norm(r, w, eps));
+        self.keep(name, &y);
+        Ok(y)
+    }
+
+    fn rms_norm_head(&mut self, name: &str, x: &Act, w: &Vec<f32>, eps: f32) -> Result<Act> {
+        let last = Act { n: 1, data: x.data[x.data.len() - x.width()..].to_vec() };
+        self.rms_norm(name, if self.head_all { x } else { &last }, w, eps)
+    }
+
+    fn linear(&mut self, name: &str, w: &Linear, x: &Act) -> Result<Act> {
+        let y = Act { n: x.n, data: w.forward(&x.data, x.n) };
+        self.keep(name, &y);
+        Ok(y)
+    }
+
+    fn add_linear(&mut self, name: &str, residual: &mut Act, w: &Linear, x: &Act) -> Result<()> {
+        let y = w.forward(&x.data, x.n);
+        residual.data.iter_mut().zip(&y).for_each(|(r, y)| *r += y);
+        self.keep(name, residual);
+        Ok(())
+    }
+
+    fn glu(&mut self, name: &str, w: &Linear, x: &Act) -> Result<Act> {
+        let gate_up = w.forward(&x.data, x.n); // [n, 2 · ffn]
+        let f = w.rows / 2;
+        let data = gate_up.chunks_exact(2 * f).flat_map(|r| r[..f].iter().zip(&r[f..]).map(|(g, u)| silu(*g) * u)).collect();
+        let y = Act { n: x.n, data };
+        self.keep(name, &y);
+        Ok(y)
+    }
+
+    fn attention(&mut self, name: &str, l: usize, qkv: &Act, a: &Gqa) -> Result<Act> {
+        let (n, hd, start) = (qkv.n, a.head_dim, self.start);
+        let (q_dim, kv_dim, group) = (a.heads * hd, a.kv_heads * hd, a.heads / a.kv_heads);
+        let (mut q, mut k, mut v) = (Vec::with_capacity(n * q_dim), Vec::with_capacity(n * kv_dim), Vec::with_capacity(n * kv_dim));
+        for row in qkv.data.chunks_exact(q_dim + 2 * kv_dim) {
+            q.extend_from_slice(&row[..q_dim]);
+            k.extend_from_slice(&row[q_dim..q_dim + kv_dim]);
+            v.extend_from_slice(&row[q_dim + kv_dim..]);
+        }
+        rope_rows(&a.rope, &mut q, n, hd, 0, start);
+        rope_rows(&a.rope, &mut k, n, hd, 0, start);
+        let (kc, vc) = self.caches(l, kv_dim, kv_dim); // [start + n, kv_dim]
+        kc.extend_from_slice(&k);
+        vc.extend_from_slice(&v);
+        let (kc, vc) = (&*kc, &*vc);
+        let mut attn = vec![0f32; n * q_dim]; // [n, heads · head_dim]
         for i in 0..n {
             let visible = start + i + 1; // causal: positions 0..=start+i
-            for head in 0..cfg.n_heads {
+            for head in 0..a.heads {
                 let kvh = head / group;
                 let qh = &q[i * q_dim + head * hd..][..hd];
-                let mut scores: Vec<f32> = (0..visible).map(|p| dot(qh, &kc[p * kv_dim + kvh * hd..][..hd]) * scale).collect();
+                let mut scores: Vec<f32> = (0..visible).map(|p| dot(qh, &kc[p * kv_dim + kvh * hd..][..hd]) * a.scale).collect();
                 softmax(&mut scores);
                 let out = &mut attn[i * q_dim + head * hd..][..hd];
-                for (p, a) in scores.iter().enumerate() {
+                for (p, s) in scores.iter().enumerate() {
                     let vp = &vc[p * kv_dim + kvh * hd..][..hd];
-                    out.iter_mut().zip(vp).for_each(|(o, v)| *o += a * v);
+                    out.iter_mut().zip(vp).for_each(|(o, v)| *o += s * v);
                 }
             }
         }
-        attn
+        let y = Act { n, data: attn };
+        self.keep(name, &y);
+        Ok(y)
     }
 
-    /// Multi-head latent attention of `n` new rows at positions `start..`:
-    /// the cache keeps `c_kv` (normed latent) and the roped `k_pe`; keys and
-    /// values of each head are decompressed from `c_kv` (the plain form; the
-    /// GPU absorbs `W_kvb` into the query instead).
-    fn mla(&mut self, l: usize, xn: &[f32], n: usize, start: usize) -> Vec<f32> {
-        let cfg = &self.cfg;
-        let m = cfg.mla.as_ref().expect("an MLA model");
-        let (nh, nope, rope_d, vd, rank) = (cfg.n_heads, m.qk_nope, m.qk_rope, m.v_head_dim, m.kv_lora_rank);
+    /// The plain form: each head's keys and values decompressed from the
+    /// cached `c_kv` (the GPU absorbs `W_kvb` into the query instead).
+    fn latent_attention(&mut self, name: &str, l: usize, q: &Act, kv_a: &Act, norm: &Vec<f32>, kv_b: &Matrix, a: &Latent) -> Result<Act> {
+        let (n, start) = (q.n, self.start);
+        let (nh, nope, rope_d, vd, rank) = (a.heads, a.nope, a.rope_dim, a.v_dim, a.rank);
         let qk = nope + rope_d;
-        let Attention::Mla(w) = &self.layers[l].attn else { unreachable!("an MLA layer") };
-        let mut q = match &w.q {
-            Ok(wq) => wq.matmul(xn, n),
-            Err((a, norm, b)) => {
-                let mut qa = a.matmul(xn, n);
-                qa.chunks_exact_mut(a.rows).for_each(|r| rms_norm(r, norm, cfg.rms_eps));
-                b.matmul(&qa, n)
-            }
-        }; // [n, nh * qk]
-        let kv_a = w.kv_a.matmul(xn, n); // [n, rank + rope]
-        let mut c = Vec::with_capacity(n * rank);
-        let mut pe = Vec::with_capacity(n * rope_d);
-        for row in kv_a.chunks_exact(rank + rope_d) {
+        let mut q = q.data.clone(); // [n, nh · qk]
+        let (mut c, mut pe) = (Vec::with_capacity(n * rank), Vec::with_capacity(n * rope_d));
+        for row in kv_a.data.chunks_exact(rank + rope_d) {
             let mut ck = row[..rank].to_vec();
-            rms_norm(&mut ck, &w.kv_a_norm, cfg.rms_eps);
+            rms_norm(&mut ck, norm, a.eps);
             c.extend(ck);
             pe.extend_from_slice(&row[rank..]);
         }
-        let kv_b_rows = w.kv_b.rows;
-        self.rope_rows(&mut q, n, qk, nope, start);
-        self.rope_rows(&mut pe, n, rope_d, 0, start);
-        self.k_cache[l].extend_from_slice(&c);
-        self.v_cache[l].extend_from_slice(&pe);
+        rope_rows(&a.rope, &mut q, n, qk, nope, start);
+        rope_rows(&a.rope, &mut pe, n, rope_d, 0, start);
+        let (kc, pc) = self.caches(l, rank, rope_d);
+        kc.extend_from_slice(&c);
+        pc.extend_from_slice(&pe);
         let total = start + n;
-        let Attention::Mla(w) = &self.layers[l].attn else { unreachable!("an MLA layer") };
-        let kv = w.kv_b.matmul(&self.k_cache[l], total); // [total, nh * (nope + v)]
-        let pc = &self.v_cache[l]; // [total, rope]
-        let scale = (m.softmax_mscale / (qk as f64).sqrt()) as f32;
+        let kv = kv_b.matmul(kc, total); // [total, nh · (nope + v)]
+        let pc = &*pc; // [total, rope]
         let mut attn = vec![0f32; n * nh * vd];
         for i in 0..n {
             let visible = start + i + 1;
@@ -488,123 +519,111 @@ impl Reference {
                 let qh = &q[(i * nh + h) * qk..][..qk];
                 let mut scores: Vec<f32> = (0..visible)
                     .map(|p| {
-                        let k_nope = &kv[p * kv_b_rows + h * (nope + vd)..][..nope];
-                        (dot(&qh[..nope], k_nope) + dot(&qh[nope..], &pc[p * rope_d..][..rope_d])) * scale
+                        let k_nope = &kv[p * kv_b.rows + h * (nope + vd)..][..nope];
+                        (dot(&qh[..nope], k_nope) + dot(&qh[nope..], &pc[p * rope_d..][..rope_d])) * a.scale
                     })
                     .collect();
                 softmax(&mut scores);
                 let out = &mut attn[(i * nh + h) * vd..][..vd];
-                for (p, a) in scores.iter().enumerate() {
-                    let v = &kv[p * kv_b_rows + h * (nope + vd) + nope..][..vd];
-                    out.iter_mut().zip(v).for_each(|(o, v)| *o += a * v);
+                for (p, s) in scores.iter().enumerate() {
+                    let v = &kv[p * kv_b.rows + h * (nope + vd) + nope..][..vd];
+                    out.iter_mut().zip(v).for_each(|(o, v)| *o += s * v);
                 }
             }
         }
-        attn
+        let y = Act { n, data: attn };
+        self.keep(name, &y);
+        Ok(y)
     }
 
-    /// The feed-forward block of layer `l` for `n` normed rows.
-    fn ffn(&self, l: usize, xn: &[f32], n: usize) -> Vec<f32> {
-        let h = self.cfg.hidden;
-        match &self.layers[l].ffn {
-            Ffn::Dense(mlp) => mlp.forward(xn, n),
-            Ffn::Moe(w) => {
-                let moe = self.cfg.moe.as_ref().expect("an MoE model");
-                let logits = w.router.matmul(xn, n); // [n, experts]
-                let mut y = match &w.shared {
-                    Some(s) => s.forward(xn, n),
-                    None => vec![0f32; n * h],
-                };
-                if let Some(g) = &w.shared_gate {
-                    for (row, x) in y.chunks_exact_mut(h).zip(xn.chunks_exact(h)) {
-                        let gate = 1.0 / (1.0 + (-dot(g, x)).exp());
-                        row.iter_mut().for_each(|v| *v *= gate);
-                    }
-                }
-                for i in 0..n {
-                    let x = &xn[i * h..][..h];
-                    for (e, weight) in route(&logits[i * moe.n_experts..][..moe.n_experts], w.bias.as_deref(), moe) {
-                        let out = w.experts[e].forward(x, 1);
-                        y[i * h..][..h].iter_mut().zip(&out).for_each(|(y, o)| *y += weight * o);
-                    }
-                }
-                y
+    fn route(&mut self, _name: &str, logits: &Act, bias: Option<&Vec<f32>>, m: &Moe) -> Result<Routes> {
+        Ok(Routes(logits.data.chunks_exact(m.n_experts).map(|l| route(l, bias.map(|b| b.as_slice()), m)).collect()))
+    }
+
+    fn experts(&mut self, _name: &str, w: &Vec<Expert>, x: &Act, routes: &Routes, _m: &Moe) -> Result<Vec<f32>> {
+        let h = x.width();
+        let mut out = Vec::new();
+        for (xt, chosen) in x.data.chunks_exact(h).zip(&routes.0) {
+            for &(e, _) in chosen {
+                out.extend(w[e].forward(xt, 1));
             }
         }
+        Ok(out)
+    }
+
+    fn moe_combine(&mut self, name: &str, x: &mut Act, slots: &Vec<f32>, routes: &Routes, shared: Option<&Act>, gate: Option<&Act>, _m: &Moe) -> Result<()> {
+        let h = x.width();
+        let mut slot = slots.chunks_exact(h);
+        for (t, chosen) in routes.0.iter().enumerate() {
+            let mut y = match shared {
+                Some(s) => s.data[t * h..][..h].to_vec(),
+                None => vec![0f32; h],
+            };
+            if let Some(g) = gate {
+                let g = 1.0 / (1.0 + (-g.data[t]).exp());
+                y.iter_mut().for_each(|v| *v *= g);
+            }
+            for &(_, weight) in chosen {
+                let out = slot.next().ok_or_else(|| Error::Config("fewer expert outputs than chosen experts".into()))?;
+                y.iter_mut().zip(out).for_each(|(y, o)| *y += weight * o);
+            }
+            x.data[t * h..][..h].iter_mut().zip(&y).for_each(|(x, y)| *x += y);
+        }
+        self.keep(name, x);
+        Ok(())
+    }
+}
+
+/// The transformer on the CPU, with its KV cache: every architecture of
+/// [`crate::model`], its graph run by [`RefOps`].
+pub struct Reference {
+    pub cfg: ModelConfig,
+    model: Model<RefWeights>,
+    ops: RefOps,
+    /// Tokens in the cache.
+    pub len: usize,
+}
+
+impl Reference {
+    pub fn load(m: &ModelFiles) -> Result<Self> {
+        let mut loader = Loader { index: &m.index, arch: m.config.arch };
+        let model = run_ready(Model::load(&mut loader, &m.config))?;
+        Ok(Reference { cfg: m.config.clone(), model, ops: RefOps::default(), len: 0 })
     }
 
     /// Run `tokens` at positions `len..len + n`, append them to the cache, and
     /// return the logits of every position (`[n, vocab]`) or only of the last.
     pub fn forward_tokens(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
         let n = tokens.len();
-        let (h, eps) = (self.cfg.hidden, self.cfg.rms_eps);
-        let start = self.len;
         if n == 0 {
             return Err(Error::Input("forward: no tokens".into()));
         }
-        if start + n > self.cfg.context_length {
+        if self.len + n > self.cfg.context_length {
             return Err(Error::Input(format!(
-                "{} tokens do not fit the context of {} (already {start} in the cache)",
-                n, self.cfg.context_length
+                "{} tokens do not fit the context of {} (already {} in the cache)",
+                n, self.cfg.context_length, self.len
             )));
         }
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab) {
             return Err(Error::Input(format!("token id {bad} is outside the vocabulary of {}", self.cfg.vocab)));
         }
-
-        // ---- embedding: x [n, hidden]
-        let mut x = vec![0f32; n * h];
-        for (i, &t) in tokens.iter().enumerate() {
-            self.token_embd.row(t as usize, &mut x[i * h..(i + 1) * h]);
-        }
-
-        for l in 0..self.layers.len() {
-            // ---- attention
-            let mut xn = x.clone(); // [n, hidden]
-            xn.chunks_exact_mut(h).for_each(|r| rms_norm(r, &self.layers[l].attn_norm, eps));
-            let attn = if self.cfg.mla.is_some() { self.mla(l, &xn, n, start) } else { self.gqa(l, &xn, n, start) };
-            let o = self.layers[l].wo.matmul(&attn, n); // [n, hidden]
-            x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
-
-            // ---- feed-forward: SwiGLU, or routed experts (+ shared)
-            let mut xn = x.clone();
-            xn.chunks_exact_mut(h).for_each(|r| rms_norm(r, &self.layers[l].ffn_norm, eps));
-            let y = self.ffn(l, &xn, n); // [n, hidden]
-            x.iter_mut().zip(&y).for_each(|(x, d)| *x += d);
-        }
+        self.ops.tokens = tokens.to_vec();
+        self.ops.start = self.len;
+        self.ops.head_all = all_logits;
+        let x = self.model.body(&mut self.ops)?;
+        let logits = self.model.head(&mut self.ops, &x)?;
         self.len += n;
-
-        // ---- final norm and LM head
-        let rows: Vec<f32> = if all_logits { x } else { x[(n - 1) * h..].to_vec() };
-        let m = rows.len() / h;
-        let mut xn = rows;
-        xn.chunks_exact_mut(h).for_each(|r| rms_norm(r, &self.output_norm, eps));
-        let head = self.output.as_ref().unwrap_or(&self.token_embd);
-        Ok(head.matmul(&xn, m)) // [m, vocab]
+        Ok(logits.data)
     }
-}
 
-/// An MLA layer's weights; `W_kvb` as one f32 matrix ([`crate::model::mla_kv_b`]).
-fn load_mla(index: &TensorIndex, cfg: &ModelConfig, m: &Mla, i: usize) -> Result<MlaWeights> {
-    let n = |w| names::layer(index.kind, i, w);
-    let (h, nh, qk) = (cfg.hidden, cfg.n_heads, m.qk_nope + m.qk_rope);
-    let (nope, vd, rank) = (m.qk_nope, m.v_head_dim, m.kv_lora_rank);
-    let q = match m.q_lora_rank {
-        None => Ok(Matrix::load(index, &n(Layer::Q), [nh * qk, h])?),
-        Some(r) => Err((
-            Matrix::load(index, &n(Layer::QA), [r, h])?,
-            index.read_vector(&n(Layer::QANorm), r as u64)?,
-            Matrix::load(index, &n(Layer::QB), [nh * qk, r])?,
-        )),
-    };
-    let kv_b = crate::engine::run_ready(crate::model::mla_kv_b(index, index, i, nh, m))?;
-    let kv_b = Matrix::from_f32(&n(Layer::KvB), nh * (nope + vd), rank, &kv_b);
-    Ok(MlaWeights {
-        q,
-        kv_a: Matrix::load(index, &n(Layer::KvA), [rank + m.qk_rope, h])?,
-        kv_a_norm: index.read_vector(&n(Layer::KvANorm), rank as u64)?,
-        kv_b,
-    })
+    /// Run `tokens` as [`Reference::forward_tokens`] does and return, in
+    /// graph order, every named intermediate's value at the last position.
+    pub fn intermediates(&mut self, tokens: &[u32]) -> Result<Vec<(String, Vec<f32>)>> {
+        self.ops.kept = Some(Vec::new());
+        let r = self.forward_tokens(tokens, false);
+        let kept = self.ops.kept.take().unwrap_or_default();
+        r.map(|_| kept)
+    }
 }
 
 impl Backend for Reference {
@@ -615,11 +634,8 @@ impl Backend for Reference {
         self.len
     }
     fn truncate(&mut self, len: usize) {
-        let len = len.min(self.len);
-        let (kw, vw) = self.cache_widths();
-        self.k_cache.iter_mut().for_each(|c| c.truncate(len * kw));
-        self.v_cache.iter_mut().for_each(|c| c.truncate(len * vw));
-        self.len = len;
+        self.len = len.min(self.len);
+        self.ops.truncate(self.len);
     }
     fn context_length(&self) -> usize {
         self.cfg.context_length

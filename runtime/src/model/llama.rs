@@ -1,0 +1,48 @@
+//! Llama and its relatives: Llama 2/3, SmolLM2, DeepSeek-R1-Distill-Llama,
+//! Qwen2 (q/k/v biases), Mixtral (routed experts) and Qwen2-MoE (routed
+//! experts and a gated shared expert).
+//!
+//! Attention, per layer, of `xn = RMSNorm(x)`: `[q ; k ; v] = W_qkv xn (+ b)`,
+//! q and k roped at their positions, grouped-query heads (`heads / kv_heads`
+//! queries share a key and value head) over the cache, causal, scaled by
+//! `1/√head_dim`. The rest of the layer is the shared decoder's.
+
+use super::decoder::{rope, Attention, Block, Decoder, Ends};
+use super::names::{self, Layer};
+use super::ops::{Gqa, LinearDecl, Load, Ops, Weights};
+use crate::config::ModelConfig;
+use crate::error::Result;
+
+pub struct GqaAttention<W: Weights> {
+    qkv: W::Linear, // [q_dim + 2 · kv_dim, hidden] (+ bias, qwen2): q, k, v stacked
+    shape: Gqa,
+}
+
+impl<W: Weights> Attention<W> for GqaAttention<W> {
+    fn forward<O: Ops<W = W>>(&self, o: &mut O, i: usize, xn: &O::Act) -> Result<O::Act> {
+        let qkv = o.linear(&format!("blk.{i}.qkv"), &self.qkv, xn)?; // [n, q_dim + 2 · kv_dim]
+        o.attention(&format!("blk.{i}.attn"), i, &qkv, &self.shape) // [n, q_dim]
+    }
+}
+
+pub type Llama<W> = Decoder<W, GqaAttention<W>>;
+
+pub async fn load<W: Weights, L: Load<W = W>>(l: &mut L, cfg: &ModelConfig) -> Result<Llama<W>> {
+    let (kind, hd) = (l.index().kind, cfg.head_dim);
+    let (q_dim, kv_dim) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
+    let shape = Gqa { heads: cfg.n_heads, kv_heads: cfg.n_kv_heads, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), rope: rope(l, cfg).await? };
+    let ends = Ends::load(l, cfg).await?;
+    let mut blocks = Vec::with_capacity(cfg.n_layers);
+    for i in 0..cfg.n_layers {
+        let n = |w| names::layer(kind, i, w);
+        let qkv = LinearDecl {
+            name: format!("blk.{i}.attn_qkv"),
+            parts: vec![(n(Layer::Q), q_dim), (n(Layer::K), kv_dim), (n(Layer::V), kv_dim)],
+            cols: cfg.hidden,
+            bias: cfg.qkv_bias.then(|| vec![n(Layer::QBias), n(Layer::KBias), n(Layer::VBias)]),
+        };
+        let attn = GqaAttention { qkv: l.linear(&qkv).await?, shape: shape.clone() };
+        blocks.push(Block::load(l, cfg, i, attn, q_dim).await?);
+    }
+    Ok(Decoder { cfg: cfg.clone(), ends, blocks })
+}
