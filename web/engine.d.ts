@@ -108,5 +108,10 @@ export interface Engine {
 
 export function createEngine(
   modelUrl: string,
-  opts?: { onProgress?: (p: LoadProgress) => void; workerUrl?: string | URL },
+  opts?: {
+    onProgress?: (p: LoadProgress) => void;
+    workerUrl?: string | URL;
+    /** The KV cache's type (default f16 where the GPU has shader-f16). */
+    kvCache?: 'f16' | 'f32';
+  },
 ): Promise<Engine>;

@@ -51,7 +51,10 @@ class Engine {
   }
 
   /** @internal */
-  static async start(modelUrl, { onProgress, workerUrl } = {}) {
+  static async start(modelUrl, { onProgress, workerUrl, kvCache } = {}) {
+    if (kvCache !== undefined && kvCache !== 'f16' && kvCache !== 'f32') {
+      throw new TypeError(`kvCache must be 'f16' or 'f32', not ${JSON.stringify(kvCache)}`);
+    }
     const worker = new Worker(workerUrl ?? new URL('./worker.js', import.meta.url), { type: 'module' });
     const pending = new Map();
     let failWorker;
@@ -66,7 +69,7 @@ class Engine {
       pending.set(0, (m) => (m.error !== undefined ? reject(new Error(m.error)) : resolve(m.result))),
     );
     const pkg = new URL('/pkg/baleen.js', import.meta.url).href;
-    worker.postMessage({ id: 0, type: 'load', url: new URL(modelUrl, location.href).href, pkg });
+    worker.postMessage({ id: 0, type: 'load', url: new URL(modelUrl, location.href).href, pkg, kvCache });
     let info;
     try {
       info = await Promise.race([loaded, workerFailed]);
@@ -232,7 +235,8 @@ class Engine {
 /**
  * Load a GGUF model (by URL) into a new engine running in a Web Worker.
  * @param {string} modelUrl
- * @param {{ onProgress?: (p: object) => void, workerUrl?: string | URL }} [opts]
+ * @param {{ onProgress?: (p: object) => void, workerUrl?: string | URL, kvCache?: 'f16' | 'f32' }} [opts]
+ *   kvCache: the KV cache's type (default f16 where the GPU has shader-f16).
  */
 export function createEngine(modelUrl, opts) {
   if (typeof modelUrl !== 'string' || modelUrl.length === 0) return Promise.reject(new TypeError('createEngine needs a model URL'));

@@ -29,7 +29,7 @@ function partialStop(text, stops) {
   return hold;
 }
 
-async function load({ url, pkg }) {
+async function load({ url, pkg, kvCache }) {
   if (!self.navigator.gpu) {
     throw new Error(
       'WebGPU is not available in this browser. Use a recent Chrome or Edge (113+), or Firefox/Safari with WebGPU enabled.',
@@ -80,6 +80,7 @@ async function load({ url, pkg }) {
       tensorsLoaded = done;
       tensorsTotal = total;
     },
+    kvCache,
   );
   progress('ready', file);
   const info = JSON.parse(engine.info());

@@ -281,6 +281,30 @@ await test('a tiny DeepSeek-V3 runs through /engine.js as it does natively', asy
   await p.close();
 });
 
+await test('kvCache: f32 is honoured; f16 without shader-f16, and other values, are refused', async () => {
+  const p = await openPage(context, `${base}?autoload=0`);
+  const got = await p.evaluate(async (url) => {
+    const { createEngine } = await import('/engine.js');
+    const e = await createEngine(url, { kvCache: 'f32' });
+    const info = e.info;
+    await e.dispose();
+    const refused = async (opts) => {
+      try {
+        await (await createEngine(url, opts)).dispose();
+        return null;
+      } catch (x) {
+        return x.message;
+      }
+    };
+    return { info, bad: await refused({ kvCache: 'f8' }), f16: await refused({ kvCache: 'f16' }) };
+  }, `/models/${DEEPSEEK}`);
+  assert.equal(got.info.kv_f16, false);
+  assert.match(got.bad, /kvCache must be 'f16' or 'f32'/);
+  // SwiftShader has no shader-f16.
+  assert.match(got.f16, /lacks shader-f16/);
+  await p.close();
+});
+
 await test('bad model URLs give plain-words errors', async () => {
   assert.match(await loadError(page, '/models/missing.gguf'), /not found \(HTTP 404\)/);
   assert.match(await loadError(page, '/models/not-a-model.gguf'), /GGUF/);
