@@ -55,6 +55,19 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Print a kernel variant's WGSL exactly as the GPU receives it, or list
+    /// the kernel families, their flags and choices.
+    Shader {
+        /// A kernel family (none: list them).
+        family: Option<String>,
+        /// The variant's flags: one of each choice group and any free flags
+        /// (e.g. Q4_1,ROW_PER_THREAD,SUBGROUPS).
+        #[arg(long, value_delimiter = ',')]
+        flags: Vec<String>,
+        /// List the families with their flags and choice groups.
+        #[arg(long, conflicts_with_all = ["family", "flags"])]
+        list: bool,
+    },
     /// Serve the chat page (web/), the wasm package (pkg/) and a models folder on 127.0.0.1.
     Serve {
         /// 0 picks a free port.
@@ -167,6 +180,7 @@ fn main() {
         Cmd::Chat(a) => chat(a),
         Cmd::Bench(a) => bench(a),
         Cmd::Inspect { path, json } => inspect(&path, json),
+        Cmd::Shader { family, flags, list: _ } => shader(family.as_deref(), &flags),
         Cmd::Serve { port, models, web, pkg } => baleen::serve::serve(baleen::serve::ServeOptions { port, web, pkg, models }, |url| {
             println!("baleen: serving the chat page at {url}");
         }),
@@ -421,6 +435,48 @@ fn bench_kernels(json: bool, bytes: u64, only: Option<&str>) -> Result<()> {
         }
     }
     std::io::stdout().write_all(text.as_bytes()).map_err(|e| Error::io("stdout", e))
+}
+
+/// One line per kernel family: its free flags and its choice groups.
+fn shader_families() -> String {
+    let mut out = String::new();
+    for f in baleen_shaders::FAMILIES {
+        out += &format!("  {:<12} {}\n", f.name, family_flags(f));
+    }
+    out + "  (any family: ENABLE_SUBGROUPS with SUBGROUPS adds `enable subgroups;`, as browsers need)"
+}
+
+/// A family's free flags and choice groups: "flags BIAS,ACC; one of F32|F16".
+fn family_flags(f: &baleen_shaders::Family) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    if !f.flags.is_empty() {
+        parts.push(format!("flags {}", f.flags.join(",")));
+    }
+    parts.extend(f.choices.iter().map(|g| format!("one of {}", g.join("|"))));
+    if parts.is_empty() {
+        return "no flags".into();
+    }
+    parts.join("; ")
+}
+
+/// `baleen shader FAMILY --flags F1,F2`: the variant as `Gpu::pipeline`
+/// builds it (specialised with the constants `consts` gives it); no family:
+/// the list of families.
+fn shader(family: Option<&str>, flags: &[String]) -> Result<()> {
+    let Some(name) = family else {
+        if !flags.is_empty() {
+            return Err(Error::Input(format!("--flags needs a kernel family: baleen shader FAMILY --flags F1,F2,...\n{}", shader_families())));
+        }
+        let text = format!("kernel families (baleen shader FAMILY --flags F1,F2,...):\n{}\n", shader_families());
+        return std::io::stdout().write_all(text.as_bytes()).map_err(|e| Error::io("stdout", e));
+    };
+    let family = baleen_shaders::FAMILIES.iter().find(|f| f.name == name).ok_or_else(|| {
+        Error::Input(format!("no kernel family {name:?}; the families:\n{}", shader_families()))
+    })?;
+    let flags: Vec<&str> = flags.iter().map(|f| f.trim()).filter(|f| !f.is_empty()).collect();
+    let source = baleen_shaders::specialise(family, &flags, &baleen_shaders::consts(family, &flags))
+        .map_err(|e| Error::Input(format!("{e}\n{name} takes {} (--flags F1,F2,...)", family_flags(family))))?;
+    std::io::stdout().write_all(source.as_bytes()).map_err(|e| Error::io("stdout", e))
 }
 
 fn inspect(path: &std::path::Path, json: bool) -> Result<()> {

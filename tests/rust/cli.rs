@@ -263,3 +263,61 @@ fn inspect_fails_clearly_on_what_is_not_a_model() {
         }
     }
 }
+
+#[test]
+fn shader_prints_the_variant_the_gpu_compiles() {
+    let flags = ["Q4_1", "ROW_PER_THREAD", "SUBGROUPS"];
+    let text = ok_text(&["shader", "matmul", "--flags", &flags.join(",")]);
+    let want = baleen_shaders::specialise(&baleen_shaders::MATMUL, &flags, &baleen_shaders::consts(&baleen_shaders::MATMUL, &flags)).unwrap();
+    assert_eq!(text, want);
+    assert!(text.contains("@compute") && text.contains("const WG: u32 = ") && !text.contains("#if"));
+    assert!(ok_text(&["shader", "rope", "--flags", "HALF_K,ADJACENT"]).starts_with("enable f16;"));
+
+    for args in [&["shader"][..], &["shader", "--list"]] {
+        let list = ok_text(args);
+        for family in baleen_shaders::FAMILIES {
+            assert!(list.contains(family.name), "{args:?} lacks {}:\n{list}", family.name);
+        }
+        assert!(list.contains("one of ROW_PER_THREAD|ROW_PER_WORKGROUP") && list.contains("HALF_KV"), "{list}");
+    }
+
+    for (args, want) in [
+        (&["shader", "matmul", "--flags", "Q4_1,ROW_PER_THREAD,NOPE"][..], "matmul.wgsl has no flag NOPE"),
+        (&["shader", "matmul", "--flags", "Q4_1"], "needs exactly one of [\"ROW_PER_THREAD\", \"ROW_PER_WORKGROUP\"]"),
+        (&["shader", "matmul", "--flags", "Q4_1"], "matmul takes flags BIAS,ACC,SUBGROUPS,QUAD_TEXTURE; one of F32|"),
+        (&["shader", "copy", "--flags", "BIAS"], "copy takes no flags"),
+        (&["shader", "matmull"], "no kernel family \"matmull\""),
+        (&["shader", "matmull"], "  attention    flags HALF_KV"),
+    ] {
+        assert_eq!(fails_with(args, want).status.code(), Some(1));
+    }
+}
+
+#[test]
+fn bench_reports_medians() {
+    let j = ok_json(&[
+        "bench", "--model", common::fixture("tiny-qwen2").to_str().unwrap(), "--prompt-tokens", "16",
+        "--gen-tokens", "8", "--runs", "2", "--backend", "reference", "--json",
+    ]);
+    assert!(j["prefill_tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(j["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(j.get("peak_gpu_bytes").is_some());
+}
+
+#[test]
+fn bench_kernels_reports_each_kernel_beside_the_copy() {
+    let j = ok_json(&["bench-kernels", "--json", "--bytes", "1048576", "--only", "Q4_1,rms_norm,swiglu,rope,attention,embed,sample"]);
+    assert!(j["copy_gbps"].as_f64().unwrap() > 0.0);
+    let names: Vec<&str> = j["kernels"].as_array().unwrap().iter().map(|k| k["name"].as_str().unwrap()).collect();
+    let want = [
+        "matmul_gemv_Q4_1", "matmul_gemm_Q4_1", "rms_norm", "swiglu", "rope_scatter", "attention_decode", "attention_prefill", "embed_Q4_1", "sample_greedy",
+    ];
+    assert_eq!(names, want);
+    for k in j["kernels"].as_array().unwrap() {
+        let (gbps, f) = (k["gbps"].as_f64().unwrap(), k["fraction_of_copy"].as_f64().unwrap());
+        assert!(gbps > 0.0 && f.is_finite() && f > 0.0, "{k}");
+        // Matmuls (only they) also give their arithmetic rate.
+        let name = k["name"].as_str().unwrap();
+        assert_eq!(k["gflops"].as_f64().is_some_and(|g| g > 0.0), name.starts_with("matmul_"), "{k}");
+    }
+}
