@@ -7,6 +7,7 @@
 //! - [`config`], [`tokenizer`], [`model`]: what the headers say.
 //! - [`reference`]: the plain-Rust f32 forward pass, the oracle.
 //! - [`engine`], [`sample`]: generation over any backend.
+//! - [`inspect`]: what a model file holds, for `baleen inspect`.
 
 /// `baleen compare`: both backends, every intermediate diffed.
 #[cfg(all(feature = "gpu", not(target_arch = "wasm32")))]
@@ -17,6 +18,7 @@ pub mod error;
 pub mod format;
 #[cfg(feature = "gpu")]
 pub mod gpu;
+pub mod inspect;
 pub mod model;
 pub mod quant;
 pub mod reference;

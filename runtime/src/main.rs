@@ -52,10 +52,27 @@ enum Cmd {
     /// (max |Δ| and RMS at the last position, in graph order); exit 1 when
     /// one exceeds --tolerance.
     Compare(CompareArgs),
-    /// Describe a model file: architecture, hyper-parameters, tensors.
+    /// Describe a model file: architecture, hyper-parameters, metadata, tensors
+    /// (also of a model whose architecture baleen cannot run).
     Inspect {
         /// A .gguf file or a Hugging Face model folder.
         path: PathBuf,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a kernel variant's WGSL exactly as the GPU receives it, or list
+    /// the kernel families, their flags and choices.
+    Shader {
+        /// A kernel family (none: list them).
+        family: Option<String>,
+        /// The variant's flags: one of each choice group and any free flags
+        /// (e.g. Q4_1,ROW_PER_THREAD,SUBGROUPS).
+        #[arg(long, value_delimiter = ',')]
+        flags: Vec<String>,
+        /// List the families with their flags and choice groups.
+        #[arg(long, conflicts_with_all = ["family", "flags"])]
+        list: bool,
     },
     /// Serve the chat page (web/), the wasm package (pkg/) and a models folder on 127.0.0.1.
     Serve {
@@ -237,7 +254,8 @@ fn main() {
         Cmd::Chat(a) => chat(a),
         Cmd::Bench(a) => bench(a),
         Cmd::Compare(a) => compare(a),
-        Cmd::Inspect { path } => inspect(&path),
+        Cmd::Inspect { path, json } => inspect(&path, json),
+        Cmd::Shader { family, flags, list: _ } => shader(family.as_deref(), &flags),
         Cmd::Serve { port, models, web, pkg } => baleen::serve::serve(baleen::serve::ServeOptions { port, web, pkg, models }, |url| {
             println!("baleen: serving the chat page at {url}");
         }),
@@ -539,65 +557,50 @@ fn bench_kernels(json: bool, bytes: u64, only: Option<&str>) -> Result<()> {
     std::io::stdout().write_all(text.as_bytes()).map_err(|e| Error::io("stdout", e))
 }
 
-fn human_bytes(n: u64) -> String {
-    match n {
-        n if n >= 1 << 30 => format!("{:.2} GiB", n as f64 / (1u64 << 30) as f64),
-        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
-        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
-        n => format!("{n} B"),
+/// One line per kernel family: its free flags and its choice groups.
+fn shader_families() -> String {
+    let mut out = String::new();
+    for f in baleen_shaders::FAMILIES {
+        out += &format!("  {:<12} {}\n", f.name, family_flags(f));
     }
+    out + "  (any family: ENABLE_SUBGROUPS with SUBGROUPS adds `enable subgroups;`, as browsers need)"
 }
 
-fn inspect(path: &std::path::Path) -> Result<()> {
-    let m = ModelFiles::open(path)?;
-    let c = &m.config;
-    let idx = &m.index;
-    let mut out = String::new();
-    use std::fmt::Write as _;
-    let _ = writeln!(out, "{} ({}, {} tensors, {})", m.name, idx.kind.label(), idx.tensors.len(), human_bytes(idx.total_bytes()));
-    let _ = writeln!(out, "architecture    {}", c.arch.name());
-    let _ = writeln!(out, "layers          {}", c.n_layers);
-    let _ = writeln!(out, "hidden          {}", c.hidden);
-    let _ = writeln!(out, "heads           {} (kv {}, head dim {})", c.n_heads, c.n_kv_heads, c.head_dim);
-    let _ = writeln!(out, "ffn             {}", c.ffn);
-    let _ = writeln!(out, "vocab           {} (tokenizer: {})", c.vocab, m.tokenizer.vocab_size());
-    let _ = writeln!(out, "context         {}", c.context_length);
-    let _ = writeln!(out, "rope            theta {} {:?} pairs, scaling {}", c.rope_theta, c.rope_pairing, match &c.rope_scaling {
-        baleen::config::RopeScaling::FreqFactors => "per-dimension factors (rope_freqs)".to_string(),
-        other => format!("{other:?}"),
-    });
-    let _ = writeln!(out, "rms eps         {}", c.rms_eps);
-    let _ = writeln!(out, "tied embeddings {}", c.tie_embeddings);
-    let _ = writeln!(out, "chat template   {}", if m.tokenizer.has_chat_template() { "yes" } else { "no" });
-    if let Some(a) = &c.mla {
-        let q = a.q_lora_rank.map_or("direct".to_string(), |r| format!("LoRA rank {r}"));
-        let _ = writeln!(
-            out,
-            "latent attn     kv rank {}, nope {} + rope {}, v {}, queries {q}, softmax mscale {:.4}",
-            a.kv_lora_rank, a.qk_nope, a.qk_rope, a.v_head_dim, a.softmax_mscale
-        );
+/// A family's free flags and choice groups: "flags BIAS,ACC; one of F32|F16".
+fn family_flags(f: &baleen_shaders::Family) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    if !f.flags.is_empty() {
+        parts.push(format!("flags {}", f.flags.join(",")));
     }
-    if let Some(e) = &c.moe {
-        let _ = writeln!(
-            out,
-            "experts         {} routed (top {}, width {}), shared width {}, dense layers < {}, {:?} scores, {} groups (best {}, {:?}), normalised {}, scale {}",
-            e.n_experts, e.top_k, e.expert_ffn, e.shared_ffn, e.first_dense, e.scoring, e.groups, e.topk_groups, e.group_score, e.norm_topk, e.scale
-        );
+    parts.extend(f.choices.iter().map(|g| format!("one of {}", g.join("|"))));
+    if parts.is_empty() {
+        return "no flags".into();
     }
-    let _ = write!(out, "kv cache        {} per token (f32)", human_bytes(c.kv_bytes_per_token() as u64));
-    if c.mla.is_some() {
-        let _ = write!(out, "; multi-head attention would hold {}", human_bytes(c.mha_kv_bytes_per_token() as u64));
-    }
-    let _ = writeln!(out);
-    if !idx.metadata.is_empty() {
-        let _ = writeln!(out, "\nmetadata:");
-        for (k, v) in &idx.metadata {
-            let _ = writeln!(out, "  {k} = {}", v.summary());
+    parts.join("; ")
+}
+
+/// `baleen shader FAMILY --flags F1,F2`: the variant as `Gpu::pipeline`
+/// builds it (specialised with the constants `consts` gives it); no family:
+/// the list of families.
+fn shader(family: Option<&str>, flags: &[String]) -> Result<()> {
+    let Some(name) = family else {
+        if !flags.is_empty() {
+            return Err(Error::Input(format!("--flags needs a kernel family: baleen shader FAMILY --flags F1,F2,...\n{}", shader_families())));
         }
-    }
-    let _ = writeln!(out, "\ntensors:");
-    for t in &idx.tensors {
-        let _ = writeln!(out, "  {:<40} {:<5} {:<20} {}", t.name, t.dtype.name(), format!("{:?}", t.shape), human_bytes(t.nbytes));
-    }
-    std::io::stdout().write_all(out.as_bytes()).map_err(|e| Error::io("stdout", e))
+        let text = format!("kernel families (baleen shader FAMILY --flags F1,F2,...):\n{}\n", shader_families());
+        return std::io::stdout().write_all(text.as_bytes()).map_err(|e| Error::io("stdout", e));
+    };
+    let family = baleen_shaders::FAMILIES.iter().find(|f| f.name == name).ok_or_else(|| {
+        Error::Input(format!("no kernel family {name:?}; the families:\n{}", shader_families()))
+    })?;
+    let flags: Vec<&str> = flags.iter().map(|f| f.trim()).filter(|f| !f.is_empty()).collect();
+    let source = baleen_shaders::specialise(family, &flags, &baleen_shaders::consts(family, &flags))
+        .map_err(|e| Error::Input(format!("{e}\n{name} takes {} (--flags F1,F2,...)", family_flags(family))))?;
+    std::io::stdout().write_all(source.as_bytes()).map_err(|e| Error::io("stdout", e))
+}
+
+fn inspect(path: &std::path::Path, json: bool) -> Result<()> {
+    let i = baleen::inspect::Inspection::open(path)?;
+    let text = if json { format!("{}\n", i.to_json()) } else { i.to_text() };
+    std::io::stdout().write_all(text.as_bytes()).map_err(|e| Error::io("stdout", e))
 }

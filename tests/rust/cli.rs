@@ -13,12 +13,20 @@ fn ok_json(args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
-fn fails_with(args: &[&str], want: &str) {
+fn fails_with(args: &[&str], want: &str) -> Output {
     let out = baleen(args);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "baleen {args:?} succeeded");
     assert!(err.contains(want), "baleen {args:?}: stderr {err:?} lacks {want:?}");
     assert!(!err.contains("panicked"), "baleen {args:?} panicked: {err}");
+    out
+}
+
+/// Plain stdout of a command that must succeed.
+fn ok_text(args: &[&str]) -> String {
+    let out = baleen(args);
+    assert!(out.status.success(), "baleen {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
 }
 
 #[test]
@@ -109,12 +117,180 @@ fn bad_input_gives_clear_errors() {
     for f in ["model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
         std::fs::copy(common::fixture("tiny-llama").join(f), hf.join(f)).unwrap();
     }
+    // (inspect lists these; see inspect_lists_what_baleen_cannot_run.)
+    let run_hf = ["run", "--model", hf.to_str().unwrap(), "--prompt", "hi", r[0], r[1]];
     std::fs::write(hf.join("config.json"), r#"{"architectures": ["GPTNeoXForCausalLM"], "hidden_size": 64}"#).unwrap();
-    fails_with(&["inspect", hf.to_str().unwrap()], "unsupported: architecture \"GPTNeoXForCausalLM\"");
+    fails_with(&run_hf, "unsupported: architecture \"GPTNeoXForCausalLM\"");
     std::fs::write(hf.join("config.json"), "{not json").unwrap();
-    fails_with(&["inspect", hf.to_str().unwrap()], "not valid JSON");
+    fails_with(&run_hf, "not valid JSON");
     std::fs::write(hf.join("config.json"), r#"{"architectures": ["LlamaForCausalLM"]}"#).unwrap();
-    fails_with(&["inspect", hf.to_str().unwrap()], "missing \"hidden_size\"");
+    fails_with(&run_hf, "missing \"hidden_size\"");
+}
+
+/// `inspect --json`'s tensors are the index's, in order, and `total_bytes`
+/// is the sum of their bytes.
+fn check_tensors(j: &serde_json::Value, index: &baleen::format::TensorIndex) {
+    let tensors = j["tensors"].as_array().unwrap();
+    assert_eq!(tensors.len(), index.tensors.len());
+    for (jt, t) in tensors.iter().zip(&index.tensors) {
+        assert_eq!(jt["name"], t.name.as_str());
+        assert_eq!(jt["type"], t.dtype.name());
+        assert_eq!(jt["shape"], serde_json::json!(t.shape));
+        assert_eq!(jt["bytes"], t.nbytes);
+    }
+    let sum: u64 = tensors.iter().map(|t| t["bytes"].as_u64().unwrap()).sum();
+    assert_eq!(j["total_bytes"].as_u64(), Some(sum));
+    assert_eq!(sum, index.total_bytes());
+}
+
+fn open_gguf(path: &std::path::Path) -> baleen::format::TensorIndex {
+    baleen::format::gguf::parse(std::sync::Arc::new(baleen::source::FileSource::open(path).unwrap())).unwrap()
+}
+
+#[test]
+fn inspect_json_lists_config_metadata_and_tensors() {
+    // A Hugging Face folder: metadata is its config.json.
+    let llama = common::fixture("tiny-llama");
+    let j = ok_json(&["inspect", llama.to_str().unwrap(), "--json"]);
+    assert_eq!((&j["architecture"], &j["supported"], &j["format"]), (&"llama".into(), &true.into(), &"safetensors".into()), "{j}");
+    assert!(j.get("unsupported").is_none());
+    let cfg = common::json("tiny-llama/config.json");
+    assert_eq!(j["metadata"], cfg);
+    assert_eq!(j["config"]["hidden"], cfg["hidden_size"]);
+    assert_eq!(j["config"]["n_layers"], cfg["num_hidden_layers"]);
+    assert_eq!(j["config"]["n_kv_heads"], cfg["num_key_value_heads"]);
+    assert_eq!(j["config"]["rms_eps"], 1e-5, "an f32 as its shortest decimal");
+    assert_eq!(j["config"]["mla"], serde_json::Value::Null);
+    assert_eq!(j["tokenizer"]["vocab"], cfg["vocab_size"]);
+    check_tensors(&j, &baleen::format::safetensors::open_folder(&llama).unwrap());
+
+    // A GGUF: its key/values, long arrays summarised.
+    let ds = common::fixture("tiny-deepseek-v3/model.gguf");
+    let j = ok_json(&["inspect", "--json", ds.to_str().unwrap()]);
+    assert_eq!((&j["architecture"], &j["supported"], &j["format"]), (&"deepseek2".into(), &true.into(), &"GGUF".into()), "{j}");
+    let (meta, c) = (&j["metadata"], &j["config"]);
+    assert_eq!(meta["general.architecture"], "deepseek2");
+    assert_eq!(c["mla"]["kv_lora_rank"], meta["deepseek2.attention.kv_lora_rank"]);
+    assert_eq!(c["moe"]["n_experts"], meta["deepseek2.expert_count"]);
+    assert_eq!(meta["deepseek2.attention.layer_norm_rms_epsilon"], 1e-6);
+    let tokens = &meta["tokenizer.ggml.tokens"];
+    assert_eq!((&tokens["type"], &tokens["len"]), (&"array".into(), &c["vocab"]), "{tokens}");
+    assert_eq!(tokens["first"].as_array().unwrap().len(), 5);
+    assert!(tokens["first"][0].is_string());
+    let text = serde_json::to_string(&j).unwrap();
+    assert!(text.len() < 64 << 10, "inspect --json is {} bytes: long arrays are not summarised", text.len());
+    check_tensors(&j, &open_gguf(&ds));
+}
+
+/// `src`'s tensors and metadata in a new GGUF in `dir` whose architecture is
+/// `to` (`general.architecture` and the `{from}.*` keys renamed).
+fn as_architecture(src: &std::path::Path, from: &str, to: &str, dir: &common::TempDir) -> std::path::PathBuf {
+    use baleen::format::{gguf::writer, MetaValue};
+    let idx = open_gguf(src);
+    let tensors: Vec<writer::Tensor> = idx
+        .tensors
+        .iter()
+        .map(|t| writer::Tensor { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone(), data: idx.read(t).unwrap() })
+        .collect();
+    let meta: Vec<(String, MetaValue)> = idx
+        .metadata
+        .iter()
+        .map(|(k, v)| match k.strip_prefix(&format!("{from}.")) {
+            Some(rest) => (format!("{to}.{rest}"), v.clone()),
+            None if k == "general.architecture" => (k.clone(), MetaValue::String(to.into())),
+            None => (k.clone(), v.clone()),
+        })
+        .collect();
+    let path = dir.0.join(format!("{to}.gguf"));
+    std::fs::write(&path, writer::write(&meta, &tensors)).unwrap();
+    path
+}
+
+#[test]
+fn inspect_lists_what_baleen_cannot_run() {
+    let dir = common::TempDir::new("cli-unsupported");
+    let gemma = as_architecture(&common::fixture("tiny-mixtral/model.gguf"), "llama", "gemma3", &dir);
+    let path = gemma.to_str().unwrap();
+    let j = ok_json(&["inspect", path, "--json"]);
+    assert_eq!((&j["architecture"], &j["supported"]), (&"gemma3".into(), &false.into()), "{j}");
+    assert!(j["unsupported"].as_str().unwrap().contains("architecture \"gemma3\""), "{j}");
+    assert!(j.get("config").is_none());
+    assert_eq!(j["metadata"]["general.architecture"], "gemma3");
+    assert!(j["metadata"]["gemma3.block_count"].is_u64(), "{j}");
+    check_tensors(&j, &open_gguf(&gemma));
+    let text = ok_text(&["inspect", path]);
+    for want in ["architecture    gemma3", "baleen cannot run this model: unsupported: architecture \"gemma3\"", "gemma3.block_count", "blk.0.attn_q.weight"] {
+        assert!(text.contains(want), "inspect output lacks {want:?}:\n{text}");
+    }
+    fails_with(&["run", "--model", path, "--prompt", "hi", "--backend", "reference"], "unsupported: architecture \"gemma3\"");
+
+    // A Hugging Face folder whose config.json baleen cannot use.
+    let hf = dir.0.join("hf");
+    std::fs::create_dir(&hf).unwrap();
+    for f in ["model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(common::fixture("tiny-llama").join(f), hf.join(f)).unwrap();
+    }
+    let index = baleen::format::safetensors::open_folder(&hf).unwrap();
+    let hf = hf.to_str().unwrap();
+    for (config, arch, why) in [
+        (r#"{"architectures": ["GPTNeoXForCausalLM"], "hidden_size": 64}"#, "GPTNeoXForCausalLM".into(), "unsupported: architecture \"GPTNeoXForCausalLM\""),
+        (r#"{"architectures": ["LlamaForCausalLM"]}"#, "LlamaForCausalLM".into(), "missing \"hidden_size\""),
+        ("{not json", serde_json::Value::Null, "not valid JSON"),
+    ] {
+        std::fs::write(std::path::Path::new(hf).join("config.json"), config).unwrap();
+        let j = ok_json(&["inspect", "--json", hf]);
+        assert_eq!((&j["architecture"], &j["supported"]), (&arch, &false.into()), "{j}");
+        assert!(j["unsupported"].as_str().unwrap().contains(why), "{j}");
+        check_tensors(&j, &index);
+        let text = ok_text(&["inspect", hf]);
+        assert!(text.contains("baleen cannot run this model") && text.contains(why) && text.contains("model.embed_tokens.weight"), "{text}");
+    }
+}
+
+#[test]
+fn inspect_fails_clearly_on_what_is_not_a_model() {
+    let dir = common::TempDir::new("cli-not-a-model");
+    let cut = dir.0.join("cut.gguf");
+    let bytes = std::fs::read(common::fixture("tiny-deepseek-v3/model.gguf")).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let missing = dir.0.join("missing.gguf");
+    for json in [false, true] {
+        let flag = if json { "--json" } else { "--" };
+        for (path, want) in [(&cut, "runs past the end of the file"), (&missing, "no such file or folder")] {
+            let out = fails_with(&["inspect", flag, path.to_str().unwrap()], want);
+            assert_eq!(out.status.code(), Some(1));
+            assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+        }
+    }
+}
+
+#[test]
+fn shader_prints_the_variant_the_gpu_compiles() {
+    let flags = ["Q4_1", "ROW_PER_THREAD", "SUBGROUPS"];
+    let text = ok_text(&["shader", "matmul", "--flags", &flags.join(",")]);
+    let want = baleen_shaders::specialise(&baleen_shaders::MATMUL, &flags, &baleen_shaders::consts(&baleen_shaders::MATMUL, &flags)).unwrap();
+    assert_eq!(text, want);
+    assert!(text.contains("@compute") && text.contains("const WG: u32 = ") && !text.contains("#if"));
+    assert!(ok_text(&["shader", "rope", "--flags", "HALF_K,ADJACENT"]).starts_with("enable f16;"));
+
+    for args in [&["shader"][..], &["shader", "--list"]] {
+        let list = ok_text(args);
+        for family in baleen_shaders::FAMILIES {
+            assert!(list.contains(family.name), "{args:?} lacks {}:\n{list}", family.name);
+        }
+        assert!(list.contains("one of ROW_PER_THREAD|ROW_PER_WORKGROUP") && list.contains("HALF_KV"), "{list}");
+    }
+
+    for (args, want) in [
+        (&["shader", "matmul", "--flags", "Q4_1,ROW_PER_THREAD,NOPE"][..], "matmul.wgsl has no flag NOPE"),
+        (&["shader", "matmul", "--flags", "Q4_1"], "needs exactly one of [\"ROW_PER_THREAD\", \"ROW_PER_WORKGROUP\"]"),
+        (&["shader", "matmul", "--flags", "Q4_1"], "matmul takes flags BIAS,ACC,SUBGROUPS,QUAD_TEXTURE; one of F32|"),
+        (&["shader", "copy", "--flags", "BIAS"], "copy takes no flags"),
+        (&["shader", "matmull"], "no kernel family \"matmull\""),
+        (&["shader", "matmull"], "  attention    flags HALF_KV"),
+    ] {
+        assert_eq!(fails_with(args, want).status.code(), Some(1));
+    }
 }
 
 #[test]

@@ -97,6 +97,39 @@ impl MetaValue {
             other => other.as_u64().map(|v| v.to_string()).unwrap_or_else(|| format!("{other:?}")),
         }
     }
+
+    /// The value as JSON for `inspect --json`: numbers as numbers (an f32 as
+    /// its shortest decimal, `1e-5` not `9.99999974737875e-6`; NaN and
+    /// infinities as null), strings in full, arrays of up to
+    /// [`MetaValue::JSON_ARRAY_MAX`] items in full. A longer array (a 50k-token
+    /// vocabulary, its merges) is summarised as `{"type": "array", "len": N,
+    /// "first": [its first 5 items]}`, so the output stays small.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::{json, Value};
+        let float = |v: f64| serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number);
+        match self {
+            MetaValue::U8(v) => json!(v),
+            MetaValue::I8(v) => json!(v),
+            MetaValue::U16(v) => json!(v),
+            MetaValue::I16(v) => json!(v),
+            MetaValue::U32(v) => json!(v),
+            MetaValue::I32(v) => json!(v),
+            MetaValue::U64(v) => json!(v),
+            MetaValue::I64(v) => json!(v),
+            MetaValue::F32(v) => float(v.to_string().parse().unwrap_or(*v as f64)),
+            MetaValue::F64(v) => float(*v),
+            MetaValue::Bool(v) => json!(v),
+            MetaValue::String(s) => json!(s),
+            MetaValue::Array(a) if a.len() > Self::JSON_ARRAY_MAX => {
+                let first: Vec<Value> = a.iter().take(5).map(|v| v.to_json()).collect();
+                json!({ "type": "array", "len": a.len(), "first": first })
+            }
+            MetaValue::Array(a) => Value::Array(a.iter().map(|v| v.to_json()).collect()),
+        }
+    }
+
+    /// The longest array [`MetaValue::to_json`] writes in full.
+    pub const JSON_ARRAY_MAX: usize = 16;
 }
 
 /// Where one tensor lives.

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::format::{self, TensorIndex, TensorReader};
 use crate::source::{model_files, FileSource, ModelPath, WeightSource};
 use crate::tokenizer::Tokenizer;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Everything read from a model's headers: enough to build any backend.
@@ -32,32 +32,73 @@ pub struct ModelFiles {
 impl ModelFiles {
     /// Open a `.gguf` file or a Hugging Face folder.
     pub fn open(path: &Path) -> Result<Self> {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        match model_files(path)? {
-            ModelPath::Gguf(file) => {
-                let src: Arc<dyn WeightSource> = Arc::new(FileSource::open(&file)?);
-                Self::from_gguf(name, src)
-            }
-            ModelPath::HfFolder(dir) => {
-                let index = format::safetensors::open_folder(&dir)?;
-                let cfg_path = dir.join("config.json");
-                let text = std::fs::read_to_string(&cfg_path)
-                    .map_err(|e| Error::io(format!("cannot read {}", cfg_path.display()), e))?;
-                let json: serde_json::Value = serde_json::from_str(&text)
-                    .map_err(|e| Error::Config(format!("{} is not valid JSON: {e}", cfg_path.display())))?;
-                let config = ModelConfig::from_hf_json(&json, &index)?;
-                let tokenizer = Tokenizer::from_hf_folder(&dir)?;
-                Ok(ModelFiles { name, config, index, tokenizer })
-            }
-        }
+        ModelIndex::open(path)?.into_files()
     }
 
     /// A GGUF from any byte source (a file, or a browser download).
     pub fn from_gguf(name: String, src: Arc<dyn WeightSource>) -> Result<Self> {
         let index = format::gguf::parse(src)?;
-        let config = ModelConfig::from_gguf(&index)?;
-        let tokenizer = Tokenizer::from_gguf(&index.metadata)?;
-        Ok(ModelFiles { name, config, index, tokenizer })
+        ModelIndex { name, index, hf_dir: None }.into_files()
+    }
+}
+
+/// A model's tensor index alone, its configuration and tokenizer not yet
+/// read: enough to list any well-formed file (`baleen inspect`), also one
+/// whose architecture baleen cannot run.
+pub struct ModelIndex {
+    /// A short name for output (the file or folder name).
+    pub name: String,
+    pub index: TensorIndex,
+    /// The Hugging Face folder the index came from; None for a GGUF.
+    pub hf_dir: Option<PathBuf>,
+}
+
+impl ModelIndex {
+    /// Read the tensor headers of a `.gguf` file or a Hugging Face folder.
+    pub fn open(path: &Path) -> Result<Self> {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        match model_files(path)? {
+            ModelPath::Gguf(file) => {
+                let src: Arc<dyn WeightSource> = Arc::new(FileSource::open(&file)?);
+                Ok(ModelIndex { name, index: format::gguf::parse(src)?, hf_dir: None })
+            }
+            ModelPath::HfFolder(dir) => {
+                let index = format::safetensors::open_folder(&dir)?;
+                Ok(ModelIndex { name, index, hf_dir: Some(dir) })
+            }
+        }
+    }
+
+    /// A Hugging Face folder's `config.json`, parsed; None for a GGUF.
+    pub fn hf_config(&self) -> Option<Result<serde_json::Value>> {
+        let path = self.hf_dir.as_ref()?.join("config.json");
+        let read = || {
+            let text = std::fs::read_to_string(&path).map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+            serde_json::from_str(&text).map_err(|e| Error::Config(format!("{} is not valid JSON: {e}", path.display())))
+        };
+        Some(read())
+    }
+
+    /// The hyper-parameters, or why baleen cannot run this model.
+    pub fn config(&self) -> Result<ModelConfig> {
+        match self.hf_config() {
+            None => ModelConfig::from_gguf(&self.index),
+            Some(json) => ModelConfig::from_hf_json(&json?, &self.index),
+        }
+    }
+
+    pub fn tokenizer(&self) -> Result<Tokenizer> {
+        match &self.hf_dir {
+            None => Tokenizer::from_gguf(&self.index.metadata),
+            Some(dir) => Tokenizer::from_hf_folder(dir),
+        }
+    }
+
+    /// Read the configuration and tokenizer: everything a backend needs.
+    pub fn into_files(self) -> Result<ModelFiles> {
+        let config = self.config()?;
+        let tokenizer = self.tokenizer()?;
+        Ok(ModelFiles { name: self.name, config, index: self.index, tokenizer })
     }
 }
 
