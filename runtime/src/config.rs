@@ -119,7 +119,7 @@ impl Moe {
 }
 
 /// Which elements RoPE rotates together.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RopePairing {
     /// `(i, i + d/2)`: Hugging Face's `rotate_half` (GPT-NeoX style).
     Halves,

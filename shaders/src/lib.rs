@@ -38,6 +38,8 @@
 //! once. So thread per row reads quantised weights from textures where the
 //! device allows (`QUAD_TEXTURE`; runtime/src/gpu/weights.rs).
 
+pub mod kernels;
+
 /// A kernel family: its name and WGSL text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Family {

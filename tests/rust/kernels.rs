@@ -4,12 +4,17 @@
 
 mod common;
 use baleen::config::RopePairing;
-use baleen::gpu::ops::{AttentionShape, Ctx, GateUp};
+use baleen::gpu::ops::{AttentionBuffers, AttentionShape, Combine, Ctx, ExpertMatmul, GateUp, Matmul, RopeScatter};
 use baleen::gpu::weights::{GpuMatrix, Placement};
 use baleen::gpu::{Gpu, MatmulShape, Op, Step};
 use baleen::quant::{dequantize, random_blocks, DType};
 use baleen::reference;
 use baleen::sample::{self, SamplingParams};
+
+/// Attention's buffers, in the order the kernel lists them.
+fn bufs<'a>(q: &'a wgpu::Buffer, k: &'a wgpu::Buffer, v: &'a wgpu::Buffer, ml: &'a wgpu::Buffer, po: &'a wgpu::Buffer, out: &'a wgpu::Buffer) -> AttentionBuffers<'a> {
+    AttentionBuffers { q, k_cache: k, v_cache: v, part_ml: ml, part_o: po, out }
+}
 
 const FORMATS: [DType; 11] = [
     DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1,
@@ -137,7 +142,7 @@ fn check_matmul(gpu: &Gpu, c: &MatmulCase, seed: u64) {
     let ctx = c.path.ctx(gpu, &step_buf);
     let (xb, yb, bb) = (upload(gpu, "x", &x), upload(gpu, "y", &y0), upload(gpu, "b", &b));
     let ops = ctx
-        .matmul(&m, &xb, c.cols as u32, &yb, c.rows as u32, c.bias.then_some(&bb), c.acc, false)
+        .matmul(&m, Matmul::new(&xb, c.cols as u32, &yb, c.rows as u32).bias(c.bias.then_some(&bb)).acc(c.acc))
         .unwrap();
     run(gpu, &step_buf, step(c.n as u32, 0), &ops);
     let got = download(gpu, &yb, c.n * c.rows);
@@ -251,7 +256,7 @@ fn matmul_propagates_nan_and_inf() {
         x[3] = f32::NAN; // token 0
         x[cols + 7] = f32::INFINITY; // token 1
         let (xb, yb) = (upload(&gpu, "x", &x), gpu.storage("y", (2 * rows * 4) as u64).unwrap());
-        let ops = ctx.matmul(&m, &xb, cols as u32, &yb, rows as u32, None, false, false).unwrap();
+        let ops = ctx.matmul(&m, Matmul::new(&xb, cols as u32, &yb, rows as u32)).unwrap();
         run(&gpu, &step_buf, step(2, 0), &ops);
         let y = download(&gpu, &yb, 2 * rows);
         assert!(y.iter().all(|v| !v.is_finite()), "{dtype:?} {path:?}: a NaN or ∞ input must not come out finite: {y:?}");
@@ -267,7 +272,7 @@ fn a_matrix_placed_for_one_kernel_shape_is_refused_by_the_other() {
     for (placed, run_as) in [(MatmulShape::RowPerWorkgroup, MatmulShape::RowPerThread), (MatmulShape::RowPerThread, MatmulShape::RowPerWorkgroup)] {
         let m = GpuMatrix::from_bytes(&gpu, "w", DType::Q4_1, 16, 64, &bytes, Placement::new(placed, gpu.max_binding())).unwrap();
         let ctx = Ctx { gpu: &gpu, step: &step_buf, shape: run_as, subgroups: false };
-        let err = ctx.matmul(&m, &xb, 64, &yb, 16, None, false, true).err().expect("a layout mismatch is an error").to_string();
+        let err = ctx.matmul(&m, Matmul::new(&xb, 64, &yb, 16).single(true)).err().expect("a layout mismatch is an error").to_string();
         assert!(err.contains("rows lie in groups of") && err.contains("Placement::new"), "{err}");
         let ids = gpu.storage_init("ids", bytemuck::cast_slice(&[0u32])).unwrap();
         assert!(ctx.embed(&m, &ids, &yb).is_err(), "the embedding lookup checks the layout too");
@@ -305,7 +310,7 @@ fn textures_hold_rows_in_bands_and_rows_past_the_side_stay_in_buffers() {
             let m = GpuMatrix::from_bytes(&gpu, "w", dtype, rows as u64, cols as u64, &bytes, place).unwrap();
             assert_eq!((m.chunks.len(), m.quad_texture()), (1, textures), "{rows} × {cols}");
             let yb = gpu.storage("y", rows as u64 * 4).unwrap();
-            run(&gpu, &step_buf, step(1, 0), &path.ctx(&gpu, &step_buf).matmul(&m, &xb, cols as u32, &yb, rows as u32, None, false, false).unwrap());
+            run(&gpu, &step_buf, step(1, 0), &path.ctx(&gpu, &step_buf).matmul(&m, Matmul::new(&xb, cols as u32, &yb, rows as u32)).unwrap());
             let got = download(&gpu, &yb, rows);
             for (r, g) in got.iter().enumerate() {
                 let want = reference::dot(&w[r * cols..(r + 1) * cols], &x);
@@ -400,7 +405,7 @@ fn rope_both_pairings_at_offsets() {
             let (sb, qb) = (upload(&gpu, "qkv", &qkv), gpu.storage("q", (n * q_dim * 4) as u64).unwrap());
             let cache = rng.vec((pos + n) * kv_dim);
             let (kb, vb) = (upload(&gpu, "k cache", &cache), upload(&gpu, "v cache", &cache));
-            let op = ctx.rope_scatter("scatter", pairing, &ib, &sb, &qb, &kb, &vb, hd as u32, nq as u32, nk as u32, false).unwrap();
+            let op = ctx.rope_scatter("scatter", RopeScatter { pairing, inv_freq: &ib, qkv: &sb, q: &qb, k_cache: &kb, v_cache: &vb, head_dim: hd as u32, n_q: nq as u32, n_k: nk as u32, half_kv: false }).unwrap();
             run(&gpu, &step_buf, step(n as u32, pos as u32), &[op]);
             let (mut want_k, mut want_v) = (cache.clone(), cache.clone());
             want_k[pos * kv_dim..].copy_from_slice(&wk[pos * kv_dim..]);
@@ -441,7 +446,7 @@ fn attention_causal_gqa_across_splits() {
             let ml = gpu.storage("ml", (n * h * max_splits * 8) as u64).unwrap();
             let po = gpu.storage("po", (n * h * max_splits * hd * 4) as u64).unwrap();
             let out = gpu.storage("out", (n * h * hd * 4) as u64).unwrap();
-            let ops = ctx.attention("attn", &qb, &kb, &vb, &ml, &po, &out, &AttentionShape::gqa(h as u32, kvh as u32, hd as u32), max_splits as u32, false).unwrap();
+            let ops = ctx.attention("attn", bufs(&qb, &kb, &vb, &ml, &po, &out), &AttentionShape::gqa(h as u32, kvh as u32, hd as u32), max_splits as u32, false).unwrap();
             run(&gpu, &step_buf, step(n as u32, pos as u32), &ops);
             let got = download(&gpu, &out, n * h * hd);
             let want = reference_attention(&q, &k, &v, n, pos, h, kvh, hd);
@@ -485,7 +490,7 @@ fn attention_over_latent_rows_as_wide_as_deepseeks() {
         let ml = gpu.storage("ml", (n * heads * max_splits * 8) as u64).unwrap();
         let po = gpu.storage("po", (n * heads * max_splits * rank * 4) as u64).unwrap();
         let out = gpu.storage("out", (n * heads * rank * 4) as u64).unwrap();
-        let ops = ctx.attention("attn", &qb, &cb, &cb, &ml, &po, &out, &a, max_splits as u32, false).unwrap();
+        let ops = ctx.attention("attn", bufs(&qb, &cb, &cb, &ml, &po, &out), &a, max_splits as u32, false).unwrap();
         run(&gpu, &step_buf, step(n as u32, pos as u32), &ops);
         let d = common::max_abs_diff(&download(&gpu, &out, n * heads * rank), &want);
         assert!(d < 1e-5, "{shape:?} subgroups {subgroups}: max |Δ| {d}");
@@ -632,7 +637,7 @@ fn f16_kv_cache_kernels() {
     let before: Vec<f32> = rng.vec((pos + n) * kv_dim).iter().map(|v| half::f16::from_f32(*v).to_f32()).collect();
     let (ib, sb, qb) = (upload(&gpu, "inv", &inv), upload(&gpu, "qkv", &qkv), gpu.storage("q", (n * h * hd * 4) as u64).unwrap());
     let (kb, vb) = (gpu.storage_init("k", &halves(&before)).unwrap(), gpu.storage_init("v", &halves(&before)).unwrap());
-    let op = ctx.rope_scatter("rope", RopePairing::Halves, &ib, &sb, &qb, &kb, &vb, hd as u32, h as u32, kvh as u32, true).unwrap();
+    let op = ctx.rope_scatter("rope", RopeScatter { pairing: RopePairing::Halves, inv_freq: &ib, qkv: &sb, q: &qb, k_cache: &kb, v_cache: &vb, head_dim: hd as u32, n_q: h as u32, n_k: kvh as u32, half_kv: true }).unwrap();
     run(&gpu, &step_buf, step(n as u32, pos as u32), &[op]);
     let (mut wk, mut wv) = (before.clone(), before.clone());
     wk[pos * kv_dim..].copy_from_slice(&k_new);
@@ -654,7 +659,7 @@ fn f16_kv_cache_kernels() {
     let want = reference_attention(&q_now, &k, &v, n, pos, h, kvh, hd);
     for (shape, subgroups) in shapes(&gpu) {
         let ctx = Ctx { shape, subgroups, ..ctx };
-        let ops = ctx.attention("attn", &qb, &kb, &vb, &ml, &po, &out, &AttentionShape::gqa(h as u32, kvh as u32, hd as u32), max_splits as u32, true).unwrap();
+        let ops = ctx.attention("attn", bufs(&qb, &kb, &vb, &ml, &po, &out), &AttentionShape::gqa(h as u32, kvh as u32, hd as u32), max_splits as u32, true).unwrap();
         run(&gpu, &step_buf, step(n as u32, pos as u32), &ops);
         let got = download(&gpu, &out, n * h * hd);
         assert!(common::max_abs_diff(&got, &want) < 1e-5, "attention over an f16 cache, {shape:?}, subgroups {subgroups}");
@@ -762,7 +767,7 @@ fn expert_matmul_reads_ids_from_the_gpu_across_chunks() {
             let ids = gpu.storage_init("ids", bytemuck::cast_slice(&chosen)).unwrap();
             let y = gpu.storage("y", (n * k * rows * 4) as u64).unwrap();
             let xb = upload(&gpu, "x", &x);
-            run(&gpu, &step_buf, step(n as u32, 0), &ctx.experts(&m, rows as u32, &xb, cols as u32, k as u32, &ids, &y, k as u32).unwrap());
+            run(&gpu, &step_buf, step(n as u32, 0), &ctx.experts(&m, ExpertMatmul { expert_rows: rows as u32, x: &xb, x_stride: cols as u32, y: &y }, k as u32, &ids, k as u32).unwrap());
             let got = download(&gpu, &y, n * k * rows);
             for s in 0..n * k {
                 let ex = chosen[s] as usize;
@@ -841,7 +846,7 @@ fn grouped_experts_sort_gather_matmul_swiglu_and_combine() {
             let (wm, w) = experts_matrix(&gpu, path, dtype, e, rows, cols, 6);
             let y = gpu.storage("y", (tile_rows * rows * 4) as u64).unwrap();
             let mut ops = vec![ctx.moe_gather("gather", &xb, &slot_pos, &xs, cols as u32, k as u32).unwrap()];
-            ops.extend(ctx.grouped(&wm, rows as u32, &xs, cols as u32, &tiles, &y, &m).unwrap());
+            ops.extend(ctx.grouped(&wm, ExpertMatmul { expert_rows: rows as u32, x: &xs, x_stride: cols as u32, y: &y }, &tiles, &m).unwrap());
             assert!(matches!(ops[1].grid, Grid::ExpertTiles { .. }));
             run(&gpu, &step_buf, step(n as u32, 0), &ops);
             let got = download(&gpu, &y, tile_rows * rows);
@@ -865,7 +870,7 @@ fn grouped_experts_sort_gather_matmul_swiglu_and_combine() {
         let h = rows;
         let (res, wts) = (rng.vec(n * h), rng.vec(slots));
         let (rb, wb) = (upload(&gpu, "x", &res), upload(&gpu, "weights", &wts));
-        run(&gpu, &step_buf, step(n as u32, 0), &[ctx.moe_combine("combine", &rb, &gb, &wb, None, None, Some(&slot_pos), h as u32, k as u32).unwrap()]);
+        run(&gpu, &step_buf, step(n as u32, 0), &[ctx.moe_combine("combine", Combine { x: &rb, y: &gb, weights: &wb, shared: None, gate: None, slot_pos: Some(&slot_pos), hidden: h as u32, top_k: k as u32 }).unwrap()]);
         let got = download(&gpu, &rb, n * h);
         for t in 0..n {
             for d in 0..h {
@@ -886,7 +891,7 @@ fn moe_combine_weights_experts_and_gates_the_shared_one() {
     let ctx = Ctx { gpu: &gpu, step: &step_buf, shape: gpu.shape, subgroups: false };
     for gated in [false, true] {
         let (xb, yb, wb, sb, gb) = (upload(&gpu, "x", &x), upload(&gpu, "y", &y), upload(&gpu, "w", &wts), upload(&gpu, "s", &shared), upload(&gpu, "g", &gate));
-        let op = ctx.moe_combine("c", &xb, &yb, &wb, Some(&sb), gated.then_some(&gb), None, h as u32, k as u32).unwrap();
+        let op = ctx.moe_combine("c", Combine { x: &xb, y: &yb, weights: &wb, shared: Some(&sb), gate: gated.then_some(&gb), slot_pos: None, hidden: h as u32, top_k: k as u32 }).unwrap();
         run(&gpu, &step_buf, step(n as u32, 0), &[op]);
         let got = download(&gpu, &xb, n * h);
         for t in 0..n {
@@ -993,7 +998,7 @@ fn latent_attention_kernels_match_the_plain_math() {
         // A thread or a subgroup per split (CPU adapters), a workgroup per split (GPUs).
         for kernel_shape in [MatmulShape::RowPerThread, MatmulShape::RowPerWorkgroup] {
             let ctx = Ctx { shape: kernel_shape, ..ctx };
-            let ops = ctx.attention("attn", &q_lat_b, &cb, &cb, &ml, &po, &o_lat_b, &shape, max_splits as u32, false).unwrap();
+            let ops = ctx.attention("attn", bufs(&q_lat_b, &cb, &cb, &ml, &po, &o_lat_b), &shape, max_splits as u32, false).unwrap();
             run(&gpu, &step_buf, step(n as u32, pos as u32), &ops);
             assert!(common::max_abs_diff(&download(&gpu, &o_lat_b, n * heads * rank), &o_lat) < 1e-4, "{pairing:?} latent attention, {kernel_shape:?}");
         }

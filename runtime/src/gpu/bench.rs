@@ -99,14 +99,14 @@ pub fn run(gpu: &Gpu, target_bytes: u64, only: Option<&str>) -> Result<KernelRep
     }
     let src = gpu.storage("copy src", bytes)?;
     let dst = gpu.storage("copy dst", bytes)?;
-    let key = PipelineKey { family: "copy", entry: "main", flags: vec![] };
+    let key = PipelineKey::new(super::Kernel::Copy, "main", vec![]);
     let pipeline = gpu.pipeline(&key)?;
     let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
         label: Some("copy"),
         layout: &pipeline.get_bind_group_layout(0),
         entries: &[
-            wgpu::BindGroupEntry { binding: 0, resource: src.as_entire_binding() },
-            wgpu::BindGroupEntry { binding: 1, resource: dst.as_entire_binding() },
+            wgpu::BindGroupEntry { binding: baleen_shaders::kernels::binding::copy::SRC, resource: src.as_entire_binding() },
+            wgpu::BindGroupEntry { binding: baleen_shaders::kernels::binding::copy::DST, resource: dst.as_entire_binding() },
         ],
     });
     let grid = Grid::Fixed(super::flat((bytes / 16) as u32, shape::COPY_WG));
@@ -129,7 +129,7 @@ pub fn run(gpu: &Gpu, target_bytes: u64, only: Option<&str>) -> Result<KernelRep
         for (n, label) in [(1u32, "gemv"), (64, "gemm")] {
             let x = gpu.storage("x", n as u64 * cols * 4)?;
             let y = gpu.storage("y", n as u64 * rows * 4)?;
-            let ops = ctx.matmul(&m, &x, cols as u32, &y, rows as u32, None, false, false)?;
+            let ops = ctx.matmul(&m, super::ops::Matmul::new(&x, cols as u32, &y, rows as u32))?;
             let moved = data.len() as u64 + n as u64 * (cols + rows) * 4;
             let shape = format!("{rows}x{cols}, {n} token{}", if n == 1 { "" } else { "s" });
             let secs = b.measure(format!("matmul_{label}_{format}"), shape, &ops, pass(n, 0), if n == 1 { 8 } else { 1 }, moved)?;
@@ -162,7 +162,19 @@ pub fn run(gpu: &Gpu, target_bytes: u64, only: Option<&str>) -> Result<KernelRep
     let q = gpu.storage("q", f32s(n * q_dim))?;
     if wanted("rope") {
         let (inv, qkv) = (gpu.storage("inv_freq", f32s(hd / 2))?, gpu.storage("qkv", f32s(n * (q_dim + 2 * kv_dim)))?);
-        let ops = [ctx.rope_scatter("rope", crate::config::RopePairing::Halves, &inv, &qkv, &q, &k_cache, &v_cache, hd, heads, kv_heads, half_kv)?];
+        let r = super::ops::RopeScatter {
+            pairing: crate::config::RopePairing::Halves,
+            inv_freq: &inv,
+            qkv: &qkv,
+            q: &q,
+            k_cache: &k_cache,
+            v_cache: &v_cache,
+            head_dim: hd,
+            n_q: heads,
+            n_k: kv_heads,
+            half_kv,
+        };
+        let ops = [ctx.rope_scatter("rope", r)?];
         let moved = f32s(n * (2 * q_dim + 2 * kv_dim)) + 2 * (n * kv_dim) as u64 * kv_bytes;
         b.measure("rope_scatter".into(), format!("{n} tokens, {heads}+{kv_heads} heads of {hd}"), &ops, pass(n, 0), 4, moved)?;
     }
@@ -172,7 +184,8 @@ pub fn run(gpu: &Gpu, target_bytes: u64, only: Option<&str>) -> Result<KernelRep
         let part_ml = gpu.storage("part ml", (n * heads * max_splits) as u64 * 8)?;
         let part_o = gpu.storage("part o", f32s(n * heads * max_splits * hd))?;
         let out = gpu.storage("out", f32s(n * q_dim))?;
-        let ops = ctx.attention("attention", &q, &k_cache, &v_cache, &part_ml, &part_o, &out, &a, max_splits, half_kv)?;
+        let bufs = super::ops::AttentionBuffers { q: &q, k_cache: &k_cache, v_cache: &v_cache, part_ml: &part_ml, part_o: &part_o, out: &out };
+        let ops = ctx.attention("attention", bufs, &a, max_splits, half_kv)?;
         // The cache rows read (once per kv head), q and the output.
         for (tokens, ctx_len) in [(1u32, context), (n, 512)] {
             let moved = 2 * (ctx_len * kv_dim) as u64 * kv_bytes + 2 * f32s(tokens * q_dim);

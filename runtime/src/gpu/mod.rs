@@ -63,12 +63,101 @@ impl MatmulShape {
     }
 }
 
+/// A kernel family (one WGSL file of the shaders crate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    Copy,
+    Matmul,
+    Embed,
+    Norm,
+    Rope,
+    Attention,
+    Elementwise,
+    Sample,
+    Moe,
+    Mla,
+}
+
+impl Kernel {
+    pub fn family(self) -> &'static shaders::Family {
+        match self {
+            Kernel::Copy => &shaders::COPY,
+            Kernel::Matmul => &shaders::MATMUL,
+            Kernel::Embed => &shaders::EMBED,
+            Kernel::Norm => &shaders::NORM,
+            Kernel::Rope => &shaders::ROPE,
+            Kernel::Attention => &shaders::ATTENTION,
+            Kernel::Elementwise => &shaders::ELEMENTWISE,
+            Kernel::Sample => &shaders::SAMPLE,
+            Kernel::Moe => &shaders::MOE,
+            Kernel::Mla => &shaders::MLA,
+        }
+    }
+}
+
+/// One specialisation of a kernel family (a `#if` flag of its WGSL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Flag {
+    /// A weight format's layout (`Q4_1`, …).
+    Format(crate::quant::DType),
+    /// The matrix kernels' shape.
+    Shape(MatmulShape),
+    Pairing(crate::config::RopePairing),
+    Bias,
+    Acc,
+    Subgroups,
+    /// `enable subgroups;`, which browsers require and naga rejects.
+    EnableSubgroups,
+    QuadTexture,
+    /// A workgroup (not a thread) per row or token.
+    Workgroup,
+    HalfK,
+    HalfKv,
+    Latent,
+    SharedGate,
+    Permuted,
+}
+
+impl Flag {
+    /// The flag as the WGSL spells it.
+    pub fn wgsl(self) -> &'static str {
+        match self {
+            Flag::Format(d) => d.name(),
+            Flag::Shape(s) => s.flag(),
+            Flag::Pairing(crate::config::RopePairing::Halves) => "HALVES",
+            Flag::Pairing(crate::config::RopePairing::Adjacent) => "ADJACENT",
+            Flag::Bias => "BIAS",
+            Flag::Acc => "ACC",
+            Flag::Subgroups => "SUBGROUPS",
+            Flag::EnableSubgroups => "ENABLE_SUBGROUPS",
+            Flag::QuadTexture => "QUAD_TEXTURE",
+            Flag::Workgroup => "WORKGROUP",
+            Flag::HalfK => "HALF_K",
+            Flag::HalfKv => "HALF_KV",
+            Flag::Latent => "LATENT",
+            Flag::SharedGate => "SHARED_GATE",
+            Flag::Permuted => "PERMUTED",
+        }
+    }
+}
+
 /// Identifies one compiled variant: family, entry point, flags.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PipelineKey {
-    pub family: &'static str,
+    pub kernel: Kernel,
     pub entry: &'static str,
-    pub flags: Vec<&'static str>,
+    pub flags: Vec<Flag>,
+}
+
+impl PipelineKey {
+    pub fn new(kernel: Kernel, entry: &'static str, flags: Vec<Flag>) -> Self {
+        PipelineKey { kernel, entry, flags }
+    }
+
+    /// The flags as the WGSL spells them.
+    pub fn wgsl_flags(&self) -> Vec<&'static str> {
+        self.flags.iter().map(|f| f.wgsl()).collect()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -252,12 +341,9 @@ impl Gpu {
         if let Some(p) = self.pipelines.lock().unwrap().get(key) {
             return Ok(p.clone());
         }
-        let family = shaders::FAMILIES
-            .iter()
-            .find(|f| f.name == key.family)
-            .ok_or_else(|| gpu_err(format!("no kernel family {}", key.family)))?;
-        let source = shaders::specialise(family, &key.flags, &shaders::consts(family, &key.flags)).map_err(gpu_err)?;
-        let label = format!("{}:{} {:?}", key.family, key.entry, key.flags);
+        let (family, flags) = (key.kernel.family(), key.wgsl_flags());
+        let source = shaders::specialise(family, &flags, &shaders::consts(family, &flags)).map_err(gpu_err)?;
+        let label = format!("{}:{} {:?}", family.name, key.entry, flags);
         let pipeline = self
             .scoped(wgpu::ErrorFilter::Validation, || {
                 let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {

@@ -6,7 +6,7 @@
 //! decode step reads back only the sampled id. Nothing here knows an
 //! architecture: that is `crate::model`'s.
 
-use super::ops::{AttentionShape, Ctx, GateUp, MlaShape};
+use super::ops::{AttentionBuffers, AttentionShape, Combine, Ctx, ExpertMatmul, GateUp, Matmul, MlaShape, RopeScatter};
 use super::weights::{GpuMatrix, Placement};
 use super::{Gpu, GpuOptions, Mark, Op, Passes, Step};
 use crate::config::{Arch, ModelConfig, Moe};
@@ -330,7 +330,7 @@ impl Ops for Recorder<'_> {
     fn linear(&mut self, name: &str, w: &GpuLinear, x: &GpuAct) -> Result<GpuAct> {
         let y = self.act(name, w.rows, x.single)?;
         for (m, at) in &w.parts {
-            self.ops.extend(self.ctx.matmul_at(m, &x.buf, x.width, &y.buf, w.rows, *at, w.bias.as_ref(), false, x.single)?);
+            self.ops.extend(self.ctx.matmul(m, Matmul::new(&x.buf, x.width, &y.buf, w.rows).at(*at).bias(w.bias.as_ref()).single(x.single))?);
         }
         self.mark(name, &y)?;
         Ok(y)
@@ -338,7 +338,8 @@ impl Ops for Recorder<'_> {
 
     fn add_linear(&mut self, name: &str, residual: &mut GpuAct, w: &GpuLinear, x: &GpuAct) -> Result<()> {
         for (m, at) in &w.parts {
-            self.ops.extend(self.ctx.matmul_at(m, &x.buf, x.width, &residual.buf, residual.width, *at, w.bias.as_ref(), true, x.single)?);
+            let mm = Matmul::new(&x.buf, x.width, &residual.buf, residual.width).at(*at).bias(w.bias.as_ref()).acc(true).single(x.single);
+            self.ops.extend(self.ctx.matmul(m, mm)?);
         }
         self.mark(name, residual)
     }
@@ -364,7 +365,7 @@ impl Ops for Recorder<'_> {
             (true, _) => Some(op),
         };
         for (m, at) in &w.parts {
-            let ops = self.ctx.matmul_at(m, &x.buf, x.width, &gate_up.buf, 2 * f, *at, w.bias.as_ref(), false, false)?;
+            let ops = self.ctx.matmul(m, Matmul::new(&x.buf, x.width, &gate_up.buf, 2 * f).at(*at).bias(w.bias.as_ref()))?;
             self.ops.extend(ops.into_iter().filter_map(unfused));
         }
         let swiglu = self.ctx.swiglu(&format!("{name} swiglu"), GateUp::Stacked(&gate_up.buf), &out.buf, f, 1)?;
@@ -388,10 +389,12 @@ impl Ops for Recorder<'_> {
         let q = self.act(&format!("{name} q"), nh * hd, false)?;
         let inv_freq = self.inv_freq(&a.rope)?;
         let kv_half = self.kv_half;
-        self.ops.push(self.ctx.rope_scatter(&format!("{name} rope"), a.rope.pairing, &inv_freq, &qkv.buf, &q.buf, &k, &v, hd, nh, nkv, kv_half)?);
+        let r = RopeScatter { pairing: a.rope.pairing, inv_freq: &inv_freq, qkv: &qkv.buf, q: &q.buf, k_cache: &k, v_cache: &v, head_dim: hd, n_q: nh, n_k: nkv, half_kv: kv_half };
+        self.ops.push(self.ctx.rope_scatter(&format!("{name} rope"), r)?);
         let out = self.act(name, nh * hd, false)?;
         let (ml, o, max_splits) = self.attention_scratch(&shape)?;
-        self.ops.extend(self.ctx.attention(name, &q.buf, &k, &v, &ml, &o, &out.buf, &shape, max_splits, kv_half)?);
+        let b = AttentionBuffers { q: &q.buf, k_cache: &k, v_cache: &v, part_ml: &ml, part_o: &o, out: &out.buf };
+        self.ops.extend(self.ctx.attention(name, b, &shape, max_splits, kv_half)?);
         self.mark(name, &out)?;
         Ok(out)
     }
@@ -420,7 +423,8 @@ impl Ops for Recorder<'_> {
         let shape = AttentionShape { n_heads: m.heads, n_kv_heads: 1, head_dim: row, v_dim: m.rank, scale: a.scale, latent: true };
         let latent = self.act(&format!("{name} latent"), m.heads * m.rank, false)?;
         let (ml, o, max_splits) = self.attention_scratch(&shape)?;
-        self.ops.extend(self.ctx.attention(name, &q_lat.buf, &cache, &cache, &ml, &o, &latent.buf, &shape, max_splits, false)?);
+        let b = AttentionBuffers { q: &q_lat.buf, k_cache: &cache, v_cache: &cache, part_ml: &ml, part_o: &o, out: &latent.buf };
+        self.ops.extend(self.ctx.attention(name, b, &shape, max_splits, false)?);
         let out = self.act(name, m.heads * m.v_dim, false)?;
         self.ops.push(self.ctx.mla_v_up(&format!("{name} v up"), &m, &latent.buf, kv_b, &out.buf)?);
         self.mark(name, &out)?;
@@ -457,15 +461,15 @@ impl Ops for Recorder<'_> {
         // one token, several tokens' slots grouped by expert.
         let per_slot = if grouped { Passes::Single } else { Passes::All };
         let mut routed = match &w.gate_up {
-            ExpertGateUp::Stacked(both) => ctx.experts(both, 2 * f, &x.buf, h, k, &routes.ids, &gate, k)?,
+            ExpertGateUp::Stacked(both) => ctx.experts(both, ExpertMatmul { expert_rows: 2 * f, x: &x.buf, x_stride: h, y: &gate }, k, &routes.ids, k)?,
             ExpertGateUp::Apart(eg, eu) => {
-                let mut ops = ctx.experts(eg, f, &x.buf, h, k, &routes.ids, &gate, k)?;
-                ops.extend(ctx.experts(eu, f, &x.buf, h, k, &routes.ids, &up, k)?);
+                let mut ops = ctx.experts(eg, ExpertMatmul { expert_rows: f, x: &x.buf, x_stride: h, y: &gate }, k, &routes.ids, k)?;
+                ops.extend(ctx.experts(eu, ExpertMatmul { expert_rows: f, x: &x.buf, x_stride: h, y: &up }, k, &routes.ids, k)?);
                 ops
             }
         };
         routed.push(ctx.swiglu(&format!("{name} swiglu"), gu, &act, f, k)?);
-        routed.extend(ctx.experts(&w.down, h, &act, f, 1, &routes.ids, &out, k)?);
+        routed.extend(ctx.experts(&w.down, ExpertMatmul { expert_rows: h, x: &act, x_stride: f, y: &out }, 1, &routes.ids, k)?);
         self.ops.extend(routed.into_iter().map(|o| o.only(per_slot)));
         if !grouped {
             return Ok(GpuSlots { out, slot_pos: None });
@@ -480,14 +484,14 @@ impl Ops for Recorder<'_> {
             ctx.moe_gather(&format!("{name} gather"), &x.buf, &slot_pos, &out, h, k)?,
         ];
         match &w.gate_up {
-            ExpertGateUp::Stacked(both) => routed.extend(ctx.grouped(both, 2 * f, &out, h, &tile_list, &gate, m)?),
+            ExpertGateUp::Stacked(both) => routed.extend(ctx.grouped(both, ExpertMatmul { expert_rows: 2 * f, x: &out, x_stride: h, y: &gate }, &tile_list, m)?),
             ExpertGateUp::Apart(eg, eu) => {
-                routed.extend(ctx.grouped(eg, f, &out, h, &tile_list, &gate, m)?);
-                routed.extend(ctx.grouped(eu, f, &out, h, &tile_list, &up, m)?);
+                routed.extend(ctx.grouped(eg, ExpertMatmul { expert_rows: f, x: &out, x_stride: h, y: &gate }, &tile_list, m)?);
+                routed.extend(ctx.grouped(eu, ExpertMatmul { expert_rows: f, x: &out, x_stride: h, y: &up }, &tile_list, m)?);
             }
         }
         routed.push(ctx.swiglu_tiles(&format!("{name} swiglu"), gu, &act, f, m)?);
-        routed.extend(ctx.grouped(&w.down, h, &act, f, &tile_list, &out, m)?);
+        routed.extend(ctx.grouped(&w.down, ExpertMatmul { expert_rows: h, x: &act, x_stride: f, y: &out }, &tile_list, m)?);
         self.ops.extend(routed.into_iter().map(|o| o.only(Passes::Multi)));
         Ok(GpuSlots { out, slot_pos: Some(slot_pos) })
     }
@@ -496,9 +500,10 @@ impl Ops for Recorder<'_> {
         let (h, k) = (x.width, m.top_k as u32);
         let (shared, gate) = (shared.map(|s| &s.buf), gate.map(|g| &g.buf));
         let per_slot = if slots.slot_pos.is_some() { Passes::Single } else { Passes::All };
-        self.ops.push(self.ctx.moe_combine(name, &x.buf, &slots.out, &routes.weights, shared, gate, None, h, k)?.only(per_slot));
+        let combine = |slot_pos| Combine { x: &x.buf, y: &slots.out, weights: &routes.weights, shared, gate, slot_pos, hidden: h, top_k: k };
+        self.ops.push(self.ctx.moe_combine(name, combine(None))?.only(per_slot));
         if let Some(slot_pos) = &slots.slot_pos {
-            self.ops.push(self.ctx.moe_combine(name, &x.buf, &slots.out, &routes.weights, shared, gate, Some(slot_pos), h, k)?.only(Passes::Multi));
+            self.ops.push(self.ctx.moe_combine(name, combine(Some(slot_pos)))?.only(Passes::Multi));
         }
         self.mark(name, x)
     }
@@ -533,7 +538,9 @@ pub struct GpuModel {
     body: Vec<Op>,
     /// Final norm, LM head, sampling: passes whose last token is wanted.
     head: Vec<Op>,
-    /// The named intermediates of `body` and of `head`.
+    /// The named intermediates of `body` and of `head` (read natively, by
+    /// `intermediates`).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     marks: [Vec<Mark>; 2],
     len: usize,
     /// Matrices in textures, and all matrices.
