@@ -176,7 +176,9 @@ const fn scale_bytes(scales: &[Range<u32>]) -> u32 {
     n
 }
 
-const fn same(a: &str, b: &str) -> bool {
+/// Whether two names are the same, in const code (where `==` on `str` is
+/// not available): for checks against the table as a crate compiles.
+pub const fn same_name(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     if a.len() != b.len() {
         return false;
@@ -199,7 +201,7 @@ const _: () = {
         assert!(f.block_size > 0 && f.block_bytes > 0, "a block holds values and bytes");
         let mut j = i + 1;
         while j < FORMATS.len() {
-            assert!(FORMATS[j].ggml_id != f.ggml_id && !same(FORMATS[j].name, f.name), "one row per GGML type");
+            assert!(FORMATS[j].ggml_id != f.ggml_id && !same_name(FORMATS[j].name, f.name), "one row per GGML type");
             j += 1;
         }
         if let Some(gpu) = f.gpu {
