@@ -70,6 +70,8 @@ use ThreadRows::{Grouped, Whole};
 /// Every GGML type: first those baleen runs (in the order kernels, tests
 /// and benchmarks take them), then the others in id order. The runtime's
 /// `DType` lists its variants in this order.
+// (A one-range list of scale words is a list, not a range meant as an array.)
+#[allow(clippy::single_range_in_vec_init)]
 pub const FORMATS: &[BlockFormat] = &[
     // (name, GGML id, file block values and bytes, scale words as byte ranges of a
     // file block, thread-per-row rows)
