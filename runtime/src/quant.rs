@@ -1,85 +1,78 @@
 //! Tensor element types and their block formats.
 //!
 //! GGML quantises a row in blocks: `block_size` values stored in `block_bytes`
-//! bytes (scales, mins, packed integers). This module knows every type's block
-//! geometry (so the index can size any tensor, even one we can't run) and
-//! dequantises the types we run, on the CPU. That dequantisation is the
-//! reference the GPU kernels are tested against; it is itself tested against the
-//! `gguf` Python package (tests/fixtures/quant.json).
+//! bytes (scales, mins, packed integers). Every type's id, name and block
+//! geometry, and which types baleen runs, come from the block-format table
+//! (`baleen_shaders::FORMATS`), so the index can size any tensor, even one we
+//! can't run. This module dequantises the types we run, on the CPU. That
+//! dequantisation is the reference the GPU kernels are tested against; it is
+//! itself tested against the `gguf` Python package (tests/fixtures/quant.json).
 
 use crate::error::{Error, Result};
+use baleen_shaders::formats::{same_name, BlockFormat, FORMATS};
 use half::{bf16, f16};
 
 macro_rules! dtypes {
-    ($( $v:ident = $id:expr, $name:expr, $block:expr, $bytes:expr; )*) => {
-        /// An element type: the GGML type ids, which safetensors' float types map onto.
+    ($( $v:ident ),* $(,)?) => {
+        /// An element type: a row of the block-format table (the GGML types,
+        /// which safetensors' float types map onto). The variants follow the
+        /// table's rows, in its order, each named as its row (checked as the
+        /// crate compiles).
         #[allow(non_camel_case_types)]
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         pub enum DType { $( $v, )* }
 
         impl DType {
-            /// The GGML type id (as stored in GGUF tensor infos).
-            pub fn from_ggml(id: u32) -> Option<DType> {
-                match id { $( $id => Some(DType::$v), )* _ => None }
-            }
-            pub fn ggml_id(self) -> u32 {
-                match self { $( DType::$v => $id, )* }
-            }
-            pub fn name(self) -> &'static str {
-                match self { $( DType::$v => $name, )* }
-            }
-            /// Values per block.
-            pub fn block_size(self) -> u64 {
-                match self { $( DType::$v => $block, )* }
-            }
-            /// Bytes per block.
-            pub fn block_bytes(self) -> u64 {
-                match self { $( DType::$v => $bytes, )* }
-            }
+            /// Every type, in the table's order.
+            pub const ALL: [DType; FORMATS.len()] = [$( DType::$v, )*];
         }
+
+        const _: () = {
+            $( assert!(same_name(FORMATS[DType::$v as usize].name, stringify!($v)), concat!("DType::", stringify!($v), " is not its row of baleen_shaders::FORMATS")); )*
+        };
     };
 }
 
 dtypes! {
-    F32 = 0, "F32", 1, 4;
-    F16 = 1, "F16", 1, 2;
-    Q4_0 = 2, "Q4_0", 32, 18;
-    Q4_1 = 3, "Q4_1", 32, 20;
-    Q5_0 = 6, "Q5_0", 32, 22;
-    Q5_1 = 7, "Q5_1", 32, 24;
-    Q8_0 = 8, "Q8_0", 32, 34;
-    Q8_1 = 9, "Q8_1", 32, 36;
-    Q2_K = 10, "Q2_K", 256, 84;
-    Q3_K = 11, "Q3_K", 256, 110;
-    Q4_K = 12, "Q4_K", 256, 144;
-    Q5_K = 13, "Q5_K", 256, 176;
-    Q6_K = 14, "Q6_K", 256, 210;
-    Q8_K = 15, "Q8_K", 256, 292;
-    IQ2_XXS = 16, "IQ2_XXS", 256, 66;
-    IQ2_XS = 17, "IQ2_XS", 256, 74;
-    IQ3_XXS = 18, "IQ3_XXS", 256, 98;
-    IQ1_S = 19, "IQ1_S", 256, 50;
-    IQ4_NL = 20, "IQ4_NL", 32, 18;
-    IQ3_S = 21, "IQ3_S", 256, 110;
-    IQ2_S = 22, "IQ2_S", 256, 82;
-    IQ4_XS = 23, "IQ4_XS", 256, 136;
-    I8 = 24, "I8", 1, 1;
-    I16 = 25, "I16", 1, 2;
-    I32 = 26, "I32", 1, 4;
-    I64 = 27, "I64", 1, 8;
-    F64 = 28, "F64", 1, 8;
-    IQ1_M = 29, "IQ1_M", 256, 56;
-    BF16 = 30, "BF16", 1, 2;
-    TQ1_0 = 34, "TQ1_0", 256, 54;
-    TQ2_0 = 35, "TQ2_0", 256, 66;
-    MXFP4 = 39, "MXFP4", 32, 17;
+    F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K,
+    Q8_1, Q2_K, Q3_K, Q8_K, IQ2_XXS, IQ2_XS, IQ3_XXS, IQ1_S, IQ4_NL, IQ3_S, IQ2_S, IQ4_XS,
+    I8, I16, I32, I64, F64, IQ1_M, TQ1_0, TQ2_0, MXFP4,
 }
 
 impl DType {
-    /// Can baleen dequantise (and so run) this type?
+    /// This type's row of the block-format table.
+    pub fn format(self) -> &'static BlockFormat {
+        &FORMATS[self as usize]
+    }
+
+    /// The GGML type id (as stored in GGUF tensor infos).
+    pub fn from_ggml(id: u32) -> Option<DType> {
+        FORMATS.iter().position(|f| f.ggml_id == id).map(|i| DType::ALL[i])
+    }
+
+    pub fn ggml_id(self) -> u32 {
+        self.format().ggml_id
+    }
+
+    pub fn name(self) -> &'static str {
+        self.format().name
+    }
+
+    /// Values per block.
+    pub fn block_size(self) -> u64 {
+        self.format().block_size as u64
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(self) -> u64 {
+        self.format().block_bytes as u64
+    }
+
+    /// Can baleen dequantise (and so run) this type? Those with a GPU
+    /// layout in the table, each of which `dequantize_block` handles
+    /// (tested below).
     pub fn is_supported(self) -> bool {
-        use DType::*;
-        matches!(self, F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q4_K | Q5_K | Q6_K)
+        self.format().gpu.is_some()
     }
 
     /// Bytes taken by `n` values, or an error if `n` is not a whole number of blocks.
@@ -97,14 +90,16 @@ impl DType {
 
     pub fn check_supported(self, what: &str) -> Result<()> {
         if self.is_supported() {
-            Ok(())
-        } else {
-            Err(Error::Unsupported(format!(
-                "{what} has tensor type {}; baleen runs F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K \
-                 (re-quantise the model to one of those, e.g. with llama.cpp's llama-quantize)",
-                self.name()
-            )))
+            return Ok(());
         }
+        let runs: Vec<&str> = DType::ALL.iter().filter(|d| d.is_supported()).map(|d| d.name()).collect();
+        let (last, rest) = runs.split_last().expect("the table has formats baleen runs");
+        Err(Error::Unsupported(format!(
+            "{what} has tensor type {}; baleen runs {} and {last} \
+             (re-quantise the model to one of those, e.g. with llama.cpp's llama-quantize)",
+            self.name(),
+            rest.join(", ")
+        )))
     }
 }
 
@@ -274,6 +269,26 @@ mod tests {
             assert_eq!(DType::from_ggml(t.ggml_id()), Some(t));
         }
         assert_eq!(DType::from_ggml(4), None, "type 4 (Q4_2) was removed from ggml");
+    }
+
+    #[test]
+    fn every_type_the_gpu_reads_dequantises_on_the_cpu() {
+        let runs: Vec<DType> = DType::ALL.into_iter().filter(|d| d.is_supported()).collect();
+        assert_eq!(runs.iter().map(|d| d.name()).collect::<Vec<_>>(), baleen_shaders::WEIGHT_FORMATS);
+        for d in runs {
+            assert!(d.format().layout().is_some(), "{d:?}");
+            // Random blocks (valid scales: `random_blocks` knows the format) give finite values.
+            let n = 4;
+            let mut out = vec![f32::NAN; n * d.block_size() as usize];
+            dequantize(d, &random_blocks(d, n, 1), &mut out).unwrap();
+            assert!(out.iter().all(|v| v.is_finite()), "{d:?}: {out:?}");
+        }
+    }
+
+    #[test]
+    fn unsupported_types_name_those_baleen_runs() {
+        let err = DType::Q2_K.check_supported("model.gguf").unwrap_err().to_string();
+        assert!(err.contains("has tensor type Q2_K; baleen runs F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K (re-quantise"), "{err}");
     }
 
     #[test]

@@ -52,35 +52,38 @@ pub struct Family {
 }
 
 macro_rules! family {
-    ($name:literal, flags: [$($f:literal),*], choices: [$([$($c:literal),*]),*]) => {
+    ($name:literal, flags: [$($f:literal),*], choices: [$($c:expr),*]) => {
         Family {
             name: $name,
             source: include_str!(concat!("../wgsl/", $name, ".wgsl")),
             flags: &[$($f),*],
-            choices: &[$(&[$($c),*]),*],
+            choices: &[$($c),*],
         }
     };
 }
 
-/// Weight formats the matrix kernels read (the repacked layouts in `gpu::weights`).
-pub const WEIGHT_FORMATS: &[&str] = &["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"];
+pub mod formats;
+pub use formats::{block_layout, BlockFormat, BlockLayout, GpuBlock, ThreadRows, FORMATS, WEIGHT_FORMATS};
+
+/// The matrix kernels' shapes (the runtime's `MatmulShape`).
+const MATMUL_SHAPES: &[&str] = &["ROW_PER_THREAD", "ROW_PER_WORKGROUP"];
 
 pub const COPY: Family = family!("copy", flags: [], choices: []);
 pub const MATMUL: Family = family!("matmul",
     flags: ["BIAS", "ACC", "SUBGROUPS", "QUAD_TEXTURE"],
-    choices: [["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"], ["ROW_PER_THREAD", "ROW_PER_WORKGROUP"]]);
+    choices: [WEIGHT_FORMATS, MATMUL_SHAPES]);
 // The embedding's shape flag names the layout of its rows: the one the
 // matmul of that shape reads (a tied LM head reads the same matrix).
 pub const EMBED: Family = family!("embed",
     flags: ["QUAD_TEXTURE"],
-    choices: [["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"], ["ROW_PER_THREAD", "ROW_PER_WORKGROUP"]]);
+    choices: [WEIGHT_FORMATS, MATMUL_SHAPES]);
 pub const NORM: Family = family!("norm", flags: ["WORKGROUP"], choices: []);
-pub const ROPE: Family = family!("rope", flags: ["HALF_K"], choices: [["HALVES", "ADJACENT"]]);
+pub const ROPE: Family = family!("rope", flags: ["HALF_K"], choices: [&["HALVES", "ADJACENT"]]);
 pub const ATTENTION: Family = family!("attention", flags: ["HALF_KV", "LATENT", "SUBGROUPS", "WORKGROUP"], choices: []);
 pub const ELEMENTWISE: Family = family!("elementwise", flags: [], choices: []);
 pub const SAMPLE: Family = family!("sample", flags: [], choices: []);
 pub const MOE: Family = family!("moe", flags: ["BIAS", "SHARED_GATE", "PERMUTED"], choices: []);
-pub const MLA: Family = family!("mla", flags: ["WORKGROUP"], choices: [["HALVES", "ADJACENT"]]);
+pub const MLA: Family = family!("mla", flags: ["WORKGROUP"], choices: [&["HALVES", "ADJACENT"]]);
 
 pub const FAMILIES: &[Family] = &[COPY, MATMUL, EMBED, NORM, ROPE, ATTENTION, ELEMENTWISE, SAMPLE, MOE, MLA];
 
@@ -301,35 +304,17 @@ pub mod shape {
     pub const MAX_EXPERT_GROUPS: u32 = 32;
 }
 
-/// How a weight format lies in GPU memory (runtime/src/gpu/weights.rs writes
-/// it, shaders/wgsl/dequant.wgsl reads it): per block of `block_values`, `quads`
-/// 16-byte quads in the quant plane and `scale_words` u32s in the scale plane.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BlockLayout {
-    pub block_values: u32,
-    pub quads: u32,
-    pub scale_words: u32,
-}
-
-impl BlockLayout {
-    /// 32-value sub-blocks per block.
-    pub fn subs(&self) -> u32 {
-        self.block_values / 32
-    }
-}
-
 /// Rows per interleaved group in the weight layout that a matmul shape
 /// (its flag, `ROW_PER_THREAD` or `ROW_PER_WORKGROUP`) reads for a weight
 /// format: quad k of a group's rows side by side, then quad k + 1
 /// (dequant.wgsl). Workgroup per row (GPUs) keeps rows whole, so a
 /// workgroup's threads read one row's quads side by side. Thread per row
 /// (CPU adapters) groups a subgroup's worth, so the lanes' loads, one row
-/// each, fall in one place: on lavapipe 7-22% faster GEMVs for the float
-/// formats, Q8_0, Q4_0 and Q4_1, and (their two scale words one load) Q5_0 and
-/// Q5_1, level for Q4_K and Q5_K, but 15% slower for Q6_K, which keeps rows
-/// whole (BENCHMARKS.md, session 7).
+/// each, fall in one place, for the formats where that measured faster
+/// (the table's [`ThreadRows`]).
 pub fn row_group(shape_flag: &str, format: &str) -> u32 {
-    if shape_flag == "ROW_PER_THREAD" && format != "Q6_K" {
+    let whole = formats::format(format).and_then(|f| f.gpu).is_some_and(|g| g.thread_rows == ThreadRows::Whole);
+    if shape_flag == "ROW_PER_THREAD" && !whole {
         shape::ROW_GROUP_THREAD
     } else {
         1
@@ -365,21 +350,6 @@ pub fn thread_wg(subgroups: bool) -> u32 {
     } else {
         shape::MATMUL_WG_THREAD_PLAIN
     }
-}
-
-pub fn block_layout(format: &str) -> Option<BlockLayout> {
-    let (block_values, quads, scale_words) = match format {
-        "F32" => (32, 8, 0),
-        "F16" | "BF16" => (32, 4, 0),
-        "Q8_0" => (32, 2, 1),
-        "Q4_0" | "Q4_1" => (32, 1, 1),
-        "Q5_0" | "Q5_1" => (32, 1, 2),
-        "Q4_K" => (256, 9, 0),
-        "Q5_K" => (256, 11, 0),
-        "Q6_K" => (256, 13, 1),
-        _ => return None,
-    };
-    Some(BlockLayout { block_values, quads, scale_words })
 }
 
 /// The constants a variant needs, from [`shape`] and the weight format.
@@ -542,6 +512,32 @@ mod tests {
             }
         }
         assert!(n >= 60, "only {n} variants");
+    }
+
+    #[test]
+    fn every_format_with_a_gpu_layout_has_valid_kernels() {
+        let formats: Vec<&str> = FORMATS.iter().filter(|f| f.layout().is_some()).map(|f| f.name).collect();
+        for family in [&MATMUL, &EMBED] {
+            assert_eq!(family.choices[0], formats, "{} takes its formats from the table", family.name);
+            let mut seen = vec![0; formats.len()];
+            for flags in variants(family) {
+                let Some(i) = formats.iter().position(|f| flags.contains(f)) else { continue };
+                let src = specialise(family, &flags, &consts(family, &flags)).unwrap();
+                validate(&format!("{} {flags:?}", family.name), &src).unwrap_or_else(|e| panic!("{e}\n{src}"));
+                // dequant.wgsl picks a block's scale unit by format (`#if Q5_0 || Q5_1`).
+                let words = FORMATS.iter().find(|f| f.name == formats[i]).and_then(|f| f.layout()).unwrap().scale_words;
+                assert_eq!(src.contains("alias ScaleUnit = vec2<u32>;"), words == 2, "{} {flags:?}: ScaleUnit of {words} words", family.name);
+                seen[i] += 1;
+            }
+            assert!(seen.iter().all(|&n| n > 0), "{}: a format without variants", family.name);
+        }
+    }
+
+    #[test]
+    fn thread_per_row_groups_rows_as_the_table_says() {
+        assert_eq!(row_group("ROW_PER_THREAD", "Q4_K"), shape::ROW_GROUP_THREAD);
+        assert_eq!(row_group("ROW_PER_THREAD", "Q6_K"), 1);
+        assert_eq!(row_group("ROW_PER_WORKGROUP", "Q4_K"), 1);
     }
 
     #[test]

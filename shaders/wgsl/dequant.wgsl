@@ -3,12 +3,14 @@
 // shader declares `w: array<vec4<u32>>` (the quant plane) and `ws:
 // array<ScaleUnit>` (the same buffer, read from its scale plane at
 // p.scale_offset words) or, with QUAD_TEXTURE, the textures `wq` and `wst`,
-// and one format flag; QUADS, SCALE_WORDS and SUBS come from `block_layout`
-// in Rust, ROW_GROUP from `row_group`.
+// and one format flag; QUADS, SCALE_WORDS and SUBS come from the format's
+// row of the block-format table in Rust (`FORMATS`, `block_layout`),
+// ROW_GROUP from `row_group`.
 //
-// Per block: QUADS 16-byte quads of quants (read with one load each) and
-// SCALE_WORDS words of scales (f16 d / m, and Q5's high bits) in their own
-// plane, so every quad stays aligned whatever the block size.
+// Per block: QUADS 16-byte quads of quants (read with one load each; block
+// b's first is quad QUADS · b) and SCALE_WORDS words of scales (f16 d / m,
+// and Q5's high bits) in their own plane, so every quad stays aligned
+// whatever the block size.
 //
 // In buffers each plane holds the rows in groups of ROW_GROUP, item-major
 // within a group: quad k of each of the group's rows side by side, then

@@ -87,7 +87,7 @@ fn block_half(k: u32, d: f32, sc: vec4<u32>, half: u32, xq: XBlock) -> f32 {
 }
 
 fn dot_block(b: u32, xq: XBlock) -> f32 {
-    let k = 13u * b;
+    let k = QUADS * b;
     let d = unpack2x16float(sword(b)).x;
     let sc = quad(k + 12u);
     return block_half(k, d, sc, 0u, xq) + block_half(k, d, sc, 1u, xq);

@@ -14,7 +14,7 @@
 // apply d and m once a sub-block: d · Σ q(x·s) + m · Σx (see `emit` in the
 // shaders crate).
 #if F32
-    let k = 8u * b;
+    let k = QUADS * b;
     EMIT(0, bitcast<vec4<f32>>(quad(k)));
     EMIT(1, bitcast<vec4<f32>>(quad(k + 1u)));
     EMIT(2, bitcast<vec4<f32>>(quad(k + 2u)));
@@ -25,7 +25,7 @@
     EMIT(7, bitcast<vec4<f32>>(quad(k + 7u)));
 #endif
 #if F16
-    let k = 4u * b;
+    let k = QUADS * b;
     let a = quad(k);
     let c = quad(k + 1u);
     let e = quad(k + 2u);
@@ -40,7 +40,7 @@
     EMIT(7, vec4<f32>(unpack2x16float(g.z), unpack2x16float(g.w)));
 #endif
 #if BF16
-    let k = 4u * b;
+    let k = QUADS * b;
     let a = quad(k);
     let c = quad(k + 1u);
     let e = quad(k + 2u);
@@ -60,8 +60,8 @@
     // kernels' tolerances); scale: d
     let d = unpack2x16float(sword(b)).x;
     let m = -128.0 * d;
-    let a = quad(2u * b);
-    let c = quad(2u * b + 1u);
+    let a = quad(QUADS * b);
+    let c = quad(QUADS * b + 1u);
     EMIT_SCALED(0, fields(a.x ^ 0x80808080u, 0xffu), BYTE_SCALE, d, m);
     EMIT_SCALED(1, fields(a.y ^ 0x80808080u, 0xffu), BYTE_SCALE, d, m);
     EMIT_SCALED(2, fields(a.z ^ 0x80808080u, 0xffu), BYTE_SCALE, d, m);
@@ -82,7 +82,7 @@
 #else
     let m = dm.y;
 #endif
-    let q = quad(b);
+    let q = quad(QUADS * b);
     EMIT_SCALED(0, nibs(q.x, 0u), BYTE_SCALE, d, m);
     EMIT_SCALED(1, nibs(q.y, 0u), BYTE_SCALE, d, m);
     EMIT_SCALED(2, nibs(q.z, 0u), BYTE_SCALE, d, m);
@@ -105,7 +105,7 @@
 #else
     let m = dm.y;
 #endif
-    let q = quad(b);
+    let q = quad(QUADS * b);
     EMIT_SCALED(0, fields(q5w(q.x, 0u, qh, 0u), 0x1fu), BYTE_SCALE, d, m);
     EMIT_SCALED(1, fields(q5w(q.y, 0u, qh, 4u), 0x1fu), BYTE_SCALE, d, m);
     EMIT_SCALED(2, fields(q5w(q.z, 0u, qh, 8u), 0x1fu), BYTE_SCALE, d, m);
@@ -141,7 +141,7 @@
     // s = 4·half + quarter: low 4 bits from ql bytes 64·half + 32·(quarter & 1) + i
     // (high nibble when quarter ≥ 2), 2 high bits from qh bytes 32·half + i at
     // 2·quarter; scale byte 8·half + i/16 + 2·quarter.
-    let k = 13u * b;
+    let k = QUADS * b;
     let d = unpack2x16float(sword(b)).x;
     let half = s >> 2u;
     let quarter = s & 3u;

@@ -16,10 +16,10 @@ fn bufs<'a>(q: &'a wgpu::Buffer, k: &'a wgpu::Buffer, v: &'a wgpu::Buffer, ml: &
     AttentionBuffers { q, k_cache: k, v_cache: v, part_ml: ml, part_o: po, out }
 }
 
-const FORMATS: [DType; 11] = [
-    DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1,
-    DType::Q5_0, DType::Q5_1, DType::Q4_K, DType::Q5_K, DType::Q6_K,
-];
+/// Every type the kernels read (the block-format table's rows with a GPU layout).
+fn formats() -> impl Iterator<Item = DType> {
+    DType::ALL.into_iter().filter(|d| d.is_supported())
+}
 
 /// One matmul path: the kernel shape, subgroups, and (thread per row)
 /// weights in textures or in buffers.
@@ -55,7 +55,7 @@ fn shapes(gpu: &Gpu) -> Vec<(MatmulShape, bool)> {
 
 /// Whether textures hold `dtype` (placed so): the quantised formats.
 fn quantised(dtype: DType) -> bool {
-    !matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
+    dtype.format().quantised()
 }
 
 /// Every matmul path: each of `shapes`, thread per row with weights in
@@ -171,7 +171,7 @@ fn check_matmul(gpu: &Gpu, c: &MatmulCase, seed: u64) {
 #[test]
 fn matmul_every_format_both_shapes() {
     let gpu = gpu();
-    for (i, &dtype) in FORMATS.iter().enumerate() {
+    for (i, dtype) in formats().enumerate() {
         // K-quants need whole 256-value blocks; others straddle sub-blocks
         // and the textures' units of 4 blocks (3 blocks: one unit, its last
         // block past the row; 5: a whole unit and one block).
@@ -323,7 +323,7 @@ fn textures_hold_rows_in_bands_and_rows_past_the_side_stay_in_buffers() {
 #[test]
 fn embedding_rows_across_chunks() {
     let gpu = gpu();
-    for (i, &dtype) in FORMATS.iter().enumerate() {
+    for (i, dtype) in formats().enumerate() {
         // 5 blocks a row (in textures, a second scale texel).
         let cols = 5 * dtype.block_size().max(32) as usize;
         let rows = 50;

@@ -117,11 +117,8 @@ pub fn run(gpu: &Gpu, target_bytes: u64, only: Option<&str>) -> Result<KernelRep
 
     // ---- matmul per format: decode GEMV (1 token) and prefill GEMM (64 tokens)
     let cols: u64 = 4096;
-    for &format in baleen_shaders::WEIGHT_FORMATS.iter().filter(|f| wanted(f)) {
-        let dtype = [DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q4_K, DType::Q5_K, DType::Q6_K]
-            .into_iter()
-            .find(|d| d.name() == format)
-            .expect("every weight format is a DType");
+    for dtype in DType::ALL.into_iter().filter(|d| d.is_supported() && wanted(d.name())) {
+        let format = dtype.name();
         let row_bytes = cols / dtype.block_size() * dtype.block_bytes();
         let rows = (target_bytes / row_bytes).clamp(64, 65535);
         let data = random_blocks(dtype, (rows * cols / dtype.block_size()) as usize, 7);

@@ -4,10 +4,11 @@
 //! quant load is one aligned 16-byte read whatever the block size; rows split
 //! into chunks that fit one binding.
 //!
-//! Per block (file bytes → quads | scale words):
-//! - F32, F16, BF16 (groups of 32 values), Q4_K, Q5_K: the bytes | nothing;
-//! - Q8_0: qs[32] | d;  Q4_0: qs[16] | d;  Q4_1: qs[16] | d, m;
-//! - Q5_0: qs[16] | d, qh;  Q5_1: qs[16] | d m, qh;  Q6_K: ql qh scales | d.
+//! Which of a block's file bytes go to scale words, each its own, and which
+//! to quads (the rest, in order) is the format's row of the block-format
+//! table (`GpuBlock::scales` in the shaders crate): F32, F16, BF16 (groups
+//! of 32 values), Q4_K and Q5_K have no scale words; Q6_K's is d, the
+//! 32-value formats' d (and m, qh).
 //!
 //! Each plane holds a chunk's rows in groups of `row_group` rows (the last
 //! padded with zero rows), item-major within a group: quad k of each of the
@@ -37,20 +38,21 @@ use crate::error::{Error, Result};
 use crate::format::{TensorInfo, TensorReader};
 use crate::quant::DType;
 use baleen_shaders::shape::TEXTURE_ROWS;
-use baleen_shaders::{block_layout, BlockLayout};
+use baleen_shaders::BlockLayout;
+use std::ops::Range;
 
-/// The WGSL flag naming a weight format.
+/// The WGSL flag naming a weight format (its name).
 pub fn format_flag(dtype: DType) -> Result<&'static str> {
-    let name = dtype.name();
-    baleen_shaders::WEIGHT_FORMATS
-        .iter()
-        .find(|f| **f == name)
-        .copied()
-        .ok_or_else(|| Error::Unsupported(format!("tensor type {name} on the GPU")))
+    layout(dtype).map(|_| dtype.name())
 }
 
 pub fn layout(dtype: DType) -> Result<BlockLayout> {
-    block_layout(format_flag(dtype)?).ok_or_else(|| Error::Unsupported(format!("tensor type {} on the GPU", dtype.name())))
+    dtype.format().layout().ok_or_else(|| Error::Unsupported(format!("tensor type {} on the GPU", dtype.name())))
+}
+
+/// Byte ranges of a block that are scale words (`GpuBlock::scales`).
+fn scale_ranges(dtype: DType) -> &'static [Range<u32>] {
+    dtype.format().gpu.map_or(&[], |g| g.scales)
 }
 
 /// File bytes of one layout block (32 values for the float types).
@@ -64,33 +66,20 @@ pub fn repacked_row_bytes(dtype: DType, cols: u64) -> u64 {
     cols / l.block_values as u64 * (l.quads as u64 * 16 + l.scale_words as u64 * 4)
 }
 
-/// Split one block's file bytes into its quads and scale words.
-fn split_block(dtype: DType, b: &[u8], quads: &mut Vec<u8>, scales: &mut Vec<u8>) {
-    let f16_word = |lo: &[u8]| [lo[0], lo[1], 0, 0];
-    match dtype {
-        DType::Q8_0 | DType::Q4_0 => {
-            scales.extend(f16_word(&b[0..2]));
-            quads.extend(&b[2..]);
-        }
-        DType::Q4_1 => {
-            scales.extend(&b[0..4]);
-            quads.extend(&b[4..]);
-        }
-        DType::Q5_0 => {
-            scales.extend(f16_word(&b[0..2]));
-            scales.extend(&b[2..6]);
-            quads.extend(&b[6..]);
-        }
-        DType::Q5_1 => {
-            scales.extend(&b[0..8]);
-            quads.extend(&b[8..]);
-        }
-        DType::Q6_K => {
-            quads.extend(&b[..208]);
-            scales.extend(f16_word(&b[208..210]));
-        }
-        _ => quads.extend(b),
+/// Split one block's file bytes into its quads and scale words: each of
+/// `scale_at` (ascending byte ranges) one word, zero-padded (an f16 d takes a
+/// word); the bytes around them, in order, the quads.
+fn split_block(scale_at: &[Range<u32>], b: &[u8], quads: &mut Vec<u8>, scales: &mut Vec<u8>) {
+    let mut at = 0;
+    for r in scale_at {
+        let (start, end) = (r.start as usize, r.end as usize);
+        quads.extend(&b[at..start]);
+        let mut word = [0u8; 4];
+        word[..end - start].copy_from_slice(&b[start..end]);
+        scales.extend(word);
+        at = end;
     }
+    quads.extend(&b[at..]);
 }
 
 /// Repack `rows` whole rows: the quant plane, then the scale plane, each in
@@ -101,8 +90,9 @@ pub fn repack(dtype: DType, bytes: &[u8], rows: usize, row_group: usize) -> Resu
     let l = layout(dtype)?;
     let bb = file_block_bytes(dtype, &l);
     let (mut quads, mut scales) = (Vec::with_capacity(bytes.len()), Vec::new());
+    let scale_at = scale_ranges(dtype);
     for block in bytes.chunks_exact(bb) {
-        split_block(dtype, block, &mut quads, &mut scales);
+        split_block(scale_at, block, &mut quads, &mut scales);
     }
     let mut packed = group_rows(quads, rows, 16, row_group);
     let offset = (packed.len() / 4) as u32;
@@ -190,7 +180,7 @@ impl Placement {
     /// the side. None: buffers.
     pub fn texture_rows(&self, dtype: DType, cols: u64) -> Option<u64> {
         let l = layout(dtype).ok()?;
-        let quantised = !matches!(dtype, DType::F32 | DType::F16 | DType::BF16);
+        let quantised = dtype.format().quantised();
         let side = self.texture_side.filter(|&side| side >= TEXTURE_ROWS)? as u64;
         let height = cols / l.block_values as u64 * l.quads as u64;
         (quantised && height > 0 && height <= side).then(|| side / height * TEXTURE_ROWS as u64)
@@ -493,7 +483,34 @@ impl GpuMatrix {
 
 #[cfg(test)]
 mod tests {
-    use super::{group_rows, rows_per_chunk, texel_columns, Placement, TEXTURE_ROWS};
+    use super::{group_rows, rows_per_chunk, scale_ranges, split_block, texel_columns, Placement, TEXTURE_ROWS};
+    use crate::quant::DType;
+
+    #[test]
+    fn blocks_split_into_quads_and_scale_words_as_the_table_says() {
+        let split = |dtype: DType| {
+            let block: Vec<u8> = (0..dtype.block_bytes() as u8).collect();
+            let (mut quads, mut scales) = (Vec::new(), Vec::new());
+            split_block(scale_ranges(dtype), &block, &mut quads, &mut scales);
+            (quads, scales)
+        };
+        // Q5_0: [d: f16][qh: u32][qs: 16 bytes] → qs | d (a word), qh.
+        let (quads, scales) = split(DType::Q5_0);
+        assert_eq!(quads, (6..22).collect::<Vec<u8>>());
+        assert_eq!(scales, [0, 1, 0, 0, 2, 3, 4, 5]);
+        // Q6_K: [ql qh scales: 208 bytes][d: f16] → those 208 | d.
+        let (quads, scales) = split(DType::Q6_K);
+        assert_eq!(quads, (0..208).collect::<Vec<u8>>());
+        assert_eq!(scales, [208, 209, 0, 0]);
+        // Q4_K: all quads.
+        assert_eq!(split(DType::Q4_K), ((0..144).collect(), vec![]));
+        // Every format's quads and words make its layout's.
+        for d in DType::ALL.into_iter().filter(|d| d.is_supported() && d.format().quantised()) {
+            let l = super::layout(d).unwrap();
+            let (quads, scales) = split(d);
+            assert_eq!((quads.len(), scales.len()), (16 * l.quads as usize, 4 * l.scale_words as usize), "{d:?}");
+        }
+    }
 
     #[test]
     fn texel_columns_hold_a_row_each_the_last_texel_padded() {
@@ -522,7 +539,6 @@ mod tests {
     #[test]
     fn textures_hold_bands_as_many_as_the_side_allows() {
         use super::super::MatmulShape;
-        use crate::quant::DType;
         let place = Placement { max_binding: 1 << 30, shape: MatmulShape::RowPerThread, texture_side: Some(8192) };
         // Q4_1 rows of 4096 values: 128 quads, 64 bands of 4096 rows.
         assert_eq!(place.texture_rows(DType::Q4_1, 4096), Some(64 * 4096));
