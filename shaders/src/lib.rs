@@ -482,7 +482,24 @@ pub fn variants(family: &Family) -> Vec<Vec<&'static str>> {
     for f in family.flags {
         combos = combos.iter().flat_map(|c| [c.clone(), [c.clone(), vec![*f]].concat()]).collect();
     }
+    combos.retain(|flags| reachable(family.name, flags));
     combos
+}
+
+/// Whether the runtime's launchers can ask for a variant: weights lie in
+/// textures only for the thread-per-row kernels and only when quantised;
+/// MLA's latent cache is f32; attention's subgroup kernel is a CPU
+/// adapter's, its workgroup kernel a GPU's; moe.wgsl's router takes BIAS,
+/// its combine SHARED_GATE and PERMUTED.
+pub fn reachable(family: &str, flags: &[&str]) -> bool {
+    let has = |f: &str| flags.contains(&f);
+    let quantised = flags.iter().filter_map(|f| FORMATS.iter().find(|b| b.name == *f)).any(|b| b.quantised());
+    match family {
+        "matmul" | "embed" => !has("QUAD_TEXTURE") || (has("ROW_PER_THREAD") && quantised),
+        "attention" => !(has("LATENT") && has("HALF_KV")) && !(has("SUBGROUPS") && has("WORKGROUP")),
+        "moe" => !(has("BIAS") && (has("SHARED_GATE") || has("PERMUTED"))),
+        _ => true,
+    }
 }
 
 #[cfg(test)]
@@ -512,6 +529,7 @@ mod tests {
             }
         }
         assert!(n >= 60, "only {n} variants");
+        eprintln!("{n} reachable variants validated");
     }
 
     #[test]

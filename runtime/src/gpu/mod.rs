@@ -342,6 +342,11 @@ impl Gpu {
             return Ok(p.clone());
         }
         let (family, flags) = (key.kernel.family(), key.wgsl_flags());
+        // The variants the shaders crate enumerates (naga validates them,
+        // the browser test compiles them) are all the launchers may ask for.
+        if !shaders::reachable(family.name, &flags) {
+            return Err(gpu_err(format!("kernel {}:{} {flags:?} is not among the enumerated variants (baleen_shaders::reachable)", family.name, key.entry)));
+        }
         let source = shaders::specialise(family, &flags, &shaders::consts(family, &flags)).map_err(gpu_err)?;
         let label = format!("{}:{} {:?}", family.name, key.entry, flags);
         let pipeline = self
