@@ -67,7 +67,7 @@ enum Cmd {
         /// A kernel family (none: list them).
         family: Option<String>,
         /// The variant's flags: one of each choice group and any free flags
-        /// (e.g. Q4_1,ROW_PER_THREAD,SUBGROUPS).
+        /// (e.g. Q4_1,SUBGROUPS for matmul_thread).
         #[arg(long, value_delimiter = ',')]
         flags: Vec<String>,
         /// List the families with their flags and choice groups.
@@ -561,7 +561,7 @@ fn bench_kernels(json: bool, bytes: u64, only: Option<&str>) -> Result<()> {
 fn shader_families() -> String {
     let mut out = String::new();
     for f in baleen_shaders::FAMILIES {
-        out += &format!("  {:<12} {}\n", f.name, family_flags(f));
+        out += &format!("  {:<16} {}\n", f.name, family_flags(f));
     }
     out + "  (any family: ENABLE_SUBGROUPS with SUBGROUPS adds `enable subgroups;`, as browsers need)"
 }

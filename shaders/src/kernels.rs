@@ -7,8 +7,9 @@
 
 /// A family's `Params` uniform, mirrored.
 pub trait Uniform: bytemuck::Pod {
-    /// The family whose `struct Params` this mirrors.
-    const FAMILY: &'static str;
+    /// The families whose `struct Params` this mirrors (the two matmul
+    /// families share theirs).
+    const FAMILIES: &'static [&'static str];
     /// Its fields in order: (name, type).
     const FIELDS: &'static [(&'static str, &'static str)];
     fn bytes(&self) -> &[u8] {
@@ -17,21 +18,21 @@ pub trait Uniform: bytemuck::Pod {
 }
 
 macro_rules! uniform {
-    ($(#[$m:meta])* $name:ident for $family:literal { $($(#[$fm:meta])* $field:ident: $ty:ident),* $(,)? }) => {
+    ($(#[$m:meta])* $name:ident for $($family:literal),+ { $($(#[$fm:meta])* $field:ident: $ty:ident),* $(,)? }) => {
         $(#[$m])*
         #[repr(C)]
         #[derive(Debug, Clone, Copy, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
         pub struct $name { $($(#[$fm])* pub $field: $ty),* }
         impl Uniform for $name {
-            const FAMILY: &'static str = $family;
+            const FAMILIES: &'static [&'static str] = &[$($family),+];
             const FIELDS: &'static [(&'static str, &'static str)] = &[$((stringify!($field), stringify!($ty))),*];
         }
     };
 }
 
 uniform!(
-    /// matmul.wgsl: one row chunk of a weight.
-    MatmulParams for "matmul" {
+    /// matmul_common.wgsl (both matmul families): one row chunk of a weight.
+    MatmulParams for "matmul_thread", "matmul_workgroup" {
         /// Rows in this chunk.
         rows: u32,
         /// Values per row.
@@ -137,19 +138,23 @@ uniform!(
 );
 
 macro_rules! bindings {
-    ($(#[$m:meta])* $module:ident for $family:literal { $($(#[$bm:meta])* $name:ident = $n:literal as [$($wgsl:literal),+]),* $(,)? }) => {
+    ($(#[$m:meta])* $module:ident for $($family:literal),+ { $($(#[$bm:meta])* $name:ident = $n:literal as [$($wgsl:literal),+]),* $(,)? }) => {
         $(#[$m])*
         pub mod $module {
             $($(#[$bm])* pub const $name: u32 = $n;)*
-            /// The family, and each binding with the names its variants give it.
-            pub const ALL: (&str, &[(u32, &[&str])]) = ($family, &[$(($n, &[$($wgsl),+])),*]);
+            /// The families, and each binding with the names their variants give it.
+            pub const ALL: super::Bindings = (&[$($family),+], &[$(($n, &[$($wgsl),+])),*]);
         }
     };
 }
 
 /// Binding numbers, family by family (0 `step` and 1 `p` everywhere).
 pub mod binding {
-    bindings!(matmul for "matmul" {
+    /// Families that share their bindings, and each binding number with
+    /// the names their variants give it.
+    pub type Bindings = (&'static [&'static str], &'static [(u32, &'static [&'static str])]);
+
+    bindings!(matmul for "matmul_thread", "matmul_workgroup" {
         /// The quant plane: a buffer, or a texture.
         W = 2 as ["w", "wq"],
         X = 3 as ["x"],
@@ -191,7 +196,7 @@ pub mod binding {
     bindings!(copy for "copy" { SRC = 0 as ["src"], DST = 1 as ["dst"] });
 
     /// Every family's bindings.
-    pub const FAMILIES: &[(&str, &[(u32, &[&str])])] =
+    pub const FAMILIES: &[Bindings] =
         &[matmul::ALL, embed::ALL, norm::ALL, rope::ALL, attention::ALL, elementwise::ALL, sample::ALL, moe::ALL, mla::ALL, copy::ALL];
 }
 
@@ -214,29 +219,31 @@ mod tests {
     }
 
     fn check_uniform<U: Uniform>() {
-        for (flags, m) in modules(U::FAMILY) {
-            let var = m
-                .global_variables
-                .iter()
-                .map(|(_, v)| v)
-                .find(|v| v.binding.as_ref().is_some_and(|b| b.group == 0 && b.binding == 1))
-                .unwrap_or_else(|| panic!("{} {flags:?}: no uniform at binding 1", U::FAMILY));
-            assert_eq!(var.space, AddressSpace::Uniform, "{} {flags:?}", U::FAMILY);
-            let TypeInner::Struct { members, span } = &m.types[var.ty].inner else { panic!("{}: Params is not a struct", U::FAMILY) };
-            assert_eq!(*span as usize, std::mem::size_of::<U>(), "{} {flags:?}: Params' size", U::FAMILY);
-            let wgsl: Vec<(String, &'static str)> = members
-                .iter()
-                .map(|mb| {
-                    let ty = match m.types[mb.ty].inner {
-                        TypeInner::Scalar(s) if s.kind == ScalarKind::Uint && s.width == 4 => "u32",
-                        TypeInner::Scalar(s) if s.kind == ScalarKind::Float && s.width == 4 => "f32",
-                        ref other => panic!("{}: field {:?} of type {other:?}", U::FAMILY, mb.name),
-                    };
-                    (mb.name.clone().unwrap_or_default(), ty)
-                })
-                .collect();
-            let rust: Vec<(String, &'static str)> = U::FIELDS.iter().map(|(n, t)| (n.to_string(), *t)).collect();
-            assert_eq!(wgsl, rust, "{} {flags:?}: Params field for field", U::FAMILY);
+        for family in U::FAMILIES {
+            for (flags, m) in modules(family) {
+                let var = m
+                    .global_variables
+                    .iter()
+                    .map(|(_, v)| v)
+                    .find(|v| v.binding.as_ref().is_some_and(|b| b.group == 0 && b.binding == 1))
+                    .unwrap_or_else(|| panic!("{family} {flags:?}: no uniform at binding 1"));
+                assert_eq!(var.space, AddressSpace::Uniform, "{family} {flags:?}");
+                let TypeInner::Struct { members, span } = &m.types[var.ty].inner else { panic!("{family}: Params is not a struct") };
+                assert_eq!(*span as usize, std::mem::size_of::<U>(), "{family} {flags:?}: Params' size");
+                let wgsl: Vec<(String, &'static str)> = members
+                    .iter()
+                    .map(|mb| {
+                        let ty = match m.types[mb.ty].inner {
+                            TypeInner::Scalar(s) if s.kind == ScalarKind::Uint && s.width == 4 => "u32",
+                            TypeInner::Scalar(s) if s.kind == ScalarKind::Float && s.width == 4 => "f32",
+                            ref other => panic!("{family}: field {:?} of type {other:?}", mb.name),
+                        };
+                        (mb.name.clone().unwrap_or_default(), ty)
+                    })
+                    .collect();
+                let rust: Vec<(String, &'static str)> = U::FIELDS.iter().map(|(n, t)| (n.to_string(), *t)).collect();
+                assert_eq!(wgsl, rust, "{family} {flags:?}: Params field for field");
+            }
         }
     }
 
@@ -255,23 +262,28 @@ mod tests {
 
     #[test]
     fn every_binding_number_names_the_wgsl_binding() {
-        for (family, bindings) in binding::FAMILIES {
-            let mut seen = vec![false; bindings.len()];
-            for (flags, m) in modules(family) {
-                for (_, v) in m.global_variables.iter() {
-                    let Some(b) = &v.binding else { continue };
-                    let name = v.name.as_deref().unwrap_or("");
-                    if *family != "copy" && b.binding <= 1 {
-                        assert_eq!(name, if b.binding == 0 { "step" } else { "p" }, "{family} {flags:?}");
-                        continue;
+        for f in FAMILIES {
+            assert!(binding::FAMILIES.iter().any(|(families, _)| families.contains(&f.name)), "{}: no binding numbers", f.name);
+        }
+        for (families, bindings) in binding::FAMILIES {
+            for family in *families {
+                let mut seen = vec![false; bindings.len()];
+                for (flags, m) in modules(family) {
+                    for (_, v) in m.global_variables.iter() {
+                        let Some(b) = &v.binding else { continue };
+                        let name = v.name.as_deref().unwrap_or("");
+                        if *family != "copy" && b.binding <= 1 {
+                            assert_eq!(name, if b.binding == 0 { "step" } else { "p" }, "{family} {flags:?}");
+                            continue;
+                        }
+                        let i = bindings.iter().position(|(n, _)| *n == b.binding).unwrap_or_else(|| panic!("{family} {flags:?}: binding {} ({name}) has no Rust constant", b.binding));
+                        assert!(bindings[i].1.contains(&name), "{family} {flags:?}: binding {} is {name}, not one of {:?}", b.binding, bindings[i].1);
+                        seen[i] = true;
                     }
-                    let i = bindings.iter().position(|(n, _)| *n == b.binding).unwrap_or_else(|| panic!("{family} {flags:?}: binding {} ({name}) has no Rust constant", b.binding));
-                    assert!(bindings[i].1.contains(&name), "{family} {flags:?}: binding {} is {name}, not one of {:?}", b.binding, bindings[i].1);
-                    seen[i] = true;
                 }
-            }
-            for ((n, names), seen) in bindings.iter().zip(seen) {
-                assert!(seen, "{family}: no variant has binding {n} ({names:?})");
+                for ((n, names), seen) in bindings.iter().zip(seen) {
+                    assert!(seen, "{family}: no variant has binding {n} ({names:?})");
+                }
             }
         }
     }

@@ -33,7 +33,7 @@
 //! the lanes' loads of one step fall side by side (`row_group`; rows whole,
 //! each lane reading its own distant stream, were 10-20% slower, and rows
 //! interleaved across the whole matrix 2-3x slower), a subgroup shares x
-//! (matmul.wgsl), and no lane should idle (attention.wgsl's flat grid).
+//! (matmul_thread.wgsl), and no lane should idle (attention.wgsl's flat grid).
 //! A texel fetch is no such loop: gallivm gathers every lane's texel at
 //! once. So thread per row reads quantised weights from textures where the
 //! device allows (`QUAD_TEXTURE`; runtime/src/gpu/weights.rs).
@@ -45,7 +45,9 @@ pub mod kernels;
 pub struct Family {
     pub name: &'static str,
     pub source: &'static str,
-    /// Every flag the file tests, for enumerating variants.
+    /// Every flag a variant may set, for enumerating them (the file may
+    /// test more: matmul_workgroup.wgsl's fragments test QUAD_TEXTURE,
+    /// which only thread per row sets).
     pub flags: &'static [&'static str],
     /// Flags that are mutually exclusive choices (one of each group is set).
     pub choices: &'static [&'static [&'static str]],
@@ -65,13 +67,20 @@ macro_rules! family {
 pub mod formats;
 pub use formats::{block_layout, BlockFormat, BlockLayout, GpuBlock, ThreadRows, FORMATS, WEIGHT_FORMATS};
 
-/// The matrix kernels' shapes (the runtime's `MatmulShape`).
+/// The matrix kernels' shapes (the runtime's `MatmulShape`), as flags:
+/// the layouts of a weight's rows that each shape reads (`row_group`).
 const MATMUL_SHAPES: &[&str] = &["ROW_PER_THREAD", "ROW_PER_WORKGROUP"];
 
 pub const COPY: Family = family!("copy", flags: [], choices: []);
-pub const MATMUL: Family = family!("matmul",
+// The matmul is two families, one per kernel shape (ARCHITECTURE.md, "Two
+// kernel shapes"), sharing matmul_common.wgsl: the shape is the file, not a
+// flag. Weights lie in textures only for thread per row.
+pub const MATMUL_THREAD: Family = family!("matmul_thread",
     flags: ["BIAS", "ACC", "SUBGROUPS", "QUAD_TEXTURE"],
-    choices: [WEIGHT_FORMATS, MATMUL_SHAPES]);
+    choices: [WEIGHT_FORMATS]);
+pub const MATMUL_WORKGROUP: Family = family!("matmul_workgroup",
+    flags: ["BIAS", "ACC", "SUBGROUPS"],
+    choices: [WEIGHT_FORMATS]);
 // The embedding's shape flag names the layout of its rows: the one the
 // matmul of that shape reads (a tied LM head reads the same matrix).
 pub const EMBED: Family = family!("embed",
@@ -85,7 +94,7 @@ pub const SAMPLE: Family = family!("sample", flags: [], choices: []);
 pub const MOE: Family = family!("moe", flags: ["BIAS", "SHARED_GATE", "PERMUTED"], choices: []);
 pub const MLA: Family = family!("mla", flags: ["WORKGROUP"], choices: [&["HALVES", "ADJACENT"]]);
 
-pub const FAMILIES: &[Family] = &[COPY, MATMUL, EMBED, NORM, ROPE, ATTENTION, ELEMENTWISE, SAMPLE, MOE, MLA];
+pub const FAMILIES: &[Family] = &[COPY, MATMUL_THREAD, MATMUL_WORKGROUP, EMBED, NORM, ROPE, ATTENTION, ELEMENTWISE, SAMPLE, MOE, MLA];
 
 /// Fragments pulled in by `#include NAME` (processed with the includer's flags).
 const FRAGMENTS: &[(&str, &str)] = &[
@@ -95,6 +104,7 @@ const FRAGMENTS: &[(&str, &str)] = &[
     ("dequant_body", include_str!("../wgsl/dequant_body.wgsl")),
     ("dequant_block", include_str!("../wgsl/dequant_block.wgsl")),
     ("kquant_values", include_str!("../wgsl/kquant_values.wgsl")),
+    ("matmul_common", include_str!("../wgsl/matmul_common.wgsl")),
     ("step", include_str!("../wgsl/step.wgsl")),
     ("workgroup_reduce", include_str!("../wgsl/workgroup_reduce.wgsl")),
 ];
@@ -134,7 +144,7 @@ fn macro_args<'a>(line: &'a str, name: &str) -> Option<Vec<&'a str>> {
 fn emit(line: &str, mode: &str) -> Result<String, String> {
     // `MODE_unit`: as MODE, a block's scale words taken from the texels its
     // unit of 4 blocks fetched (`unit_sword(i)`, i the block's place in the
-    // unit: weights in textures, matmul.wgsl).
+    // unit: weights in textures, matmul_thread.wgsl).
     if let Some(base) = mode.strip_suffix("_unit") {
         return emit(&line.replace("sword(b)", "unit_sword(i)"), base);
     }
@@ -360,8 +370,8 @@ pub fn consts(family: &Family, flags: &[&str]) -> Vec<Const> {
     let format = block_layout(format_flag);
     let mut c = Vec::new();
     let wg = match family.name {
-        "matmul" if flags.contains(&"ROW_PER_WORKGROUP") => MATMUL_WG_GROUP,
-        "matmul" => thread_wg(flags.contains(&"SUBGROUPS")),
+        "matmul_workgroup" => MATMUL_WG_GROUP,
+        "matmul_thread" => thread_wg(flags.contains(&"SUBGROUPS")),
         // A thread per position of a split.
         "attention" if flags.contains(&"WORKGROUP") => ATTENTION_SPLIT,
         "attention" => ATTENTION_WG,
@@ -374,7 +384,13 @@ pub fn consts(family: &Family, flags: &[&str]) -> Vec<Const> {
         c.push(Const::U32("QUADS", l.quads));
         c.push(Const::U32("SCALE_WORDS", l.scale_words));
         c.push(Const::U32("SUBS", l.subs()));
-        let shape_flag = flags.iter().copied().find(|f| f.starts_with("ROW_PER_")).unwrap_or("ROW_PER_WORKGROUP");
+        // The shape whose layout the rows lie in: the matmul family's own,
+        // or the embedding's shape flag.
+        let shape_flag = match family.name {
+            "matmul_thread" => "ROW_PER_THREAD",
+            "matmul_workgroup" => "ROW_PER_WORKGROUP",
+            _ => flags.iter().copied().find(|f| MATMUL_SHAPES.contains(f)).unwrap_or("ROW_PER_WORKGROUP"),
+        };
         // In textures (QUAD_TEXTURE) rows lie whole; ROW_GROUP then only
         // spreads a subgroup's lanes over neighbouring rows.
         let group = if flags.contains(&"QUAD_TEXTURE") { ROW_GROUP_THREAD } else { row_group(shape_flag, format_flag) };
@@ -382,7 +398,7 @@ pub fn consts(family: &Family, flags: &[&str]) -> Vec<Const> {
         c.push(Const::U32("TEX_ROWS", TEXTURE_ROWS));
     }
     match family.name {
-        "matmul" => {
+        "matmul_thread" | "matmul_workgroup" => {
             c.push(Const::U32("TILE_T", TILE_T));
             c.push(Const::U32("SHARED_ROWS", shared_rows(flags.contains(&"SUBGROUPS"), flags.contains(&"QUAD_TEXTURE"), format_flag)));
             c.push(Const::U32("GEMM_ROWS", GEMM_ROWS));
@@ -487,7 +503,8 @@ pub fn variants(family: &Family) -> Vec<Vec<&'static str>> {
 }
 
 /// Whether the runtime's launchers can ask for a variant: weights lie in
-/// textures only for the thread-per-row kernels and only when quantised;
+/// textures only for the thread-per-row kernels (matmul_workgroup has no
+/// QUAD_TEXTURE flag; embed's needs ROW_PER_THREAD) and only when quantised;
 /// MLA's latent cache is f32; attention's subgroup kernel is a CPU
 /// adapter's, its workgroup kernel a GPU's; moe.wgsl's router takes BIAS,
 /// its combine SHARED_GATE and PERMUTED.
@@ -495,7 +512,8 @@ pub fn reachable(family: &str, flags: &[&str]) -> bool {
     let has = |f: &str| flags.contains(&f);
     let quantised = flags.iter().filter_map(|f| FORMATS.iter().find(|b| b.name == *f)).any(|b| b.quantised());
     match family {
-        "matmul" | "embed" => !has("QUAD_TEXTURE") || (has("ROW_PER_THREAD") && quantised),
+        "matmul_thread" => !has("QUAD_TEXTURE") || quantised,
+        "embed" => !has("QUAD_TEXTURE") || (has("ROW_PER_THREAD") && quantised),
         "attention" => !(has("LATENT") && has("HALF_KV")) && !(has("SUBGROUPS") && has("WORKGROUP")),
         "moe" => !(has("BIAS") && (has("SHARED_GATE") || has("PERMUTED"))),
         _ => true,
@@ -535,7 +553,7 @@ mod tests {
     #[test]
     fn every_format_with_a_gpu_layout_has_valid_kernels() {
         let formats: Vec<&str> = FORMATS.iter().filter(|f| f.layout().is_some()).map(|f| f.name).collect();
-        for family in [&MATMUL, &EMBED] {
+        for family in [&MATMUL_THREAD, &MATMUL_WORKGROUP, &EMBED] {
             assert_eq!(family.choices[0], formats, "{} takes its formats from the table", family.name);
             let mut seen = vec![0; formats.len()];
             for flags in variants(family) {
@@ -560,8 +578,8 @@ mod tests {
 
     #[test]
     fn f16_extension_only_for_half_buffers() {
-        let f = ["F16", "ROW_PER_THREAD"];
-        assert!(!specialise(&MATMUL, &f, &consts(&MATMUL, &f)).unwrap().contains("enable f16"));
+        let f = ["F16"];
+        assert!(!specialise(&MATMUL_THREAD, &f, &consts(&MATMUL_THREAD, &f)).unwrap().contains("enable f16"));
         let f = ["HALVES", "HALF_K"];
         assert!(specialise(&ROPE, &f, &consts(&ROPE, &f)).unwrap().starts_with("enable f16;"));
     }
@@ -572,8 +590,11 @@ mod tests {
         assert!(specialise(&bad, &[], &[]).unwrap_err().contains("unterminated"));
         let bad = Family { name: "bad", source: "#endif\n", flags: &[], choices: &[] };
         assert!(specialise(&bad, &[], &[]).unwrap_err().contains("without #if"));
-        assert!(specialise(&MATMUL, &["F32"], &[]).unwrap_err().contains("exactly one of"));
-        assert!(specialise(&MATMUL, &["F32", "ROW_PER_THREAD", "NOPE"], &[]).unwrap_err().contains("no flag NOPE"));
+        assert!(specialise(&MATMUL_THREAD, &[], &[]).unwrap_err().contains("exactly one of"));
+        assert!(specialise(&MATMUL_THREAD, &["F32", "NOPE"], &[]).unwrap_err().contains("no flag NOPE"));
+        // A matmul family's shape is its file, not a flag; only thread per row reads textures.
+        assert!(specialise(&MATMUL_THREAD, &["F32", "ROW_PER_THREAD"], &[]).unwrap_err().contains("no flag ROW_PER_THREAD"));
+        assert!(specialise(&MATMUL_WORKGROUP, &["Q4_0", "QUAD_TEXTURE"], &[]).unwrap_err().contains("no flag QUAD_TEXTURE"));
         let bad = Family { name: "bad", source: "#include nothing\n", flags: &[], choices: &[] };
         assert!(specialise(&bad, &[], &[]).unwrap_err().contains("unknown include"));
     }
@@ -608,9 +629,18 @@ mod tests {
 
     #[test]
     fn shape_constants_reach_the_source() {
-        let src = specialise(&MATMUL, &["Q4_K", "ROW_PER_THREAD"], &consts(&MATMUL, &["Q4_K", "ROW_PER_THREAD"])).unwrap();
+        let src = specialise(&MATMUL_THREAD, &["Q4_K"], &consts(&MATMUL_THREAD, &["Q4_K"])).unwrap();
         assert!(src.contains("const TILE_T: u32 = 8u;"));
         assert!(src.contains("const QUADS: u32 = 9u;"));
         assert!(!src.contains("#if"));
+        // Each matmul family takes its shape's workgroup size and row layout.
+        let wg = |f: &Family, flags: &[&str]| consts(f, flags).into_iter().find_map(|c| match c {
+            Const::U32("WG", v) => Some(v),
+            _ => None,
+        });
+        assert_eq!(wg(&MATMUL_WORKGROUP, &["Q4_K"]), Some(shape::MATMUL_WG_GROUP));
+        assert_eq!(wg(&MATMUL_THREAD, &["Q4_K", "SUBGROUPS"]), Some(thread_wg(true)));
+        assert!(consts(&MATMUL_THREAD, &["Q4_K"]).contains(&Const::U32("ROW_GROUP", shape::ROW_GROUP_THREAD)));
+        assert!(consts(&MATMUL_WORKGROUP, &["Q4_K"]).contains(&Const::U32("ROW_GROUP", 1)));
     }
 }

@@ -1,4 +1,4 @@
-// Fragment: `rows_shared` (matmul.wgsl) steps by whole blocks, each block's
+// Fragment: `rows_shared` (matmul_thread.wgsl) steps by whole blocks, each block's
 // x (`XBlock`, from `xblock`) taken once for all of a thread's rows and
 // `dot_block` run for each row.
 const UNIT_SUBS: u32 = SUBS;

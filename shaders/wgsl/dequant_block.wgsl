@@ -1,6 +1,6 @@
 // Fragment, included with `#include dequant_block MODE` (MODE `dot`,
 // `dot_sg` or `dot_regs`, as dequant_body): defines `dot_block(b, xq)`, block b of the
-// current row times the block's x (`XBlock`, see matmul.wgsl), loading each
+// current row times the block's x (`XBlock`, see matmul_thread.wgsl), loading each
 // quad of the block once. For the K-quants a block is 256 values whose sub-blocks share
 // quads: one header (scales, and Q5_K's high bits; Q6_K's scales) per block,
 // and one pair of quant quads per two sub-blocks (Q6_K: per half). The

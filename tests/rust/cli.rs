@@ -266,9 +266,10 @@ fn inspect_fails_clearly_on_what_is_not_a_model() {
 
 #[test]
 fn shader_prints_the_variant_the_gpu_compiles() {
-    let flags = ["Q4_1", "ROW_PER_THREAD", "SUBGROUPS"];
-    let text = ok_text(&["shader", "matmul", "--flags", &flags.join(",")]);
-    let want = baleen_shaders::specialise(&baleen_shaders::MATMUL, &flags, &baleen_shaders::consts(&baleen_shaders::MATMUL, &flags)).unwrap();
+    let flags = ["Q4_1", "SUBGROUPS"];
+    let text = ok_text(&["shader", "matmul_thread", "--flags", &flags.join(",")]);
+    let family = &baleen_shaders::MATMUL_THREAD;
+    let want = baleen_shaders::specialise(family, &flags, &baleen_shaders::consts(family, &flags)).unwrap();
     assert_eq!(text, want);
     assert!(text.contains("@compute") && text.contains("const WG: u32 = ") && !text.contains("#if"));
     assert!(ok_text(&["shader", "rope", "--flags", "HALF_K,ADJACENT"]).starts_with("enable f16;"));
@@ -282,12 +283,15 @@ fn shader_prints_the_variant_the_gpu_compiles() {
     }
 
     for (args, want) in [
-        (&["shader", "matmul", "--flags", "Q4_1,ROW_PER_THREAD,NOPE"][..], "matmul.wgsl has no flag NOPE"),
-        (&["shader", "matmul", "--flags", "Q4_1"], "needs exactly one of [\"ROW_PER_THREAD\", \"ROW_PER_WORKGROUP\"]"),
-        (&["shader", "matmul", "--flags", "Q4_1"], "matmul takes flags BIAS,ACC,SUBGROUPS,QUAD_TEXTURE; one of F32|"),
+        (&["shader", "matmul_thread", "--flags", "Q4_1,NOPE"][..], "matmul_thread.wgsl has no flag NOPE"),
+        // A matmul family's shape is its file: no shape flag.
+        (&["shader", "matmul_thread", "--flags", "Q4_1,ROW_PER_THREAD"], "matmul_thread.wgsl has no flag ROW_PER_THREAD"),
+        (&["shader", "matmul_thread", "--flags", "SUBGROUPS"], "needs exactly one of [\"F32\""),
+        (&["shader", "matmul_thread", "--flags", "NOPE"], "matmul_thread takes flags BIAS,ACC,SUBGROUPS,QUAD_TEXTURE; one of F32|"),
+        (&["shader", "matmul_workgroup", "--flags", "Q4_1,QUAD_TEXTURE"], "matmul_workgroup takes flags BIAS,ACC,SUBGROUPS; one of F32|"),
         (&["shader", "copy", "--flags", "BIAS"], "copy takes no flags"),
         (&["shader", "matmull"], "no kernel family \"matmull\""),
-        (&["shader", "matmull"], "  attention    flags HALF_KV"),
+        (&["shader", "matmull"], "  attention        flags HALF_KV"),
     ] {
         assert_eq!(fails_with(args, want).status.code(), Some(1));
     }

@@ -49,6 +49,8 @@ pub enum MatmulShape {
 }
 
 impl MatmulShape {
+    /// The shape as a flag: embed.wgsl's, naming the layout its rows lie in
+    /// (the matmul families take the shape from their file instead).
     pub fn flag(self) -> &'static str {
         match self {
             MatmulShape::RowPerThread => "ROW_PER_THREAD",
@@ -67,7 +69,9 @@ impl MatmulShape {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kernel {
     Copy,
-    Matmul,
+    /// The matmul family of a kernel shape (matmul_thread.wgsl,
+    /// matmul_workgroup.wgsl).
+    Matmul(MatmulShape),
     Embed,
     Norm,
     Rope,
@@ -82,7 +86,8 @@ impl Kernel {
     pub fn family(self) -> &'static shaders::Family {
         match self {
             Kernel::Copy => &shaders::COPY,
-            Kernel::Matmul => &shaders::MATMUL,
+            Kernel::Matmul(MatmulShape::RowPerThread) => &shaders::MATMUL_THREAD,
+            Kernel::Matmul(MatmulShape::RowPerWorkgroup) => &shaders::MATMUL_WORKGROUP,
             Kernel::Embed => &shaders::EMBED,
             Kernel::Norm => &shaders::NORM,
             Kernel::Rope => &shaders::ROPE,
@@ -100,7 +105,7 @@ impl Kernel {
 pub enum Flag {
     /// A weight format's layout (`Q4_1`, …).
     Format(crate::quant::DType),
-    /// The matrix kernels' shape.
+    /// The kernel shape whose weight layout embed.wgsl reads.
     Shape(MatmulShape),
     Pairing(crate::config::RopePairing),
     Bias,

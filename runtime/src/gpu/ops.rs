@@ -216,7 +216,7 @@ fn matmul_bindings<'b>(c: &'b Chunk, x: &'b Buffer, y: &'b Buffer, has_scales: b
 impl Ctx<'_> {
     /// Thread-per-row kernels with subgroups of at least 8 lanes, which share
     /// loads across a subgroup (CPU adapters: a subgroup is one SIMD
-    /// register's lanes; see matmul.wgsl and attention.wgsl).
+    /// register's lanes; see matmul_thread.wgsl and attention.wgsl).
     fn lane_subgroups(&self) -> bool {
         self.subgroups && self.shape == MatmulShape::RowPerThread && self.gpu.info.subgroup_min_size >= 8
     }
@@ -276,9 +276,9 @@ impl Ctx<'_> {
         Ok(Op { name, pipeline, bind_group, grid, passes: Passes::All })
     }
 
-    /// The kernel shape's flag, which also names the weight layout that
-    /// shape reads: `w` must have been placed for it.
-    fn layout_flag(&self, w: &GpuMatrix) -> Result<Flag> {
+    /// `w` must have been placed for the kernel shape it runs on: its rows
+    /// in the layout that shape reads.
+    fn check_layout(&self, w: &GpuMatrix) -> Result<()> {
         if !w.quad_texture() && w.row_group != self.shape.row_group(w.dtype) {
             return Err(Error::Gpu(format!(
                 "{}: its rows lie in groups of {}, but the {:?} kernels read groups of {}; place it with Placement::new for the shape it runs on",
@@ -288,22 +288,24 @@ impl Ctx<'_> {
                 self.shape.row_group(w.dtype)
             )));
         }
-        Ok(Flag::Shape(self.shape))
+        Ok(())
     }
 
-    /// A weight's format and layout flags (and textures').
+    /// A weight's format flag (and textures'), once its layout is checked
+    /// against the kernel shape.
     fn weight_flags(&self, w: &GpuMatrix) -> Result<Vec<Flag>> {
         format_flag(w.dtype)?;
-        let mut flags = vec![Flag::Format(w.dtype), self.layout_flag(w)?];
+        self.check_layout(w)?;
+        let mut flags = vec![Flag::Format(w.dtype)];
         if w.quad_texture() {
             flags.push(Flag::QuadTexture);
         }
         Ok(flags)
     }
 
-    /// What every matmul over `w` shares: its flags (format, kernel shape,
-    /// subgroups), threads per workgroup, and whether the weight has a
-    /// scale plane to bind.
+    /// What every matmul over `w` shares: its flags (format, subgroups; the
+    /// kernel shape is the family, `Kernel::Matmul(self.shape)`), threads
+    /// per workgroup, and whether the weight has a scale plane to bind.
     fn matmul_variant(&self, w: &GpuMatrix) -> Result<(Vec<Flag>, u32, bool)> {
         let mut flags = self.weight_flags(w)?;
         if (self.subgroups && self.shape == MatmulShape::RowPerWorkgroup) || self.lane_subgroups() {
@@ -339,7 +341,7 @@ impl Ctx<'_> {
         let (flags, wg, has_scales) = self.matmul_variant(w)?;
         let params = MatmulParams { y_stride: w.rows / 2, single: 1, ..chunk_params(w, c, x_stride) };
         let bound = matmul_bindings(c, x, out, has_scales);
-        let key = PipelineKey::new(Kernel::Matmul, "glu", flags);
+        let key = PipelineKey::new(Kernel::Matmul(self.shape), "glu", flags);
         let grid = Grid::PerToken { x: w.rows / 2, wg, tile: 1, single: true, shared_rows: self.shared_rows(w) / 2 };
         Ok(Some(self.op_bound(name.into(), key, &params, bound, grid)?.only(Passes::Single)))
     }
@@ -381,7 +383,7 @@ impl Ctx<'_> {
             // `main` computes one token (passes of one, or `single`).
             let main = self.op_bound(
                 name.clone(),
-                PipelineKey::new(Kernel::Matmul, "main", flags.clone()),
+                PipelineKey::new(Kernel::Matmul(self.shape), "main", flags.clone()),
                 &params,
                 bound.clone(),
                 Grid::PerToken { x: c.rows, wg, tile: 1, single: m.single, shared_rows },
@@ -394,7 +396,7 @@ impl Ctx<'_> {
             ops.push(
                 self.op_bound(
                     format!("{name} (tiled)"),
-                    PipelineKey::new(Kernel::Matmul, "gemm", flags.clone()),
+                    PipelineKey::new(Kernel::Matmul(self.shape), "gemm", flags.clone()),
                     &params,
                     bound,
                     Grid::PerToken { x: c.rows, wg: tile_rows, tile: tile_tokens, single: false, shared_rows: 1 },
@@ -423,7 +425,7 @@ impl Ctx<'_> {
         self.expert_chunks(w, "grouped", e, params, (binding::matmul::TILES, tiles), grid)
     }
 
-    /// One op per chunk of an experts' weight for matmul.wgsl's `entry`:
+    /// One op per chunk of an experts' weight for the matmul's `entry`:
     /// `slots` gives the entry's `x_div` and `top_k`; `schedule` binds the
     /// expert ids or the tiles.
     fn expert_chunks(&self, w: &GpuMatrix, entry: &'static str, e: ExpertMatmul, slots: MatmulParams, schedule: (u32, &Buffer), grid: impl Fn(u32) -> Grid) -> Result<Vec<Op>> {
@@ -440,7 +442,7 @@ impl Ctx<'_> {
                 };
                 let mut bound = matmul_bindings(c, e.x, e.y, has_scales);
                 bound.push((schedule.0, schedule.1.as_entire_binding()));
-                let key = PipelineKey::new(Kernel::Matmul, entry, flags.clone());
+                let key = PipelineKey::new(Kernel::Matmul(self.shape), entry, flags.clone());
                 self.op_bound(format!("{} {entry} rows {}..", w.name, c.row_start), key, &params, bound, grid(wg))
             })
             .collect()
@@ -537,7 +539,9 @@ impl Ctx<'_> {
     /// `out[t] = W[ids[t]]`, one op per row chunk of the embedding.
     pub fn embed(&self, w: &GpuMatrix, ids: &Buffer, out: &Buffer) -> Result<Vec<Op>> {
         use binding::embed::{IDS, OUT, SCALES, W};
-        let flags = self.weight_flags(w)?;
+        // embed.wgsl's shape flag names the layout of the rows.
+        let mut flags = self.weight_flags(w)?;
+        flags.push(Flag::Shape(self.shape));
         let has_scales = super::weights::layout(w.dtype)?.scale_words > 0;
         w.chunks
             .iter()

@@ -27,8 +27,8 @@
 //! adapters a texel fetch serves every lane at once, where a storage load
 //! is a loop over the lanes. There the layout is block-major, quad k of row
 //! r at texel (r, k) (in bands of 4096 rows): at one step a subgroup's 8
-//! lanes, 16 rows each, read 2 KiB that lie together. With the
-//! kernels' x held in registers for 16 rows a thread (matmul.wgsl), lavapipe's
+//! lanes, 16 rows each, read 2 KiB that lie together. With the kernels' x
+//! held in registers for 16 rows a thread (matmul_thread.wgsl), lavapipe's
 //! decode GEMV of copy went Q4_0 0.53 → 0.82, Q4_K 0.53 → 0.96, Q6_K 0.56 →
 //! 0.84; textures holding rows in groups of 8, as the buffers do, helped Q4_K
 //! alone (BENCHMARKS.md, session 9).
