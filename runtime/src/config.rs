@@ -19,6 +19,12 @@ pub enum Arch {
     /// Qwen1.5-MoE / Qwen2-MoE: qwen2 attention, softmax top-k experts and a
     /// sigmoid-gated shared expert. (Mixtral is `Llama` with experts, as GGUF has it.)
     Qwen2Moe,
+    /// Qwen3: per-head RMSNorm on q and k before RoPE, no q/k/v bias, a
+    /// head_dim of its own (not hidden / heads).
+    Qwen3,
+    /// Qwen3-MoE: qwen3 attention, softmax top-k experts renormalised, no
+    /// shared expert.
+    Qwen3Moe,
 }
 
 impl Arch {
@@ -28,7 +34,14 @@ impl Arch {
             Arch::Qwen2 => "qwen2",
             Arch::DeepSeek2 => "deepseek2",
             Arch::Qwen2Moe => "qwen2moe",
+            Arch::Qwen3 => "qwen3",
+            Arch::Qwen3Moe => "qwen3moe",
         }
+    }
+
+    /// q and k are RMS-normed per head before RoPE.
+    pub fn qk_norm(self) -> bool {
+        matches!(self, Arch::Qwen3 | Arch::Qwen3Moe)
     }
 }
 
@@ -187,12 +200,14 @@ fn arch_from_name(name: &str) -> Result<Arch> {
         "llama" | "LlamaForCausalLM" => Ok(Arch::Llama),
         "qwen2" | "Qwen2ForCausalLM" => Ok(Arch::Qwen2),
         "qwen2moe" | "Qwen2MoeForCausalLM" | "qwen2_moe" => Ok(Arch::Qwen2Moe),
+        "qwen3" | "Qwen3ForCausalLM" => Ok(Arch::Qwen3),
+        "qwen3moe" | "Qwen3MoeForCausalLM" | "qwen3_moe" => Ok(Arch::Qwen3Moe),
         "MixtralForCausalLM" | "mixtral" => Ok(Arch::Llama),
         "deepseek2" | "DeepseekV2ForCausalLM" | "DeepseekV3ForCausalLM" | "deepseek_v2" | "deepseek_v3" => Ok(Arch::DeepSeek2),
         other => Err(Error::Unsupported(format!(
             "architecture {other:?}; baleen runs llama (Llama, SmolLM2, DeepSeek-R1-Distill-Llama), qwen2 \
-             (Qwen2, DeepSeek-R1-Distill-Qwen) deepseek2 (DeepSeek-V2, V2-Lite, V3), \
-             qwen2moe and Mixtral"
+             (Qwen2, DeepSeek-R1-Distill-Qwen), qwen3, deepseek2 (DeepSeek-V2, V2-Lite, V3), \
+             qwen2moe, qwen3moe and Mixtral"
         ))),
     }
 }
@@ -317,7 +332,10 @@ impl ModelConfig {
                 // Mixtral (llama.*): experts as wide as feed_forward_length, weights
                 // renormalised; qwen2moe: its own widths, a gated shared expert.
                 let expert_ffn = opt_u("expert_feed_forward_length").map_or_else(|| get_u("feed_forward_length"), Ok)?;
+                // (llama.cpp always renormalises qwen3moe's, as Qwen3-MoE
+                // checkpoints' norm_topk_prob does.)
                 let norm = arch == Arch::Llama
+                    || arch == Arch::Qwen3Moe
                     || index.meta(&key("expert_weights_norm")).and_then(|v| v.as_bool()).unwrap_or(false);
                 let mut m = Moe::softmax_top_k(n_experts, get_u("expert_used_count")?, expert_ffn, norm);
                 m.shared_ffn = opt_u("expert_shared_feed_forward_length").unwrap_or(0);
@@ -485,17 +503,25 @@ impl ModelConfig {
         if arch_name == "MixtralForCausalLM" || arch_name == "mixtral" {
             moe = Some(Moe::softmax_top_k(u("num_local_experts")?, u("num_experts_per_tok")?, u("intermediate_size")?, true));
         }
-        if arch == Arch::Qwen2Moe {
+        if arch == Arch::Qwen2Moe || arch == Arch::Qwen3Moe {
             if json.get("mlp_only_layers").and_then(|v| v.as_array()).is_some_and(|a| !a.is_empty()) {
-                return Err(Error::Unsupported("Qwen2-MoE with mlp_only_layers".into()));
+                return Err(Error::Unsupported(format!("{arch_name} with mlp_only_layers")));
             }
             let norm = json.get("norm_topk_prob").and_then(|v| v.as_bool()).unwrap_or(false);
-            let mut m = Moe::softmax_top_k(u("num_experts")?, u("num_experts_per_tok")?, u("moe_intermediate_size")?, norm);
+            // Hub configs say num_experts; transformers 5 saves num_local_experts.
+            let n_experts = match opt_u("num_experts") {
+                Some(n) => n,
+                None => u("num_local_experts")?,
+            };
+            let mut m = Moe::softmax_top_k(n_experts, u("num_experts_per_tok")?, u("moe_intermediate_size")?, norm);
             m.shared_ffn = opt_u("shared_expert_intermediate_size").unwrap_or(0);
             m.shared_gate = m.shared_ffn > 0;
             let step = opt_u("decoder_sparse_step").unwrap_or(1).max(1);
             (m.every, m.phase) = (step, step - 1);
             moe = Some(m);
+        }
+        if arch.qk_norm() && json.get("use_sliding_window").and_then(|v| v.as_bool()) == Some(true) {
+            return Err(Error::Unsupported(format!("{arch_name} with use_sliding_window (sliding-window attention)")));
         }
         let cfg = ModelConfig {
             arch,

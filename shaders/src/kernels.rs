@@ -75,7 +75,13 @@ uniform!(
 
 uniform!(
     /// rope.wgsl's `scatter`.
-    RopeParams for "rope" { head_dim: u32, n_q_heads: u32, n_k_heads: u32, pad0: u32 }
+    RopeParams for "rope" {
+        head_dim: u32,
+        n_q_heads: u32,
+        n_k_heads: u32,
+        /// `QK_NORM`'s epsilon.
+        eps: f32,
+    }
 );
 
 uniform!(
@@ -167,7 +173,15 @@ pub mod binding {
     });
     bindings!(embed for "embed" { W = 2 as ["w", "wq"], IDS = 3 as ["ids"], OUT = 4 as ["out"], SCALES = 5 as ["ws", "wst"] });
     bindings!(norm for "norm" { X = 2 as ["x"], W = 3 as ["w"], OUT = 4 as ["out"] });
-    bindings!(rope for "rope" { INV_FREQ = 2 as ["inv_freq"], Q = 3 as ["q"], K = 4 as ["k"], V = 5 as ["v"], QKV = 6 as ["qkv"] });
+    bindings!(rope for "rope" {
+        INV_FREQ = 2 as ["inv_freq"],
+        Q = 3 as ["q"],
+        K = 4 as ["k"],
+        V = 5 as ["v"],
+        QKV = 6 as ["qkv"],
+        Q_NORM = 7 as ["q_norm"],
+        K_NORM = 8 as ["k_norm"],
+    });
     bindings!(attention for "attention" {
         Q = 2 as ["q"],
         K_CACHE = 3 as ["k_cache"],

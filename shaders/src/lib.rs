@@ -87,7 +87,7 @@ pub const EMBED: Family = family!("embed",
     flags: ["QUAD_TEXTURE"],
     choices: [WEIGHT_FORMATS, MATMUL_SHAPES]);
 pub const NORM: Family = family!("norm", flags: ["WORKGROUP"], choices: []);
-pub const ROPE: Family = family!("rope", flags: ["HALF_K"], choices: [&["HALVES", "ADJACENT"]]);
+pub const ROPE: Family = family!("rope", flags: ["HALF_K", "QK_NORM"], choices: [&["HALVES", "ADJACENT"]]);
 pub const ATTENTION: Family = family!("attention", flags: ["HALF_KV", "LATENT", "SUBGROUPS", "WORKGROUP"], choices: []);
 pub const ELEMENTWISE: Family = family!("elementwise", flags: [], choices: []);
 pub const SAMPLE: Family = family!("sample", flags: [], choices: []);

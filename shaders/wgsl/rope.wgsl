@@ -5,7 +5,9 @@
 // rotate_half) or (2i, 2i + 1) (ADJACENT, GGUF llama). inv_freq holds every
 // scaling (linear, llama3, per-dimension factors) already. One thread per
 // (token, pair of a q or k head, or element of v). HALF_K: the caches are
-// f16. Constants: WG.
+// f16. QK_NORM (Qwen3): each q and k head RMS-normed first, by q_norm or
+// k_norm; every thread of a head sums its squares itself (head_dim reads,
+// from cache), so the norm costs no dispatch and no barrier. Constants: WG.
 
 #include step
 #include cos_sin
@@ -14,7 +16,8 @@ struct Params {
     head_dim: u32,
     n_q_heads: u32,
     n_k_heads: u32,
-    pad0: u32,
+    // QK_NORM's epsilon.
+    eps: f32,
 }
 
 @group(0) @binding(1) var<uniform> p: Params;
@@ -28,6 +31,23 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> v: array<f32>;    // the v cache, as k
 #endif
 @group(0) @binding(6) var<storage, read> qkv: array<f32>;        // [n_tokens, (n_q_heads + 2 · n_k_heads) · head_dim]
+#if QK_NORM
+@group(0) @binding(7) var<storage, read> q_norm: array<f32>;     // [head_dim]
+@group(0) @binding(8) var<storage, read> k_norm: array<f32>;     // [head_dim]
+
+// 1 / RMS of the head starting at qkv[at]. The bound goes through
+// arrayLength: a small uniform loop bound is lavapipe's recompile trap
+// (lib.rs).
+fn inv_rms(at: u32) -> f32 {
+    let n = min(p.head_dim, arrayLength(&q_norm));
+    var ss = 0.0;
+    for (var j = 0u; j < n; j++) {
+        let x = qkv[at + j];
+        ss += x * x;
+    }
+    return inverseSqrt(ss / f32(n) + p.eps);
+}
+#endif
 
 fn rotate(pair: vec2<f32>, angle: f32) -> vec2<f32> {
     let cs = cos_sin(angle);
@@ -68,7 +88,12 @@ fn scatter(@builtin(global_invocation_id) gid: vec3<u32>) {
     let h = gid.x / half;
     let ab = pair_at(i);
     let at = src + h * hd;
-    let r = rotate(vec2<f32>(qkv[at + ab.x], qkv[at + ab.y]), f32(step.pos + t) * inv_freq[i]);
+    var x = vec2<f32>(qkv[at + ab.x], qkv[at + ab.y]);
+#if QK_NORM
+    let w = select(vec2<f32>(k_norm[ab.x], k_norm[ab.y]), vec2<f32>(q_norm[ab.x], q_norm[ab.y]), h < p.n_q_heads);
+    x = x * inv_rms(at) * w;
+#endif
+    let r = rotate(x, f32(step.pos + t) * inv_freq[i]);
     if (h < p.n_q_heads) {
         let base = (t * p.n_q_heads + h) * hd;
         q[base + ab.x] = r.x;

@@ -11,7 +11,17 @@ use std::sync::Arc;
 
 const TOL: f32 = 1e-3;
 
-const TINY: [&str; 7] = ["tiny-llama", "tiny-qwen2", "tiny-mixtral", "tiny-qwen2-moe", "tiny-deepseek-v3", "tiny-deepseek-v2", "tiny-deepseek-v2-lite"];
+const TINY: [&str; 9] = [
+    "tiny-llama",
+    "tiny-qwen2",
+    "tiny-qwen3",
+    "tiny-mixtral",
+    "tiny-qwen2-moe",
+    "tiny-qwen3-moe",
+    "tiny-deepseek-v3",
+    "tiny-deepseek-v2",
+    "tiny-deepseek-v2-lite",
+];
 
 fn gpu() -> Arc<Gpu> {
     Arc::new(Gpu::new_blocking().expect("a wgpu adapter (install mesa-vulkan-drivers for lavapipe)"))

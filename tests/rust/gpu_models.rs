@@ -37,33 +37,9 @@ fn tiny_models_match_transformers_on_both_kernel_shapes() {
             let opts = GpuOptions { shape: Some(shape), max_pass_tokens: 5, subgroups, kv_f16: Some(false), quad_textures: Some(textures), ..Default::default() };
             let mut g = GpuModel::load(gpu.clone(), &m, &opts).unwrap();
             let what = format!("{name} {shape:?} subgroups {subgroups} textures {textures}");
-            check_tiny(&mut g, &fx, greedy_len, &what);
+            common::check_tiny(&mut g, &fx, TINY_TOL, greedy_len, &what);
         }
     }
-}
-
-/// A tiny model on the GPU against its fixture: every position's logits
-/// (through the decode path) within TINY_TOL; then the prompt as a prefill
-/// in chunks of the model's pass size, its last logits within TINY_TOL, and
-/// greedy decoding equal to transformers' for the first `clear` tokens.
-fn check_tiny(g: &mut GpuModel, fx: &serde_json::Value, clear: usize, what: &str) {
-    let ids = common::u32s(&fx["prompt_ids"]);
-    let want_greedy = common::u32s(&fx["greedy_ids"]);
-    let all = g.forward(&ids, true).unwrap();
-    let worst = common::check_positions(&all, g.cfg.vocab, fx, TINY_TOL, what);
-    g.truncate(0);
-    let params = GenerateParams { max_tokens: want_greedy.len(), sampling: SamplingParams::default(), stop_ids: vec![] };
-    let gen = generate(g, &ids, &params, |_| true).unwrap();
-    let last = common::f32s(fx["logits"].as_array().unwrap().last().unwrap());
-    let d = common::max_abs_diff(&gen.prompt_logits, &last);
-    assert!(d <= TINY_TOL, "{what}: chunked prefill: max |Δ| {d}");
-    assert_eq!(gen.tokens[..clear], want_greedy[..clear], "{what}: greedy");
-    eprintln!("{what}: max |Δlogit| {worst:e} (decode path), {d:e} (chunked prefill)");
-}
-
-/// Greedy steps before transformers' first near-tie (top-2 margin ≤ 0.01).
-fn clear_steps(fx: &serde_json::Value) -> usize {
-    fx["greedy_margins"].as_array().unwrap().iter().position(|m| m.as_f64().unwrap() <= 0.01).unwrap_or(usize::MAX)
 }
 
 #[test]
@@ -73,7 +49,7 @@ fn moe_and_mla_models_match_transformers_on_the_gpu() {
     let gpu = gpu();
     for name in ["tiny-mixtral", "tiny-qwen2-moe", "tiny-deepseek-v3", "tiny-deepseek-v2", "tiny-deepseek-v2-lite"] {
         let fx = common::json(&format!("{name}/expected.json"));
-        let clear = clear_steps(&fx).min(fx["greedy_ids"].as_array().unwrap().len());
+        let clear = common::clear_steps(&fx);
         for file in [common::fixture(name), common::fixture(name).join("model.gguf")] {
             let m = ModelFiles::open(&file).unwrap();
             // Small bindings: the experts' weights split into chunks of whole
@@ -86,7 +62,7 @@ fn moe_and_mla_models_match_transformers_on_the_gpu() {
             ] {
                 let opts = GpuOptions { shape: Some(shape), max_pass_tokens: 5, kv_f16: Some(false), max_binding, grouped_experts: Some(grouped), quad_textures: Some(textures), ..Default::default() };
                 let mut g = GpuModel::load(gpu.clone(), &m, &opts).unwrap();
-                check_tiny(&mut g, &fx, clear, &format!("{name} ({}) {shape:?} grouped {grouped} textures {textures}", file.display()));
+                common::check_tiny(&mut g, &fx, TINY_TOL, clear, &format!("{name} ({}) {shape:?} grouped {grouped} textures {textures}", file.display()));
             }
         }
     }

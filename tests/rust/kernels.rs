@@ -375,12 +375,13 @@ fn rms_norm_all_rows_and_last_only() {
 }
 
 #[test]
-fn rope_both_pairings_at_offsets() {
+fn rope_both_pairings_at_offsets_with_and_without_qk_norm() {
     let gpu = gpu();
     let mut rng = Rng(12);
-    for pairing in [RopePairing::Halves, RopePairing::Adjacent] {
+    for (pairing, qk_norm) in [(RopePairing::Halves, false), (RopePairing::Adjacent, false), (RopePairing::Halves, true), (RopePairing::Adjacent, true)] {
         // Angles to ~20000 rad: GPUs' own sin and cos drift far from zero.
-        for (n, pos, hd, nq, nk) in [(1usize, 0usize, 16usize, 4usize, 2usize), (7, 300, 64, 9, 3), (2, 20000, 16, 2, 1)] {
+        // Heads of 16 to 128 (Qwen3's), a tiny one (2).
+        for (n, pos, hd, nq, nk) in [(1usize, 0usize, 16usize, 4usize, 2usize), (7, 300, 64, 9, 3), (2, 20000, 16, 2, 1), (3, 5, 128, 4, 2), (2, 1, 2, 3, 1)] {
             let inv: Vec<f32> = (0..hd / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / hd as f32)).collect();
             let q = rng.vec(n * nq * hd);
             // The new tokens' k (rows pos.. of the cache once roped).
@@ -389,6 +390,12 @@ fn rope_both_pairings_at_offsets() {
             let ctx = Ctx { gpu: &gpu, step: &step_buf, shape: gpu.shape, subgroups: false };
             let ib = upload(&gpu, "inv", &inv);
             let (mut wq, mut wk) = (q.clone(), k.clone());
+            // Qwen3's per-head norms (weights around 1), before RoPE.
+            let (qw, kw, eps) = (rng.vec(hd).iter().map(|v| 1.0 + v).collect::<Vec<f32>>(), rng.vec(hd).iter().map(|v| 1.0 + v).collect::<Vec<f32>>(), 1e-6);
+            if qk_norm {
+                wq.chunks_exact_mut(hd).for_each(|h| reference::rms_norm(h, &qw, eps));
+                wk[pos * nk * hd..].chunks_exact_mut(hd).for_each(|h| reference::rms_norm(h, &kw, eps));
+            }
             for t in 0..n {
                 wq[t * nq * hd..(t + 1) * nq * hd].chunks_exact_mut(hd).for_each(|h| reference::rope(h, pos + t, &inv, pairing));
                 let r = pos + t;
@@ -405,14 +412,18 @@ fn rope_both_pairings_at_offsets() {
             let (sb, qb) = (upload(&gpu, "qkv", &qkv), gpu.storage("q", (n * q_dim * 4) as u64).unwrap());
             let cache = rng.vec((pos + n) * kv_dim);
             let (kb, vb) = (upload(&gpu, "k cache", &cache), upload(&gpu, "v cache", &cache));
-            let op = ctx.rope_scatter("scatter", RopeScatter { pairing, inv_freq: &ib, qkv: &sb, q: &qb, k_cache: &kb, v_cache: &vb, head_dim: hd as u32, n_q: nq as u32, n_k: nk as u32, half_kv: false }).unwrap();
+            let (qwb, kwb) = (upload(&gpu, "q norm", &qw), upload(&gpu, "k norm", &kw));
+            let norm = qk_norm.then_some((&qwb, &kwb, eps));
+            let r = RopeScatter { pairing, inv_freq: &ib, qkv: &sb, q: &qb, k_cache: &kb, v_cache: &vb, head_dim: hd as u32, n_q: nq as u32, n_k: nk as u32, half_kv: false, norm };
+            let op = ctx.rope_scatter("scatter", r).unwrap();
             run(&gpu, &step_buf, step(n as u32, pos as u32), &[op]);
             let (mut want_k, mut want_v) = (cache.clone(), cache.clone());
             want_k[pos * kv_dim..].copy_from_slice(&wk[pos * kv_dim..]);
             want_v[pos * kv_dim..].copy_from_slice(&v);
-            assert!(common::max_abs_diff(&download(&gpu, &qb, q.len()), &wq) < 2e-5, "{pairing:?} q");
-            assert!(common::max_abs_diff(&download(&gpu, &kb, cache.len()), &want_k) < 2e-5, "{pairing:?} k");
-            assert_eq!(download(&gpu, &vb, cache.len()), want_v, "{pairing:?} v");
+            let what = format!("{pairing:?} qk_norm {qk_norm} head_dim {hd}");
+            assert!(common::max_abs_diff(&download(&gpu, &qb, q.len()), &wq) < 2e-5, "{what}: q");
+            assert!(common::max_abs_diff(&download(&gpu, &kb, cache.len()), &want_k) < 2e-5, "{what}: k");
+            assert_eq!(download(&gpu, &vb, cache.len()), want_v, "{what}: v");
         }
     }
 }
@@ -637,7 +648,7 @@ fn f16_kv_cache_kernels() {
     let before: Vec<f32> = rng.vec((pos + n) * kv_dim).iter().map(|v| half::f16::from_f32(*v).to_f32()).collect();
     let (ib, sb, qb) = (upload(&gpu, "inv", &inv), upload(&gpu, "qkv", &qkv), gpu.storage("q", (n * h * hd * 4) as u64).unwrap());
     let (kb, vb) = (gpu.storage_init("k", &halves(&before)).unwrap(), gpu.storage_init("v", &halves(&before)).unwrap());
-    let op = ctx.rope_scatter("rope", RopeScatter { pairing: RopePairing::Halves, inv_freq: &ib, qkv: &sb, q: &qb, k_cache: &kb, v_cache: &vb, head_dim: hd as u32, n_q: h as u32, n_k: kvh as u32, half_kv: true }).unwrap();
+    let op = ctx.rope_scatter("rope", RopeScatter { pairing: RopePairing::Halves, inv_freq: &ib, qkv: &sb, q: &qb, k_cache: &kb, v_cache: &vb, head_dim: hd as u32, n_q: h as u32, n_k: kvh as u32, half_kv: true, norm: None }).unwrap();
     run(&gpu, &step_buf, step(n as u32, pos as u32), &[op]);
     let (mut wk, mut wv) = (before.clone(), before.clone());
     wk[pos * kv_dim..].copy_from_slice(&k_new);

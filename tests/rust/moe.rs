@@ -1,5 +1,5 @@
 //! Tiny random-weight mixture-of-experts models — DeepSeek-V3, V2 and
-//! V2-Lite-style, Mixtral, Qwen2-MoE (tests/fixtures/tiny-*, made by
+//! V2-Lite-style, Mixtral, Qwen2-MoE, Qwen3-MoE (tests/fixtures/tiny-*, made by
 //! tests/scripts/make_tiny_moe.py with a pinned transformers, and converted to
 //! GGUF by llama.cpp's converter)
 //! through the reference: logits at every position within 2e-3 of transformers'
@@ -14,7 +14,7 @@ use baleen::reference::{route, Reference};
 use baleen::sample::SamplingParams;
 use std::path::PathBuf;
 
-const MODELS: [&str; 5] = ["tiny-deepseek-v3", "tiny-deepseek-v2", "tiny-deepseek-v2-lite", "tiny-mixtral", "tiny-qwen2-moe"];
+const MODELS: [&str; 6] = ["tiny-deepseek-v3", "tiny-deepseek-v2", "tiny-deepseek-v2-lite", "tiny-mixtral", "tiny-qwen2-moe", "tiny-qwen3-moe"];
 /// The bound; both files measure ~1e-5 (float32, different summation orders).
 const LOGIT_TOL: f32 = 2e-3;
 const MARGIN: f64 = 0.01;

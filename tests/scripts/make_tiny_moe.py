@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Generate tiny random-weight mixture-of-experts models with reference outputs.
+"""Generate tiny random-weight models with reference outputs, each as a
+Hugging Face folder and the GGUF llama.cpp's converter makes of it.
 
-Writes tests/fixtures/tiny-deepseek-{v3,v2,v2-lite}/, tiny-mixtral/ and
-tiny-qwen2-moe/, each holding
+Writes tests/fixtures/tiny-deepseek-{v3,v2,v2-lite}/, tiny-mixtral/,
+tiny-qwen2-moe/, tiny-qwen3/ and tiny-qwen3-moe/ (all of them, or those named
+on the command line), each holding
 - config.json and model.safetensors (float32) in the Hugging Face hub layout
   (one tensor per routed expert, `kv_b_proj` unsplit), with `scoring_func` and
   `topk_method` written out (transformers 5 leaves them out of saved configs);
@@ -10,8 +12,9 @@ tiny-qwen2-moe/, each holding
   (`--outtype f32`), which stacks the experts and splits kv_b into k_b / v_b;
 - tokenizer.json / tokenizer_config.json: the tiny byte-level BPE of tiny-llama;
 - expected.json: transformers' float32 logits at every prompt position, a greedy
-  continuation with each step's top-2 margin, and router cases (random hidden
-  states through the first MoE layer's router: its chosen experts and weights).
+  continuation with each step's top-2 margin, and, for the MoE models, router
+  cases (random hidden states through the first MoE layer's router: its chosen
+  experts and weights).
 
 The three models:
 - v3: q-LoRA, YaRN (factor 4, mscale = mscale_all_dim = 0.707), sigmoid routing
@@ -22,7 +25,11 @@ The three models:
 - mixtral: llama attention (GQA), softmax top-2 of 4 experts, renormalised;
 - qwen2-moe: qwen2 attention (q/k/v bias), softmax top-2 of 8 without
   renormalisation, a sigmoid-gated shared expert (every layer sparse: llama.cpp's
-  qwen2moe converter cannot map the dense layers of decoder_sparse_step > 1).
+  qwen2moe converter cannot map the dense layers of decoder_sparse_step > 1);
+- qwen3: per-head RMSNorm on q and k, no q/k/v bias, a head_dim (32) that is
+  not hidden / heads (16), GQA, rope theta 1e6;
+- qwen3-moe: qwen3 attention, softmax top-2 of 8 experts renormalised
+  (norm_topk_prob, which llama.cpp's qwen3moe always applies), no shared expert.
 
 Needs the fixtures venv (requirements-fixtures.txt) and llama.cpp's converter
 from the llama-cpp-python sdist:
@@ -42,7 +49,8 @@ import torch
 from safetensors.torch import save_file
 
 import transformers
-from transformers import AutoModelForCausalLM, DeepseekV2Config, DeepseekV3Config, MixtralConfig, Qwen2MoeConfig
+from transformers import (AutoModelForCausalLM, DeepseekV2Config, DeepseekV3Config, MixtralConfig, Qwen2MoeConfig, Qwen3Config,
+                          Qwen3MoeConfig)
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
@@ -136,6 +144,24 @@ MODELS = {
         ),
         {},
     ),
+    "tiny-qwen3": (
+        Qwen3Config,
+        dict(
+            BASE, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+            attention_bias=False, use_sliding_window=False, rope_parameters=dict(rope_type="default", rope_theta=1e6),
+        ),
+        {},
+    ),
+    "tiny-qwen3-moe": (
+        Qwen3MoeConfig,
+        dict(
+            BASE, intermediate_size=96, moe_intermediate_size=32, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=32, num_experts=8, num_experts_per_tok=2, norm_topk_prob=True, decoder_sparse_step=1,
+            mlp_only_layers=[], attention_bias=False, use_sliding_window=False,
+            rope_parameters=dict(rope_type="default", rope_theta=1e6),
+        ),
+        {},
+    ),
 }
 
 
@@ -144,7 +170,7 @@ def hub_state_dict(model, cfg):
     checkpoints on the hub (and llama.cpp's converter) have one tensor per
     expert, named as each architecture's own checkpoints name them."""
     mixtral = isinstance(cfg, MixtralConfig)
-    inter = cfg.intermediate_size if mixtral else cfg.moe_intermediate_size
+    inter = cfg.intermediate_size if mixtral else getattr(cfg, "moe_intermediate_size", None)
     names = ("w1", "w3", "w2") if mixtral else ("gate_proj", "up_proj", "down_proj")
     out = {}
     for name, t in model.state_dict().items():
@@ -176,7 +202,7 @@ def make(name, config_cls, extra, routing):
             p.normal_(0.0, 0.15)
         elif "norm" in pname:
             p.copy_(1.0 + 0.1 * torch.randn_like(p))
-    moe_layer = next(i for i, layer in enumerate(model.model.layers) if hasattr(layer.mlp, "experts"))
+    moe_layer = next((i for i, layer in enumerate(model.model.layers) if hasattr(layer.mlp, "experts")), None)
     for layer in model.model.layers:
         gate = getattr(layer.mlp, "gate", None) if hasattr(layer.mlp, "experts") else None
         if gate is not None and hasattr(gate, "e_score_correction_bias"):
@@ -194,11 +220,11 @@ def make(name, config_cls, extra, routing):
         seq.append(greedy[-1])
 
     # Router cases: random hidden states through the first MoE layer's router.
-    router = model.model.layers[moe_layer].mlp.gate
+    router = model.model.layers[moe_layer].mlp.gate if moe_layer is not None else None
     hidden = torch.randn(12, cfg.hidden_size) * 3.0
-    r_logits, r_weights, r_indices = router(hidden)
+    r_logits, r_weights, r_indices = router(hidden) if router is not None else (None, None, [])
     router_cases = []
-    for i in range(hidden.shape[0]):
+    for i in range(len(r_indices)):
         order = torch.argsort(r_indices[i])
         router_cases.append(
             dict(
@@ -241,7 +267,8 @@ def make(name, config_cls, extra, routing):
 def convert(folder):
     """llama.cpp's converter; the tiny tokenizer's pre-tokenizer is Qwen2's
     regex, which the converter cannot recognise by hash, so name it (and make
-    the llama converter, used for Mixtral, take the BPE path, not sentencepiece)."""
+    the llama and qwen2/qwen3 converters, which try sentencepiece first, take
+    the BPE path)."""
     llama_cpp = os.environ.get("LLAMA_CPP")
     if not llama_cpp:
         sys.exit("set LLAMA_CPP to the llama.cpp folder of the llama-cpp-python sdist (see the docstring)")
@@ -252,6 +279,8 @@ def convert(folder):
         "base.TextModel.get_vocab_base_pre = lambda self, tokenizer: 'qwen2'\n"
         "from conversion import llama\n"
         "llama.LlamaModel.set_vocab = lambda self: self._set_vocab_gpt2()\n"
+        "from conversion import qwen\n"
+        "qwen.Qwen2Model.set_vocab = lambda self: self._set_vocab_gpt2()\n"
         "import convert_hf_to_gguf\n"
         f"sys.argv = ['convert', {folder!r}, '--outfile', {os.path.join(folder, 'model.gguf')!r}, '--outtype', 'f32']\n"
         "convert_hf_to_gguf.main()\n"
@@ -261,5 +290,9 @@ def convert(folder):
 
 if __name__ == "__main__":
     print(f"transformers {transformers.__version__}, torch {torch.__version__}, safetensors {importlib.metadata.version('safetensors')}")
-    for name, (cls, extra, routing) in MODELS.items():
-        make(name, cls, extra, routing)
+    names = sys.argv[1:] or list(MODELS)
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        sys.exit(f"no fixture {unknown}; these are made here: {list(MODELS)}")
+    for name in names:
+        make(name, *MODELS[name])

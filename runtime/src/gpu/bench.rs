@@ -170,6 +170,7 @@ pub fn run(gpu: &Gpu, target_bytes: u64, only: Option<&str>) -> Result<KernelRep
             n_q: heads,
             n_k: kv_heads,
             half_kv,
+            norm: None,
         };
         let ops = [ctx.rope_scatter("rope", r)?];
         let moved = f32s(n * (2 * q_dim + 2 * kv_dim)) + 2 * (n * kv_dim) as u64 * kv_bytes;

@@ -118,6 +118,8 @@ pub enum Flag {
     Workgroup,
     HalfK,
     HalfKv,
+    /// RoPE norms each q and k head first (Qwen3).
+    QkNorm,
     Latent,
     SharedGate,
     Permuted,
@@ -138,6 +140,7 @@ impl Flag {
             Flag::QuadTexture => "QUAD_TEXTURE",
             Flag::Workgroup => "WORKGROUP",
             Flag::HalfK => "HALF_K",
+            Flag::QkNorm => "QK_NORM",
             Flag::HalfKv => "HALF_KV",
             Flag::Latent => "LATENT",
             Flag::SharedGate => "SHARED_GATE",

@@ -15,7 +15,7 @@ use crate::engine::Backend;
 use crate::error::{Error, Result};
 use crate::format::{TensorIndex, TensorInfo, TensorReader};
 use crate::model::names;
-use crate::model::ops::{ExpertsDecl, Gqa, Latent, LinearDecl, Load, Ops, Rope, Weights};
+use crate::model::ops::{ExpertsDecl, Gqa, Latent, LinearDecl, Load, Ops, QkNorm, Rope, Weights};
 use crate::model::{Model, ModelFiles};
 use crate::sample::SamplingParams;
 use baleen_shaders::shape;
@@ -375,7 +375,7 @@ impl Ops for Recorder<'_> {
         Ok(out)
     }
 
-    fn attention(&mut self, name: &str, l: usize, qkv: &GpuAct, a: &Gqa) -> Result<GpuAct> {
+    fn attention(&mut self, name: &str, l: usize, qkv: &GpuAct, norm: Option<QkNorm<'_, wgpu::Buffer>>, a: &Gqa) -> Result<GpuAct> {
         if a.head_dim as u32 > shape::MAX_HEAD_DIM {
             return Err(Error::Unsupported(format!("head dim {} (the GPU kernels hold up to {})", a.head_dim, shape::MAX_HEAD_DIM)));
         }
@@ -389,7 +389,7 @@ impl Ops for Recorder<'_> {
         let q = self.act(&format!("{name} q"), nh * hd, false)?;
         let inv_freq = self.inv_freq(&a.rope)?;
         let kv_half = self.kv_half;
-        let r = RopeScatter { pairing: a.rope.pairing, inv_freq: &inv_freq, qkv: &qkv.buf, q: &q.buf, k_cache: &k, v_cache: &v, head_dim: hd, n_q: nh, n_k: nkv, half_kv: kv_half };
+        let r = RopeScatter { pairing: a.rope.pairing, inv_freq: &inv_freq, qkv: &qkv.buf, q: &q.buf, k_cache: &k, v_cache: &v, head_dim: hd, n_q: nh, n_k: nkv, half_kv: kv_half, norm: norm.map(|n| (n.q, n.k, n.eps)) };
         self.ops.push(self.ctx.rope_scatter(&format!("{name} rope"), r)?);
         let out = self.act(name, nh * hd, false)?;
         let (ml, o, max_splits) = self.attention_scratch(&shape)?;

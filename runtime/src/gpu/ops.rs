@@ -145,6 +145,8 @@ pub struct RopeScatter<'a> {
     pub n_k: u32,
     /// The caches are f16.
     pub half_kv: bool,
+    /// q's and k's per-head RMSNorm weights (`[head_dim]` each), and epsilon.
+    pub norm: Option<(&'a Buffer, &'a Buffer, f32)>,
 }
 
 /// What every launcher needs: the device and the shared step uniform.
@@ -572,13 +574,19 @@ impl Ctx<'_> {
     /// output): q roped into `q`, k roped into the k cache, v copied into the
     /// v cache, at the pass position (the caches f16 with `half_kv`).
     pub fn rope_scatter(&self, name: &str, r: RopeScatter) -> Result<Op> {
-        use binding::rope::{INV_FREQ, K, Q, QKV, V};
+        use binding::rope::{INV_FREQ, K, K_NORM, Q, QKV, Q_NORM, V};
         let mut flags = vec![Flag::Pairing(r.pairing)];
         if r.half_kv {
             flags.push(Flag::HalfK);
         }
-        let params = RopeParams { head_dim: r.head_dim, n_q_heads: r.n_q, n_k_heads: r.n_k, pad0: 0 };
-        let bufs = [(INV_FREQ, r.inv_freq), (Q, r.q), (K, r.k_cache), (V, r.v_cache), (QKV, r.qkv)];
+        let mut bufs = vec![(INV_FREQ, r.inv_freq), (Q, r.q), (K, r.k_cache), (V, r.v_cache), (QKV, r.qkv)];
+        let mut eps = 0.0;
+        if let Some((q_norm, k_norm, e)) = r.norm {
+            flags.push(Flag::QkNorm);
+            bufs.extend([(Q_NORM, q_norm), (K_NORM, k_norm)]);
+            eps = e;
+        }
+        let params = RopeParams { head_dim: r.head_dim, n_q_heads: r.n_q, n_k_heads: r.n_k, eps };
         let x = (r.n_q + r.n_k) * r.head_dim / 2 + r.n_k * r.head_dim;
         let grid = Grid::PerToken { x, wg: shape::ELEMENTWISE_WG, tile: 1, single: false, shared_rows: 1 };
         self.op(name.into(), PipelineKey::new(Kernel::Rope, "scatter", flags), &params, &bufs, grid)

@@ -1,27 +1,31 @@
 //! Llama and its relatives: Llama 2/3, SmolLM2, DeepSeek-R1-Distill-Llama,
-//! Qwen2 (q/k/v biases), Mixtral (routed experts) and Qwen2-MoE (routed
-//! experts and a gated shared expert).
+//! Qwen2 (q/k/v biases), Qwen3 (q/k norms), Mixtral (routed experts),
+//! Qwen2-MoE (routed experts and a gated shared expert) and Qwen3-MoE.
 //!
 //! Attention, per layer, of `xn = RMSNorm(x)`: `[q ; k ; v] = W_qkv xn (+ b)`,
-//! q and k roped at their positions, grouped-query heads (`heads / kv_heads`
-//! queries share a key and value head) over the cache, causal, scaled by
+//! (Qwen3: each head of q and of k RMS-normed, `q_norm`/`k_norm`), q and k
+//! roped at their positions, grouped-query heads (`heads / kv_heads` queries
+//! share a key and value head) over the cache, causal, scaled by
 //! `1/√head_dim`. The rest of the layer is the shared decoder's.
 
 use super::decoder::{rope, Attention, Block, Decoder, Ends};
 use super::names::{self, Layer};
-use super::ops::{Gqa, LinearDecl, Load, Ops, Weights};
+use super::ops::{Gqa, LinearDecl, Load, Ops, QkNorm, Weights};
 use crate::config::ModelConfig;
 use crate::error::Result;
 
 pub struct GqaAttention<W: Weights> {
     qkv: W::Linear, // [q_dim + 2 · kv_dim, hidden] (+ bias, qwen2): q, k, v stacked
+    qk_norm: Option<(W::Vector, W::Vector)>, // [head_dim] each (qwen3): q's, k's
+    eps: f32,
     shape: Gqa,
 }
 
 impl<W: Weights> Attention<W> for GqaAttention<W> {
     fn forward<O: Ops<W = W>>(&self, o: &mut O, i: usize, xn: &O::Act) -> Result<O::Act> {
         let qkv = o.linear(&format!("blk.{i}.qkv"), &self.qkv, xn)?; // [n, q_dim + 2 · kv_dim]
-        o.attention(&format!("blk.{i}.attn"), i, &qkv, &self.shape) // [n, q_dim]
+        let norm = self.qk_norm.as_ref().map(|(q, k)| QkNorm { q, k, eps: self.eps });
+        o.attention(&format!("blk.{i}.attn"), i, &qkv, norm, &self.shape) // [n, q_dim]
     }
 }
 
@@ -41,7 +45,11 @@ pub async fn load<W: Weights, L: Load<W = W>>(l: &mut L, cfg: &ModelConfig) -> R
             cols: cfg.hidden,
             bias: cfg.qkv_bias.then(|| vec![n(Layer::QBias), n(Layer::KBias), n(Layer::VBias)]),
         };
-        let attn = GqaAttention { qkv: l.linear(&qkv).await?, shape: shape.clone() };
+        let qk_norm = match cfg.arch.qk_norm() {
+            true => Some((l.vector(&n(Layer::QNorm), hd).await?, l.vector(&n(Layer::KNorm), hd).await?)),
+            false => None,
+        };
+        let attn = GqaAttention { qkv: l.linear(&qkv).await?, qk_norm, eps: cfg.rms_eps, shape: shape.clone() };
         blocks.push(Block::load(l, cfg, i, attn, q_dim).await?);
     }
     Ok(Decoder { cfg: cfg.clone(), ends, blocks })

@@ -1,6 +1,7 @@
 //! Opening a model (file → tensor index → configuration + tokenizer) and
 //! each architecture's forward pass, written once against [`ops`]:
-//! - [`llama`]: Llama, Qwen2, Mixtral, Qwen2-MoE (grouped-query attention);
+//! - [`llama`]: Llama, Qwen2, Qwen3, Mixtral, Qwen2-MoE, Qwen3-MoE
+//!   (grouped-query attention);
 //! - [`deepseek2`]: DeepSeek-V2/V3 (latent attention, DeepSeekMoE);
 //! - [`decoder`]: the pre-norm decoder both are, around their attention
 //!   (embedding, layers, feed-forward blocks, LM head);
@@ -113,7 +114,7 @@ impl<W: ops::Weights> Model<W> {
     pub async fn load<L: ops::Load<W = W>>(l: &mut L, cfg: &ModelConfig) -> Result<Self> {
         Ok(match cfg.arch {
             Arch::DeepSeek2 => Model::DeepSeek2(deepseek2::load(l, cfg).await?),
-            Arch::Llama | Arch::Qwen2 | Arch::Qwen2Moe => Model::Llama(llama::load(l, cfg).await?),
+            Arch::Llama | Arch::Qwen2 | Arch::Qwen2Moe | Arch::Qwen3 | Arch::Qwen3Moe => Model::Llama(llama::load(l, cfg).await?),
         })
     }
 

@@ -106,6 +106,15 @@ pub struct Gqa {
     pub rope: Rope,
 }
 
+/// Per-head RMSNorm of q and k before RoPE (Qwen3): each `head_dim`-wide
+/// head `h / sqrt(mean(h²) + eps) · w`, `q`'s weight on every query head,
+/// `k`'s on every key head.
+pub struct QkNorm<'a, V> {
+    pub q: &'a V, // [head_dim]
+    pub k: &'a V, // [head_dim]
+    pub eps: f32,
+}
+
 /// Multi-head latent attention's sizes (DeepSeek): queries of `nope + rope`
 /// per head, a shared latent `c_kv` of `rank` and a shared `k_pe` of `rope`,
 /// values of `v_dim` per head.
@@ -147,9 +156,17 @@ pub trait Ops {
     /// rows over up's.
     fn glu(&mut self, name: &str, w: &<Self::W as Weights>::Linear, x: &Self::Act) -> Result<Self::Act>;
     /// Causal grouped-query attention of layer `layer`: `qkv` each token's
-    /// q, k, v side by side; q and k roped at their positions, k and v
-    /// appended to the layer's cache. Output `[n, heads · head_dim]`.
-    fn attention(&mut self, name: &str, layer: usize, qkv: &Self::Act, a: &Gqa) -> Result<Self::Act>;
+    /// q, k, v side by side; q and k normed per head (with `norm`), roped
+    /// at their positions, k and v appended to the layer's cache. Output
+    /// `[n, heads · head_dim]`.
+    fn attention(
+        &mut self,
+        name: &str,
+        layer: usize,
+        qkv: &Self::Act,
+        norm: Option<QkNorm<'_, <Self::W as Weights>::Vector>>,
+        a: &Gqa,
+    ) -> Result<Self::Act>;
     /// Causal latent attention of layer `layer`: `q` `[n, heads · (nope +
     /// rope)]`, `kv_a` `[n, rank + rope]`; the cache keeps `RMSNorm(c_kv)`
     /// and the roped `k_pe`; keys and values of head h come from `kv_b`'s

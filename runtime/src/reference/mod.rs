@@ -11,7 +11,7 @@ use crate::engine::Backend;
 use crate::error::{Error, Result};
 use crate::format::TensorIndex;
 use crate::model::names;
-use crate::model::ops::{ExpertsDecl, Gqa, Latent, LinearDecl, Load, Ops, Rope, Weights};
+use crate::model::ops::{ExpertsDecl, Gqa, Latent, LinearDecl, Load, Ops, QkNorm, Rope, Weights};
 use crate::model::{Model, ModelFiles};
 use crate::quant::{dequantize, DType};
 use crate::support::run_ready;
@@ -455,7 +455,7 @@ impl Ops for RefOps {
         Ok(y)
     }
 
-    fn attention(&mut self, name: &str, l: usize, qkv: &Act, a: &Gqa) -> Result<Act> {
+    fn attention(&mut self, name: &str, l: usize, qkv: &Act, norm: Option<QkNorm<'_, Vec<f32>>>, a: &Gqa) -> Result<Act> {
         let (n, hd, start) = (qkv.n, a.head_dim, self.start);
         let (q_dim, kv_dim, group) = (a.heads * hd, a.kv_heads * hd, a.heads / a.kv_heads);
         let (mut q, mut k, mut v) = (Vec::with_capacity(n * q_dim), Vec::with_capacity(n * kv_dim), Vec::with_capacity(n * kv_dim));
@@ -463,6 +463,10 @@ impl Ops for RefOps {
             q.extend_from_slice(&row[..q_dim]);
             k.extend_from_slice(&row[q_dim..q_dim + kv_dim]);
             v.extend_from_slice(&row[q_dim + kv_dim..]);
+        }
+        if let Some(nm) = norm {
+            q.chunks_exact_mut(hd).for_each(|h| rms_norm(h, nm.q, nm.eps));
+            k.chunks_exact_mut(hd).for_each(|h| rms_norm(h, nm.k, nm.eps));
         }
         rope_rows(&a.rope, &mut q, n, hd, 0, start);
         rope_rows(&a.rope, &mut k, n, hd, 0, start);

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use baleen::engine::{generate, Backend, GenerateParams};
+use baleen::sample::SamplingParams;
 use std::path::PathBuf;
 
 /// The repository root.
@@ -53,6 +55,33 @@ pub fn check_positions(logits: &[f32], vocab: usize, fx: &serde_json::Value, tol
         worst = worst.max(d);
     }
     worst
+}
+
+/// A tiny model on a backend against its fixture: every position's logits
+/// in one pass within `tol`; then the prompt again through `generate` (on
+/// the GPU: a prefill in chunks of the model's pass size), its last logits
+/// within `tol`, and greedy decoding equal to transformers' for the first
+/// `clear` tokens.
+pub fn check_tiny(b: &mut impl Backend, fx: &serde_json::Value, tol: f32, clear: usize, what: &str) {
+    let ids = u32s(&fx["prompt_ids"]);
+    let want_greedy = u32s(&fx["greedy_ids"]);
+    let all = b.forward(&ids, true).unwrap();
+    let worst = check_positions(&all, b.vocab(), fx, tol, what);
+    b.truncate(0);
+    let params = GenerateParams { max_tokens: want_greedy.len(), sampling: SamplingParams::default(), stop_ids: vec![] };
+    let gen = generate(b, &ids, &params, |_| true).unwrap();
+    let last = f32s(fx["logits"].as_array().unwrap().last().unwrap());
+    let d = max_abs_diff(&gen.prompt_logits, &last);
+    assert!(d <= tol, "{what}: prompt through generate: max |Δ| {d}");
+    assert_eq!(gen.tokens[..clear], want_greedy[..clear], "{what}: greedy");
+    eprintln!("{what}: max |Δlogit| {worst:e} (one pass), {d:e} (generate's prefill)");
+}
+
+/// Greedy steps before transformers' first near-tie (top-2 margin ≤ 0.01),
+/// at most the fixture's greedy length.
+pub fn clear_steps(fx: &serde_json::Value) -> usize {
+    let margins = fx["greedy_margins"].as_array().unwrap();
+    margins.iter().position(|m| m.as_f64().unwrap() <= 0.01).unwrap_or(margins.len())
 }
 
 pub fn rms_diff(a: &[f32], b: &[f32]) -> f32 {
