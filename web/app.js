@@ -103,7 +103,7 @@ async function loadModel(url) {
   }
   const i = engine.info;
   ui.info.textContent =
-    `${i.name}: ${i.architecture}, ${i.layers} layers, context ${i.context}, loaded in ${(i.loadMs / 1000).toFixed(1)} s ` +
+    `${i.name}: ${i.architecture}, ${i.layers} layers, context ${i.context} of ${i.model_context} (KV cache ${mb(i.kv_cache_bytes)}), loaded in ${(i.loadMs / 1000).toFixed(1)} s ` +
     `on ${i.adapter || 'WebGPU'} (${mb(i.gpu_bytes)} of GPU memory)`;
   ui.input.placeholder = 'Type a message (Enter sends, Shift+Enter for a new line)';
   setBusy(false);

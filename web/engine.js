@@ -51,9 +51,12 @@ class Engine {
   }
 
   /** @internal */
-  static async start(modelUrl, { onProgress, workerUrl, kvCache } = {}) {
+  static async start(modelUrl, { onProgress, workerUrl, kvCache, contextLength } = {}) {
     if (kvCache !== undefined && kvCache !== 'f16' && kvCache !== 'f32') {
       throw new TypeError(`kvCache must be 'f16' or 'f32', not ${JSON.stringify(kvCache)}`);
+    }
+    if (contextLength !== undefined && !(Number.isInteger(contextLength) && contextLength > 0 && contextLength < 2 ** 32)) {
+      throw new TypeError(`contextLength must be a positive whole number of positions, not ${JSON.stringify(contextLength)}`);
     }
     const worker = new Worker(workerUrl ?? new URL('./worker.js', import.meta.url), { type: 'module' });
     const pending = new Map();
@@ -69,7 +72,7 @@ class Engine {
       pending.set(0, (m) => (m.error !== undefined ? reject(new Error(m.error)) : resolve(m.result))),
     );
     const pkg = new URL('/pkg/baleen.js', import.meta.url).href;
-    worker.postMessage({ id: 0, type: 'load', url: new URL(modelUrl, location.href).href, pkg, kvCache });
+    worker.postMessage({ id: 0, type: 'load', url: new URL(modelUrl, location.href).href, pkg, kvCache, contextLength });
     let info;
     try {
       info = await Promise.race([loaded, workerFailed]);
@@ -235,8 +238,12 @@ class Engine {
 /**
  * Load a GGUF model (by URL) into a new engine running in a Web Worker.
  * @param {string} modelUrl
- * @param {{ onProgress?: (p: object) => void, workerUrl?: string | URL, kvCache?: 'f16' | 'f32' }} [opts]
+ * @param {{ onProgress?: (p: object) => void, workerUrl?: string | URL, kvCache?: 'f16' | 'f32', contextLength?: number }} [opts]
  *   kvCache: the KV cache's type (default f16 where the GPU has shader-f16).
+ *   contextLength: positions the KV cache holds, at most the model's own
+ *   (default: the model's own where the whole cache takes at most 1 GiB, and
+ *   at least 4096); `info.context` says what was chosen, `info.kv_cache_bytes`
+ *   what it costs.
  */
 export function createEngine(modelUrl, opts) {
   if (typeof modelUrl !== 'string' || modelUrl.length === 0) return Promise.reject(new TypeError('createEngine needs a model URL'));

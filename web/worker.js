@@ -29,7 +29,7 @@ function partialStop(text, stops) {
   return hold;
 }
 
-async function load({ url, pkg, kvCache }) {
+async function load({ url, pkg, kvCache, contextLength }) {
   if (!self.navigator.gpu) {
     throw new Error(
       'WebGPU is not available in this browser. Use a recent Chrome or Edge (113+), or Firefox/Safari with WebGPU enabled.',
@@ -81,6 +81,7 @@ async function load({ url, pkg, kvCache }) {
       tensorsTotal = total;
     },
     kvCache,
+    contextLength,
   );
   progress('ready', file);
   const info = JSON.parse(engine.info());

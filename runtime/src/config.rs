@@ -597,6 +597,19 @@ impl ModelConfig {
         Ok(self)
     }
 
+    /// A context length asked for (`--context`, `contextLength`): at least
+    /// one position, at most the model's own.
+    pub fn check_context(&self, n: usize) -> Result<usize> {
+        let own = self.context_length;
+        match n {
+            0 => Err(Error::Input("a context of 0 positions: ask for at least 1".into())),
+            n if n > own => Err(Error::Input(format!(
+                "a context of {n} positions is longer than the model's own ({own}); ask for at most {own}"
+            ))),
+            n => Ok(n),
+        }
+    }
+
     /// Dimensions RoPE rotates per head: all of it, or MLA's rope part.
     pub fn rope_dim(&self) -> usize {
         self.mla.as_ref().map_or(self.head_dim, |m| m.qk_rope)

@@ -97,13 +97,18 @@ enum KvCache {
     F32,
 }
 
-/// `--kv-cache`, shared by the commands that load a GPU model.
+/// `--kv-cache` and `--context`, shared by the commands that load a model.
 #[derive(clap::Args)]
 struct KvArgs {
     /// The GPU's KV cache (default: f16 where the device has shader-f16).
     /// DeepSeek's latent cache is always f32.
     #[arg(long, value_enum)]
     kv_cache: Option<KvCache>,
+    /// Positions the KV cache holds, at most the model's own context length
+    /// (default on the GPU: the model's own where the whole cache takes at
+    /// most 1 GiB, and at least 4096; the reference: the model's own).
+    #[arg(long, value_name = "N")]
+    context: Option<usize>,
 }
 
 /// The prompt, shared by `run` and `compare`.
@@ -290,17 +295,25 @@ fn open_gpu() -> Result<Gpu> {
     Ok(gpu)
 }
 
-fn gpu_options(kv: Option<KvCache>) -> GpuOptions {
-    GpuOptions { kv_f16: kv.map(|k| k == KvCache::F16), ..Default::default() }
+fn gpu_options(kv: Option<KvCache>, context: Option<usize>) -> GpuOptions {
+    GpuOptions { kv_f16: kv.map(|k| k == KvCache::F16), context, ..Default::default() }
 }
 
-fn load_gpu_model(m: &ModelFiles, kv: Option<KvCache>) -> Result<GpuModel> {
-    GpuModel::load(Arc::new(open_gpu()?), m, &gpu_options(kv))
+fn load_gpu_model(m: &ModelFiles, kv: &KvArgs) -> Result<GpuModel> {
+    GpuModel::load(Arc::new(open_gpu()?), m, &gpu_options(kv.kv_cache, kv.context))
 }
 
-fn open_backend(kind: BackendKind, m: &ModelFiles, kv: Option<KvCache>) -> Result<Box<dyn Backend>> {
+fn load_reference(m: &ModelFiles, kv: &KvArgs) -> Result<Reference> {
+    let r = Reference::load(m)?;
+    match kv.context {
+        Some(n) => r.with_context(n),
+        None => Ok(r),
+    }
+}
+
+fn open_backend(kind: BackendKind, m: &ModelFiles, kv: &KvArgs) -> Result<Box<dyn Backend>> {
     match kind {
-        BackendKind::Reference => Ok(Box::new(Reference::load(m)?)),
+        BackendKind::Reference => Ok(Box::new(load_reference(m, kv)?)),
         BackendKind::Gpu => Ok(Box::new(load_gpu_model(m, kv)?)),
     }
 }
@@ -308,7 +321,7 @@ fn open_backend(kind: BackendKind, m: &ModelFiles, kv: Option<KvCache>) -> Resul
 fn compare(a: CompareArgs) -> Result<()> {
     let m = ModelFiles::open(&a.model)?;
     let ids = a.prompt.ids(&m)?;
-    let c = baleen::compare::compare(&m, &ids, Arc::new(open_gpu()?), &gpu_options(Some(a.kv_cache)))?;
+    let c = baleen::compare::compare(&m, &ids, Arc::new(open_gpu()?), &gpu_options(Some(a.kv_cache), None))?;
     let over = c.first_over(a.tolerance);
     let mut out = String::new();
     if a.json {
@@ -351,7 +364,7 @@ fn run(a: RunArgs) -> Result<()> {
         stop_ids: m.tokenizer.stop_ids.clone(),
     };
     let seed = params.sampling.seed;
-    let mut backend = open_backend(a.backend, &m, a.kv.kv_cache)?;
+    let mut backend = open_backend(a.backend, &m, &a.kv)?;
 
     let mut stream = m.tokenizer.stream();
     let mut out = std::io::stdout().lock();
@@ -385,6 +398,7 @@ fn run(a: RunArgs) -> Result<()> {
             "token_ids": g.tokens,
             "text": text,
             "stop_reason": g.stop,
+            "context": backend.context_length(),
             "seed": seed,
             "prefill_ms": g.prefill_ms,
             "decode_tokens_per_s": g.decode_tokens_per_s(),
@@ -405,9 +419,9 @@ fn clock_seed() -> u64 {
 fn chat(a: ChatArgs) -> Result<()> {
     use std::io::BufRead;
     let m = ModelFiles::open(&a.model)?;
-    let mut backend = open_backend(a.backend, &m, a.kv.kv_cache)?;
+    let mut backend = open_backend(a.backend, &m, &a.kv)?;
     let (adapter, _) = backend.describe();
-    eprintln!("{} on {adapter}. Type a message; /reset starts over; Ctrl-D quits.", m.name);
+    eprintln!("{} on {adapter}, context {}. Type a message; /reset starts over; Ctrl-D quits.", m.name, backend.context_length());
     let mut messages: Vec<Message> = a.system.iter().map(|s| Message::new("system", s)).collect();
     let mut session = baleen::engine::Session::new();
     let mut params = GenerateParams {
@@ -479,8 +493,8 @@ fn bench(a: BenchArgs) -> Result<()> {
     // Concrete backends, so the GPU one can also be profiled after the runs.
     let (mut gpu_model, mut reference) = (None, None);
     let backend: &mut dyn Backend = match a.backend {
-        BackendKind::Gpu => gpu_model.insert(load_gpu_model(&m, a.kv.kv_cache)?),
-        BackendKind::Reference => reference.insert(Reference::load(&m)?),
+        BackendKind::Gpu => gpu_model.insert(load_gpu_model(&m, &a.kv)?),
+        BackendKind::Reference => reference.insert(load_reference(&m, &a.kv)?),
     };
     let total = a.prompt_tokens.checked_add(a.gen_tokens).unwrap_or(usize::MAX);
     if total > backend.context_length() {
@@ -505,7 +519,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         decode.push(g.decode_tokens_per_s());
     }
     let (adapter, backend_name) = backend.describe();
-    let gpu_bytes = backend.gpu_bytes();
+    let (gpu_bytes, context) = (backend.gpu_bytes(), backend.context_length());
     let (p, d) = (median(prefill), median(decode));
     if let (Some(g), Some(v)) = (gpu_model.as_mut(), std::env::var_os("BALEEN_PROFILE")) {
         // Where a pass's time goes, by op kind (ms per pass): BALEEN_PROFILE=N
@@ -525,6 +539,7 @@ fn bench(a: BenchArgs) -> Result<()> {
             "prompt_tokens": a.prompt_tokens,
             "gen_tokens": a.gen_tokens,
             "runs": a.runs,
+            "context": context,
             "prefill_tokens_per_s": p,
             "decode_tokens_per_s": d,
             "peak_gpu_bytes": gpu_bytes,

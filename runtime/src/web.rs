@@ -130,9 +130,18 @@ pub fn shader_variants() -> js_sys::Array {
 
 /// Load a GGUF model of `size` bytes named `name`: `read(offset, len)` returns
 /// a promise of its bytes; `on_tensor(done, total)` reports each tensor uploaded;
-/// `kv_cache`: "f16" or "f32" (default: f16 where the GPU has shader-f16).
+/// `kv_cache`: "f16" or "f32" (default: f16 where the GPU has shader-f16);
+/// `context`: positions the KV cache holds (default: see
+/// [`crate::gpu::choose_context`]).
 #[wasm_bindgen(js_name = loadModel)]
-pub async fn load_model(name: String, size: f64, read: Function, on_tensor: Function, kv_cache: Option<String>) -> std::result::Result<WebEngine, JsValue> {
+pub async fn load_model(
+    name: String,
+    size: f64,
+    read: Function,
+    on_tensor: Function,
+    kv_cache: Option<String>,
+    context: Option<u32>,
+) -> std::result::Result<WebEngine, JsValue> {
     let kv_f16 = match kv_cache.as_deref() {
         None => None,
         Some("f16") => Some(true),
@@ -147,7 +156,7 @@ pub async fn load_model(name: String, size: f64, read: Function, on_tensor: Func
     let tensors = files.index.tensors.len();
     reader.total = tensors;
     let gpu = Arc::new(Gpu::new().await.map_err(to_js)?);
-    let opts = GpuOptions { max_staging: Some(MAX_FETCH_BYTES), kv_f16, ..GpuOptions::default() };
+    let opts = GpuOptions { max_staging: Some(MAX_FETCH_BYTES), kv_f16, context: context.map(|n| n as usize), ..GpuOptions::default() };
     let model = GpuModel::load_from(gpu, &files, &reader, &opts).await.map_err(to_js)?;
     model.gpu.check().map_err(to_js)?;
     let ModelFiles { tokenizer, .. } = files;

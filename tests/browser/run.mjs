@@ -305,6 +305,39 @@ await test('kvCache: f32 is honoured; f16 without shader-f16, and other values, 
   await p.close();
 });
 
+await test('contextLength: honoured, reported in info, and refused past the model\'s own or when not a count', async () => {
+  const p = await openPage(context, `${base}?autoload=0`);
+  const got = await p.evaluate(async (url) => {
+    const { createEngine } = await import('/engine.js');
+    const refused = async (opts) => {
+      try {
+        await (await createEngine(url, opts)).dispose();
+        return null;
+      } catch (x) {
+        return x.message;
+      }
+    };
+    const e = await createEngine(url, { contextLength: 40 });
+    const info = e.info;
+    // The reply stops when the 40 positions are full.
+    const r = await e.chat.completions.create({ messages: [{ role: 'user', content: 'hello' }], max_tokens: 100 });
+    await e.dispose();
+    const d = await createEngine(url);
+    const dflt = d.info;
+    await d.dispose();
+    return { info, dflt, finish: r.choices[0].finish_reason, used: r.usage.total_tokens, long: await refused({ contextLength: 1e6 }), bad: await refused({ contextLength: 1.5 }) };
+  }, `/models/${DEEPSEEK}`);
+  assert.equal(got.info.context, 40);
+  assert.equal(got.info.kv_cache_bytes * got.dflt.context, got.dflt.kv_cache_bytes * 40);
+  // The tiny model's own context (256) fits: the default takes all of it.
+  assert.equal(got.dflt.context, got.dflt.model_context);
+  assert.ok(got.used <= 40, `${got.used} tokens in a context of 40`);
+  assert.equal(got.finish, 'length');
+  assert.match(got.long, /longer than the model's own \(256\); ask for at most 256/);
+  assert.match(got.bad, /contextLength must be a positive whole number/);
+  await p.close();
+});
+
 await test('bad model URLs give plain-words errors', async () => {
   assert.match(await loadError(page, '/models/missing.gguf'), /not found \(HTTP 404\)/);
   assert.match(await loadError(page, '/models/not-a-model.gguf'), /GGUF/);

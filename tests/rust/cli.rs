@@ -127,6 +127,29 @@ fn bad_input_gives_clear_errors() {
     fails_with(&run_hf, "missing \"hidden_size\"");
 }
 
+#[test]
+fn context_is_chosen_asked_for_and_refused_past_the_model() {
+    let tiny = common::fixture("tiny-qwen3");
+    let tiny = tiny.to_str().unwrap();
+    for backend in ["reference", "gpu"] {
+        // The default: the tiny model's own 256 positions (its cache is small).
+        let j = ok_json(&["run", "--model", tiny, "--prompt-ids", "1,2,3", "--max-tokens", "2", "--temperature", "0", "--backend", backend, "--json"]);
+        assert_eq!(j["context"], 256, "{backend}");
+        // Asked for: generation stops when the 8 positions are full.
+        let j = ok_json(&["run", "--model", tiny, "--prompt-ids", "1,2,3", "--max-tokens", "50", "--temperature", "0", "--context", "8", "--backend", backend, "--json"]);
+        assert_eq!((j["context"].as_u64(), j["stop_reason"].as_str()), (Some(8), Some("context_full")), "{backend}: {j}");
+        // 3 + 5 positions fed; the sixth token comes from the last position's logits.
+        assert_eq!(j["token_ids"].as_array().unwrap().len(), 6, "{backend}");
+        let run = |ctx: &str| ["run", "--model", tiny, "--prompt-ids", "1,2,3", "--context", ctx, "--backend", backend].map(String::from);
+        let r = run("257");
+        fails_with(&r.each_ref().map(String::as_str), "longer than the model's own (256); ask for at most 256");
+        let r = run("0");
+        fails_with(&r.each_ref().map(String::as_str), "at least 1");
+        let r = run("lots");
+        fails_with(&r.each_ref().map(String::as_str), "invalid digit");
+    }
+}
+
 /// `inspect --json`'s tensors are the index's, in order, and `total_bytes`
 /// is the sum of their bytes.
 fn check_tensors(j: &serde_json::Value, index: &baleen::format::TensorIndex) {

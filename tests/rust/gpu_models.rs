@@ -199,10 +199,31 @@ fn stacked_projections_of_two_types_match_the_reference() {
 }
 
 #[test]
+fn the_context_is_the_models_own_where_the_cache_fits_else_capped() {
+    use baleen::gpu::{choose_context, DEFAULT_KV_BYTES, MIN_DEFAULT_CONTEXT};
+    let mb = 1u64 << 20;
+    // A small cache: the model's own length.
+    assert_eq!(choose_context(8192, None, 1 << 20, 23_040, 128 * mb).unwrap(), 8192);
+    // Qwen3-0.6B at f16 (114,688 bytes a position): 40,960 positions would
+    // take 4.7 GB; the default keeps the whole cache within 1 GiB.
+    let per = 114_688;
+    assert_eq!(choose_context(40_960, None, 1 << 20, per, 128 * mb).unwrap(), (DEFAULT_KV_BYTES / per) as usize);
+    // A cache over budget even at 4096 positions still gets 4096.
+    assert_eq!(choose_context(32_768, None, 1 << 20, 1 << 20, 128 * mb).unwrap(), MIN_DEFAULT_CONTEXT);
+    // One layer's cache is one binding: never more than fits it, asked or not.
+    assert_eq!(choose_context(32_768, None, 1000, 100, 128 * mb).unwrap(), 1000);
+    assert_eq!(choose_context(32_768, Some(32_768), 1 << 20, 1 << 20, 128 * mb).unwrap(), 32_768);
+    let e = choose_context(32_768, Some(2000), 1000, 100, 128 * mb).unwrap_err().to_string();
+    assert!(e.contains("does not fit this GPU") && e.contains("ask for at most 1000"), "{e}");
+    let e = choose_context(32_768, None, 0, 100, 128 * mb).unwrap_err().to_string();
+    assert!(e.contains("exceeds the GPU's binding limit of 134217728 bytes"), "{e}");
+}
+
+#[test]
 fn gpu_errors_are_clear() {
     let gpu = gpu();
     let m = ModelFiles::open(&common::fixture("tiny-llama")).unwrap();
-    let mut g = GpuModel::load(gpu, &m, &GpuOptions { max_context: 16, ..Default::default() }).unwrap();
+    let mut g = GpuModel::load(gpu, &m, &GpuOptions { context: Some(16), ..Default::default() }).unwrap();
     let e = g.forward(&[100_000], false).unwrap_err().to_string();
     assert!(e.contains("outside the vocabulary"), "{e}");
     let e = g.forward(&[1; 17], false).unwrap_err().to_string();

@@ -170,8 +170,8 @@ impl PipelineKey {
 
 #[derive(Debug, Clone)]
 pub struct GpuOptions {
-    /// Longest context the KV cache holds (the model's own if smaller).
-    pub max_context: usize,
+    /// Positions the KV cache holds. None: [`default_context`]'s choice.
+    pub context: Option<usize>,
     /// Most tokens one pass (a prefill chunk) runs.
     pub max_pass_tokens: usize,
     /// Override the matrix kernel shape (tests run both).
@@ -203,7 +203,39 @@ pub struct GpuOptions {
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        GpuOptions { max_context: 4096, max_pass_tokens: 64, shape: None, max_binding: None, max_staging: None, subgroups: true, kv_f16: None, grouped_experts: None, quad_textures: None, scale_output: None }
+        GpuOptions { context: None, max_pass_tokens: 64, shape: None, max_binding: None, max_staging: None, subgroups: true, kv_f16: None, grouped_experts: None, quad_textures: None, scale_output: None }
+    }
+}
+
+/// The KV cache's default share of GPU memory: a context longer than
+/// [`MIN_DEFAULT_CONTEXT`] is chosen unasked only while the whole cache stays
+/// within it (a tab gets a few GiB of GPU memory, and the weights come first).
+pub const DEFAULT_KV_BYTES: u64 = 1 << 30;
+/// The context chosen unasked whatever the cache costs (the model's own if
+/// shorter), as long as one layer's cache fits a binding.
+pub const MIN_DEFAULT_CONTEXT: usize = 4096;
+
+/// The positions a KV cache holds: `asked` (checked by
+/// [`crate::config::ModelConfig::check_context`]), if it fits, else the
+/// model's own length where the whole cache (`per_token` bytes a position,
+/// all layers) stays within [`DEFAULT_KV_BYTES`], but at least
+/// [`MIN_DEFAULT_CONTEXT`]. Either way at most `model` (the length it was
+/// trained for) and `binding_fit` (one layer's cache is one binding).
+pub fn choose_context(model: usize, asked: Option<usize>, binding_fit: usize, per_token: u64, max_binding: u64) -> Result<usize> {
+    let most = model.min(binding_fit);
+    if most == 0 {
+        return Err(gpu_err(format!("one position of one layer's KV cache exceeds the GPU's binding limit of {max_binding} bytes")));
+    }
+    match asked {
+        Some(n) if n > binding_fit => Err(Error::Unsupported(format!(
+            "a context of {n} positions does not fit this GPU: each layer's KV cache is one binding of at most {max_binding} bytes, \
+             which holds {binding_fit} positions; ask for at most {binding_fit} (an f16 cache, where the device has shader-f16, holds twice as many)"
+        ))),
+        Some(n) => Ok(n),
+        None => {
+            let in_budget = (DEFAULT_KV_BYTES / per_token.max(1)) as usize;
+            Ok(most.min(in_budget.max(MIN_DEFAULT_CONTEXT)))
+        }
     }
 }
 

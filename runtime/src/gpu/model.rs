@@ -514,7 +514,13 @@ impl Ops for Recorder<'_> {
 pub struct ModelInfo {
     pub architecture: &'static str,
     pub layers: usize,
+    /// Positions the KV cache holds (`--context`, `contextLength`, or
+    /// the default: see [`super::choose_context`]) …
     pub context: usize,
+    /// … of the model's own context length.
+    pub model_context: usize,
+    /// The KV cache's bytes, all layers.
+    pub kv_cache_bytes: u64,
     pub vocab: usize,
     pub adapter: String,
     pub backend: String,
@@ -527,6 +533,7 @@ pub struct GpuModel {
     pub cfg: ModelConfig,
     /// Positions the KV cache holds.
     context: usize,
+    kv_cache_bytes: u64,
     /// The KV cache is f16.
     pub kv_f16: bool,
     /// Most tokens one pass runs.
@@ -576,10 +583,9 @@ impl GpuModel {
             None => (cfg.n_kv_heads * cfg.head_dim) as u64 * if kv_half { 2 } else { 4 },
         };
         let fits = (gpu.max_binding() / kv_row.max(1)) as usize;
-        let context = cfg.context_length.min(opts.max_context.max(1)).min(fits);
-        if context == 0 {
-            return Err(Error::Unsupported(format!("one token of KV cache ({kv_row} bytes) exceeds the GPU's binding limit")));
-        }
+        let per_token = kv_row * cfg.n_layers as u64 * if cfg.mla.is_some() { 1 } else { 2 };
+        let asked = opts.context.map(|n| cfg.check_context(n)).transpose()?;
+        let context = super::choose_context(cfg.context_length, asked, fits, per_token, gpu.max_binding())?;
         let mut loader = Loader { gpu: &gpu, index: &m.index, reader, place, arch: cfg.arch, textures: (0, 0) };
         let model = Model::load(&mut loader, &cfg).await?;
         let textures = loader.textures;
@@ -622,6 +628,7 @@ impl GpuModel {
             gpu,
             cfg,
             context,
+            kv_cache_bytes: per_token * context as u64,
             kv_f16: kv_half,
             max_pass,
             step,
@@ -791,6 +798,8 @@ impl GpuModel {
             architecture: self.cfg.arch.name(),
             layers: self.cfg.n_layers,
             context: self.context,
+            model_context: self.cfg.context_length,
+            kv_cache_bytes: self.kv_cache_bytes,
             vocab: self.cfg.vocab,
             adapter: self.gpu.adapter_name(),
             backend: self.gpu.backend_name(),

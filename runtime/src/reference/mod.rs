@@ -595,6 +595,13 @@ impl Reference {
         Ok(Reference { cfg: m.config.clone(), model, ops: RefOps::default(), len: 0 })
     }
 
+    /// Hold at most `n` positions (checked by [`ModelConfig::check_context`])
+    /// instead of the model's own context length.
+    pub fn with_context(mut self, n: usize) -> Result<Self> {
+        self.cfg.context_length = self.cfg.check_context(n)?;
+        Ok(self)
+    }
+
     /// Run `tokens` at positions `len..len + n`, append them to the cache, and
     /// return the logits of every position (`[n, vocab]`) or only of the last.
     pub fn forward_tokens(&mut self, tokens: &[u32], all_logits: bool) -> Result<Vec<f32>> {
