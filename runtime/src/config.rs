@@ -25,6 +25,11 @@ pub enum Arch {
     /// Qwen3-MoE: qwen3 attention, softmax top-k experts renormalised, no
     /// shared expert.
     Qwen3Moe,
+    /// Gemma 3: q/k norms, four norms a layer (post-attention and
+    /// post-feed-forward on the branch, before the residual add), GeGLU
+    /// (tanh GELU), √hidden embedding scale, sliding-window attention on
+    /// the local layers.
+    Gemma3,
 }
 
 impl Arch {
@@ -36,12 +41,13 @@ impl Arch {
             Arch::Qwen2Moe => "qwen2moe",
             Arch::Qwen3 => "qwen3",
             Arch::Qwen3Moe => "qwen3moe",
+            Arch::Gemma3 => "gemma3",
         }
     }
 
     /// q and k are RMS-normed per head before RoPE.
     pub fn qk_norm(self) -> bool {
-        matches!(self, Arch::Qwen3 | Arch::Qwen3Moe)
+        matches!(self, Arch::Qwen3 | Arch::Qwen3Moe | Arch::Gemma3)
     }
 }
 
@@ -189,6 +195,34 @@ pub struct ModelConfig {
     pub mla: Option<Mla>,
     /// Mixture-of-experts layers; None: every layer is a dense SwiGLU MLP.
     pub moe: Option<Moe>,
+    /// Sliding-window attention on some layers (Gemma 3); None: every
+    /// layer attends to the whole context.
+    pub swa: Option<Swa>,
+    /// The attention's softmax scale; None: `1/√head_dim`.
+    pub attn_scale: Option<f32>,
+}
+
+/// Sliding-window attention: the local layers' queries see their own
+/// position and the `window − 1` before it; the global layers see all.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Swa {
+    pub window: usize,
+    /// Per layer: local (windowed).
+    pub local: Vec<bool>,
+    /// The local layers' RoPE base (the global layers': `rope_theta`, with
+    /// its scaling; the local layers' are unscaled).
+    pub local_theta: f64,
+}
+
+impl Swa {
+    /// llama.cpp's default layer pattern: every `n`th layer global.
+    pub fn every(n: usize, layers: usize, window: usize, local_theta: f64) -> Self {
+        Swa { window, local: (0..layers).map(|i| n == 0 || i % n < n - 1).collect(), local_theta }
+    }
+
+    pub fn is_local(&self, layer: usize) -> bool {
+        self.local.get(layer).copied().unwrap_or(false)
+    }
 }
 
 fn cfg_err(msg: impl std::fmt::Display) -> Error {
@@ -202,11 +236,12 @@ fn arch_from_name(name: &str) -> Result<Arch> {
         "qwen2moe" | "Qwen2MoeForCausalLM" | "qwen2_moe" => Ok(Arch::Qwen2Moe),
         "qwen3" | "Qwen3ForCausalLM" => Ok(Arch::Qwen3),
         "qwen3moe" | "Qwen3MoeForCausalLM" | "qwen3_moe" => Ok(Arch::Qwen3Moe),
+        "gemma3" | "Gemma3ForCausalLM" | "gemma3_text" => Ok(Arch::Gemma3),
         "MixtralForCausalLM" | "mixtral" => Ok(Arch::Llama),
         "deepseek2" | "DeepseekV2ForCausalLM" | "DeepseekV3ForCausalLM" | "deepseek_v2" | "deepseek_v3" => Ok(Arch::DeepSeek2),
         other => Err(Error::Unsupported(format!(
             "architecture {other:?}; baleen runs llama (Llama, SmolLM2, DeepSeek-R1-Distill-Llama), qwen2 \
-             (Qwen2, DeepSeek-R1-Distill-Qwen), qwen3, deepseek2 (DeepSeek-V2, V2-Lite, V3), \
+             (Qwen2, DeepSeek-R1-Distill-Qwen), qwen3, gemma3, deepseek2 (DeepSeek-V2, V2-Lite, V3), \
              qwen2moe, qwen3moe and Mixtral"
         ))),
     }
@@ -343,10 +378,40 @@ impl ModelConfig {
                 moe = Some(m);
             }
         }
+        let n_layers = get_u("block_count")?;
+        let swa = match opt_u("attention.sliding_window").filter(|&w| w > 0) {
+            // llama.cpp: a layer pattern from the metadata (one flag a layer, or
+            // every nth global), 6 without; the local base 10000 without.
+            Some(window) if arch == Arch::Gemma3 => {
+                let theta = opt_f("rope.freq_base_swa").unwrap_or(10000.0);
+                let pattern = index.meta(&key("attention.sliding_window_pattern"));
+                let flags = pattern.and_then(|v| v.as_array()).and_then(|a| a.iter().map(|x| x.as_bool()).collect::<Option<Vec<bool>>>());
+                Some(match (pattern, flags) {
+                    (None, _) => Swa::every(6, n_layers, window, theta),
+                    (Some(v), _) if v.as_u64().is_some() => Swa::every(v.as_u64().unwrap_or(6) as usize, n_layers, window, theta),
+                    (_, Some(flags)) if flags.len() == n_layers => Swa { window, local: flags, local_theta: theta },
+                    (Some(v), _) => {
+                        let what = key("attention.sliding_window_pattern");
+                        return Err(cfg_err(format!("{what} is {}, not a count or one flag per layer", v.summary())));
+                    }
+                })
+            }
+            Some(_) => return Err(Error::Unsupported(format!("sliding-window attention on {arch_name}"))),
+            None => None,
+        };
+        if opt_f("final_logit_softcapping").is_some_and(|c| c != 0.0) {
+            return Err(Error::Unsupported(format!("{arch_name} with final_logit_softcapping")));
+        }
+        // llama.cpp scales Gemma 3's queries by 1/√head_dim, except the 27B's
+        // (62 layers), by 1/√(hidden / heads): query_pre_attn_scalar.
+        let attn_scale = match arch {
+            Arch::Gemma3 if n_layers == 62 => Some(1.0 / ((hidden / n_heads.max(1)) as f32).sqrt()),
+            _ => None,
+        };
         let cfg = ModelConfig {
             arch,
             hidden,
-            n_layers: get_u("block_count")?,
+            n_layers,
             n_heads,
             n_kv_heads,
             head_dim,
@@ -361,6 +426,8 @@ impl ModelConfig {
             qkv_bias: index.get(&names::layer(FileKind::Gguf, 0, Layer::QBias)).is_some(),
             mla,
             moe,
+            swa,
+            attn_scale,
         };
         cfg.validate()
     }
@@ -520,13 +587,43 @@ impl ModelConfig {
             (m.every, m.phase) = (step, step - 1);
             moe = Some(m);
         }
-        if arch.qk_norm() && json.get("use_sliding_window").and_then(|v| v.as_bool()) == Some(true) {
+        if arch.qk_norm() && arch != Arch::Gemma3 && json.get("use_sliding_window").and_then(|v| v.as_bool()) == Some(true) {
             return Err(Error::Unsupported(format!("{arch_name} with use_sliding_window (sliding-window attention)")));
+        }
+        let n_layers = u("num_hidden_layers")?;
+        let (mut swa, mut attn_scale) = (None, None);
+        if arch == Arch::Gemma3 {
+            for k in ["final_logit_softcapping", "attn_logit_softcapping"] {
+                if json.get(k).and_then(|v| v.as_f64()).is_some_and(|c| c != 0.0) {
+                    return Err(Error::Unsupported(format!("{arch_name} with {k}")));
+                }
+            }
+            attn_scale = Some(1.0 / (json.get("query_pre_attn_scalar").and_then(|v| v.as_f64()).unwrap_or(head_dim as f64) as f32).sqrt());
+            let local_theta = json
+                .get("rope_parameters")
+                .and_then(|p| p.get("sliding_attention"))
+                .and_then(|p| p.get("rope_theta"))
+                .or_else(|| json.get("rope_local_base_freq"))
+                .and_then(|v| v.as_f64())
+                .unwrap_or(10000.0);
+            if let Some(window) = opt_u("sliding_window").filter(|&w| w > 0) {
+                swa = Some(match json.get("layer_types").and_then(|v| v.as_array()) {
+                    Some(types) if types.len() == n_layers => {
+                        let local = types.iter().map(|t| t.as_str() == Some("sliding_attention")).collect();
+                        Swa { window, local, local_theta }
+                    }
+                    Some(types) => return Err(cfg_err(format!("layer_types names {} layers, not {n_layers}", types.len()))),
+                    None => {
+                        let n = opt_u("sliding_window_pattern").or_else(|| opt_u("_sliding_window_pattern")).unwrap_or(6);
+                        Swa::every(n, n_layers, window, local_theta)
+                    }
+                });
+            }
         }
         let cfg = ModelConfig {
             arch,
             hidden,
-            n_layers: u("num_hidden_layers")?,
+            n_layers,
             n_heads,
             n_kv_heads,
             head_dim,
@@ -544,6 +641,8 @@ impl ModelConfig {
                 || (arch != Arch::DeepSeek2 && json.get("attention_bias").and_then(|v| v.as_bool()).unwrap_or(false)),
             mla,
             moe,
+            swa,
+            attn_scale,
         };
         cfg.validate()
     }

@@ -81,6 +81,11 @@ uniform!(
         n_k_heads: u32,
         /// `QK_NORM`'s epsilon.
         eps: f32,
+        /// Rows in the caches: position p is row p % ring.
+        ring: u32,
+        pad0: u32,
+        pad1: u32,
+        pad2: u32,
     }
 );
 
@@ -94,7 +99,13 @@ uniform!(
         max_splits: u32,
         scale: f32,
         v_dim: u32,
+        /// A query sees its latest `window` positions; 0: all.
+        window: u32,
+        /// Rows in the caches: position p is row p % ring.
+        ring: u32,
+        pad0: u32,
         pad1: u32,
+        pad2: u32,
     }
 );
 

@@ -86,10 +86,10 @@ pub const MATMUL_WORKGROUP: Family = family!("matmul_workgroup",
 pub const EMBED: Family = family!("embed",
     flags: ["QUAD_TEXTURE"],
     choices: [WEIGHT_FORMATS, MATMUL_SHAPES]);
-pub const NORM: Family = family!("norm", flags: ["WORKGROUP"], choices: []);
+pub const NORM: Family = family!("norm", flags: ["WORKGROUP", "ACC"], choices: []);
 pub const ROPE: Family = family!("rope", flags: ["HALF_K", "QK_NORM"], choices: [&["HALVES", "ADJACENT"]]);
 pub const ATTENTION: Family = family!("attention", flags: ["HALF_KV", "LATENT", "SUBGROUPS", "WORKGROUP"], choices: []);
-pub const ELEMENTWISE: Family = family!("elementwise", flags: [], choices: []);
+pub const ELEMENTWISE: Family = family!("elementwise", flags: ["GELU"], choices: []);
 pub const SAMPLE: Family = family!("sample", flags: [], choices: []);
 pub const MOE: Family = family!("moe", flags: ["BIAS", "SHARED_GATE", "PERMUTED"], choices: []);
 pub const MLA: Family = family!("mla", flags: ["WORKGROUP"], choices: [&["HALVES", "ADJACENT"]]);

@@ -8,7 +8,11 @@
 // short contexts, and CPU adapters run idle lanes at full cost.
 // No barriers or workgroup memory, so it suits CPU adapters, and the split
 // gives long contexts parallelism. GQA: head h reads kv head h / (H / KVH).
-// HALF_KV reads an f16 cache. Values are the first v_dim elements of a
+// HALF_KV reads an f16 cache. Sliding-window attention (`window` > 0): a
+// query sees its latest `window` positions, the splits start at the one
+// holding the pass's first such position, and a ring cache of `ring` rows
+// holds position p in row p % ring (ring = the context otherwise).
+// Values are the first v_dim elements of a
 // position's row (v_dim = head_dim, except for MLA's latent cache, where the
 // "key" row is [c_kv ; k_pe], v_cache is the same buffer and v_dim = rank;
 // LATENT sizes the accumulator for it). SUBGROUPS (CPU adapters with
@@ -33,7 +37,12 @@ struct Params {
     max_splits: u32,
     scale: f32,
     v_dim: u32,
+    // 0: no window.
+    window: u32,
+    ring: u32,
+    pad0: u32,
     pad1: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(1) var<uniform> p: Params;
@@ -129,8 +138,25 @@ fn chunk_at(x: Chunk, i: u32) -> f32 {
 // Finite stand-in for -∞ (WGSL does not promise infinities).
 const NEG_BIG: f32 = -3.0e38;
 
+// The first position token t of the pass sees.
+fn first_pos(t: u32) -> u32 {
+    let visible = step.pos + t + 1u;
+    return select(0u, visible - min(visible, p.window), p.window > 0u);
+}
+
+// The pass's splits: from the one holding its first token's first position
+// to the one holding its last token (gpu::attention_splits on the host).
+fn first_split() -> u32 {
+    return first_pos(0u) / p.split_len;
+}
+
 fn n_splits() -> u32 {
-    return (step.pos + step.n_tokens + p.split_len - 1u) / p.split_len;
+    return (step.pos + step.n_tokens + p.split_len - 1u) / p.split_len - first_split();
+}
+
+// The cache row of the position after the one in `row`.
+fn next_row(row: u32) -> u32 {
+    return select(row + 1u, 0u, row + 1u == p.ring);
 }
 
 // Split i of the pass (splits fastest, then heads, then tokens): its token,
@@ -152,8 +178,9 @@ fn split_at(i: u32) -> Split {
     let s = i % ns;
     let h = (i / ns) % p.n_heads;
     let t = i / (ns * p.n_heads);
-    let start = s * p.split_len;
-    let end = min(start + p.split_len, step.pos + t + 1u);
+    let base = (first_split() + s) * p.split_len;
+    let start = max(base, first_pos(t));
+    let end = min(base + p.split_len, step.pos + t + 1u);
     let kvh = h / (p.n_heads / p.n_kv_heads);
     let th = t * p.n_heads + h;
     return Split(t, start, end, th * p.head_dim, kvh * p.head_dim, p.n_kv_heads * p.head_dim, th * p.max_splits + s, th * p.v_dim);
@@ -179,7 +206,7 @@ fn partial(
     let live = pos < sp.end;
     var score = NEG_BIG;
     if (live) {
-        let kb = pos * sp.kv_stride + sp.kv_off;
+        let kb = (pos % p.ring) * sp.kv_stride + sp.kv_off;
         var dot = 0.0;
         for (var d = 0u; d < p.head_dim; d++) {
             dot += q[sp.qb + d] * key_at(kb + d);
@@ -195,10 +222,10 @@ fn partial(
     let whole = n_splits() == 1u;
     for (var d = lid; d < p.v_dim; d += WG) {
         var acc = 0.0;
-        var at = sp.start * sp.kv_stride + sp.kv_off + d;
+        var row = sp.start % p.ring;
         for (var j = 0u; j < n; j++) {
-            acc += weight[j] * value_at(at);
-            at += sp.kv_stride;
+            acc += weight[j] * value_at(row * sp.kv_stride + sp.kv_off + d);
+            row = next_row(row);
         }
         if (whole) {
             out[sp.out + d] = acc / l;
@@ -259,8 +286,10 @@ fn partial(
     let stride = sp.kv_stride / CHUNK;
     var m = NEG_BIG;
     var l = 0.0;
+    var r = sp.start % p.ring;
     for (var pos = sp.start; pos < sp.end; pos++) {
-        let row = pos * stride + kb;
+        let row = r * stride + kb;
+        r = next_row(r);
         var part = 0.0;
         for (var j = 0u; j < CHUNKS; j++) {
             if (ssize * j < hd) {
@@ -312,8 +341,10 @@ fn partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
     var m = NEG_BIG;
     var l = 0.0;
     var acc: array<Chunk, MAX_HEAD_DIM / CHUNK>;
+    var r = sp.start % p.ring;
     for (var pos = sp.start; pos < sp.end; pos++) {
-        let row = pos * stride + kb;
+        let row = r * stride + kb;
+        r = next_row(r);
         var score = 0.0;
         for (var c = 0u; c < hd; c++) {
             score += chunk_dot(q_chunk(sp.qb + c * CHUNK), key_chunk(row + c));

@@ -1,4 +1,5 @@
-// SwiGLU activation (`swiglu`): out = silu(gate) ⊙ up over [n_tokens · rows_per_token, cols]
+// SwiGLU activation (`swiglu`): out = silu(gate) ⊙ up over [n_tokens · rows_per_token, cols];
+// GELU: GeGLU instead, out = gelu_tanh(gate) ⊙ up (Gemma)
 // (rows_per_token: 1, or the routed experts' top_k slots; 0: every row of
 // out, the grouped experts' tiles). `stacked`: gate and up side by side in
 // one [n_tokens, 2 · cols] buffer (one matmul computed both), bound as both.
@@ -37,9 +38,16 @@ fn swiglu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
         g = gate[i];
         u = up[i];
     }
+#if GELU
+    // g/2 · (1 + tanh(√(2/π) (g + 0.044715 g³))); tanh's argument clamped
+    // where tanh is ±1 in f32 anyway (some tanh implementations overflow).
+    let z = clamp(0.7978846 * (g + 0.044715 * g * g * g), -10.0, 10.0);
+    out[i] = 0.5 * g * (1.0 + tanh(z)) * u;
+#else
     // silu(g) = g / (1 + e^-g); the clamp keeps e^-g finite and normal
     // (subnormal floats are slow on CPU adapters).
     out[i] = g / (1.0 + exp(clamp(-g, -80.0, 80.0))) * u;
+#endif
 }
 
 @compute @workgroup_size(WG)

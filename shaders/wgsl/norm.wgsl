@@ -51,7 +51,11 @@ fn main(
     }
     let inv = 1.0 / sqrt(workgroup_reduce(lid, ss, false) / f32(p.cols) + p.eps);
     for (var i = lid; i < p.cols; i += WG) {
+#if ACC
+        out[o * p.cols + i] += x[t * p.cols + i] * inv * w[i];
+#else
         out[o * p.cols + i] = x[t * p.cols + i] * inv * w[i];
+#endif
     }
 }
 #else
@@ -70,7 +74,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let inv = 1.0 / sqrt(ss / f32(p.cols) + p.eps);
     for (var i = 0u; i < p.cols; i++) {
+#if ACC
+        out[o * p.cols + i] += x[t * p.cols + i] * inv * w[i];
+#else
         out[o * p.cols + i] = x[t * p.cols + i] * inv * w[i];
+#endif
     }
 }
 #endif

@@ -1,7 +1,7 @@
 // RoPE, with q, k and v of a token side by side in one row of `qkv` (one
 // matmul computed them all): q roped into q [n_tokens, n_q_heads · head_dim],
 // k roped into the k cache and v copied into the v cache (rows pos + t), at
-// positions pos + t. Pairs (i, i + head_dim/2) (HALVES, Hugging Face's
+// positions pos + t (a ring cache of `ring` rows: row (pos + t) % ring). Pairs (i, i + head_dim/2) (HALVES, Hugging Face's
 // rotate_half) or (2i, 2i + 1) (ADJACENT, GGUF llama). inv_freq holds every
 // scaling (linear, llama3, per-dimension factors) already. One thread per
 // (token, pair of a q or k head, or element of v). HALF_K: the caches are
@@ -18,6 +18,11 @@ struct Params {
     n_k_heads: u32,
     // QK_NORM's epsilon.
     eps: f32,
+    // Rows in the caches (the context, or a sliding window's ring).
+    ring: u32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(1) var<uniform> p: Params;
@@ -74,7 +79,7 @@ fn scatter(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let src = t * (heads * hd + kv_dim);
-    let row = (step.pos + t) * kv_dim;
+    let row = ((step.pos + t) % p.ring) * kv_dim;
     if (gid.x >= heads * half) {
         let j = gid.x - heads * half;
 #if HALF_K

@@ -11,10 +11,11 @@ use std::sync::Arc;
 
 const TOL: f32 = 1e-3;
 
-const TINY: [&str; 9] = [
+const TINY: [&str; 10] = [
     "tiny-llama",
     "tiny-qwen2",
     "tiny-qwen3",
+    "tiny-gemma3",
     "tiny-mixtral",
     "tiny-qwen2-moe",
     "tiny-qwen3-moe",

@@ -371,6 +371,12 @@ fn rms_norm_all_rows_and_last_only() {
         let last = gpu.storage("last", (cols * 4) as u64).unwrap();
         run(&gpu, &step_buf, step(n as u32, 0), &[ctx.rms_norm("n", &xb, &wb, &last, cols as u32, 1e-5, true).unwrap()]);
         assert!(common::max_abs_diff(&download(&gpu, &last, cols), &want[(n - 1) * cols..]) < 1e-5);
+        // Added into a residual stream (Gemma's post-norms).
+        let r = rng.vec(n * cols);
+        let rb = upload(&gpu, "residual", &r);
+        run(&gpu, &step_buf, step(n as u32, 0), &[ctx.rms_norm_add("n+", &xb, &wb, &rb, cols as u32, 1e-5).unwrap()]);
+        let want_sum: Vec<f32> = r.iter().zip(&want).map(|(r, y)| r + y).collect();
+        assert!(common::max_abs_diff(&download(&gpu, &rb, n * cols), &want_sum) < 1e-5, "{shape:?}: residual += norm");
     }
 }
 
@@ -469,6 +475,69 @@ fn attention_causal_gqa_across_splits() {
 }
 
 #[test]
+fn windowed_attention_over_a_ring_cache_across_splits() {
+    // Sliding-window attention (Gemma 3): a query sees its latest `window`
+    // positions, held in a ring of `ring` rows (position p in row p % ring).
+    // Windows shorter and longer than a split, passes straddling split
+    // borders, rings wrapped several times, and a window wider than the
+    // context so far.
+    let gpu = gpu();
+    let mut rng = Rng(23);
+    for (shape, subgroups) in shapes(&gpu) {
+        let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
+        let split = Ctx { gpu: &gpu, step: &step_buf, shape, subgroups }.attention_split(&AttentionShape::gqa(4, 2, 32)) as usize;
+        // (tokens, position, window, heads, kv heads, head_dim)
+        let cases = [(1usize, 100usize, 6usize, 4usize, 2usize, 32usize), (5, 37, 6, 4, 2, 32), (3, 3 * split + 2, split + 3, 2, 1, 16), (4, 2, 50, 4, 2, 32), (2, 5 * split, 2 * split, 4, 4, 64)];
+        for (n, pos, window, h, kvh, hd) in cases {
+            let ring = window + n - 1;
+            let total = pos + n;
+            // Every position's key and value; the ring holds the latest `ring`.
+            let (k, v) = (rng.vec(total * kvh * hd), rng.vec(total * kvh * hd));
+            let row = kvh * hd;
+            let (mut kr, mut vr) = (vec![0f32; ring * row], vec![0f32; ring * row]);
+            for p in total.saturating_sub(ring)..total {
+                kr[(p % ring) * row..][..row].copy_from_slice(&k[p * row..][..row]);
+                vr[(p % ring) * row..][..row].copy_from_slice(&v[p * row..][..row]);
+            }
+            let q = rng.vec(n * h * hd);
+            let ctx = Ctx { gpu: &gpu, step: &step_buf, shape, subgroups };
+            let max_splits = total.div_ceil(split) + 1;
+            let (qb, kb, vb) = (upload(&gpu, "q", &q), upload(&gpu, "k ring", &kr), upload(&gpu, "v ring", &vr));
+            let ml = gpu.storage("ml", (n * h * max_splits * 8) as u64).unwrap();
+            let po = gpu.storage("po", (n * h * max_splits * hd * 4) as u64).unwrap();
+            let out = gpu.storage("out", (n * h * hd * 4) as u64).unwrap();
+            let a = AttentionShape { window: window as u32, ..AttentionShape::gqa(h as u32, kvh as u32, hd as u32) };
+            let ops = ctx.attention("attn", bufs(&qb, &kb, &vb, &ml, &po, &out), &a, max_splits as u32, false).unwrap();
+            run(&gpu, &step_buf, step(n as u32, pos as u32), &ops);
+            let got = download(&gpu, &out, n * h * hd);
+            let want = reference_window_attention(&q, &k, &v, n, pos, window, h, kvh, hd);
+            let d = common::max_abs_diff(&got, &want);
+            assert!(d < 1e-5, "n={n} pos={pos} window={window} hd={hd} {shape:?} subgroups={subgroups}: max |Δ| {d}");
+        }
+    }
+}
+
+/// Causal attention over every position, each query seeing its latest `window`.
+#[allow(clippy::too_many_arguments)]
+fn reference_window_attention(q: &[f32], k: &[f32], v: &[f32], n: usize, pos: usize, window: usize, h: usize, kvh: usize, hd: usize) -> Vec<f32> {
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut out = vec![0f32; n * h * hd];
+    for t in 0..n {
+        let first = (pos + t + 1).saturating_sub(window);
+        for head in 0..h {
+            let kv = head / (h / kvh);
+            let qh = &q[(t * h + head) * hd..][..hd];
+            let mut s: Vec<f32> = (first..=pos + t).map(|p| reference::dot(qh, &k[(p * kvh + kv) * hd..][..hd]) * scale).collect();
+            reference::softmax(&mut s);
+            for d in 0..hd {
+                out[(t * h + head) * hd + d] = s.iter().zip(first..).map(|(a, p)| a * v[(p * kvh + kv) * hd + d]).sum();
+            }
+        }
+    }
+    out
+}
+
+#[test]
 fn attention_over_latent_rows_as_wide_as_deepseeks() {
     // DeepSeek-V2/V3's latent rows (512 + 64 keys, the first 512 the value)
     // over 150 positions: on lavapipe the thread kernel's loops for a split
@@ -492,7 +561,7 @@ fn attention_over_latent_rows_as_wide_as_deepseeks() {
             }
         }
     }
-    let a = AttentionShape { n_heads: heads as u32, n_kv_heads: 1, head_dim: row as u32, v_dim: rank as u32, scale, latent: true };
+    let a = AttentionShape { n_heads: heads as u32, n_kv_heads: 1, head_dim: row as u32, v_dim: rank as u32, scale, latent: true, window: 0 };
     for (shape, subgroups) in shapes(&gpu) {
         let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
         let ctx = Ctx { gpu: &gpu, step: &step_buf, shape, subgroups };
@@ -552,6 +621,13 @@ fn swiglu_matches() {
     let out = gpu.storage("out", (n * cols * 4) as u64).unwrap();
     run(&gpu, &step_buf, step(n as u32, 0), &[ctx.swiglu("s", GateUp::Stacked(&sb), &out, cols as u32, 1).unwrap()]);
     assert!(common::max_abs_diff(&download(&gpu, &out, n * cols), &want) < 1e-5, "stacked");
+    // GeGLU (Gemma): the tanh GELU of the gate, finite where tanh's argument is huge.
+    let want: Vec<f32> = g.iter().zip(&u).map(|(g, u)| reference::gelu_tanh(*g) * u).collect();
+    assert!(want.iter().all(|v| v.is_finite()));
+    run(&gpu, &step_buf, step(n as u32, 0), &[ctx.geglu("g", GateUp::Stacked(&sb), &out, cols as u32).unwrap()]);
+    let got = download(&gpu, &out, n * cols);
+    assert!(got.iter().all(|v| v.is_finite()));
+    assert!(common::max_abs_diff(&got, &want) < 1e-5, "geglu");
 }
 
 fn gpu_sample(gpu: &Gpu, logits: &[f32], p: &SamplingParams, draw: u32) -> u32 {
@@ -993,7 +1069,7 @@ fn latent_attention_kernels_match_the_plain_math() {
         let ml = gpu.storage("ml", (n * heads * max_splits * 8) as u64).unwrap();
         let po = gpu.storage("po", (n * heads * max_splits * rank * 4) as u64).unwrap();
         let o_lat_b = gpu.storage("o_lat", (n * heads * rank * 4) as u64).unwrap();
-        let shape = AttentionShape { n_heads: heads as u32, n_kv_heads: 1, head_dim: row as u32, v_dim: rank as u32, scale, latent: true };
+        let shape = AttentionShape { n_heads: heads as u32, n_kv_heads: 1, head_dim: row as u32, v_dim: rank as u32, scale, latent: true, window: 0 };
         let mut o_lat = vec![0f32; n * heads * rank];
         for t in 0..n {
             for h in 0..heads {

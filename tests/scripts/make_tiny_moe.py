@@ -3,8 +3,8 @@
 Hugging Face folder and the GGUF llama.cpp's converter makes of it.
 
 Writes tests/fixtures/tiny-deepseek-{v3,v2,v2-lite}/, tiny-mixtral/,
-tiny-qwen2-moe/, tiny-qwen3/ and tiny-qwen3-moe/ (all of them, or those named
-on the command line), each holding
+tiny-qwen2-moe/, tiny-qwen3/, tiny-qwen3-moe/ and tiny-gemma3/ (all of them, or
+those named on the command line), each holding
 - config.json and model.safetensors (float32) in the Hugging Face hub layout
   (one tensor per routed expert, `kv_b_proj` unsplit), with `scoring_func` and
   `topk_method` written out (transformers 5 leaves them out of saved configs);
@@ -29,7 +29,13 @@ The three models:
 - qwen3: per-head RMSNorm on q and k, no q/k/v bias, a head_dim (32) that is
   not hidden / heads (16), GQA, rope theta 1e6;
 - qwen3-moe: qwen3 attention, softmax top-2 of 8 experts renormalised
-  (norm_topk_prob, which llama.cpp's qwen3moe always applies), no shared expert.
+  (norm_topk_prob, which llama.cpp's qwen3moe always applies), no shared expert;
+- gemma3: six layers, five sliding-window (window 6, shorter than the prompt;
+  rope theta 1e4) and the sixth global (1e6), llama.cpp's default pattern of 6;
+  q/k norms, four norms a layer stored as transformers has them (w, applied as
+  1 + w; the converter writes 1 + w), GeGLU with tanh GELU, √hidden embedding
+  scale, tied embeddings, head_dim 32 = query_pre_attn_scalar (llama.cpp scales
+  by 1/√head_dim).
 
 Needs the fixtures venv (requirements-fixtures.txt) and llama.cpp's converter
 from the llama-cpp-python sdist:
@@ -49,8 +55,8 @@ import torch
 from safetensors.torch import save_file
 
 import transformers
-from transformers import (AutoModelForCausalLM, DeepseekV2Config, DeepseekV3Config, MixtralConfig, Qwen2MoeConfig, Qwen3Config,
-                          Qwen3MoeConfig)
+from transformers import (AutoModelForCausalLM, DeepseekV2Config, DeepseekV3Config, Gemma3TextConfig, MixtralConfig, Qwen2MoeConfig,
+                          Qwen3Config, Qwen3MoeConfig)
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
@@ -162,6 +168,19 @@ MODELS = {
         ),
         {},
     ),
+    "tiny-gemma3": (
+        Gemma3TextConfig,
+        dict(
+            BASE, num_hidden_layers=6, tie_word_embeddings=True, intermediate_size=96, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=32, query_pre_attn_scalar=32, sliding_window=6, sliding_window_pattern=6,
+            hidden_activation="gelu_pytorch_tanh", final_logit_softcapping=None, attn_logit_softcapping=None,
+            rope_parameters=dict(
+                sliding_attention=dict(rope_type="default", rope_theta=10000.0),
+                full_attention=dict(rope_type="default", rope_theta=1e6),
+            ),
+        ),
+        {},
+    ),
 }
 
 
@@ -174,6 +193,8 @@ def hub_state_dict(model, cfg):
     names = ("w1", "w3", "w2") if mixtral else ("gate_proj", "up_proj", "down_proj")
     out = {}
     for name, t in model.state_dict().items():
+        if name == "lm_head.weight" and cfg.tie_word_embeddings:
+            continue  # tied to the embedding: hub checkpoints leave it out
         t = t.detach().float().contiguous()
         if mixtral:
             name = name.replace(".mlp.", ".block_sparse_moe.")
@@ -201,7 +222,9 @@ def make(name, config_cls, extra, routing):
         if p.dim() >= 2:
             p.normal_(0.0, 0.15)
         elif "norm" in pname:
-            p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            # Gemma's norms multiply by 1 + w: weights near 0 are near 1.
+            base = 0.0 if isinstance(cfg, Gemma3TextConfig) else 1.0
+            p.copy_(base + 0.1 * torch.randn_like(p))
     moe_layer = next((i for i, layer in enumerate(model.model.layers) if hasattr(layer.mlp, "experts")), None)
     for layer in model.model.layers:
         gate = getattr(layer.mlp, "gate", None) if hasattr(layer.mlp, "experts") else None

@@ -120,6 +120,8 @@ pub enum Flag {
     HalfKv,
     /// RoPE norms each q and k head first (Qwen3).
     QkNorm,
+    /// GeGLU (tanh GELU) instead of SwiGLU.
+    Gelu,
     Latent,
     SharedGate,
     Permuted,
@@ -141,6 +143,7 @@ impl Flag {
             Flag::Workgroup => "WORKGROUP",
             Flag::HalfK => "HALF_K",
             Flag::QkNorm => "QK_NORM",
+            Flag::Gelu => "GELU",
             Flag::HalfKv => "HALF_KV",
             Flag::Latent => "LATENT",
             Flag::SharedGate => "SHARED_GATE",
@@ -652,7 +655,7 @@ pub enum Grid {
     Flat { per_token: u32, wg: u32 },
     /// Attention splits: a flat range over (token, head, split), `per_item`
     /// threads each.
-    AttnPartial { heads: u32, wg: u32, split: u32, per_item: u32 },
+    AttnPartial { heads: u32, wg: u32, split: u32, per_item: u32, window: u32 },
     /// Attention combine: (head dim, heads, tokens).
     AttnCombine { heads: u32, head_dim: u32, wg: u32 },
 }
@@ -688,7 +691,7 @@ impl Grid {
             Grid::TileRows { per_row, wg, slots_per_token, experts } => {
                 flat(expert_tiles(n * slots_per_token, experts) * shaders::shape::TILE_T * per_row, wg)
             }
-            Grid::AttnPartial { heads, wg, split, per_item } => flat((s.pos + n).div_ceil(split) * heads * n * per_item, wg),
+            Grid::AttnPartial { heads, wg, split, per_item, window } => flat(attention_splits(s.pos, n, split, window) * heads * n * per_item, wg),
             Grid::AttnCombine { heads, head_dim, wg } => [head_dim.div_ceil(wg), heads, n],
         }
     }
@@ -719,9 +722,19 @@ pub enum Passes {
     All,
     Single,
     Multi,
-    /// Only when the pass's context (position + tokens) exceeds this many
-    /// positions: attention's combining of its splits.
-    Beyond(u32),
+    /// Only when the pass's attention has more than one split (of `split`
+    /// positions; `window`: a sliding window's, 0 none): attention's
+    /// combining of its splits.
+    AttnSplits { split: u32, window: u32 },
+}
+
+/// The splits of `split` positions a pass of `n` tokens at `pos` attends
+/// over: from the one holding its first token's first visible position
+/// (0, or the oldest in a `window`) to the one holding its last token.
+/// attention.wgsl's `n_splits` is the same.
+pub fn attention_splits(pos: u32, n: u32, split: u32, window: u32) -> u32 {
+    let first = if window > 0 { (pos + 1).saturating_sub(window) } else { 0 };
+    (pos + n).div_ceil(split) - first / split
 }
 
 impl Passes {
@@ -730,7 +743,7 @@ impl Passes {
             Passes::All => true,
             Passes::Single => step.n_tokens == 1,
             Passes::Multi => step.n_tokens > 1,
-            Passes::Beyond(n) => step.pos + step.n_tokens > n,
+            Passes::AttnSplits { split, window } => attention_splits(step.pos, step.n_tokens, split, window) > 1,
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::engine::Backend;
 use crate::error::{Error, Result};
 use crate::format::{TensorIndex, TensorInfo, TensorReader};
 use crate::model::names;
-use crate::model::ops::{ExpertsDecl, Gqa, Latent, LinearDecl, Load, Ops, QkNorm, Rope, Weights};
+use crate::model::ops::{Activation, ExpertsDecl, Gqa, Latent, LinearDecl, Load, Ops, QkNorm, Rope, Weights};
 use crate::model::{Model, ModelFiles};
 use crate::sample::SamplingParams;
 use baleen_shaders::shape;
@@ -127,6 +127,10 @@ impl<R: TensorReader> Load for Loader<'_, R> {
         self.gpu.storage_init(name, bytemuck::cast_slice(&v))
     }
 
+    fn vector_of(&mut self, name: &str, values: &[f32]) -> Result<wgpu::Buffer> {
+        self.gpu.storage_init(name, bytemuck::cast_slice(values))
+    }
+
     async fn experts(&mut self, d: &ExpertsDecl) -> Result<GpuExperts> {
         let (e, f, h) = (d.n as u64, d.ffn as u64, d.hidden as u64);
         let (gate, up) = (self.expert_tensors(d, names::Expert::Gate)?, self.expert_tensors(d, names::Expert::Up)?);
@@ -193,12 +197,14 @@ struct Recorder<'a> {
     max_pass: usize,
     /// Positions the KV cache holds.
     context: usize,
+    /// The pass length the sliding windows' rings are sized for.
+    ring_pass: usize,
     kv_half: bool,
     ids: wgpu::Buffer, // [max_pass] u32: the pass's input ids; ids[0] ← sampled token
     pool: HashMap<(String, u64), wgpu::Buffer>,
     /// Per layer: keys (GQA) or latent rows (MLA), and values (GQA).
     caches: Vec<Option<(wgpu::Buffer, Option<wgpu::Buffer>)>>,
-    inv_freq: Option<wgpu::Buffer>,
+    inv_freq: Vec<(Vec<f32>, wgpu::Buffer)>,
     ops: Vec<Op>,
     marks: Vec<Mark>,
     /// Test hook: multiply this intermediate by this factor.
@@ -251,25 +257,27 @@ impl Recorder<'_> {
         Ok(())
     }
 
+    /// RoPE's inverse frequencies, one buffer for each set (Gemma's local
+    /// and global layers have their own).
     fn inv_freq(&mut self, rope: &Rope) -> Result<wgpu::Buffer> {
-        if let Some(b) = &self.inv_freq {
+        if let Some((_, b)) = self.inv_freq.iter().find(|(f, _)| *f == rope.inv_freq) {
             return Ok(b.clone());
         }
         let b = self.gpu.storage_init("rope inv_freq", bytemuck::cast_slice(&rope.inv_freq))?;
-        self.inv_freq = Some(b.clone());
+        self.inv_freq.push((rope.inv_freq.clone(), b.clone()));
         Ok(b)
     }
 
-    /// Layer `l`'s cache: `[context, width]` keys, and values with `values`
-    /// (f16 with `half`).
-    fn cache(&mut self, l: usize, width: u32, values: bool, half: bool) -> Result<(wgpu::Buffer, Option<wgpu::Buffer>)> {
+    /// Layer `l`'s cache: `[rows, width]` keys, and values with `values`
+    /// (f16 with `half`); `rows` the context, or a sliding window's ring.
+    fn cache(&mut self, l: usize, width: u32, values: bool, half: bool, rows: usize) -> Result<(wgpu::Buffer, Option<wgpu::Buffer>)> {
         if self.caches.len() <= l {
             self.caches.resize(l + 1, None);
         }
         if let Some(c) = &self.caches[l] {
             return Ok(c.clone());
         }
-        let bytes = self.context as u64 * width as u64 * if half { 2 } else { 4 };
+        let bytes = rows as u64 * width as u64 * if half { 2 } else { 4 };
         let k = self.gpu.storage(&format!("k cache {l}"), bytes)?;
         let v = if values { Some(self.gpu.storage(&format!("v cache {l}"), bytes)?) } else { None };
         self.caches[l] = Some((k.clone(), v.clone()));
@@ -290,6 +298,14 @@ impl Recorder<'_> {
     fn take(&mut self) -> (Vec<Op>, Vec<Mark>) {
         (std::mem::take(&mut self.ops), std::mem::take(&mut self.marks))
     }
+}
+
+/// Rows a sliding window's ring cache needs: a pass of up to `max_pass`
+/// tokens writes its keys before attending, so its first token's oldest
+/// position (`window − 1` before it) must survive the pass's last write.
+/// Never more than the context.
+pub fn ring_rows(window: usize, max_pass: usize, context: usize) -> usize {
+    (window + max_pass.max(1) - 1).min(context)
 }
 
 fn single_row(name: &str) -> Error {
@@ -344,7 +360,20 @@ impl Ops for Recorder<'_> {
         self.mark(name, residual)
     }
 
-    fn glu(&mut self, name: &str, w: &GpuLinear, x: &GpuAct) -> Result<GpuAct> {
+    fn scale(&mut self, name: &str, x: &mut GpuAct, factor: f32) -> Result<()> {
+        self.ops.push(self.ctx.scale(name, &x.buf, x.width, x.single, factor)?);
+        self.mark(name, x)
+    }
+
+    fn add_rms_norm(&mut self, name: &str, residual: &mut GpuAct, y: &GpuAct, w: &wgpu::Buffer, eps: f32) -> Result<()> {
+        if y.single || residual.single {
+            return Err(single_row(name));
+        }
+        self.ops.push(self.ctx.rms_norm_add(name, &y.buf, w, &residual.buf, y.width, eps)?);
+        self.mark(name, residual)
+    }
+
+    fn glu(&mut self, name: &str, w: &GpuLinear, x: &GpuAct, act: Activation) -> Result<GpuAct> {
         if x.single {
             return Err(single_row(name));
         }
@@ -353,8 +382,11 @@ impl Ops for Recorder<'_> {
         let gate_up = self.act(&format!("{name} gate_up"), 2 * f, false)?;
         // Passes of one token on CPU adapters: the matmul applies SwiGLU
         // itself (a dispatch fewer), when gate and up are one matrix.
+        // (GeGLU has no fused matmul yet.)
         let fused = match w.parts.as_slice() {
-            [(m, 0)] if w.bias.is_none() => self.ctx.matmul_swiglu(&format!("{name} gate_up+swiglu"), m, &x.buf, x.width, &out.buf)?,
+            [(m, 0)] if w.bias.is_none() && act == Activation::Silu => {
+                self.ctx.matmul_swiglu(&format!("{name} gate_up+swiglu"), m, &x.buf, x.width, &out.buf)?
+            }
             _ => None,
         };
         // With it, the separate matmul and SwiGLU run in passes of several tokens only.
@@ -368,8 +400,11 @@ impl Ops for Recorder<'_> {
             let ops = self.ctx.matmul(m, Matmul::new(&x.buf, x.width, &gate_up.buf, 2 * f).at(*at).bias(w.bias.as_ref()))?;
             self.ops.extend(ops.into_iter().filter_map(unfused));
         }
-        let swiglu = self.ctx.swiglu(&format!("{name} swiglu"), GateUp::Stacked(&gate_up.buf), &out.buf, f, 1)?;
-        self.ops.extend(unfused(swiglu));
+        let glu = match act {
+            Activation::Silu => self.ctx.swiglu(&format!("{name} swiglu"), GateUp::Stacked(&gate_up.buf), &out.buf, f, 1)?,
+            Activation::GeluTanh => self.ctx.geglu(&format!("{name} geglu"), GateUp::Stacked(&gate_up.buf), &out.buf, f)?,
+        };
+        self.ops.extend(unfused(glu));
         self.ops.extend(fused);
         self.mark(name, &out)?;
         Ok(out)
@@ -383,8 +418,11 @@ impl Ops for Recorder<'_> {
             return Err(Error::Unsupported(format!("a RoPE attention factor of {} on grouped-query attention (GPU)", a.rope.factor)));
         }
         let (nh, nkv, hd) = (a.heads as u32, a.kv_heads as u32, a.head_dim as u32);
-        let shape = AttentionShape { n_heads: nh, n_kv_heads: nkv, head_dim: hd, v_dim: hd, scale: a.scale, latent: false };
-        let (k, v) = self.cache(l, nkv * hd, true, self.kv_half)?;
+        let window = a.window.map_or(0, |w| w.min(self.context)) as u32;
+        let shape = AttentionShape { n_heads: nh, n_kv_heads: nkv, head_dim: hd, v_dim: hd, scale: a.scale, latent: false, window };
+        // (ring_rows of the pass length at load: ≥ any pass's after.)
+        let rows = a.window.map_or(self.context, |w| ring_rows(w, self.ring_pass, self.context));
+        let (k, v) = self.cache(l, nkv * hd, true, self.kv_half, rows)?;
         let v = v.ok_or_else(|| Error::Gpu(format!("{name}: layer {l}'s cache holds no values")))?;
         let q = self.act(&format!("{name} q"), nh * hd, false)?;
         let inv_freq = self.inv_freq(&a.rope)?;
@@ -415,12 +453,13 @@ impl Ops for Recorder<'_> {
         };
         let row = m.rank + m.rope;
         // MLA's latent cache is f32 (its rows are few and small).
-        let (cache, _) = self.cache(l, row, false, false)?;
+        let context = self.context;
+        let (cache, _) = self.cache(l, row, false, false, context)?;
         let inv_freq = self.inv_freq(&a.rope)?;
         let q_lat = self.act(&format!("{name} q latent"), m.heads * row, false)?;
         self.ops.push(self.ctx.mla_kv_cache(&format!("{name} latent cache"), &m, &inv_freq, &kv_a.buf, norm, &cache)?);
         self.ops.push(self.ctx.mla_absorb_q(&format!("{name} absorb q"), &m, &inv_freq, &q.buf, kv_b, &q_lat.buf)?);
-        let shape = AttentionShape { n_heads: m.heads, n_kv_heads: 1, head_dim: row, v_dim: m.rank, scale: a.scale, latent: true };
+        let shape = AttentionShape { n_heads: m.heads, n_kv_heads: 1, head_dim: row, v_dim: m.rank, scale: a.scale, latent: true, window: 0 };
         let latent = self.act(&format!("{name} latent"), m.heads * m.rank, false)?;
         let (ml, o, max_splits) = self.attention_scratch(&shape)?;
         let b = AttentionBuffers { q: &q_lat.buf, k_cache: &cache, v_cache: &cache, part_ml: &ml, part_o: &o, out: &latent.buf };
@@ -583,9 +622,15 @@ impl GpuModel {
             None => (cfg.n_kv_heads * cfg.head_dim) as u64 * if kv_half { 2 } else { 4 },
         };
         let fits = (gpu.max_binding() / kv_row.max(1)) as usize;
-        let per_token = kv_row * cfg.n_layers as u64 * if cfg.mla.is_some() { 1 } else { 2 };
+        // Sliding-window layers hold a ring of a fixed size: only the
+        // others' caches grow with the context.
+        let local = cfg.swa.as_ref().map_or(0, |s| (0..cfg.n_layers).filter(|&i| s.is_local(i)).count());
+        let caches = if cfg.mla.is_some() { 1 } else { 2 };
+        let per_token = kv_row * (cfg.n_layers - local) as u64 * caches;
         let asked = opts.context.map(|n| cfg.check_context(n)).transpose()?;
         let context = super::choose_context(cfg.context_length, asked, fits, per_token, gpu.max_binding())?;
+        let ring = cfg.swa.as_ref().map_or(0, |s| ring_rows(s.window, opts.max_pass_tokens, context));
+        let kv_cache_bytes = per_token * context as u64 + kv_row * local as u64 * caches * ring as u64;
         let mut loader = Loader { gpu: &gpu, index: &m.index, reader, place, arch: cfg.arch, textures: (0, 0) };
         let model = Model::load(&mut loader, &cfg).await?;
         let textures = loader.textures;
@@ -601,11 +646,12 @@ impl GpuModel {
             max_binding,
             max_pass,
             context,
+            ring_pass: opts.max_pass_tokens,
             kv_half,
             ids: ids.clone(),
             pool: HashMap::new(),
             caches: Vec::new(),
-            inv_freq: None,
+            inv_freq: Vec::new(),
             ops: Vec::new(),
             marks: Vec::new(),
             scale_output: opts.scale_output.clone(),
@@ -621,14 +667,14 @@ impl GpuModel {
         let max_pass = rec.max_pass;
         let mut buffers: Vec<wgpu::Buffer> = rec.pool.into_values().collect();
         buffers.extend(rec.caches.into_iter().flatten().flat_map(|(k, v)| std::iter::once(k).chain(v)));
-        buffers.extend(rec.inv_freq);
+        buffers.extend(rec.inv_freq.into_iter().map(|(_, b)| b));
         buffers.push(step.clone());
         gpu.check()?;
         Ok(GpuModel {
             gpu,
             cfg,
             context,
-            kv_cache_bytes: per_token * context as u64,
+            kv_cache_bytes,
             kv_f16: kv_half,
             max_pass,
             step,

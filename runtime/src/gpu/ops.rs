@@ -22,14 +22,26 @@ pub struct AttentionShape {
     pub scale: f32,
     /// MLA's latent cache (a wider accumulator).
     pub latent: bool,
+    /// A query sees its latest `window` positions; 0: all before it.
+    pub window: u32,
 }
 
 impl AttentionShape {
     /// Grouped-query attention: values as wide as keys, scale 1/√head_dim.
     pub fn gqa(n_heads: u32, n_kv_heads: u32, head_dim: u32) -> Self {
         let scale = 1.0 / (head_dim as f32).sqrt();
-        AttentionShape { n_heads, n_kv_heads, head_dim, v_dim: head_dim, scale, latent: false }
+        AttentionShape { n_heads, n_kv_heads, head_dim, v_dim: head_dim, scale, latent: false, window: 0 }
     }
+}
+
+/// Rows of a cache buffer of `row_bytes` a position: the context, or a
+/// sliding window's ring (position p in row p % rows).
+fn cache_rows(name: &str, cache: &Buffer, row_bytes: u64) -> Result<u32> {
+    let size = cache.size();
+    if row_bytes == 0 || size % row_bytes != 0 || size / row_bytes > u32::MAX as u64 {
+        return Err(Error::Gpu(format!("{name}: a cache of {size} bytes does not hold whole rows of {row_bytes} bytes")));
+    }
+    Ok((size / row_bytes) as u32)
 }
 
 /// Attention's buffers: queries `[n, heads · head_dim]`, the caches
@@ -562,9 +574,24 @@ impl Ctx<'_> {
 
     /// RMSNorm of each token's row (or only the last token's, into row 0).
     pub fn rms_norm(&self, name: &str, x: &Buffer, w: &Buffer, out: &Buffer, cols: u32, eps: f32, last_only: bool) -> Result<Op> {
+        self.norm_op(name, x, w, out, cols, eps, last_only, vec![])
+    }
+
+    /// `out += RMSNorm(x) · w`, each token's row.
+    pub fn rms_norm_add(&self, name: &str, x: &Buffer, w: &Buffer, out: &Buffer, cols: u32, eps: f32) -> Result<Op> {
+        self.norm_op(name, x, w, out, cols, eps, false, vec![Flag::Acc])
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn norm_op(&self, name: &str, x: &Buffer, w: &Buffer, out: &Buffer, cols: u32, eps: f32, last_only: bool, mut flags: Vec<Flag>) -> Result<Op> {
         use binding::norm::{OUT, W, X};
         // A thread per row on CPU adapters, a workgroup per row on GPUs.
-        let (per_row, flags) = if self.shape == MatmulShape::RowPerWorkgroup { (shape::ELEMENTWISE_WG, vec![Flag::Workgroup]) } else { (1, vec![]) };
+        let per_row = if self.shape == MatmulShape::RowPerWorkgroup {
+            flags.push(Flag::Workgroup);
+            shape::ELEMENTWISE_WG
+        } else {
+            1
+        };
         let grid = if last_only { Grid::Fixed([1, 1, 1]) } else { Grid::Flat { per_token: per_row, wg: shape::ELEMENTWISE_WG } };
         let params = NormParams { cols, last_only: last_only as u32, eps, pad: 0 };
         self.op(name.into(), PipelineKey::new(Kernel::Norm, "main", flags), &params, &[(X, x), (W, w), (OUT, out)], grid)
@@ -586,7 +613,8 @@ impl Ctx<'_> {
             bufs.extend([(Q_NORM, q_norm), (K_NORM, k_norm)]);
             eps = e;
         }
-        let params = RopeParams { head_dim: r.head_dim, n_q_heads: r.n_q, n_k_heads: r.n_k, eps };
+        let ring = cache_rows(name, r.k_cache, (r.n_k * r.head_dim) as u64 * if r.half_kv { 2 } else { 4 })?;
+        let params = RopeParams { head_dim: r.head_dim, n_q_heads: r.n_q, n_k_heads: r.n_k, eps, ring, ..Default::default() };
         let x = (r.n_q + r.n_k) * r.head_dim / 2 + r.n_k * r.head_dim;
         let grid = Grid::PerToken { x, wg: shape::ELEMENTWISE_WG, tile: 1, single: false, shared_rows: 1 };
         self.op(name.into(), PipelineKey::new(Kernel::Rope, "scatter", flags), &params, &bufs, grid)
@@ -620,7 +648,9 @@ impl Ctx<'_> {
             max_splits,
             scale: a.scale,
             v_dim: a.v_dim,
-            pad1: 0,
+            window: a.window,
+            ring: cache_rows(name, b.k_cache, (a.n_kv_heads * a.head_dim) as u64 * if half_kv { 2 } else { 4 })?,
+            ..Default::default()
         };
         Ok([
             self.op(
@@ -628,7 +658,7 @@ impl Ctx<'_> {
                 PipelineKey::new(Kernel::Attention, "partial", flags.clone()),
                 &params,
                 &[(Q, b.q), (K_CACHE, b.k_cache), (V_CACHE, b.v_cache), (PART_ML, b.part_ml), (PART_O, b.part_o), (OUT, b.out)],
-                Grid::AttnPartial { heads: a.n_heads, wg, split, per_item },
+                Grid::AttnPartial { heads: a.n_heads, wg, split, per_item, window: a.window },
             )?,
             self.op(
                 format!("{name} combine"),
@@ -638,7 +668,7 @@ impl Ctx<'_> {
                 Grid::AttnCombine { heads: a.n_heads, head_dim: a.v_dim, wg },
             )?
             // One split holds the whole context: `partial` wrote the output.
-            .only(Passes::Beyond(split)),
+            .only(Passes::AttnSplits { split, window: a.window }),
         ])
     }
 
@@ -656,14 +686,25 @@ impl Ctx<'_> {
         self.swiglu_op(name, gate_up, out, cols, 0, grid)
     }
 
+    /// out = gelu_tanh(gate) ⊙ up over each token's row of `cols` (GeGLU).
+    pub fn geglu(&self, name: &str, gate_up: GateUp, out: &Buffer, cols: u32) -> Result<Op> {
+        let grid = Grid::Flat { per_token: cols, wg: shape::ELEMENTWISE_WG };
+        self.glu_op(name, gate_up, out, cols, 1, grid, vec![Flag::Gelu])
+    }
+
     fn swiglu_op(&self, name: &str, gate_up: GateUp, out: &Buffer, cols: u32, rows_per_token: u32, grid: Grid) -> Result<Op> {
+        self.glu_op(name, gate_up, out, cols, rows_per_token, grid, vec![])
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn glu_op(&self, name: &str, gate_up: GateUp, out: &Buffer, cols: u32, rows_per_token: u32, grid: Grid, flags: Vec<Flag>) -> Result<Op> {
         use binding::elementwise::{GATE, OUT, UP};
         let (gate, up, stacked) = match gate_up {
             GateUp::Apart(gate, up) => (gate, up, 0),
             GateUp::Stacked(both) => (both, both, 1),
         };
         let params = ElementwiseParams { cols, rows_per_token, stacked, factor: 0.0 };
-        let key = PipelineKey::new(Kernel::Elementwise, "swiglu", vec![]);
+        let key = PipelineKey::new(Kernel::Elementwise, "swiglu", flags);
         self.op(name.into(), key, &params, &[(GATE, gate), (UP, up), (OUT, out)], grid)
     }
 

@@ -4,7 +4,7 @@
 //! block is a SwiGLU MLP, or routed experts with optional shared experts.
 
 use super::names::{self, Global, Layer};
-use super::ops::{ExpertsDecl, LinearDecl, Load, Ops, Rope, Weights};
+use super::ops::{Activation, ExpertsDecl, LinearDecl, Load, Ops, Rope, Weights};
 use crate::config::{ModelConfig, Moe, RopeScaling};
 use crate::error::Result;
 
@@ -87,25 +87,37 @@ pub struct Ends<W: Weights> {
     output_norm: W::Vector,     // [hidden]
     output: Option<W::Linear>,  // [vocab, hidden]; None: tied to token_embd
     eps: f32,
+    /// Embeddings multiplied by this (Gemma: √hidden); None: as stored.
+    embed_scale: Option<f32>,
 }
 
 impl<W: Weights> Ends<W> {
     pub async fn load<L: Load<W = W>>(l: &mut L, cfg: &ModelConfig) -> Result<Self> {
+        Self::load_with(l, cfg, 0.0, None).await
+    }
+
+    /// With the final norm's weight shifted by `norm_shift` and the
+    /// embeddings scaled by `embed_scale` (Gemma).
+    pub async fn load_with<L: Load<W = W>>(l: &mut L, cfg: &ModelConfig, norm_shift: f32, embed_scale: Option<f32>) -> Result<Self> {
         let kind = l.index().kind;
         let (vocab, h) = (cfg.vocab, cfg.hidden);
         let token_embd = l.linear(&LinearDecl::one(names::global(kind, Global::TokenEmbd).into(), vocab, h)).await?;
-        let output_norm = l.vector(names::global(kind, Global::OutputNorm), h).await?;
+        let output_norm = norm(l, names::global(kind, Global::OutputNorm), h, norm_shift).await?;
         let output = if cfg.tie_embeddings {
             None
         } else {
             Some(l.linear(&LinearDecl::one(names::global(kind, Global::Output).into(), vocab, h)).await?)
         };
-        Ok(Ends { token_embd, output_norm, output, eps: cfg.rms_eps })
+        Ok(Ends { token_embd, output_norm, output, eps: cfg.rms_eps, embed_scale })
     }
 
     /// The residual stream's start: `x [n, hidden]`.
     pub fn embed<O: Ops<W = W>>(&self, o: &mut O) -> Result<O::Act> {
-        o.embed("token_embd", &self.token_embd)
+        let mut x = o.embed("token_embd", &self.token_embd)?;
+        if let Some(f) = self.embed_scale {
+            o.scale("token_embd_scaled", &mut x, f)?;
+        }
+        Ok(x)
     }
 
     /// `logits [rows, vocab]` of the rows the head runs on.
@@ -115,25 +127,50 @@ impl<W: Weights> Ends<W> {
     }
 }
 
-/// A SwiGLU MLP: `down(silu(gate x) ⊙ up x)`.
+/// A gated MLP: `down(act(gate x) ⊙ up x)` (SwiGLU; Gemma's GeGLU).
 pub struct Mlp<W: Weights> {
     gate_up: W::Linear, // [2 · ffn, hidden]: gate's rows, then up's
     down: W::Linear,    // [hidden, ffn]
+    act: Activation,
 }
 
 impl<W: Weights> Mlp<W> {
     /// Gate, up and down by their tensor names.
-    async fn load<L: Load<W = W>>(l: &mut L, label: String, [gate, up, down]: [String; 3], hidden: usize, ffn: usize) -> Result<Self> {
+    pub async fn load<L: Load<W = W>>(
+        l: &mut L,
+        label: String,
+        [gate, up, down]: [String; 3],
+        hidden: usize,
+        ffn: usize,
+        act: Activation,
+    ) -> Result<Self> {
         let gate_up = LinearDecl { name: label, parts: vec![(gate, ffn), (up, ffn)], cols: hidden, bias: None };
-        Ok(Mlp { gate_up: l.linear(&gate_up).await?, down: l.linear(&LinearDecl::one(down, hidden, ffn)).await? })
+        Ok(Mlp { gate_up: l.linear(&gate_up).await?, down: l.linear(&LinearDecl::one(down, hidden, ffn)).await?, act })
     }
 
-    /// `residual += down(silu(gate x) ⊙ up x)`; `what` names the
-    /// activation (`blk.3.ffn_act`).
+    /// `down(act(gate x) ⊙ up x)`; `what` names the activation
+    /// (`blk.3.ffn_act`), `out` the result.
+    pub fn forward<O: Ops<W = W>>(&self, o: &mut O, what: &str, x: &O::Act, out: &str) -> Result<O::Act> {
+        let act = o.glu(what, &self.gate_up, x, self.act)?; // [n, ffn]
+        o.linear(out, &self.down, &act)
+    }
+
+    /// `residual += down(act(gate x) ⊙ up x)`.
     fn add_to<O: Ops<W = W>>(&self, o: &mut O, what: &str, x: &O::Act, residual: &mut O::Act, out: &str) -> Result<()> {
-        let act = o.glu(what, &self.gate_up, x)?; // [n, ffn]
+        let act = o.glu(what, &self.gate_up, x, self.act)?; // [n, ffn]
         o.add_linear(out, residual, &self.down, &act)
     }
+}
+
+/// A norm's weight as the model applies it: the checkpoint's, plus `shift`
+/// (Gemma's norms multiply by `1 + w`; llama.cpp's converter stores `1 + w`,
+/// transformers' checkpoints `w`).
+pub async fn norm<L: Load>(l: &mut L, name: &str, len: usize, shift: f32) -> Result<<L::W as Weights>::Vector> {
+    if shift == 0.0 {
+        return l.vector(name, len).await;
+    }
+    let w: Vec<f32> = l.index().read_vector_from(l.reader(), name, len as u64).await?.iter().map(|v| v + shift).collect();
+    l.vector_of(name, &w)
 }
 
 /// Routed experts, with DeepSeek's and Qwen2-MoE's shared experts.
@@ -159,7 +196,7 @@ impl<W: Weights> Ffn<W> {
             Some(m) if m.is_moe_layer(i) => m,
             _ => {
                 let names = [n(Layer::Gate), n(Layer::Up), n(Layer::Down)];
-                return Ok(Ffn::Dense(Mlp::load(l, format!("blk.{i}.ffn_gate_up"), names, h, cfg.ffn).await?));
+                return Ok(Ffn::Dense(Mlp::load(l, format!("blk.{i}.ffn_gate_up"), names, h, cfg.ffn, Activation::Silu).await?));
             }
         };
         let mn = |w| names::moe(kind, cfg.arch, i, w);
@@ -171,7 +208,8 @@ impl<W: Weights> Ffn<W> {
         let experts = l.experts(&ExpertsDecl { layer: i, n: m.n_experts, ffn: m.expert_ffn, hidden: h }).await?;
         let shared = if m.shared_ffn > 0 {
             let label = format!("blk.{i}.shared_gate_up");
-            let mlp = Mlp::load(l, label, [mn(Layer::SharedGate), mn(Layer::SharedUp), mn(Layer::SharedDown)], h, m.shared_ffn).await?;
+            let names = [mn(Layer::SharedGate), mn(Layer::SharedUp), mn(Layer::SharedDown)];
+            let mlp = Mlp::load(l, label, names, h, m.shared_ffn, Activation::Silu).await?;
             Some((mlp.gate_up, mlp.down))
         } else {
             None
@@ -198,7 +236,7 @@ impl<W: Weights> Ffn<W> {
         // ---- shared experts: every token, (gated by sigmoid(w · x) in Qwen2-MoE)
         let shared = match &w.shared {
             Some((gate_up, down)) => {
-                let act = o.glu(&format!("blk.{i}.shared_act"), gate_up, xn)?; // [n, shared_ffn]
+                let act = o.glu(&format!("blk.{i}.shared_act"), gate_up, xn, Activation::Silu)?; // [n, shared_ffn]
                 Some(o.linear(&format!("blk.{i}.shared_out"), down, &act)?) // [n, hidden]
             }
             None => None,

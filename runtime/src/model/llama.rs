@@ -8,7 +8,7 @@
 //! share a key and value head) over the cache, causal, scaled by
 //! `1/√head_dim`. The rest of the layer is the shared decoder's.
 
-use super::decoder::{rope, Attention, Block, Decoder, Ends};
+use super::decoder::{self, rope, Attention, Block, Decoder, Ends};
 use super::names::{self, Layer};
 use super::ops::{Gqa, LinearDecl, Load, Ops, QkNorm, Weights};
 use crate::config::ModelConfig;
@@ -29,15 +29,12 @@ impl<W: Weights> Attention<W> for GqaAttention<W> {
     }
 }
 
-pub type Llama<W> = Decoder<W, GqaAttention<W>>;
-
-pub async fn load<W: Weights, L: Load<W = W>>(l: &mut L, cfg: &ModelConfig) -> Result<Llama<W>> {
-    let (kind, hd) = (l.index().kind, cfg.head_dim);
-    let (q_dim, kv_dim) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
-    let shape = Gqa { heads: cfg.n_heads, kv_heads: cfg.n_kv_heads, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), rope: rope(l, cfg).await? };
-    let ends = Ends::load(l, cfg).await?;
-    let mut blocks = Vec::with_capacity(cfg.n_layers);
-    for i in 0..cfg.n_layers {
+impl<W: Weights> GqaAttention<W> {
+    /// Layer `i`'s q/k/v (and q/k norms, their weights shifted by
+    /// `norm_shift`, see [`decoder::norm`]) for attention of `shape`.
+    pub async fn load<L: Load<W = W>>(l: &mut L, cfg: &ModelConfig, i: usize, shape: Gqa, norm_shift: f32) -> Result<Self> {
+        let (kind, hd) = (l.index().kind, shape.head_dim);
+        let (q_dim, kv_dim) = (shape.heads * hd, shape.kv_heads * hd);
         let n = |w| names::layer(kind, i, w);
         let qkv = LinearDecl {
             name: format!("blk.{i}.attn_qkv"),
@@ -46,11 +43,23 @@ pub async fn load<W: Weights, L: Load<W = W>>(l: &mut L, cfg: &ModelConfig) -> R
             bias: cfg.qkv_bias.then(|| vec![n(Layer::QBias), n(Layer::KBias), n(Layer::VBias)]),
         };
         let qk_norm = match cfg.arch.qk_norm() {
-            true => Some((l.vector(&n(Layer::QNorm), hd).await?, l.vector(&n(Layer::KNorm), hd).await?)),
+            true => Some((decoder::norm(l, &n(Layer::QNorm), hd, norm_shift).await?, decoder::norm(l, &n(Layer::KNorm), hd, norm_shift).await?)),
             false => None,
         };
-        let attn = GqaAttention { qkv: l.linear(&qkv).await?, qk_norm, eps: cfg.rms_eps, shape: shape.clone() };
-        blocks.push(Block::load(l, cfg, i, attn, q_dim).await?);
+        Ok(GqaAttention { qkv: l.linear(&qkv).await?, qk_norm, eps: cfg.rms_eps, shape })
+    }
+}
+
+pub type Llama<W> = Decoder<W, GqaAttention<W>>;
+
+pub async fn load<W: Weights, L: Load<W = W>>(l: &mut L, cfg: &ModelConfig) -> Result<Llama<W>> {
+    let hd = cfg.head_dim;
+    let shape = Gqa { heads: cfg.n_heads, kv_heads: cfg.n_kv_heads, head_dim: hd, scale: 1.0 / (hd as f32).sqrt(), rope: rope(l, cfg).await?, window: None };
+    let ends = Ends::load(l, cfg).await?;
+    let mut blocks = Vec::with_capacity(cfg.n_layers);
+    for i in 0..cfg.n_layers {
+        let attn = GqaAttention::load(l, cfg, i, shape.clone(), 0.0).await?;
+        blocks.push(Block::load(l, cfg, i, attn, cfg.n_heads * hd).await?);
     }
     Ok(Decoder { cfg: cfg.clone(), ends, blocks })
 }

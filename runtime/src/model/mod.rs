@@ -3,12 +3,14 @@
 //! - [`llama`]: Llama, Qwen2, Qwen3, Mixtral, Qwen2-MoE, Qwen3-MoE
 //!   (grouped-query attention);
 //! - [`deepseek2`]: DeepSeek-V2/V3 (latent attention, DeepSeekMoE);
+//! - [`gemma3`]: Gemma 3 (sliding-window attention, four norms, GeGLU);
 //! - [`decoder`]: the pre-norm decoder both are, around their attention
 //!   (embedding, layers, feed-forward blocks, LM head);
 //! - [`names`]: each weight's name in each file format.
 
 pub mod decoder;
 pub mod deepseek2;
+pub mod gemma3;
 pub mod llama;
 pub mod names;
 pub mod ops;
@@ -107,6 +109,7 @@ impl ModelIndex {
 pub enum Model<W: ops::Weights> {
     Llama(llama::Llama<W>),
     DeepSeek2(deepseek2::DeepSeek2<W>),
+    Gemma3(gemma3::Gemma3<W>),
 }
 
 impl<W: ops::Weights> Model<W> {
@@ -114,6 +117,7 @@ impl<W: ops::Weights> Model<W> {
     pub async fn load<L: ops::Load<W = W>>(l: &mut L, cfg: &ModelConfig) -> Result<Self> {
         Ok(match cfg.arch {
             Arch::DeepSeek2 => Model::DeepSeek2(deepseek2::load(l, cfg).await?),
+            Arch::Gemma3 => Model::Gemma3(gemma3::load(l, cfg).await?),
             Arch::Llama | Arch::Qwen2 | Arch::Qwen2Moe | Arch::Qwen3 | Arch::Qwen3Moe => Model::Llama(llama::load(l, cfg).await?),
         })
     }
@@ -123,6 +127,7 @@ impl<W: ops::Weights> Model<W> {
         match self {
             Model::Llama(m) => m.body(o),
             Model::DeepSeek2(m) => m.body(o),
+            Model::Gemma3(m) => m.body(o),
         }
     }
 
@@ -131,6 +136,7 @@ impl<W: ops::Weights> Model<W> {
         match self {
             Model::Llama(m) => m.head(o, x),
             Model::DeepSeek2(m) => m.head(o, x),
+            Model::Gemma3(m) => m.head(o, x),
         }
     }
 }

@@ -27,6 +27,13 @@ pub enum Layer {
     KNorm,
     O,
     FfnNorm,
+    // Gemma 3's four norms: AttnNorm, then these.
+    /// On the attention's output, before the residual add.
+    PostAttnNorm,
+    /// Before the feed-forward block (Gemma's name for what FfnNorm is).
+    PreFfnNorm,
+    /// On the feed-forward block's output, before the residual add.
+    PostFfnNorm,
     Gate,
     Up,
     Down,
@@ -136,7 +143,9 @@ pub fn layer(kind: FileKind, i: usize, w: Layer) -> String {
                 Layer::QNorm => "attn_q_norm.weight",
                 Layer::KNorm => "attn_k_norm.weight",
                 Layer::O => "attn_output.weight",
-                Layer::FfnNorm => "ffn_norm.weight",
+                Layer::FfnNorm | Layer::PreFfnNorm => "ffn_norm.weight",
+                Layer::PostAttnNorm => "post_attention_norm.weight",
+                Layer::PostFfnNorm => "post_ffw_norm.weight",
                 Layer::Gate => "ffn_gate.weight",
                 Layer::Up => "ffn_up.weight",
                 Layer::Down => "ffn_down.weight",
@@ -169,7 +178,11 @@ pub fn layer(kind: FileKind, i: usize, w: Layer) -> String {
                 Layer::QNorm => "self_attn.q_norm.weight",
                 Layer::KNorm => "self_attn.k_norm.weight",
                 Layer::O => "self_attn.o_proj.weight",
-                Layer::FfnNorm => "post_attention_layernorm.weight",
+                // Llama's pre-feed-forward norm is "post_attention_layernorm";
+                // Gemma's "post_attention_layernorm" is on the attention's output.
+                Layer::FfnNorm | Layer::PostAttnNorm => "post_attention_layernorm.weight",
+                Layer::PreFfnNorm => "pre_feedforward_layernorm.weight",
+                Layer::PostFfnNorm => "post_feedforward_layernorm.weight",
                 Layer::Gate => "mlp.gate_proj.weight",
                 Layer::Up => "mlp.up_proj.weight",
                 Layer::Down => "mlp.down_proj.weight",

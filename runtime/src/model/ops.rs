@@ -80,6 +80,8 @@ pub trait Load {
     fn reader(&self) -> &Self::Reader;
     async fn linear(&mut self, d: &LinearDecl) -> Result<<Self::W as Weights>::Linear>;
     async fn vector(&mut self, name: &str, len: usize) -> Result<<Self::W as Weights>::Vector>;
+    /// A vector from values the model computed (a norm's weight plus 1).
+    fn vector_of(&mut self, name: &str, values: &[f32]) -> Result<<Self::W as Weights>::Vector>;
     async fn experts(&mut self, d: &ExpertsDecl) -> Result<<Self::W as Weights>::Experts>;
     /// A `[rows, cols]` f32 matrix from values the model computed.
     fn dense(&mut self, name: &str, rows: usize, cols: usize, values: &[f32]) -> Result<<Self::W as Weights>::Dense>;
@@ -96,7 +98,9 @@ pub struct Rope {
 }
 
 /// Grouped-query attention's sizes: `heads` query heads share `kv_heads`
-/// key/value heads, all `head_dim` wide.
+/// key/value heads, all `head_dim` wide. `window`: a query sees its own
+/// position and the `window − 1` before it (sliding-window attention);
+/// None: all positions before it.
 #[derive(Debug, Clone)]
 pub struct Gqa {
     pub heads: usize,
@@ -104,6 +108,16 @@ pub struct Gqa {
     pub head_dim: usize,
     pub scale: f32,
     pub rope: Rope,
+    pub window: Option<usize>,
+}
+
+/// A gated linear unit's activation of the gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `x · sigmoid(x)` (SwiGLU).
+    Silu,
+    /// GELU's tanh approximation, `x/2 · (1 + tanh(√(2/π) · (x + 0.044715 x³)))` (GeGLU, Gemma).
+    GeluTanh,
 }
 
 /// Per-head RMSNorm of q and k before RoPE (Qwen3): each `head_dim`-wide
@@ -152,9 +166,13 @@ pub trait Ops {
     fn linear(&mut self, name: &str, w: &<Self::W as Weights>::Linear, x: &Self::Act) -> Result<Self::Act>;
     /// `residual += W x`.
     fn add_linear(&mut self, name: &str, residual: &mut Self::Act, w: &<Self::W as Weights>::Linear, x: &Self::Act) -> Result<()>;
-    /// SwiGLU's first half: `silu(gate x) ⊙ (up x)`, `w` stacking gate's
-    /// rows over up's.
-    fn glu(&mut self, name: &str, w: &<Self::W as Weights>::Linear, x: &Self::Act) -> Result<Self::Act>;
+    /// A gated linear unit's first half: `act(gate x) ⊙ (up x)`, `w`
+    /// stacking gate's rows over up's.
+    fn glu(&mut self, name: &str, w: &<Self::W as Weights>::Linear, x: &Self::Act, act: Activation) -> Result<Self::Act>;
+    /// `x *= factor`.
+    fn scale(&mut self, name: &str, x: &mut Self::Act, factor: f32) -> Result<()>;
+    /// `residual += RMSNorm(y) · w` (Gemma's norms on a branch's output).
+    fn add_rms_norm(&mut self, name: &str, residual: &mut Self::Act, y: &Self::Act, w: &<Self::W as Weights>::Vector, eps: f32) -> Result<()>;
     /// Causal grouped-query attention of layer `layer`: `qkv` each token's
     /// q, k, v side by side; q and k normed per head (with `norm`), roped
     /// at their positions, k and v appended to the layer's cache. Output

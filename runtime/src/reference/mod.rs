@@ -11,7 +11,7 @@ use crate::engine::Backend;
 use crate::error::{Error, Result};
 use crate::format::TensorIndex;
 use crate::model::names;
-use crate::model::ops::{ExpertsDecl, Gqa, Latent, LinearDecl, Load, Ops, QkNorm, Rope, Weights};
+use crate::model::ops::{Activation, ExpertsDecl, Gqa, Latent, LinearDecl, Load, Ops, QkNorm, Rope, Weights};
 use crate::model::{Model, ModelFiles};
 use crate::quant::{dequantize, DType};
 use crate::support::run_ready;
@@ -172,6 +172,12 @@ pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
+/// GELU's tanh approximation (PyTorch's `gelu(approximate="tanh")`).
+pub fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh())
+}
+
 /// Choose the experts of one token from its router logits: `(expert, weight)`
 /// pairs, best first. Scores are the softmax or sigmoid of the logits; the
 /// correction `bias` (DeepSeek-V3) is added for choosing only. With groups,
@@ -312,6 +318,10 @@ impl Load for Loader<'_> {
         self.index.read_vector(name, len as u64)
     }
 
+    fn vector_of(&mut self, _name: &str, values: &[f32]) -> Result<Vec<f32>> {
+        Ok(values.to_vec())
+    }
+
     async fn experts(&mut self, d: &ExpertsDecl) -> Result<Vec<Expert>> {
         let (f, h) = (d.ffn, d.hidden);
         (0..d.n)
@@ -446,13 +456,34 @@ impl Ops for RefOps {
         Ok(())
     }
 
-    fn glu(&mut self, name: &str, w: &Linear, x: &Act) -> Result<Act> {
+    fn glu(&mut self, name: &str, w: &Linear, x: &Act, act: Activation) -> Result<Act> {
         let gate_up = w.forward(&x.data, x.n); // [n, 2 · ffn]
         let f = w.rows / 2;
-        let data = gate_up.chunks_exact(2 * f).flat_map(|r| r[..f].iter().zip(&r[f..]).map(|(g, u)| silu(*g) * u)).collect();
+        let act = match act {
+            Activation::Silu => silu,
+            Activation::GeluTanh => gelu_tanh,
+        };
+        let data = gate_up.chunks_exact(2 * f).flat_map(|r| r[..f].iter().zip(&r[f..]).map(|(g, u)| act(*g) * u)).collect();
         let y = Act { n: x.n, data };
         self.keep(name, &y);
         Ok(y)
+    }
+
+    fn scale(&mut self, name: &str, x: &mut Act, factor: f32) -> Result<()> {
+        x.data.iter_mut().for_each(|v| *v *= factor);
+        self.keep(name, x);
+        Ok(())
+    }
+
+    fn add_rms_norm(&mut self, name: &str, residual: &mut Act, y: &Act, w: &Vec<f32>, eps: f32) -> Result<()> {
+        let width = y.width();
+        for (r, y) in residual.data.chunks_exact_mut(width).zip(y.data.chunks_exact(width)) {
+            let mut yn = y.to_vec();
+            rms_norm(&mut yn, w, eps);
+            r.iter_mut().zip(&yn).for_each(|(r, y)| *r += y);
+        }
+        self.keep(name, residual);
+        Ok(())
     }
 
     fn attention(&mut self, name: &str, l: usize, qkv: &Act, norm: Option<QkNorm<'_, Vec<f32>>>, a: &Gqa) -> Result<Act> {
@@ -476,14 +507,16 @@ impl Ops for RefOps {
         let (kc, vc) = (&*kc, &*vc);
         let mut attn = vec![0f32; n * q_dim]; // [n, heads · head_dim]
         for i in 0..n {
-            let visible = start + i + 1; // causal: positions 0..=start+i
+            // Causal: positions first..=start+i, all of them or the window's.
+            let visible = start + i + 1;
+            let first = a.window.map_or(0, |w| visible.saturating_sub(w));
             for head in 0..a.heads {
                 let kvh = head / group;
                 let qh = &q[i * q_dim + head * hd..][..hd];
-                let mut scores: Vec<f32> = (0..visible).map(|p| dot(qh, &kc[p * kv_dim + kvh * hd..][..hd]) * a.scale).collect();
+                let mut scores: Vec<f32> = (first..visible).map(|p| dot(qh, &kc[p * kv_dim + kvh * hd..][..hd]) * a.scale).collect();
                 softmax(&mut scores);
                 let out = &mut attn[i * q_dim + head * hd..][..hd];
-                for (p, s) in scores.iter().enumerate() {
+                for (p, s) in (first..).zip(&scores) {
                     let vp = &vc[p * kv_dim + kvh * hd..][..hd];
                     out.iter_mut().zip(vp).for_each(|(o, v)| *o += s * v);
                 }

@@ -1,0 +1,134 @@
+//! Tiny random-weight Gemma 3 (tests/fixtures/tiny-gemma3, made by
+//! tests/scripts/make_tiny_moe.py with a pinned transformers, and converted
+//! to GGUF by llama.cpp's converter): five sliding-window layers (window 6,
+//! shorter than the 20-token prompt) and a global one, from both files,
+//! through both backends: logits at every position within 1e-3 of
+//! transformers' float32, greedy tokens identical wherever transformers'
+//! top-2 margin exceeds 0.01, and the GPU's ring caches through decode
+//! steps that wrap them many times against the reference's full cache.
+
+mod common;
+use baleen::config::Arch;
+use baleen::engine::Backend;
+use baleen::gpu::model::{ring_rows, GpuModel};
+use baleen::gpu::{Gpu, GpuOptions, MatmulShape};
+use baleen::model::ModelFiles;
+use baleen::reference::Reference;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+const NAME: &str = "tiny-gemma3";
+const TOL: f32 = 1e-3;
+
+fn files() -> [(&'static str, PathBuf); 2] {
+    let dir = common::fixture(NAME);
+    [("safetensors", dir.clone()), ("gguf", dir.join("model.gguf"))]
+}
+
+fn gpu() -> Arc<Gpu> {
+    Arc::new(Gpu::new_blocking().expect("a wgpu adapter (install mesa-vulkan-drivers for lavapipe)"))
+}
+
+#[test]
+fn configs_from_both_files_agree() {
+    let [(_, hf), (_, gguf)] = files();
+    let (a, b) = (ModelFiles::open(&hf).unwrap().config, ModelFiles::open(&gguf).unwrap().config);
+    assert_eq!(a.arch, Arch::Gemma3);
+    assert_eq!((a.arch, a.head_dim, a.n_kv_heads, a.tie_embeddings), (b.arch, b.head_dim, b.n_kv_heads, b.tie_embeddings));
+    assert!(a.tie_embeddings);
+    let swa = a.swa.as_ref().unwrap();
+    assert_eq!((swa.window, swa.local.as_slice(), swa.local_theta), (6, &[true, true, true, true, true, false][..], 10000.0));
+    assert_eq!(a.swa, b.swa);
+    assert_eq!((a.rope_theta, a.rope_pairing), (b.rope_theta, b.rope_pairing));
+    assert_eq!(a.rope_theta, 1e6);
+    // query_pre_attn_scalar = head_dim here, which is llama.cpp's scale.
+    assert_eq!(a.attn_scale, Some(1.0 / 32f32.sqrt()));
+    assert_eq!(b.attn_scale.unwrap_or(1.0 / 32f32.sqrt()), 1.0 / 32f32.sqrt());
+}
+
+#[test]
+fn reference_matches_transformers_from_both_files() {
+    let fx = common::json(&format!("{NAME}/expected.json"));
+    let clear = common::clear_steps(&fx);
+    assert!(clear >= 8, "the fixture's first near-tie is at step {clear}");
+    for (kind, path) in files() {
+        let m = ModelFiles::open(&path).unwrap();
+        let mut r = Reference::load(&m).unwrap();
+        common::check_tiny(&mut r, &fx, TOL, clear, &format!("{NAME} ({kind}) reference"));
+    }
+}
+
+#[test]
+fn gpu_matches_transformers_from_both_files_on_both_kernel_shapes() {
+    let gpu = gpu();
+    let fx = common::json(&format!("{NAME}/expected.json"));
+    let clear = common::clear_steps(&fx);
+    for (kind, path) in files() {
+        let m = ModelFiles::open(&path).unwrap();
+        for (shape, subgroups, textures) in [
+            (MatmulShape::RowPerThread, true, true),
+            (MatmulShape::RowPerThread, false, false),
+            (MatmulShape::RowPerWorkgroup, true, false),
+            (MatmulShape::RowPerWorkgroup, false, false),
+        ] {
+            // Passes of 5 tokens: the prompt's passes straddle the window.
+            let opts = GpuOptions { shape: Some(shape), max_pass_tokens: 5, subgroups, kv_f16: Some(false), quad_textures: Some(textures), ..Default::default() };
+            let mut g = GpuModel::load(gpu.clone(), &m, &opts).unwrap();
+            common::check_tiny(&mut g, &fx, TOL, clear, &format!("{NAME} ({kind}) {shape:?} subgroups {subgroups} textures {textures}"));
+        }
+    }
+}
+
+#[test]
+fn ring_caches_through_many_wraps_match_the_reference() {
+    // 40 decode steps after the prompt: the local layers' rings (window 6 +
+    // pass 5 − 1 = 10 rows) wrap six times. Each step's logits against the
+    // reference's, which keeps every position and masks the window.
+    let gpu = gpu();
+    let m = ModelFiles::open(&common::fixture(NAME).join("model.gguf")).unwrap();
+    let ids = common::u32s(&common::json(&format!("{NAME}/expected.json"))["prompt_ids"]);
+    let mut r = Reference::load(&m).unwrap();
+    let want_prefill = r.forward(&ids, false).unwrap();
+    for (shape, kv_f16) in [(MatmulShape::RowPerThread, false), (MatmulShape::RowPerWorkgroup, false), (MatmulShape::RowPerThread, true)] {
+        if kv_f16 && !gpu.has_f16() {
+            continue;
+        }
+        let opts = GpuOptions { shape: Some(shape), max_pass_tokens: 5, kv_f16: Some(kv_f16), ..Default::default() };
+        let mut g = GpuModel::load(gpu.clone(), &m, &opts).unwrap();
+        assert_eq!(ring_rows(6, 5, g.context_length()), 10);
+        // An f16 cache rounds keys and values: a looser bound.
+        let tol = if kv_f16 { 2e-2 } else { TOL };
+        let what = format!("{shape:?} f16 cache {kv_f16}");
+        let mut pos = 0;
+        for chunk in ids.chunks(5) {
+            let got = g.forward(chunk, false).unwrap();
+            pos += chunk.len();
+            if pos == ids.len() {
+                let d = common::max_abs_diff(&got, &want_prefill);
+                assert!(d <= tol, "{what}: prefill in passes of 5: max |Δ| {d}");
+            }
+        }
+        let mut rr = Reference::load(&m).unwrap();
+        rr.forward(&ids, false).unwrap();
+        for step in 0..40u32 {
+            // Tokens spread over the vocabulary, not the greedy ones (which repeat).
+            let t = (step * 97 + 11) % m.config.vocab as u32;
+            let (got, want) = (g.forward(&[t], false).unwrap(), rr.forward(&[t], false).unwrap());
+            let d = common::max_abs_diff(&got, &want);
+            assert!(d <= tol, "{what}: decode step {step}: max |Δ| {d}");
+        }
+        eprintln!("{what}: 40 decode steps through the rings within {tol:e}");
+    }
+}
+
+#[test]
+fn the_kv_cache_grows_only_on_the_global_layer() {
+    // One global layer of six: the reported bytes are its [context] rows
+    // plus five rings of 10 rows (f32, k and v, 2 kv heads of 32).
+    let m = ModelFiles::open(&common::fixture(NAME)).unwrap();
+    let opts = GpuOptions { max_pass_tokens: 5, kv_f16: Some(false), ..Default::default() };
+    let g = GpuModel::load(gpu(), &m, &opts).unwrap();
+    let info = g.info();
+    let row = 2 * 32 * 4 * 2;
+    assert_eq!(info.kv_cache_bytes, (row * info.context + 5 * row * 10) as u64, "{info:?}");
+}
