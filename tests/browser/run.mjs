@@ -24,7 +24,9 @@ fs.symlinkSync(MODEL_PATH, path.join(models, MODEL_FILE));
 fs.writeFileSync(path.join(models, 'not-a-model.gguf'), 'this is a text file, not a GGUF model\n'.repeat(100));
 // A tiny DeepSeek-V3 (latent attention, sigmoid-routed experts), as llama.cpp's converter wrote it.
 const DEEPSEEK = 'tiny-deepseek-v3.gguf';
-fs.symlinkSync(`${ROOT}tests/fixtures/tiny-deepseek-v3/model.gguf`, path.join(models, DEEPSEEK));
+// Tiny fixtures the page runs beside the native reference, by architecture.
+const TINY = { deepseek2: 'tiny-deepseek-v3', gemma3: 'tiny-gemma3', qwen3moe: 'tiny-qwen3-moe' };
+for (const name of Object.values(TINY)) fs.symlinkSync(`${ROOT}tests/fixtures/${name}/model.gguf`, path.join(models, `${name}.gguf`));
 fs.mkdirSync(ARTIFACTS, { recursive: true });
 
 const results = [];
@@ -259,26 +261,30 @@ await test("every kernel variant compiles with the browser's WGSL compiler", asy
   await p.close();
 });
 
-await test('a tiny DeepSeek-V3 runs through /engine.js as it does natively', async () => {
+await test('tiny DeepSeek-V3, Gemma 3 (sliding window past its ring) and Qwen3-MoE run through /engine.js as they do natively', async () => {
   const question = 'Hello there';
-  const want = await baleenJson(BIN, [
-    'run', '--model', `${ROOT}tests/fixtures/tiny-deepseek-v3/model.gguf`, '--chat', '--prompt', question,
-    '--temperature', '0', '--max-tokens', '12', '--backend', 'reference', '--json',
-  ]);
-  const p = await openPage(context, `${base}?autoload=0`);
-  const got = await p.evaluate(async ({ url, question }) => {
-    const { createEngine } = await import('/engine.js');
-    const e = await createEngine(url);
-    const r = await e.chat.completions.create({ messages: [{ role: 'user', content: question }], temperature: 0, max_tokens: 12 });
-    const info = e.info;
-    await e.dispose();
-    return { content: r.choices[0].message.content, usage: r.usage, info };
-  }, { url: `/models/${DEEPSEEK}`, question });
-  assert.equal(got.info.architecture, 'deepseek2');
-  assert.equal(got.usage.prompt_tokens, want.prompt_ids.length);
-  assert.equal(got.usage.completion_tokens, want.token_ids.length);
-  assert.equal(got.content, want.text);
-  await p.close();
+  for (const [arch, name] of Object.entries(TINY)) {
+    // 80 tokens: the Gemma fixture's window is 6 and its local layers' rings
+    // 69 rows (window + a pass of 64 − 1): prompt and reply wrap them.
+    const want = await baleenJson(BIN, [
+      'run', '--model', `${ROOT}tests/fixtures/${name}/model.gguf`, '--chat', '--prompt', question,
+      '--temperature', '0', '--max-tokens', '80', '--backend', 'reference', '--json',
+    ]);
+    const p = await openPage(context, `${base}?autoload=0`);
+    const got = await p.evaluate(async ({ url, question }) => {
+      const { createEngine } = await import('/engine.js');
+      const e = await createEngine(url);
+      const r = await e.chat.completions.create({ messages: [{ role: 'user', content: question }], temperature: 0, max_tokens: 80 });
+      const info = e.info;
+      await e.dispose();
+      return { content: r.choices[0].message.content, usage: r.usage, info };
+    }, { url: `/models/${name}.gguf`, question });
+    assert.equal(got.info.architecture, arch);
+    assert.equal(got.usage.prompt_tokens, want.prompt_ids.length, name);
+    assert.equal(got.usage.completion_tokens, want.token_ids.length, name);
+    assert.equal(got.content, want.text, name);
+    await p.close();
+  }
 });
 
 await test('kvCache: f32 is honoured; f16 without shader-f16, and other values, are refused', async () => {

@@ -132,3 +132,101 @@ fn the_kv_cache_grows_only_on_the_global_layer() {
     let row = 2 * 32 * 4 * 2;
     assert_eq!(info.kv_cache_bytes, (row * info.context + 5 * row * 10) as u64, "{info:?}");
 }
+
+// ---- The real model: Gemma 3 270M Q4_K_M (tests/scripts/fetch-models.sh)
+// against transformers' float32 forward over the dequantised GGUF
+// (tests/fixtures/gemma3-270m, made by tests/scripts/make_gemma3_expected.py).
+
+/// transformers and baleen dequantise the same blocks to the same f32s:
+/// what is left is summation order. (Measured: see the eprintln lines.)
+const REAL_TOL: f32 = 1e-2;
+
+fn real_fixture() -> serde_json::Value {
+    common::json("gemma3-270m/expected.json")
+}
+
+/// The last position's logits against the fixture's top 256 (max |Δ| ≤
+/// `tol`), and against all of them where the fixture has the file (RMS ≤
+/// `tol` / 10).
+fn check_last_logits(got: &[f32], p: &serde_json::Value, tol: f32, what: &str) -> f32 {
+    let ids = common::u32s(&p["top_ids"]);
+    let want = common::f32s(&p["top_logits"]);
+    let worst = ids.iter().zip(&want).map(|(&i, w)| (got[i as usize] - w).abs()).fold(0f32, f32::max);
+    assert!(worst <= tol, "{what}: top-256 logits max |Δ| {worst} > {tol}");
+    if let Some(f) = p["logits_file"].as_str() {
+        let b = std::fs::read(common::fixture(&format!("gemma3-270m/{f}"))).unwrap();
+        let all: Vec<f32> = b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let rms = common::rms_diff(got, &all);
+        assert!(rms <= tol / 10.0, "{what}: logits RMS {rms}");
+    }
+    worst
+}
+
+/// Greedy steps before transformers' first near-tie (≤ `margin`).
+fn sure_steps(p: &serde_json::Value, margin: f32) -> usize {
+    common::f32s(&p["greedy_margins"]).iter().take_while(|&&m| m >= margin).count()
+}
+
+#[test]
+fn gemma3_270m_header_and_sentencepiece_tokenizer_match_transformers() {
+    let m = ModelFiles::open(&common::gemma3_270m()).unwrap();
+    let c = &m.config;
+    assert_eq!((c.arch, c.n_layers, c.hidden, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab), (Arch::Gemma3, 18, 640, 4, 1, 256, 262_144));
+    let swa = c.swa.as_ref().unwrap();
+    let fx = real_fixture();
+    assert_eq!(swa.window as u64, fx["sliding_window"].as_u64().unwrap());
+    let local: Vec<bool> = fx["layer_types"].as_array().unwrap().iter().map(|t| t == "sliding_attention").collect();
+    assert_eq!(swa.local, local, "llama.cpp's default pattern is transformers' layer_types");
+    assert_eq!(m.tokenizer.bos, Some(fx["bos_token_id"].as_u64().unwrap() as u32));
+    assert_eq!(m.tokenizer.eos, Some(fx["eos_token_id"].as_u64().unwrap() as u32));
+    for case in fx["text_cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let ids = m.tokenizer.encode(text, true).unwrap();
+        assert_eq!(ids, common::u32s(&case["ids"]), "{text:?}");
+        assert_eq!(m.tokenizer.decode(&ids).unwrap(), case["decoded"].as_str().unwrap(), "decode {text:?}");
+    }
+    for p in fx["prompts"].as_array().unwrap() {
+        assert_eq!(m.tokenizer.encode(p["text"].as_str().unwrap(), true).unwrap(), common::u32s(&p["prompt_ids"]));
+    }
+}
+
+#[test]
+fn gemma3_270m_reference_matches_transformers() {
+    let m = ModelFiles::open(&common::gemma3_270m()).unwrap();
+    let mut r = Reference::load(&m).unwrap();
+    // The short prompts (the reference is slow; the long one runs on the GPU).
+    for p in real_fixture()["prompts"].as_array().unwrap().iter().take(3) {
+        r.truncate(0);
+        let ids = common::u32s(&p["prompt_ids"]);
+        let n = sure_steps(p, 0.01).min(8);
+        let params = baleen::engine::GenerateParams { max_tokens: n, sampling: Default::default(), stop_ids: vec![] };
+        let g = baleen::engine::generate(&mut r, &ids, &params, |_| true).unwrap();
+        let worst = check_last_logits(&g.prompt_logits, p, REAL_TOL, "reference");
+        assert_eq!(g.tokens, common::u32s(&p["greedy_ids"])[..n], "reference greedy");
+        eprintln!("reference, {} prompt tokens: top-256 max |Δ| {worst:e}; {n} greedy tokens", ids.len());
+    }
+}
+
+#[test]
+fn gemma3_270m_gpu_matches_transformers_past_the_window() {
+    // The long prompt (past the 512-token window) in passes of 64: the
+    // local layers' rings wrap; f32 and f16 caches.
+    let gpu = gpu();
+    let m = ModelFiles::open(&common::gemma3_270m()).unwrap();
+    for (kv_f16, margin, tol) in [(false, 0.01, REAL_TOL), (true, 0.1, 5e-2)] {
+        if kv_f16 && !gpu.has_f16() {
+            continue;
+        }
+        let mut g = GpuModel::load(gpu.clone(), &m, &GpuOptions { kv_f16: Some(kv_f16), ..Default::default() }).unwrap();
+        for p in real_fixture()["prompts"].as_array().unwrap() {
+            g.truncate(0);
+            let ids = common::u32s(&p["prompt_ids"]);
+            let n = sure_steps(p, margin);
+            let params = baleen::engine::GenerateParams { max_tokens: n, sampling: Default::default(), stop_ids: vec![] };
+            let gen = baleen::engine::generate(&mut g, &ids, &params, |_| true).unwrap();
+            let worst = check_last_logits(&gen.prompt_logits, p, tol, &format!("gpu (f16 cache {kv_f16})"));
+            assert_eq!(gen.tokens, common::u32s(&p["greedy_ids"])[..n], "gpu greedy (f16 cache {kv_f16})");
+            eprintln!("gpu f16 cache {kv_f16}, {} prompt tokens: top-256 max |Δ| {worst:e}; {n} greedy tokens", ids.len());
+        }
+    }
+}

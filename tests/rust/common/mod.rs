@@ -39,6 +39,13 @@ pub fn smollm2() -> PathBuf {
     p
 }
 
+/// The second real test model, Gemma 3 270M Q4_K_M (fetched likewise).
+pub fn gemma3_270m() -> PathBuf {
+    let p = root().join("models/gemma-3-270m-q4_k_m.gguf");
+    assert!(p.is_file(), "{} is missing: run tests/scripts/fetch-models.sh (make test does)", p.display());
+    p
+}
+
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
