@@ -30,6 +30,8 @@ export interface ChatCompletionRequest {
   /** Generation stops before any of these strings. */
   stop?: string | string[];
   stream?: boolean;
+  /** The chat template's extra variables, e.g. Qwen3's `{ enable_thinking: false }`. */
+  chat_template_kwargs?: Record<string, unknown>;
 }
 
 /** 'stop': end of reply or a stop string; 'length': max_tokens or the context; 'abort': interrupt(). */
@@ -75,7 +77,12 @@ export interface ModelInfo {
   name: string;
   architecture: string;
   layers: number;
+  /** Positions the KV cache holds (contextLength, or the default) … */
   context: number;
+  /** … of the model's own context length. */
+  model_context: number;
+  /** The KV cache's bytes (sliding-window layers hold rings). */
+  kv_cache_bytes: number;
   vocab: number;
   tensors: number;
   adapter: string;
@@ -113,5 +120,8 @@ export function createEngine(
     workerUrl?: string | URL;
     /** The KV cache's type (default f16 where the GPU has shader-f16). */
     kvCache?: 'f16' | 'f32';
+    /** Positions the KV cache holds, at most the model's own (default: the
+     * model's own where the cache takes at most 1 GiB, and at least 4096). */
+    contextLength?: number;
   },
 ): Promise<Engine>;

@@ -29,6 +29,14 @@ function checkRequest(req) {
     if (k === 'top_p' && !(v > 0 && v <= 1)) throw new TypeError('top_p must be in (0, 1]');
     options[k] = v;
   }
+  const kwargs = req.chat_template_kwargs;
+  if (kwargs !== undefined && kwargs !== null) {
+    if (typeof kwargs !== 'object' || Array.isArray(kwargs)) throw new TypeError('chat_template_kwargs must be an object of template variables');
+    for (const k of Object.keys(kwargs))
+      if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k) || k === 'messages' || k === 'add_generation_prompt')
+        throw new TypeError(`chat_template_kwargs: ${JSON.stringify(k)} cannot be a template variable`);
+    options.chat_template_kwargs = kwargs;
+  }
   let stop = req.stop ?? [];
   if (typeof stop === 'string') stop = [stop];
   if (!Array.isArray(stop) || stop.some((s) => typeof s !== 'string')) throw new TypeError('stop must be a string or an array of strings');

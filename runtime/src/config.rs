@@ -648,6 +648,9 @@ impl ModelConfig {
     }
 
     fn validate(self) -> Result<Self> {
+        if self.moe.is_some() && !matches!(self.arch, Arch::Llama | Arch::DeepSeek2 | Arch::Qwen2Moe | Arch::Qwen3Moe) {
+            return Err(Error::Unsupported(format!("{} with routed experts", self.arch.name())));
+        }
         let positive = [
             ("hidden size", self.hidden),
             ("layer count", self.n_layers),

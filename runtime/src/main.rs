@@ -126,13 +126,31 @@ struct PromptArgs {
     /// A system message (implies --chat).
     #[arg(long)]
     system: Option<String>,
+    #[command(flatten)]
+    template: TemplateArgsCli,
+}
+
+/// `--template-arg`, shared by `run` and `chat`.
+#[derive(clap::Args)]
+struct TemplateArgsCli {
+    /// A chat template variable, KEY=VALUE (VALUE as JSON where it parses:
+    /// `enable_thinking=false`); repeatable.
+    #[arg(long = "template-arg", value_name = "KEY=VALUE")]
+    template_arg: Vec<String>,
+}
+
+impl TemplateArgsCli {
+    fn parse(&self) -> Result<baleen::tokenizer::TemplateArgs> {
+        self.template_arg.iter().map(|kv| baleen::tokenizer::template_arg(kv)).collect()
+    }
 }
 
 impl PromptArgs {
     fn ids(&self, m: &ModelFiles) -> Result<Vec<u32>> {
         let chat = self.chat || self.system.is_some();
         match (&self.prompt, &self.prompt_ids) {
-            (_, Some(ids)) if chat => Err(Error::Input("--prompt-ids feeds ids as given; it cannot be combined with --chat/--system".into())),
+            (_, Some(_)) if chat => Err(Error::Input("--prompt-ids feeds ids as given; it cannot be combined with --chat/--system".into())),
+            _ if !chat && !self.template.template_arg.is_empty() => Err(Error::Input("--template-arg needs --chat (or --system)".into())),
             (_, Some(ids)) => Ok(ids.clone()),
             (Some(text), None) if chat => {
                 let mut msgs = Vec::new();
@@ -140,7 +158,7 @@ impl PromptArgs {
                     msgs.push(Message::new("system", s));
                 }
                 msgs.push(Message::new("user", text));
-                m.tokenizer.encode_chat(&msgs, true)
+                m.tokenizer.encode_chat_with(&msgs, true, &self.template.parse()?)
             }
             (Some(text), None) => m.tokenizer.encode(text, true),
             (None, None) => Err(Error::Input("give a prompt: --prompt TEXT or --prompt-ids 1,2,3".into())),
@@ -224,6 +242,8 @@ struct ChatArgs {
     model: PathBuf,
     #[arg(long)]
     system: Option<String>,
+    #[command(flatten)]
+    template: TemplateArgsCli,
     #[arg(long, default_value_t = 512)]
     max_tokens: usize,
     #[command(flatten)]
@@ -422,6 +442,7 @@ fn chat(a: ChatArgs) -> Result<()> {
     let mut backend = open_backend(a.backend, &m, &a.kv)?;
     let (adapter, _) = backend.describe();
     eprintln!("{} on {adapter}, context {}. Type a message; /reset starts over; Ctrl-D quits.", m.name, backend.context_length());
+    let template_args = a.template.parse()?;
     let mut messages: Vec<Message> = a.system.iter().map(|s| Message::new("system", s)).collect();
     let mut session = baleen::engine::Session::new();
     let mut params = GenerateParams {
@@ -441,7 +462,7 @@ fn chat(a: ChatArgs) -> Result<()> {
             session.reset(&mut baleen::engine::Ready(backend.as_mut()));
         } else if !line.is_empty() {
             messages.push(Message::new("user", line));
-            let prompt = m.tokenizer.encode_chat(&messages, true)?;
+            let prompt = m.tokenizer.encode_chat_with(&messages, true, &template_args)?;
             let mut stream = m.tokenizer.stream();
             let mut reply = String::new();
             let result = session.generate(backend.as_mut(), &prompt, &params, |id| {

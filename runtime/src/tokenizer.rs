@@ -54,6 +54,24 @@ fn tok_err(e: impl std::fmt::Display) -> Error {
     Error::Tokenizer(e.to_string())
 }
 
+/// A chat template's extra variables, by name.
+pub type TemplateArgs = BTreeMap<String, serde_json::Value>;
+
+/// `KEY=VALUE` as a template variable: VALUE as JSON where it parses
+/// (`false`, `3`, `"x"`, `[…]`), else as a string.
+pub fn template_arg(kv: &str) -> Result<(String, serde_json::Value)> {
+    let (k, v) = kv.split_once('=').ok_or_else(|| Error::Input(format!("template argument {kv:?} is not KEY=VALUE")))?;
+    let k = k.trim();
+    if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || k.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err(Error::Input(format!("template argument name {k:?} is not an identifier (letters, digits, _)")));
+    }
+    if matches!(k, "messages" | "add_generation_prompt") {
+        return Err(Error::Input(format!("template argument {k:?} is set by baleen itself")));
+    }
+    let v = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_string()));
+    Ok((k.to_string(), v))
+}
+
 /// Texts that end a turn in the chat formats in use.
 const END_OF_TURN: &[&str] = &[
     "<|im_end|>",
@@ -287,15 +305,27 @@ impl Tokenizer {
 
     /// Render the chat template (as transformers' `apply_chat_template(tokenize=False)`).
     pub fn apply_chat_template(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        self.apply_chat_template_with(messages, add_generation_prompt, &TemplateArgs::new())
+    }
+
+    /// As [`Tokenizer::apply_chat_template`], with `args` as the template's
+    /// extra variables (transformers' `apply_chat_template(**kwargs)`, e.g.
+    /// Qwen3's `enable_thinking`).
+    pub fn apply_chat_template_with(&self, messages: &[Message], add_generation_prompt: bool, args: &TemplateArgs) -> Result<String> {
         let template = self.chat_template.as_deref().ok_or_else(|| {
             Error::Template("this model has no chat template; run without --chat and format the prompt yourself".into())
         })?;
-        render_template(template, messages, add_generation_prompt, &self.template_tokens)
+        render_template(template, messages, add_generation_prompt, &self.template_tokens, args)
     }
 
     /// Template, then tokens (the template writes BOS itself if the model wants it).
     pub fn encode_chat(&self, messages: &[Message], add_generation_prompt: bool) -> Result<Vec<u32>> {
-        let text = self.apply_chat_template(messages, add_generation_prompt)?;
+        self.encode_chat_with(messages, add_generation_prompt, &TemplateArgs::new())
+    }
+
+    /// [`Tokenizer::encode_chat`] with the template's extra variables.
+    pub fn encode_chat_with(&self, messages: &[Message], add_generation_prompt: bool, args: &TemplateArgs) -> Result<Vec<u32>> {
+        let text = self.apply_chat_template_with(messages, add_generation_prompt, args)?;
         self.encode(&text, false)
     }
 
@@ -432,6 +462,7 @@ fn render_template(
     messages: &[Message],
     add_generation_prompt: bool,
     tokens: &BTreeMap<String, String>,
+    args: &TemplateArgs,
 ) -> Result<String> {
     use minijinja::value::Serde;
     use minijinja::{context, Environment, ErrorKind, Value};
@@ -451,10 +482,14 @@ fn render_template(
     env.add_function("strftime_now", |fmt: String| -> String { strftime_now(&fmt) });
     env.add_template("chat", template).map_err(|e| Error::Template(format!("cannot parse the template: {e:#}")))?;
     let tmpl = env.get_template("chat").expect("just added");
+    // The special tokens' texts (bos_token, …), then the caller's
+    // variables, then the messages: later ones win.
+    let mut vars: BTreeMap<String, Value> = tokens.iter().map(|(k, v)| (k.clone(), Value::from(v.as_str()))).collect();
+    vars.extend(args.iter().map(|(k, v)| (k.clone(), Value::from(Serde(v)))));
     let ctx = context! {
         messages => Value::from(Serde(messages)),
         add_generation_prompt => add_generation_prompt,
-        ..Value::from(Serde(tokens))
+        ..Value::from(vars)
     };
     tmpl.render(ctx).map_err(|e| Error::Template(format!("rendering failed: {e:#}")))
 }

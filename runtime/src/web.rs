@@ -173,6 +173,8 @@ struct ChatOptions {
     top_p: Option<f32>,
     top_k: Option<u64>,
     seed: Option<u64>,
+    /// The chat template's extra variables (`enable_thinking`, …).
+    chat_template_kwargs: Option<crate::tokenizer::TemplateArgs>,
 }
 
 #[derive(serde::Serialize)]
@@ -243,7 +245,7 @@ async fn chat(inner: &mut Inner, messages: &str, options: &str, on_text: &Functi
     }
     let o: ChatOptions = serde_json::from_str(options).map_err(|e| Error::Input(format!("bad chat options: {e}")))?;
     let Inner { model, tokenizer, session, .. } = inner;
-    let prompt = tokenizer.encode_chat(&messages, true)?;
+    let prompt = tokenizer.encode_chat_with(&messages, true, &o.chat_template_kwargs.clone().unwrap_or_default())?;
     let context = AsyncBackend::context_length(model);
     let sampling = SamplingParams {
         temperature: o.temperature.unwrap_or(1.0),

@@ -287,6 +287,33 @@ await test('tiny DeepSeek-V3, Gemma 3 (sliding window past its ring) and Qwen3-M
   }
 });
 
+await test('chat_template_kwargs reach the template as --template-arg does', async () => {
+  const name = 'tiny-qwen3-moe';
+  const args = ['run', '--model', `${ROOT}tests/fixtures/${name}/model.gguf`, '--chat', '--prompt', 'hello', '--max-tokens', '1', '--backend', 'reference', '--json'];
+  const [on, off] = [await baleenJson(BIN, args), await baleenJson(BIN, [...args, '--template-arg', 'enable_thinking=false'])];
+  const p = await openPage(context, `${base}?autoload=0`);
+  const got = await p.evaluate(async (url) => {
+    const { createEngine } = await import('/engine.js');
+    const e = await createEngine(url);
+    const ask = async (extra) => (await e.chat.completions.create({ messages: [{ role: 'user', content: 'hello' }], max_tokens: 1, ...extra })).usage.prompt_tokens;
+    const plain = await ask({});
+    const thinkingOff = await ask({ chat_template_kwargs: { enable_thinking: false } });
+    let bad = null;
+    try {
+      await ask({ chat_template_kwargs: { messages: [] } });
+    } catch (x) {
+      bad = x.message;
+    }
+    await e.dispose();
+    return { plain, thinkingOff, bad };
+  }, `/models/${name}.gguf`);
+  assert.equal(got.plain, on.prompt_ids.length);
+  assert.equal(got.thinkingOff, off.prompt_ids.length);
+  assert.ok(off.prompt_ids.length > on.prompt_ids.length);
+  assert.match(got.bad, /cannot be a template variable/);
+  await p.close();
+});
+
 await test('kvCache: f32 is honoured; f16 without shader-f16, and other values, are refused', async () => {
   const p = await openPage(context, `${base}?autoload=0`);
   const got = await p.evaluate(async (url) => {

@@ -150,6 +150,23 @@ fn context_is_chosen_asked_for_and_refused_past_the_model() {
     }
 }
 
+#[test]
+fn template_args_reach_the_chat_template() {
+    let tiny = common::fixture("tiny-qwen3");
+    let tiny = tiny.to_str().unwrap();
+    let fx = common::json("tiny-qwen3/expected.json");
+    let off = &fx["chat_cases"][1];
+    assert_eq!(off["kwargs"]["enable_thinking"], false);
+    let j = ok_json(&[
+        "run", "--model", tiny, "--chat", "--system", "Be brief.", "--prompt", "hello there", "--template-arg", "enable_thinking=false",
+        "--max-tokens", "1", "--backend", "reference", "--json",
+    ]);
+    assert_eq!(j["prompt_ids"], off["ids"]);
+    let r = ["--backend", "reference"];
+    fails_with(&["run", "--model", tiny, "--prompt", "hi", "--template-arg", "enable_thinking=false", r[0], r[1]], "--template-arg needs --chat");
+    fails_with(&["run", "--model", tiny, "--chat", "--prompt", "hi", "--template-arg", "enable_thinking", r[0], r[1]], "not KEY=VALUE");
+}
+
 /// `inspect --json`'s tensors are the index's, in order, and `total_bytes`
 /// is the sum of their bytes.
 fn check_tensors(j: &serde_json::Value, index: &baleen::format::TensorIndex) {
@@ -232,20 +249,23 @@ fn as_architecture(src: &std::path::Path, from: &str, to: &str, dir: &common::Te
 #[test]
 fn inspect_lists_what_baleen_cannot_run() {
     let dir = common::TempDir::new("cli-unsupported");
-    let gemma = as_architecture(&common::fixture("tiny-mixtral/model.gguf"), "llama", "gemma3", &dir);
-    let path = gemma.to_str().unwrap();
+    let phi = as_architecture(&common::fixture("tiny-mixtral/model.gguf"), "llama", "phi3", &dir);
+    let path = phi.to_str().unwrap();
     let j = ok_json(&["inspect", path, "--json"]);
-    assert_eq!((&j["architecture"], &j["supported"]), (&"gemma3".into(), &false.into()), "{j}");
-    assert!(j["unsupported"].as_str().unwrap().contains("architecture \"gemma3\""), "{j}");
+    assert_eq!((&j["architecture"], &j["supported"]), (&"phi3".into(), &false.into()), "{j}");
+    assert!(j["unsupported"].as_str().unwrap().contains("architecture \"phi3\""), "{j}");
     assert!(j.get("config").is_none());
-    assert_eq!(j["metadata"]["general.architecture"], "gemma3");
-    assert!(j["metadata"]["gemma3.block_count"].is_u64(), "{j}");
-    check_tensors(&j, &open_gguf(&gemma));
+    assert_eq!(j["metadata"]["general.architecture"], "phi3");
+    assert!(j["metadata"]["phi3.block_count"].is_u64(), "{j}");
+    check_tensors(&j, &open_gguf(&phi));
     let text = ok_text(&["inspect", path]);
-    for want in ["architecture    gemma3", "baleen cannot run this model: unsupported: architecture \"gemma3\"", "gemma3.block_count", "blk.0.attn_q.weight"] {
+    for want in ["architecture    phi3", "baleen cannot run this model: unsupported: architecture \"phi3\"", "phi3.block_count", "blk.0.attn_q.weight"] {
         assert!(text.contains(want), "inspect output lacks {want:?}:\n{text}");
     }
-    fails_with(&["run", "--model", path, "--prompt", "hi", "--backend", "reference"], "unsupported: architecture \"gemma3\"");
+    fails_with(&["run", "--model", path, "--prompt", "hi", "--backend", "reference"], "unsupported: architecture \"phi3\"");
+    // Gemma 3 with experts (a Mixtral renamed) is no Gemma 3 baleen knows.
+    let gemma = as_architecture(&common::fixture("tiny-mixtral/model.gguf"), "llama", "gemma3", &dir);
+    fails_with(&["run", "--model", gemma.to_str().unwrap(), "--prompt", "hi", "--backend", "reference"], "unsupported: gemma3 with routed experts");
 
     // A Hugging Face folder whose config.json baleen cannot use.
     let hf = dir.0.join("hf");

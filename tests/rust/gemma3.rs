@@ -179,6 +179,9 @@ fn gemma3_270m_header_and_sentencepiece_tokenizer_match_transformers() {
     assert_eq!(swa.local, local, "llama.cpp's default pattern is transformers' layer_types");
     assert_eq!(m.tokenizer.bos, Some(fx["bos_token_id"].as_u64().unwrap() as u32));
     assert_eq!(m.tokenizer.eos, Some(fx["eos_token_id"].as_u64().unwrap() as u32));
+    // A chat turn ends at <end_of_turn> as at <eos>.
+    let eot = m.tokenizer.encode("<end_of_turn>", false).unwrap();
+    assert!(eot.len() == 1 && m.tokenizer.stop_ids.contains(&eot[0]), "{eot:?} {:?}", m.tokenizer.stop_ids);
     for case in fx["text_cases"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
         let ids = m.tokenizer.encode(text, true).unwrap();

@@ -98,3 +98,34 @@ fn a_missing_qk_norm_is_a_clear_error() {
     let e = Reference::load(&m).err().expect("a missing norm is refused").to_string();
     assert!(e.contains("blk.1.attn_k_norm.weight"), "{e}");
 }
+
+#[test]
+fn the_thinking_switch_renders_as_transformers_renders_it() {
+    // The fixtures' template has Qwen3's switch: enable_thinking=false adds
+    // an empty <think></think> block. transformers' renderings, from both
+    // files (config's tokenizer_config.json, GGUF's tokenizer.chat_template).
+    use baleen::tokenizer::{template_arg, Message, TemplateArgs};
+    for name in MODELS {
+        let fx = common::json(&format!("{name}/expected.json"));
+        for (kind, path) in files(name) {
+            let m = ModelFiles::open(&path).unwrap();
+            for case in fx["chat_cases"].as_array().unwrap() {
+                let msgs: Vec<Message> = serde_json::from_value(case["messages"].clone()).unwrap();
+                let args: TemplateArgs = serde_json::from_value(case["kwargs"].clone()).unwrap();
+                let text = m.tokenizer.apply_chat_template_with(&msgs, true, &args).unwrap();
+                assert_eq!(text, case["text"].as_str().unwrap(), "{name} ({kind}) {args:?}");
+                assert_eq!(m.tokenizer.encode_chat_with(&msgs, true, &args).unwrap(), common::u32s(&case["ids"]), "{name} ({kind}) {args:?}");
+            }
+            // <|im_end|> ends a turn.
+            let im_end = m.tokenizer.encode("<|im_end|>", false).unwrap();
+            assert!(im_end.len() == 1 && m.tokenizer.stop_ids.contains(&im_end[0]), "{name} ({kind})");
+        }
+    }
+    // KEY=VALUE: JSON where it parses, else a string; bad names refused.
+    assert_eq!(template_arg("enable_thinking=false").unwrap(), ("enable_thinking".into(), serde_json::json!(false)));
+    assert_eq!(template_arg("tools_hint=use a tool").unwrap().1, serde_json::json!("use a tool"));
+    for (bad, why) in [("enable_thinking", "not KEY=VALUE"), ("=1", "not an identifier"), ("a-b=1", "not an identifier"), ("messages=[]", "set by baleen")] {
+        let e = template_arg(bad).unwrap_err().to_string();
+        assert!(e.contains(why), "{bad}: {e}");
+    }
+}

@@ -10,9 +10,13 @@ those named on the command line), each holding
   `topk_method` written out (transformers 5 leaves them out of saved configs);
 - model.gguf: the same weights converted by llama.cpp's convert_hf_to_gguf.py
   (`--outtype f32`), which stacks the experts and splits kv_b into k_b / v_b;
-- tokenizer.json / tokenizer_config.json: the tiny byte-level BPE of tiny-llama;
+- tokenizer.json / tokenizer_config.json: the tiny byte-level BPE of tiny-llama
+  (the qwen3 models' chat template gains Qwen3's thinking switch: an empty
+  <think></think> block after the generation prompt when enable_thinking is
+  false);
 - expected.json: transformers' float32 logits at every prompt position, a greedy
-  continuation with each step's top-2 margin, and, for the MoE models, router
+  continuation with each step's top-2 margin, the chat template rendered by
+  transformers with and without template variables, and, for the MoE models, router
   cases (random hidden states through the first MoE layer's router: its chosen
   experts and weights).
 
@@ -55,7 +59,7 @@ import torch
 from safetensors.torch import save_file
 
 import transformers
-from transformers import (AutoModelForCausalLM, DeepseekV2Config, DeepseekV3Config, Gemma3TextConfig, MixtralConfig, Qwen2MoeConfig,
+from transformers import (AutoModelForCausalLM, AutoTokenizer, DeepseekV2Config, DeepseekV3Config, Gemma3TextConfig, MixtralConfig, Qwen2MoeConfig,
                           Qwen3Config, Qwen3MoeConfig)
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
@@ -64,6 +68,14 @@ TOKENIZER_FROM = os.path.join(FIXTURES, "tiny-llama")
 SEED = 20261129
 PROMPT = [1, 17, 200, 45, 300, 12, 99, 7, 150, 260, 33, 81, 5, 240, 120, 64, 310, 2, 18, 77]
 GREEDY = 16
+# tiny-llama's template plus Qwen3's switch (transformers passes
+# apply_chat_template's keyword arguments to the template).
+THINK_TEMPLATE = (
+    "{%- for message in messages -%}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' -}}"
+    "{%- endfor -%}{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}"
+    "{%- if enable_thinking is defined and enable_thinking is false -%}{{- '<think>\\n\\n</think>\\n\\n' -}}{%- endif -%}{%- endif -%}"
+)
+CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello there"}]
 
 BASE = dict(
     vocab_size=384,
@@ -268,6 +280,18 @@ def make(name, config_cls, extra, routing):
         json.dump(config, f, indent=2, sort_keys=True)
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(os.path.join(TOKENIZER_FROM, f), out)
+    chat_cases = []
+    if name.startswith("tiny-qwen3"):
+        with open(os.path.join(out, "tokenizer_config.json")) as f:
+            tc = json.load(f)
+        tc["chat_template"] = THINK_TEMPLATE
+        with open(os.path.join(out, "tokenizer_config.json"), "w") as f:
+            json.dump(tc, f, indent=2)
+        tok = AutoTokenizer.from_pretrained(out)
+        for kwargs in ({}, {"enable_thinking": False}, {"enable_thinking": True}):
+            text = tok.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True, **kwargs)
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            chat_cases.append(dict(messages=CHAT, kwargs=kwargs, text=text, ids=ids))
     expected = dict(
         transformers=transformers.__version__,
         torch=torch.__version__,
@@ -280,6 +304,7 @@ def make(name, config_cls, extra, routing):
         router_layer=moe_layer,
         router_bias=(router.e_score_correction_bias.tolist() if hasattr(router, "e_score_correction_bias") else None),
         router_cases=router_cases,
+        chat_cases=chat_cases,
     )
     with open(os.path.join(out, "expected.json"), "w") as f:
         json.dump(expected, f)

@@ -17,7 +17,7 @@ use super::llama::GqaAttention;
 use super::names::{self, Layer};
 use super::ops::{Activation, Gqa, LinearDecl, Load, Ops, Weights};
 use crate::config::{ModelConfig, RopeScaling};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::format::FileKind;
 
 /// One layer.
@@ -96,9 +96,6 @@ pub async fn load<W: Weights, L: Load<W = W>>(l: &mut L, cfg: &ModelConfig) -> R
             mlp: Mlp::load(l, format!("blk.{i}.ffn_gate_up"), mlp_names, h, cfg.ffn, Activation::GeluTanh).await?,
             post_ffn_norm: decoder::norm(l, &n(Layer::PostFfnNorm), h, shift).await?,
         });
-    }
-    if cfg.moe.is_some() {
-        return Err(Error::Unsupported("Gemma 3 with experts".into()));
     }
     Ok(Gemma3 { cfg: cfg.clone(), ends, blocks })
 }
