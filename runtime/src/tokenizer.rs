@@ -457,7 +457,9 @@ fn spm_tokenizer(
     Ok(tk)
 }
 
-fn render_template(
+/// Render a chat template as transformers does: `tokens` the special
+/// tokens' texts (`bos_token`, …), `args` the caller's variables.
+pub fn render_template(
     template: &str,
     messages: &[Message],
     add_generation_prompt: bool,

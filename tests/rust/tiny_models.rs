@@ -179,3 +179,30 @@ fn session_reuses_the_cache_and_matches_a_fresh_run() {
     assert_eq!(g.tokens, g2.tokens);
     assert!(common::max_abs_diff(&g.prompt_logits, &g2.prompt_logits) < 1e-5);
 }
+
+#[test]
+fn real_chat_templates_render_as_transformers_renders_them() {
+    // Qwen3-0.6B's template (the thinking switch; earlier turns' <think>
+    // blocks dropped through Python string methods) and Gemma's
+    // <start_of_turn> format (a system role refused by raise_exception),
+    // rendered by transformers (tests/scripts/make_template_cases.py).
+    let fx = common::json("templates.json");
+    let tokens: std::collections::BTreeMap<String, String> = serde_json::from_value(fx["special_tokens"].clone()).unwrap();
+    for (name, t) in fx["templates"].as_object().unwrap() {
+        let template = t["template"].as_str().unwrap();
+        for case in t["cases"].as_array().unwrap() {
+            let msgs: Vec<Message> = serde_json::from_value(case["messages"].clone()).unwrap();
+            let args: baleen::tokenizer::TemplateArgs = serde_json::from_value(case["kwargs"].clone()).unwrap();
+            let gen = case["add_generation_prompt"].as_bool().unwrap();
+            let got = baleen::tokenizer::render_template(template, &msgs, gen, &tokens, &args);
+            match (case["text"].as_str(), case["error"].as_str()) {
+                (Some(want), _) => assert_eq!(got.unwrap(), want, "{name} {args:?} generation prompt {gen}"),
+                (None, Some(why)) => {
+                    let e = got.unwrap_err().to_string();
+                    assert!(e.contains(why), "{name}: {e} (transformers: {why})");
+                }
+                _ => panic!("{name}: a case with neither text nor error"),
+            }
+        }
+    }
+}
