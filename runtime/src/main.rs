@@ -541,6 +541,8 @@ fn bench(a: BenchArgs) -> Result<()> {
     }
     let (adapter, backend_name) = backend.describe();
     let (gpu_bytes, context) = (backend.gpu_bytes(), backend.context_length());
+    // At the runs' last step: the prompt and all but one generated token cached.
+    let dispatches = gpu_model.as_ref().map(|g| g.dispatches_per_token(total - 1));
     let (p, d) = (median(prefill), median(decode));
     if let (Some(g), Some(v)) = (gpu_model.as_mut(), std::env::var_os("BALEEN_PROFILE")) {
         // Where a pass's time goes, by op kind (ms per pass): BALEEN_PROFILE=N
@@ -564,6 +566,7 @@ fn bench(a: BenchArgs) -> Result<()> {
             "prefill_tokens_per_s": p,
             "decode_tokens_per_s": d,
             "peak_gpu_bytes": gpu_bytes,
+            "dispatches_per_token": dispatches,
         });
         writeln!(std::io::stdout(), "{json}").map_err(|e| Error::io("stdout", e))?;
     } else {

@@ -220,6 +220,28 @@ fn the_context_is_the_models_own_where_the_cache_fits_else_capped() {
 }
 
 #[test]
+fn dispatches_per_decode_step_do_not_grow_unnoticed() {
+    // A decode step's dispatches, per kernel shape: a change that adds one
+    // fails here (update the counts when a fusion removes some). At
+    // position 100, past one split of the workgroup shape's attention (its
+    // combine runs), within one of the thread shape's (it does not).
+    let gpu = gpu();
+    let smollm2 = ModelFiles::open(&common::smollm2()).unwrap();
+    let moe = ModelFiles::open(&common::fixture("tiny-deepseek-v3/model.gguf")).unwrap();
+    let mut wrong = Vec::new();
+    for (m, name, layers, want) in [(&smollm2, "SmolLM2", 30, [(MatmulShape::RowPerThread, 244), (MatmulShape::RowPerWorkgroup, 304)]), (&moe, "tiny DeepSeek-V3", 3, [(MatmulShape::RowPerThread, 55), (MatmulShape::RowPerWorkgroup, 61)])] {
+        for (shape, n) in want {
+            let opts = GpuOptions { shape: Some(shape), subgroups: false, quad_textures: Some(false), ..Default::default() };
+            let g = GpuModel::load(gpu.clone(), m, &opts).unwrap();
+            let got = g.dispatches_per_token(100);
+            eprintln!("{name} {shape:?}: {got} dispatches a decode step ({:.1} a layer)", got as f64 / layers as f64);
+            wrong.extend((got != n).then(|| format!("{name} {shape:?}: {got}, not {n}")));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:?}");
+}
+
+#[test]
 fn gpu_errors_are_clear() {
     let gpu = gpu();
     let m = ModelFiles::open(&common::fixture("tiny-llama")).unwrap();

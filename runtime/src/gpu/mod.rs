@@ -619,14 +619,8 @@ pub fn encode_keeping(enc: &mut wgpu::CommandEncoder, step: &Step, ops: &[&Op], 
 }
 
 fn dispatch(pass: &mut wgpu::ComputePass<'_>, step: &Step, ops: &[&Op]) {
-    for op in ops {
-        if !op.passes.runs(step) {
-            continue;
-        }
+    for op in ops.iter().filter(|op| op.dispatches(step)) {
         let [x, y, z] = op.grid.workgroups(step);
-        if x == 0 || y == 0 || z == 0 {
-            continue;
-        }
         pass.set_pipeline(&op.pipeline);
         pass.set_bind_group(0, &op.bind_group, &[]);
         pass.dispatch_workgroups(x, y, z);
@@ -711,6 +705,12 @@ impl Op {
     /// The op, run only in `passes`.
     pub fn only(self, passes: Passes) -> Op {
         Op { passes, ..self }
+    }
+
+    /// Whether a pass of `step` dispatches this op (it runs in such passes
+    /// and launches some workgroups).
+    pub fn dispatches(&self, step: &Step) -> bool {
+        self.passes.runs(step) && self.grid.workgroups(step).iter().all(|&n| n > 0)
     }
 }
 

@@ -711,6 +711,13 @@ impl GpuModel {
         Ok(())
     }
 
+    /// Compute dispatches of one decode step (embedding to sampling) with
+    /// `pos` positions already in the cache.
+    pub fn dispatches_per_token(&self, pos: usize) -> usize {
+        let step = Step { n_tokens: 1, pos: pos as u32, ..Default::default() };
+        self.body.iter().chain(&self.head).filter(|op| op.dispatches(&step)).count()
+    }
+
     fn check_input(&self, tokens: &[u32]) -> Result<()> {
         if tokens.is_empty() {
             return Err(Error::Input("forward: no tokens".into()));
