@@ -27,6 +27,11 @@ export interface ChatCompletionRequest {
   /** 0 keeps all candidates (at most 256 are considered). */
   top_k?: number;
   seed?: number;
+  /** OpenAI's penalties, [-2, 2], over the last 64 tokens of the context (llama.cpp's window). */
+  frequency_penalty?: number;
+  presence_penalty?: number;
+  /** A repeated token's logit divided by this (multiplied, if negative); 1 is none. */
+  repetition_penalty?: number;
   /** Generation stops before any of these strings. */
   stop?: string | string[];
   stream?: boolean;

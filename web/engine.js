@@ -9,7 +9,7 @@
 // See engine.d.ts for the types.
 
 const ROLES = new Set(['system', 'user', 'assistant']);
-const OPTIONS = ['max_tokens', 'temperature', 'top_p', 'top_k', 'seed'];
+const OPTIONS = ['max_tokens', 'temperature', 'top_p', 'top_k', 'seed', 'frequency_penalty', 'presence_penalty', 'repetition_penalty'];
 
 function checkRequest(req) {
   if (!req || !Array.isArray(req.messages) || req.messages.length === 0)
@@ -27,6 +27,8 @@ function checkRequest(req) {
       throw new TypeError(`${k} must be a whole number ≥ 0`);
     if (k === 'temperature' && v < 0) throw new TypeError('temperature must be ≥ 0 (0 is greedy)');
     if (k === 'top_p' && !(v > 0 && v <= 1)) throw new TypeError('top_p must be in (0, 1]');
+    if ((k === 'frequency_penalty' || k === 'presence_penalty') && !(v >= -2 && v <= 2)) throw new TypeError(`${k} must be in [-2, 2] (0 is none)`);
+    if (k === 'repetition_penalty' && !(v > 0)) throw new TypeError('repetition_penalty must be > 0 (1 is none)');
     options[k] = v;
   }
   const kwargs = req.chat_template_kwargs;

@@ -2,7 +2,7 @@
 //! same loop over any backend (the reference now, the GPU engine next).
 
 use crate::error::{Error, Result};
-use crate::sample::{sample, top_k, SamplingParams};
+use crate::sample::{apply_penalties, sample, top_k, SamplingParams};
 pub use crate::support::{now_ms, run_ready};
 
 /// A forward pass with a KV cache.
@@ -19,7 +19,9 @@ pub trait Backend {
     /// (adapter name, backend name) for reports.
     fn describe(&self) -> (String, String);
     /// Append `tokens`, then choose the next token (draw number `draw` of the
-    /// generator); with `want_logits`, also return the last position's logits.
+    /// generator) after the penalties on `penalized`'s (token, count) pairs
+    /// ([`SamplingParams::penalized`]); with `want_logits`, also return the
+    /// last position's logits as the token was drawn from them (penalised).
     /// The GPU overrides this to sample on the device and read back only the id.
     fn forward_sample(
         &mut self,
@@ -27,8 +29,10 @@ pub trait Backend {
         sampling: &SamplingParams,
         draw: u32,
         want_logits: bool,
+        penalized: &[(u32, u32)],
     ) -> Result<(u32, Option<Vec<f32>>)> {
-        let logits = self.forward(tokens, false)?;
+        let mut logits = self.forward(tokens, false)?;
+        apply_penalties(&mut logits, sampling, penalized);
         let token = sample(&logits, sampling, draw)?;
         Ok((token, want_logits.then_some(logits)))
     }
@@ -101,6 +105,7 @@ pub trait AsyncBackend {
         sampling: &SamplingParams,
         draw: u32,
         want_logits: bool,
+        penalized: &[(u32, u32)],
     ) -> Result<(u32, Option<Vec<f32>>)>;
 }
 
@@ -123,8 +128,9 @@ impl AsyncBackend for Ready<'_> {
         sampling: &SamplingParams,
         draw: u32,
         want_logits: bool,
+        penalized: &[(u32, u32)],
     ) -> Result<(u32, Option<Vec<f32>>)> {
-        self.0.forward_sample(tokens, sampling, draw, want_logits)
+        self.0.forward_sample(tokens, sampling, draw, want_logits, penalized)
     }
 }
 
@@ -144,6 +150,18 @@ pub async fn generate_async(
     backend: &mut impl AsyncBackend,
     prompt: &[u32],
     params: &GenerateParams,
+    on_token: impl FnMut(u32) -> bool,
+) -> Result<Generation> {
+    generate_after(backend, &[], prompt, params, on_token).await
+}
+
+/// [`generate_async`] after `history`, the tokens already in the backend's
+/// cache (for the penalties' window).
+async fn generate_after(
+    backend: &mut impl AsyncBackend,
+    history: &[u32],
+    prompt: &[u32],
+    params: &GenerateParams,
     mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<Generation> {
     params.sampling.validate()?;
@@ -159,8 +177,11 @@ pub async fn generate_async(
             backend.len()
         )));
     }
+    // The context so far, for the penalties' window.
+    let s = &params.sampling;
+    let mut window: Vec<u32> = if s.penalizes() { history.iter().chain(prompt).copied().collect() } else { Vec::new() };
     let t0 = now_ms();
-    let (mut next, logits) = backend.forward_sample(prompt, &params.sampling, 0, true).await?;
+    let (mut next, logits) = backend.forward_sample(prompt, s, 0, true, &s.penalized(&window)).await?;
     let prefill_ms = now_ms() - t0;
     let prompt_logits = logits.unwrap_or_default();
 
@@ -183,7 +204,10 @@ pub async fn generate_async(
         if backend.len() >= ctx {
             break StopReason::ContextFull;
         }
-        next = backend.forward_sample(&[next], &params.sampling, tokens.len() as u32, false).await?.0;
+        if s.penalizes() {
+            window.push(next);
+        }
+        next = backend.forward_sample(&[next], s, tokens.len() as u32, false, &s.penalized(&window)).await?.0;
     };
     Ok(Generation { tokens, stop, prompt_logits, prefill_ms, decode_ms: now_ms() - t1 })
 }
@@ -238,7 +262,7 @@ impl Session {
         let reused = self.reusable(prompt);
         backend.truncate(reused);
         self.cached.truncate(reused);
-        let result = generate_async(backend, &prompt[reused..], params, on_token).await;
+        let result = generate_after(backend, &prompt[..reused], &prompt[reused..], params, on_token).await;
         // Whatever happened, remember exactly what the cache now holds.
         let mut all = prompt.to_vec();
         if let Ok(g) = &result {

@@ -221,6 +221,18 @@ struct SamplingArgs {
     /// Random seed (default: from the clock).
     #[arg(long)]
     seed: Option<u64>,
+    /// Divide a repeated token's logit by this (multiply, if negative); 1: off.
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// Subtract this times a token's count in the window (OpenAI's; [-2, 2]).
+    #[arg(long, default_value_t = 0.0)]
+    frequency_penalty: f32,
+    /// Subtract this from every token in the window (OpenAI's; [-2, 2]).
+    #[arg(long, default_value_t = 0.0)]
+    presence_penalty: f32,
+    /// The penalties' window: the last N tokens of the context (0: none).
+    #[arg(long, default_value_t = 64)]
+    repeat_last_n: usize,
 }
 
 impl SamplingArgs {
@@ -230,6 +242,10 @@ impl SamplingArgs {
             top_k: self.top_k,
             top_p: self.top_p,
             seed: self.seed.unwrap_or_else(clock_seed),
+            repetition_penalty: self.repeat_penalty,
+            frequency_penalty: self.frequency_penalty,
+            presence_penalty: self.presence_penalty,
+            penalty_last_n: self.repeat_last_n,
         };
         p.validate()?;
         Ok(p)

@@ -16,11 +16,33 @@ pub struct SamplingParams {
     /// Keep the smallest set whose probability reaches `top_p`; 1 keeps all.
     pub top_p: f32,
     pub seed: u64,
+    /// Penalties on the tokens of the last `penalty_last_n` positions
+    /// (prompt and reply), as llama.cpp's `penalties` sampler applies them
+    /// (see [`apply_penalties`]): a repeated token's logit divided by
+    /// `repetition_penalty` (multiplied, if negative); then `count ·
+    /// frequency_penalty + presence_penalty` subtracted (OpenAI's formula).
+    pub repetition_penalty: f32,
+    pub frequency_penalty: f32,
+    pub presence_penalty: f32,
+    pub penalty_last_n: usize,
 }
+
+/// The most tokens a penalty window holds (the GPU's list of penalised
+/// tokens is this long).
+pub const MAX_PENALTY_LAST_N: usize = baleen_shaders::shape::MAX_PENALIZED as usize;
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+            repetition_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            penalty_last_n: 64,
+        }
     }
 }
 
@@ -32,7 +54,49 @@ impl SamplingParams {
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(Error::Input(format!("top-p must be in (0, 1], not {}", self.top_p)));
         }
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
+            return Err(Error::Input(format!("the repetition penalty must be a number > 0 (1 is none), not {}", self.repetition_penalty)));
+        }
+        for (what, v) in [("frequency", self.frequency_penalty), ("presence", self.presence_penalty)] {
+            if !(-2.0..=2.0).contains(&v) {
+                return Err(Error::Input(format!("the {what} penalty must be in [-2, 2] (0 is none), not {v}")));
+            }
+        }
+        if self.penalty_last_n > MAX_PENALTY_LAST_N {
+            return Err(Error::Input(format!("the penalty window of {} tokens is longer than the {MAX_PENALTY_LAST_N} baleen counts", self.penalty_last_n)));
+        }
         Ok(())
+    }
+
+    /// Whether any penalty changes a logit.
+    pub fn penalizes(&self) -> bool {
+        self.penalty_last_n > 0 && (self.repetition_penalty != 1.0 || self.frequency_penalty != 0.0 || self.presence_penalty != 0.0)
+    }
+
+    /// The penalised tokens of `window` (the context so far, oldest first):
+    /// each distinct token of its last `penalty_last_n` and its count there,
+    /// by id. Empty when no penalty applies.
+    pub fn penalized(&self, window: &[u32]) -> Vec<(u32, u32)> {
+        if !self.penalizes() {
+            return Vec::new();
+        }
+        let mut counts = std::collections::BTreeMap::new();
+        for &t in &window[window.len().saturating_sub(self.penalty_last_n)..] {
+            *counts.entry(t).or_insert(0u32) += 1;
+        }
+        counts.into_iter().collect()
+    }
+}
+
+/// Apply the penalties to `logits` in place for the `(token, count)` pairs
+/// of [`SamplingParams::penalized`] (the GPU's `penalize` kernel is the same).
+pub fn apply_penalties(logits: &mut [f32], p: &SamplingParams, penalized: &[(u32, u32)]) {
+    for &(t, count) in penalized {
+        let Some(l) = logits.get_mut(t as usize) else { continue };
+        if p.repetition_penalty != 1.0 {
+            *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
+        }
+        *l -= count as f32 * p.frequency_penalty + p.presence_penalty;
     }
 }
 
@@ -146,13 +210,13 @@ mod tests {
     #[test]
     fn top_k_1_is_greedy_and_sampling_follows_probabilities() {
         let logits = [0.0, 2.0, 1.0, -1.0];
-        let p = SamplingParams { temperature: 1.0, top_k: 1, top_p: 1.0, seed: 7 };
+        let p = SamplingParams { temperature: 1.0, top_k: 1, top_p: 1.0, seed: 7, ..Default::default() };
         assert!((0..50).all(|s| sample(&logits, &p, s).unwrap() == 1));
         // top-p 0.5 keeps only the best (p ≈ 0.61).
-        let p = SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.5, seed: 7 };
+        let p = SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.5, seed: 7, ..Default::default() };
         assert!((0..50).all(|s| sample(&logits, &p, s).unwrap() == 1));
         // Full sampling: frequencies near softmax probabilities.
-        let p = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 3 };
+        let p = SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 3, ..Default::default() };
         let mut counts = [0usize; 4];
         for s in 0..20_000 {
             counts[sample(&logits, &p, s).unwrap() as usize] += 1;
@@ -171,9 +235,27 @@ mod tests {
 
     #[test]
     fn infinite_logits_pick_by_order_not_nan() {
-        let p = SamplingParams { temperature: 0.8, top_k: 0, top_p: 0.9, seed: 1 };
+        let p = SamplingParams { temperature: 0.8, top_k: 0, top_p: 0.9, seed: 1, ..Default::default() };
         assert_eq!(sample(&[0.0, f32::INFINITY, 5.0], &p, 0).unwrap(), 1);
         assert_eq!(sample(&[f32::NEG_INFINITY; 3], &p, 0).unwrap(), 0);
+    }
+
+    #[test]
+    fn penalties_follow_llama_cpps_and_openais_formulas() {
+        // Window [5, 2, 5, 7, 5] (last 4: 2, 5, 7, 5): 2 once, 5 twice, 7 once.
+        let p = SamplingParams { repetition_penalty: 2.0, frequency_penalty: 0.5, presence_penalty: 0.25, penalty_last_n: 4, ..Default::default() };
+        let pen = p.penalized(&[5, 2, 5, 7, 5]);
+        assert_eq!(pen, vec![(2, 1), (5, 2), (7, 1)]);
+        let mut l = [1.0f32, 1.0, 3.0, 1.0, 1.0, -4.0, 1.0, 0.0, 1.0];
+        apply_penalties(&mut l, &p, &pen);
+        // 2: 3 / 2 − 0.5 − 0.25 = 0.75; 5: −4 · 2 − 2 · 0.5 − 0.25 = −9.25;
+        // 7: 0 · 2 − 0.5 − 0.25 = −0.75 (0 is multiplied, as llama.cpp does).
+        assert_eq!(l, [1.0, 1.0, 0.75, 1.0, 1.0, -9.25, 1.0, -0.75, 1.0]);
+        // Neutral settings penalise nothing; a window of 0 neither.
+        assert!(SamplingParams::default().penalized(&[1, 1, 1]).is_empty());
+        assert!(SamplingParams { penalty_last_n: 0, ..p }.penalized(&[1, 1]).is_empty());
+        // Ids past the vocabulary are ignored, not a panic.
+        apply_penalties(&mut l, &p, &[(100, 3)]);
     }
 
     #[test]
@@ -183,6 +265,11 @@ mod tests {
             SamplingParams { temperature: f32::NAN, ..Default::default() },
             SamplingParams { top_p: 0.0, ..Default::default() },
             SamplingParams { top_p: 1.5, ..Default::default() },
+            SamplingParams { repetition_penalty: 0.0, ..Default::default() },
+            SamplingParams { repetition_penalty: f32::INFINITY, ..Default::default() },
+            SamplingParams { frequency_penalty: 2.5, ..Default::default() },
+            SamplingParams { presence_penalty: f32::NAN, ..Default::default() },
+            SamplingParams { penalty_last_n: MAX_PENALTY_LAST_N + 1, ..Default::default() },
         ];
         for p in bad {
             assert!(p.validate().is_err(), "{p:?}");

@@ -173,6 +173,9 @@ struct ChatOptions {
     top_p: Option<f32>,
     top_k: Option<u64>,
     seed: Option<u64>,
+    frequency_penalty: Option<f32>,
+    presence_penalty: Option<f32>,
+    repetition_penalty: Option<f32>,
     /// The chat template's extra variables (`enable_thinking`, …).
     chat_template_kwargs: Option<crate::tokenizer::TemplateArgs>,
 }
@@ -252,6 +255,10 @@ async fn chat(inner: &mut Inner, messages: &str, options: &str, on_text: &Functi
         top_p: o.top_p.unwrap_or(1.0),
         top_k: o.top_k.unwrap_or(0).min(usize::MAX as u64) as usize,
         seed: o.seed.unwrap_or_else(|| (js_sys::Math::random() * 2f64.powi(53)) as u64),
+        frequency_penalty: o.frequency_penalty.unwrap_or(0.0),
+        presence_penalty: o.presence_penalty.unwrap_or(0.0),
+        repetition_penalty: o.repetition_penalty.unwrap_or(1.0),
+        ..SamplingParams::default()
     };
     let max_tokens = o.max_tokens.map_or(context, |n| n.min(context as u64) as usize);
     let params = GenerateParams { max_tokens, sampling, stop_ids: tokenizer.stop_ids.clone() };

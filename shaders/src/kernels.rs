@@ -202,7 +202,7 @@ pub mod binding {
         OUT = 7 as ["out"],
     });
     bindings!(elementwise for "elementwise" { GATE = 2 as ["gate"], UP = 3 as ["up"], OUT = 4 as ["out"] });
-    bindings!(sample for "sample" { LOGITS = 2 as ["logits"], IDS = 3 as ["ids"] });
+    bindings!(sample for "sample" { LOGITS = 2 as ["logits"], IDS = 3 as ["ids"], PENALIZED = 4 as ["penalized"] });
     bindings!(moe for "moe" {
         LOGITS = 2 as ["logits"],
         IDS = 3 as ["ids"],

@@ -309,6 +309,9 @@ pub mod shape {
     pub const SAMPLE_WG: u32 = 256;
     /// Sampling considers at most this many of the most likely tokens (CPU and GPU alike).
     pub const MAX_CANDIDATES: u32 = 256;
+    /// The most distinct tokens the penalties apply to in one step (the
+    /// longest penalty window).
+    pub const MAX_PENALIZED: u32 = 4096;
     pub const COPY_WG: u32 = 64;
     /// Most expert groups in group-limited routing (one bit each).
     pub const MAX_EXPERT_GROUPS: u32 = 32;

@@ -3,7 +3,10 @@
 // order (logit desc, id asc) — K = 1 when greedy, else min(top_k or MAX_CAND,
 // MAX_CAND); then thread 0 applies temperature, top-p and a draw from the
 // (seed, draw)-hash exactly as runtime/src/sample.rs does on the CPU.
-// The token goes to ids[0], the next step's input. Constants: WG, MAX_CAND.
+// The token goes to ids[0], the next step's input. `penalize` runs first
+// when the step has penalties: one thread per (token, count) of `penalized`
+// adjusts that token's logit in place, as runtime/src/sample.rs's
+// apply_penalties does. Constants: WG, MAX_CAND.
 
 #include step
 
@@ -15,8 +18,26 @@ struct Params {
 }
 
 @group(0) @binding(1) var<uniform> p: Params;
-@group(0) @binding(2) var<storage, read> logits: array<f32>;     // [vocab]
-@group(0) @binding(3) var<storage, read_write> ids: array<u32>;  // [≥ 1]
+@group(0) @binding(2) var<storage, read_write> logits: array<f32>; // [vocab] (`penalize` adjusts them)
+@group(0) @binding(3) var<storage, read_write> ids: array<u32>;    // [≥ 1]
+@group(0) @binding(4) var<storage, read> penalized: array<vec2<u32>>; // [n_penalized] (token, count)
+
+@compute @workgroup_size(WG)
+fn penalize(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    if (i >= min(step.n_penalized, arrayLength(&penalized))) {
+        return;
+    }
+    let e = penalized[i];
+    if (e.x >= p.vocab) {
+        return;
+    }
+    var l = logits[e.x];
+    if (step.repetition != 1.0) {
+        l = select(l * step.repetition, l / step.repetition, l > 0.0);
+    }
+    logits[e.x] = l - (f32(e.y) * step.frequency + step.presence);
+}
 
 var<workgroup> red_v: array<f32, WG>;
 var<workgroup> red_i: array<u32, WG>;

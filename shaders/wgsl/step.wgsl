@@ -11,6 +11,11 @@ struct Step {
     top_k: u32,
     temperature: f32,
     top_p: f32,
+    // The penalties (sample.wgsl's `penalize`): entries of its list, and factors.
+    n_penalized: u32,
+    repetition: f32,
+    frequency: f32,
+    presence: f32,
 }
 
 @group(0) @binding(0) var<uniform> step: Step;

@@ -242,6 +242,40 @@ fn dispatches_per_decode_step_do_not_grow_unnoticed() {
 }
 
 #[test]
+fn penalties_on_the_gpu_match_the_reference_through_generation() {
+    // Greedy and sampled, penalties over windows shorter and longer than the
+    // prompt: the GPU's tokens are the reference's, and the penalties change
+    // what greedy decoding repeats.
+    let gpu = gpu();
+    let m = ModelFiles::open(&common::fixture("tiny-gemma3")).unwrap();
+    let ids = common::u32s(&common::json("tiny-gemma3/expected.json")["prompt_ids"]);
+    let mut r = baleen::reference::Reference::load(&m).unwrap();
+    let mut g = GpuModel::load(gpu, &m, &GpuOptions { kv_f16: Some(false), ..Default::default() }).unwrap();
+    let plain = SamplingParams::default();
+    let cases = [
+        SamplingParams { repetition_penalty: 1.5, ..plain },
+        SamplingParams { frequency_penalty: 1.0, presence_penalty: 0.5, penalty_last_n: 8, ..plain },
+        SamplingParams { temperature: 0.9, top_k: 20, seed: 5, repetition_penalty: 1.2, frequency_penalty: 0.3, ..plain },
+    ];
+    let run = |b: &mut dyn Backend, s: SamplingParams| {
+        b.truncate(0);
+        let params = GenerateParams { max_tokens: 24, sampling: s, stop_ids: vec![] };
+        generate(b, &ids, &params, |_| true).unwrap().tokens
+    };
+    let unpenalized = run(&mut r, plain);
+    for s in cases {
+        let want = run(&mut r, s);
+        assert_eq!(run(&mut g, s), want, "{s:?}");
+        if s.temperature == 0.0 {
+            assert_ne!(want, unpenalized, "{s:?} changed nothing");
+        }
+    }
+    // The fixture's greedy reply repeats one token; a repetition penalty breaks the run.
+    let longest_run = |t: &[u32]| t.chunk_by(|a, b| a == b).map(|c| c.len()).max().unwrap_or(0);
+    assert!(longest_run(&run(&mut g, cases[0])) < longest_run(&unpenalized));
+}
+
+#[test]
 fn gpu_errors_are_clear() {
     let gpu = gpu();
     let m = ModelFiles::open(&common::fixture("tiny-llama")).unwrap();

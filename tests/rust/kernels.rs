@@ -650,6 +650,32 @@ fn gpu_sample(gpu: &Gpu, logits: &[f32], p: &SamplingParams, draw: u32) -> u32 {
 }
 
 #[test]
+fn penalties_on_the_gpu_equal_the_cpu_ones() {
+    // Repetition (positive and negative logits, and 0), frequency and
+    // presence over a window; the penalised logits in place, as
+    // sample::apply_penalties leaves them, and ids past the vocabulary ignored.
+    let gpu = gpu();
+    let mut rng = Rng(31);
+    let vocab = 1000;
+    let mut l: Vec<f32> = rng.vec(vocab).iter().map(|v| v * 5.0).collect();
+    l[10] = 0.0;
+    let window: Vec<u32> = (0..300u32).map(|i| (i * 37 + i / 7) % 200).chain([10, 10, 999]).collect();
+    let p = SamplingParams { repetition_penalty: 1.3, frequency_penalty: 0.4, presence_penalty: -0.2, penalty_last_n: 256, ..Default::default() };
+    let mut pen = p.penalized(&window);
+    let mut want = l.clone();
+    sample::apply_penalties(&mut want, &p, &pen);
+    pen.push((vocab as u32 + 5, 2));
+    let words: Vec<u32> = pen.iter().flat_map(|&(t, c)| [t, c]).collect();
+    let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
+    let ctx = Ctx { gpu: &gpu, step: &step_buf, shape: gpu.shape, subgroups: false };
+    let lb = upload(&gpu, "logits", &l);
+    let pb = gpu.storage_init("penalized", bytemuck::cast_slice(&words)).unwrap();
+    let st = Step { n_tokens: 1, n_penalized: pen.len() as u32, repetition: 1.3, frequency: 0.4, presence: -0.2, ..Default::default() };
+    run(&gpu, &step_buf, st, &[ctx.penalize(&lb, &pb, vocab as u32).unwrap()]);
+    assert_eq!(download(&gpu, &lb, vocab), want);
+}
+
+#[test]
 fn sampling_on_the_gpu_equals_the_cpu_sampler() {
     let gpu = gpu();
     let mut rng = Rng(15);
@@ -665,17 +691,17 @@ fn sampling_on_the_gpu_equals_the_cpu_sampler() {
         assert_eq!(gpu_sample(&gpu, &l, &SamplingParams::default(), 0), want, "vocab {vocab}");
     }
     // Infinite logits: the CPU rule (order decides), not NaN probabilities.
-    let hot = SamplingParams { temperature: 0.8, top_k: 0, top_p: 0.9, seed: 1 };
+    let hot = SamplingParams { temperature: 0.8, top_k: 0, top_p: 0.9, seed: 1, ..Default::default() };
     for l in [vec![0.0, f32::INFINITY, 5.0], vec![f32::NEG_INFINITY; 3]] {
         assert_eq!(gpu_sample(&gpu, &l, &hot, 0), sample::sample(&l, &hot, 0).unwrap(), "{l:?}");
     }
     // Temperature, top-k, top-p: the same token for the same seed and draw.
     let l: Vec<f32> = rng.vec(3000).iter().map(|v| v * 4.0).collect();
     let cases = [
-        SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 1 },
-        SamplingParams { temperature: 0.7, top_k: 40, top_p: 0.95, seed: 2 },
-        SamplingParams { temperature: 1.3, top_k: 5, top_p: 1.0, seed: 3 },
-        SamplingParams { temperature: 0.8, top_k: 0, top_p: 0.5, seed: u64::MAX - 5 },
+        SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 1, ..Default::default() },
+        SamplingParams { temperature: 0.7, top_k: 40, top_p: 0.95, seed: 2, ..Default::default() },
+        SamplingParams { temperature: 1.3, top_k: 5, top_p: 1.0, seed: 3, ..Default::default() },
+        SamplingParams { temperature: 0.8, top_k: 0, top_p: 0.5, seed: u64::MAX - 5, ..Default::default() },
     ];
     for p in cases {
         for draw in 0..12 {
@@ -686,7 +712,7 @@ fn sampling_on_the_gpu_equals_the_cpu_sampler() {
     // Qwen2's vocabulary, all 256 candidates: on lavapipe the rounds' loops
     // must stay under llvmpipe's 65535 iterations per invocation.
     let l: Vec<f32> = rng.vec(151_936).iter().map(|v| v * 4.0).collect();
-    let p = SamplingParams { temperature: 2.0, top_k: 0, top_p: 1.0, seed: 9 };
+    let p = SamplingParams { temperature: 2.0, top_k: 0, top_p: 1.0, seed: 9, ..Default::default() };
     for draw in 0..4 {
         assert_eq!(gpu_sample(&gpu, &l, &p, draw), sample::sample(&l, &p, draw).unwrap(), "vocab 151936, draw {draw}");
     }

@@ -36,6 +36,11 @@ pub struct Step {
     pub top_k: u32,
     pub temperature: f32,
     pub top_p: f32,
+    /// Entries of the penalised-token list (0: no penalties this step).
+    pub n_penalized: u32,
+    pub repetition: f32,
+    pub frequency: f32,
+    pub presence: f32,
 }
 
 /// How matrix kernels spread a row over threads; chosen from the adapter.
@@ -726,6 +731,8 @@ pub enum Passes {
     /// positions; `window`: a sliding window's, 0 none): attention's
     /// combining of its splits.
     AttnSplits { split: u32, window: u32 },
+    /// Only when the step has penalised tokens.
+    Penalized,
 }
 
 /// The splits of `split` positions a pass of `n` tokens at `pos` attends
@@ -744,6 +751,7 @@ impl Passes {
             Passes::Single => step.n_tokens == 1,
             Passes::Multi => step.n_tokens > 1,
             Passes::AttnSplits { split, window } => attention_splits(step.pos, step.n_tokens, split, window) > 1,
+            Passes::Penalized => step.n_penalized > 0,
         }
     }
 }

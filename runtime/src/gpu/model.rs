@@ -580,6 +580,7 @@ pub struct GpuModel {
     step: wgpu::Buffer,
     ids: wgpu::Buffer,    // [max_pass] u32: the pass's input ids; ids[0] ← sampled token
     logits: wgpu::Buffer, // [vocab] f32: the last token's logits
+    penalized: wgpu::Buffer, // [MAX_PENALTY_LAST_N] (token, count): the step's penalties
     /// Embedding and layers: every pass.
     body: Vec<Op>,
     /// Final norm, LM head, sampling: passes whose last token is wanted.
@@ -662,6 +663,8 @@ impl GpuModel {
         if !logits.single || logits.width as usize != cfg.vocab {
             return Err(Error::Gpu(format!("the LM head made {} values a row, not the vocabulary's {}", logits.width, cfg.vocab)));
         }
+        let penalized = gpu.storage("penalized tokens", crate::sample::MAX_PENALTY_LAST_N as u64 * 8)?;
+        rec.ops.push(rec.ctx.penalize(&logits.buf, &penalized, logits.width)?);
         rec.ops.push(rec.ctx.sample(&logits.buf, &ids, logits.width)?);
         let (head, head_marks) = rec.take();
         let max_pass = rec.max_pass;
@@ -679,6 +682,7 @@ impl GpuModel {
             max_pass,
             step,
             ids,
+            penalized,
             logits: logits.buf,
             body,
             head,
@@ -693,6 +697,12 @@ impl GpuModel {
     /// Run `tokens` (≤ max_pass) at the cache's end; with `head`, also the
     /// LM head and sampling of the last token.
     fn pass(&mut self, tokens: &[u32], head: bool, sampling: &SamplingParams, draw: u32) -> Result<()> {
+        self.pass_penalized(tokens, head, sampling, draw, 0)
+    }
+
+    /// [`GpuModel::pass`] whose sampling first applies the penalties of the
+    /// first `n_penalized` entries of the penalised-token list.
+    fn pass_penalized(&mut self, tokens: &[u32], head: bool, sampling: &SamplingParams, draw: u32, n_penalized: u32) -> Result<()> {
         debug_assert!(!tokens.is_empty() && tokens.len() <= self.max_pass);
         self.gpu.queue.write_buffer(&self.ids, 0, bytemuck::cast_slice(tokens));
         let step = Step {
@@ -704,6 +714,10 @@ impl GpuModel {
             top_k: sampling.top_k.min(u32::MAX as usize) as u32,
             temperature: sampling.temperature,
             top_p: sampling.top_p,
+            n_penalized: if head { n_penalized } else { 0 },
+            repetition: sampling.repetition_penalty,
+            frequency: sampling.frequency_penalty,
+            presence: sampling.presence_penalty,
         };
         let ops: Vec<&Op> = if head { self.body.iter().chain(&self.head).collect() } else { self.body.iter().collect() };
         self.gpu.run(&self.step, &step, &ops)?;
@@ -738,10 +752,23 @@ impl GpuModel {
 
     /// Run all tokens, in chunks; the last chunk runs the head.
     fn run_all(&mut self, tokens: &[u32], sampling: &SamplingParams, draw: u32) -> Result<()> {
+        self.run_penalized(tokens, sampling, draw, &[])
+    }
+
+    /// [`GpuModel::run_all`], the last pass's sampling after the penalties
+    /// on `penalized` (token, count) pairs.
+    fn run_penalized(&mut self, tokens: &[u32], sampling: &SamplingParams, draw: u32, penalized: &[(u32, u32)]) -> Result<()> {
         self.check_input(tokens)?;
+        if penalized.len() > crate::sample::MAX_PENALTY_LAST_N {
+            return Err(Error::Input(format!("{} penalised tokens; at most {} are counted", penalized.len(), crate::sample::MAX_PENALTY_LAST_N)));
+        }
+        if !penalized.is_empty() {
+            let words: Vec<u32> = penalized.iter().flat_map(|&(t, c)| [t, c]).collect();
+            self.gpu.queue.write_buffer(&self.penalized, 0, bytemuck::cast_slice(&words));
+        }
         let chunks: Vec<&[u32]> = tokens.chunks(self.max_pass).collect();
         for (i, c) in chunks.iter().enumerate() {
-            self.pass(c, i + 1 == chunks.len(), sampling, draw)?;
+            self.pass_penalized(c, i + 1 == chunks.len(), sampling, draw, penalized.len() as u32)?;
         }
         Ok(())
     }
@@ -933,8 +960,9 @@ impl crate::engine::AsyncBackend for GpuModel {
         sampling: &SamplingParams,
         draw: u32,
         want_logits: bool,
+        penalized: &[(u32, u32)],
     ) -> Result<(u32, Option<Vec<f32>>)> {
-        self.run_all(tokens, sampling, draw)?;
+        self.run_penalized(tokens, sampling, draw, penalized)?;
         let logits = if want_logits { Some(self.read_logits_async().await?) } else { None };
         let token = self.read_token_async().await?;
         self.gpu.check()?;
@@ -968,8 +996,9 @@ impl Backend for GpuModel {
         sampling: &SamplingParams,
         draw: u32,
         want_logits: bool,
+        penalized: &[(u32, u32)],
     ) -> Result<(u32, Option<Vec<f32>>)> {
-        self.run_all(tokens, sampling, draw)?;
+        self.run_penalized(tokens, sampling, draw, penalized)?;
         let logits = if want_logits { Some(self.read_logits()?) } else { None };
         Ok((self.read_token()?, logits))
     }

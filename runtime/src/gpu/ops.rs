@@ -716,6 +716,16 @@ impl Ctx<'_> {
         self.op(name.into(), key, &params, &[(binding::elementwise::OUT, x)], grid)
     }
 
+    /// The step's penalties on `logits`, in place, from `penalized`'s
+    /// (token, count) pairs (in steps that have some).
+    pub fn penalize(&self, logits: &Buffer, penalized: &Buffer, vocab: u32) -> Result<Op> {
+        use binding::sample::{LOGITS, PENALIZED};
+        let params = SampleParams { vocab, ..Default::default() };
+        let grid = Grid::Fixed([shape::MAX_PENALIZED.div_ceil(shape::SAMPLE_WG), 1, 1]);
+        let op = self.op("penalize".into(), PipelineKey::new(Kernel::Sample, "penalize", vec![]), &params, &[(LOGITS, logits), (PENALIZED, penalized)], grid)?;
+        Ok(op.only(Passes::Penalized))
+    }
+
     /// Choose the next token from `logits` into `ids[0]`.
     pub fn sample(&self, logits: &Buffer, ids: &Buffer, vocab: u32) -> Result<Op> {
         use binding::sample::{IDS, LOGITS};
