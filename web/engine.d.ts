@@ -32,6 +32,8 @@ export interface ChatCompletionRequest {
   presence_penalty?: number;
   /** A repeated token's logit divided by this (multiplied, if negative); 1 is none. */
   repetition_penalty?: number;
+  /** Token id → bias added to its logit, [-100, 100] (−100 bans it). */
+  logit_bias?: Record<string, number>;
   /** Generation stops before any of these strings. */
   stop?: string | string[];
   stream?: boolean;

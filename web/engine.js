@@ -31,6 +31,15 @@ function checkRequest(req) {
     if (k === 'repetition_penalty' && !(v > 0)) throw new TypeError('repetition_penalty must be > 0 (1 is none)');
     options[k] = v;
   }
+  const bias = req.logit_bias;
+  if (bias !== undefined && bias !== null) {
+    if (typeof bias !== 'object' || Array.isArray(bias)) throw new TypeError('logit_bias must be an object of token id → bias');
+    for (const [k, v] of Object.entries(bias)) {
+      if (!/^[0-9]+$/.test(k)) throw new TypeError(`logit_bias: ${JSON.stringify(k)} is not a token id`);
+      if (typeof v !== 'number' || !(v >= -100 && v <= 100)) throw new TypeError(`logit_bias[${k}] must be a number in [-100, 100]`);
+    }
+    options.logit_bias = bias;
+  }
   const kwargs = req.chat_template_kwargs;
   if (kwargs !== undefined && kwargs !== null) {
     if (typeof kwargs !== 'object' || Array.isArray(kwargs)) throw new TypeError('chat_template_kwargs must be an object of template variables');

@@ -2,7 +2,7 @@
 //! same loop over any backend (the reference now, the GPU engine next).
 
 use crate::error::{Error, Result};
-use crate::sample::{apply_penalties, sample, top_k, SamplingParams};
+use crate::sample::{apply_penalties, sample, top_k, Adjust, SamplingParams};
 pub use crate::support::{now_ms, run_ready};
 
 /// A forward pass with a KV cache.
@@ -19,8 +19,8 @@ pub trait Backend {
     /// (adapter name, backend name) for reports.
     fn describe(&self) -> (String, String);
     /// Append `tokens`, then choose the next token (draw number `draw` of the
-    /// generator) after the penalties on `penalized`'s (token, count) pairs
-    /// ([`SamplingParams::penalized`]); with `want_logits`, also return the
+    /// generator) after the penalties and biases of `penalized`
+    /// ([`SamplingParams::adjustments`]); with `want_logits`, also return the
     /// last position's logits as the token was drawn from them (penalised).
     /// The GPU overrides this to sample on the device and read back only the id.
     fn forward_sample(
@@ -29,7 +29,7 @@ pub trait Backend {
         sampling: &SamplingParams,
         draw: u32,
         want_logits: bool,
-        penalized: &[(u32, u32)],
+        penalized: &[Adjust],
     ) -> Result<(u32, Option<Vec<f32>>)> {
         let mut logits = self.forward(tokens, false)?;
         apply_penalties(&mut logits, sampling, penalized);
@@ -58,12 +58,15 @@ pub enum StopReason {
     Cancelled,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct GenerateParams {
     pub max_tokens: usize,
     pub sampling: SamplingParams,
     /// Generation stops after any of these (it is not part of the output).
     pub stop_ids: Vec<u32>,
+    /// Added to these tokens' logits before sampling (OpenAI's `logit_bias`;
+    /// −100 bans a token).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 #[derive(Debug, Clone)]
@@ -105,7 +108,7 @@ pub trait AsyncBackend {
         sampling: &SamplingParams,
         draw: u32,
         want_logits: bool,
-        penalized: &[(u32, u32)],
+        penalized: &[Adjust],
     ) -> Result<(u32, Option<Vec<f32>>)>;
 }
 
@@ -128,7 +131,7 @@ impl AsyncBackend for Ready<'_> {
         sampling: &SamplingParams,
         draw: u32,
         want_logits: bool,
-        penalized: &[(u32, u32)],
+        penalized: &[Adjust],
     ) -> Result<(u32, Option<Vec<f32>>)> {
         self.0.forward_sample(tokens, sampling, draw, want_logits, penalized)
     }
@@ -180,8 +183,9 @@ async fn generate_after(
     // The context so far, for the penalties' window.
     let s = &params.sampling;
     let mut window: Vec<u32> = if s.penalizes() { history.iter().chain(prompt).copied().collect() } else { Vec::new() };
+    let bias = &params.logit_bias;
     let t0 = now_ms();
-    let (mut next, logits) = backend.forward_sample(prompt, s, 0, true, &s.penalized(&window)).await?;
+    let (mut next, logits) = backend.forward_sample(prompt, s, 0, true, &s.adjustments(&window, bias)?).await?;
     let prefill_ms = now_ms() - t0;
     let prompt_logits = logits.unwrap_or_default();
 
@@ -207,7 +211,7 @@ async fn generate_after(
         if s.penalizes() {
             window.push(next);
         }
-        next = backend.forward_sample(&[next], s, tokens.len() as u32, false, &s.penalized(&window)).await?.0;
+        next = backend.forward_sample(&[next], s, tokens.len() as u32, false, &s.adjustments(&window, bias)?).await?.0;
     };
     Ok(Generation { tokens, stop, prompt_logits, prefill_ms, decode_ms: now_ms() - t1 })
 }

@@ -233,9 +233,27 @@ struct SamplingArgs {
     /// The penalties' window: the last N tokens of the context (0: none).
     #[arg(long, default_value_t = 64)]
     repeat_last_n: usize,
+    /// Add BIAS to token ID's logit, ID=BIAS (−100 bans it); repeatable.
+    #[arg(long = "logit-bias", value_name = "ID=BIAS")]
+    logit_bias: Vec<String>,
 }
 
 impl SamplingArgs {
+    fn logit_bias(&self) -> Result<Vec<(u32, f32)>> {
+        let bad = |kv: &str| Error::Input(format!("--logit-bias {kv:?}: give ID=BIAS, a token id and a number (−100 bans the token)"));
+        self.logit_bias
+            .iter()
+            .map(|kv| {
+                let (id, b) = kv.split_once('=').ok_or_else(|| bad(kv))?;
+                let b: f32 = b.trim().parse().map_err(|_| bad(kv))?;
+                if !b.is_finite() {
+                    return Err(bad(kv));
+                }
+                Ok((id.trim().parse().map_err(|_| bad(kv))?, b))
+            })
+            .collect()
+    }
+
     fn params(&self) -> Result<SamplingParams> {
         let p = SamplingParams {
             temperature: self.temperature,
@@ -398,6 +416,7 @@ fn run(a: RunArgs) -> Result<()> {
         max_tokens: a.max_tokens,
         sampling: a.sampling.params()?,
         stop_ids: m.tokenizer.stop_ids.clone(),
+        logit_bias: a.sampling.logit_bias()?,
     };
     let seed = params.sampling.seed;
     let mut backend = open_backend(a.backend, &m, &a.kv)?;
@@ -465,6 +484,7 @@ fn chat(a: ChatArgs) -> Result<()> {
         max_tokens: a.max_tokens,
         sampling: a.sampling.params()?,
         stop_ids: m.tokenizer.stop_ids.clone(),
+        logit_bias: a.sampling.logit_bias()?,
     };
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
@@ -547,6 +567,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         max_tokens: a.gen_tokens,
         sampling: SamplingParams::default(),
         stop_ids: Vec::new(), // never stop early: measure every step
+        logit_bias: Vec::new(),
     };
     let (mut prefill, mut decode) = (Vec::new(), Vec::new());
     for _ in 0..a.runs {

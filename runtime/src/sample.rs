@@ -86,17 +86,46 @@ impl SamplingParams {
         }
         counts.into_iter().collect()
     }
+
+    /// What the step changes before sampling: the penalised tokens of
+    /// `window` and the tokens of `bias`, one entry a token, by id.
+    pub fn adjustments(&self, window: &[u32], bias: &[(u32, f32)]) -> Result<Vec<Adjust>> {
+        let mut all: std::collections::BTreeMap<u32, Adjust> =
+            self.penalized(window).into_iter().map(|(token, count)| (token, Adjust { token, count, bias: 0.0 })).collect();
+        for &(token, b) in bias {
+            if !b.is_finite() {
+                return Err(Error::Input(format!("the logit bias of token {token} is {b}; give a finite number (−100 bans it)")));
+            }
+            all.entry(token).or_insert(Adjust { token, count: 0, bias: 0.0 }).bias += b;
+        }
+        if all.len() > MAX_PENALTY_LAST_N {
+            return Err(Error::Input(format!("{} tokens penalised or biased; at most {MAX_PENALTY_LAST_N} are", all.len())));
+        }
+        Ok(all.into_values().collect())
+    }
 }
 
-/// Apply the penalties to `logits` in place for the `(token, count)` pairs
-/// of [`SamplingParams::penalized`] (the GPU's `penalize` kernel is the same).
-pub fn apply_penalties(logits: &mut [f32], p: &SamplingParams, penalized: &[(u32, u32)]) {
-    for &(t, count) in penalized {
-        let Some(l) = logits.get_mut(t as usize) else { continue };
-        if p.repetition_penalty != 1.0 {
-            *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
+/// One token's change before sampling: its `count` in the penalty window
+/// (0: none) and a bias added after the penalties.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Adjust {
+    pub token: u32,
+    pub count: u32,
+    pub bias: f32,
+}
+
+/// Apply the penalties and biases of [`SamplingParams::adjustments`] to
+/// `logits` in place (the GPU's `penalize` kernel is the same).
+pub fn apply_penalties(logits: &mut [f32], p: &SamplingParams, adjust: &[Adjust]) {
+    for a in adjust {
+        let Some(l) = logits.get_mut(a.token as usize) else { continue };
+        if a.count > 0 {
+            if p.repetition_penalty != 1.0 {
+                *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
+            }
+            *l -= a.count as f32 * p.frequency_penalty + p.presence_penalty;
         }
-        *l -= count as f32 * p.frequency_penalty + p.presence_penalty;
+        *l += a.bias;
     }
 }
 
@@ -244,18 +273,22 @@ mod tests {
     fn penalties_follow_llama_cpps_and_openais_formulas() {
         // Window [5, 2, 5, 7, 5] (last 4: 2, 5, 7, 5): 2 once, 5 twice, 7 once.
         let p = SamplingParams { repetition_penalty: 2.0, frequency_penalty: 0.5, presence_penalty: 0.25, penalty_last_n: 4, ..Default::default() };
-        let pen = p.penalized(&[5, 2, 5, 7, 5]);
-        assert_eq!(pen, vec![(2, 1), (5, 2), (7, 1)]);
+        assert_eq!(p.penalized(&[5, 2, 5, 7, 5]), vec![(2, 1), (5, 2), (7, 1)]);
+        // And a bias: +1 on 7 (penalised too), −100 on 0 (a ban), +0.5 twice on 8.
+        let adj = p.adjustments(&[5, 2, 5, 7, 5], &[(7, 1.0), (0, -100.0), (8, 0.5), (8, 0.5)]).unwrap();
+        assert_eq!(adj.iter().map(|a| (a.token, a.count, a.bias)).collect::<Vec<_>>(), vec![(0, 0, -100.0), (2, 1, 0.0), (5, 2, 0.0), (7, 1, 1.0), (8, 0, 1.0)]);
         let mut l = [1.0f32, 1.0, 3.0, 1.0, 1.0, -4.0, 1.0, 0.0, 1.0];
-        apply_penalties(&mut l, &p, &pen);
+        apply_penalties(&mut l, &p, &adj);
         // 2: 3 / 2 − 0.5 − 0.25 = 0.75; 5: −4 · 2 − 2 · 0.5 − 0.25 = −9.25;
-        // 7: 0 · 2 − 0.5 − 0.25 = −0.75 (0 is multiplied, as llama.cpp does).
-        assert_eq!(l, [1.0, 1.0, 0.75, 1.0, 1.0, -9.25, 1.0, -0.75, 1.0]);
+        // 7: 0 · 2 − 0.5 − 0.25 + 1 = 0.25 (0 is multiplied, as llama.cpp does);
+        // 0 and 8 are not in the window: bias only.
+        assert_eq!(l, [-99.0, 1.0, 0.75, 1.0, 1.0, -9.25, 1.0, 0.25, 2.0]);
         // Neutral settings penalise nothing; a window of 0 neither.
-        assert!(SamplingParams::default().penalized(&[1, 1, 1]).is_empty());
+        assert!(SamplingParams::default().adjustments(&[1, 1, 1], &[]).unwrap().is_empty());
         assert!(SamplingParams { penalty_last_n: 0, ..p }.penalized(&[1, 1]).is_empty());
-        // Ids past the vocabulary are ignored, not a panic.
-        apply_penalties(&mut l, &p, &[(100, 3)]);
+        // Ids past the vocabulary are ignored, not a panic; a NaN bias is an error.
+        apply_penalties(&mut l, &p, &[Adjust { token: 100, count: 3, bias: 1.0 }]);
+        assert!(p.adjustments(&[], &[(1, f32::NAN)]).unwrap_err().to_string().contains("finite"));
     }
 
     #[test]

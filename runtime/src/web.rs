@@ -176,6 +176,8 @@ struct ChatOptions {
     frequency_penalty: Option<f32>,
     presence_penalty: Option<f32>,
     repetition_penalty: Option<f32>,
+    /// Token id (as text, as OpenAI has it) → bias.
+    logit_bias: Option<std::collections::BTreeMap<String, f32>>,
     /// The chat template's extra variables (`enable_thinking`, …).
     chat_template_kwargs: Option<crate::tokenizer::TemplateArgs>,
 }
@@ -261,7 +263,17 @@ async fn chat(inner: &mut Inner, messages: &str, options: &str, on_text: &Functi
         ..SamplingParams::default()
     };
     let max_tokens = o.max_tokens.map_or(context, |n| n.min(context as u64) as usize);
-    let params = GenerateParams { max_tokens, sampling, stop_ids: tokenizer.stop_ids.clone() };
+    let vocab = model.cfg.vocab;
+    let logit_bias = o
+        .logit_bias
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, b)| match k.parse::<u32>() {
+            Ok(id) if (id as usize) < vocab => Ok((id, b)),
+            _ => Err(Error::Input(format!("logit_bias: {k:?} is not a token id of this model (0 to {})", vocab - 1))),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let params = GenerateParams { max_tokens, sampling, stop_ids: tokenizer.stop_ids.clone(), logit_bias };
     let mut stream = tokenizer.stream();
     let mut content = String::new();
     let mut failed = None;

@@ -4,9 +4,9 @@
 // MAX_CAND); then thread 0 applies temperature, top-p and a draw from the
 // (seed, draw)-hash exactly as runtime/src/sample.rs does on the CPU.
 // The token goes to ids[0], the next step's input. `penalize` runs first
-// when the step has penalties: one thread per (token, count) of `penalized`
-// adjusts that token's logit in place, as runtime/src/sample.rs's
-// apply_penalties does. Constants: WG, MAX_CAND.
+// when the step has penalties or biases: one thread per (token, count,
+// bias) of `penalized` adjusts that token's logit in place, as
+// runtime/src/sample.rs's apply_penalties does. Constants: WG, MAX_CAND.
 
 #include step
 
@@ -20,7 +20,7 @@ struct Params {
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read_write> logits: array<f32>; // [vocab] (`penalize` adjusts them)
 @group(0) @binding(3) var<storage, read_write> ids: array<u32>;    // [≥ 1]
-@group(0) @binding(4) var<storage, read> penalized: array<vec2<u32>>; // [n_penalized] (token, count)
+@group(0) @binding(4) var<storage, read> penalized: array<vec4<u32>>; // [n_penalized] (token, count, bias bits, 0)
 
 @compute @workgroup_size(WG)
 fn penalize(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -33,10 +33,13 @@ fn penalize(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     var l = logits[e.x];
-    if (step.repetition != 1.0) {
-        l = select(l * step.repetition, l / step.repetition, l > 0.0);
+    if (e.y > 0u) {
+        if (step.repetition != 1.0) {
+            l = select(l * step.repetition, l / step.repetition, l > 0.0);
+        }
+        l -= f32(e.y) * step.frequency + step.presence;
     }
-    logits[e.x] = l - (f32(e.y) * step.frequency + step.presence);
+    logits[e.x] = l + bitcast<f32>(e.z);
 }
 
 var<workgroup> red_v: array<f32, WG>;

@@ -314,29 +314,38 @@ await test('chat_template_kwargs reach the template as --template-arg does', asy
   await p.close();
 });
 
-await test('penalties in the page give the native CLI\'s reply; bad values are refused', async () => {
+await test('penalties and logit_bias in the page give the native CLI\'s reply; bad values are refused', async () => {
   const name = 'tiny-gemma3';
   const want = await baleenJson(BIN, [
     'run', '--model', `${ROOT}tests/fixtures/${name}/model.gguf`, '--chat', '--prompt', 'Hello there', '--temperature', '0',
-    '--repeat-penalty', '1.5', '--frequency-penalty', '0.5', '--presence-penalty', '0.25', '--max-tokens', '40', '--backend', 'reference', '--json',
+    '--repeat-penalty', '1.5', '--frequency-penalty', '0.5', '--presence-penalty', '0.25', '--logit-bias', '216=-100', '--max-tokens', '40',
+    '--backend', 'reference', '--json',
   ]);
   const p = await openPage(context, `${base}?autoload=0`);
   const got = await p.evaluate(async (url) => {
     const { createEngine } = await import('/engine.js');
     const e = await createEngine(url);
     const messages = [{ role: 'user', content: 'Hello there' }];
-    const r = await e.chat.completions.create({ messages, temperature: 0, max_tokens: 40, repetition_penalty: 1.5, frequency_penalty: 0.5, presence_penalty: 0.25 });
-    let bad = null;
-    try {
-      await e.chat.completions.create({ messages, presence_penalty: 3 });
-    } catch (x) {
-      bad = x.message;
-    }
+    const r = await e.chat.completions.create({ messages, temperature: 0, max_tokens: 40, repetition_penalty: 1.5, frequency_penalty: 0.5, presence_penalty: 0.25, logit_bias: { 216: -100 } });
+    const refused = async (extra) => {
+      try {
+        await e.chat.completions.create({ messages, ...extra });
+        return null;
+      } catch (x) {
+        return x.message;
+      }
+    };
+    const bad = await refused({ presence_penalty: 3 });
+    const badBias = await refused({ logit_bias: { x: 1 } });
+    const farBias = await refused({ logit_bias: { 99999999: 1 } });
     await e.dispose();
-    return { content: r.choices[0].message.content, bad };
+    return { content: r.choices[0].message.content, bad, badBias, farBias };
   }, `/models/${name}.gguf`);
   assert.equal(got.content, want.text);
   assert.match(got.bad, /presence_penalty must be in \[-2, 2\]/);
+  assert.match(got.badBias, /"x" is not a token id/);
+  assert.match(got.farBias, /not a token id of this model/);
+  assert.ok(!want.token_ids.includes(216));
   await p.close();
 });
 

@@ -95,6 +95,11 @@ fn bad_input_gives_clear_errors() {
     fails_with(&["bench-kernels", "--bytes", "10"], "at least 65536 bytes");
     fails_with(&["bench", "--model", tiny, "--prompt-tokens", "18446744073709551615", "--gen-tokens", "5", r[0], r[1]], "exceed the model's context");
     fails_with(&["run", "--model", tiny, "--prompt-ids", "1,x", r[0], r[1]], "invalid digit");
+    fails_with(&["run", "--model", tiny, "--prompt", "hi", "--logit-bias", "5", r[0], r[1]], "give ID=BIAS");
+    fails_with(&["run", "--model", tiny, "--prompt", "hi", "--logit-bias", "5=inf", r[0], r[1]], "give ID=BIAS");
+    fails_with(&["run", "--model", tiny, "--prompt", "hi", "--repeat-penalty", "0", r[0], r[1]], "repetition penalty must be a number > 0");
+    fails_with(&["run", "--model", tiny, "--prompt", "hi", "--presence-penalty", "3", r[0], r[1]], "presence penalty must be in [-2, 2]");
+    fails_with(&["run", "--model", tiny, "--prompt", "hi", "--repeat-last-n", "5000", r[0], r[1]], "longer than the 4096");
 
     let dir = common::TempDir::new("cli-bad");
     // A truncated download of the real model.

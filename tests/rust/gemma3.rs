@@ -202,7 +202,7 @@ fn gemma3_270m_reference_matches_transformers() {
         r.truncate(0);
         let ids = common::u32s(&p["prompt_ids"]);
         let n = sure_steps(p, 0.01).min(8);
-        let params = baleen::engine::GenerateParams { max_tokens: n, sampling: Default::default(), stop_ids: vec![] };
+        let params = baleen::engine::GenerateParams { max_tokens: n, sampling: Default::default(), stop_ids: vec![], ..Default::default() };
         let g = baleen::engine::generate(&mut r, &ids, &params, |_| true).unwrap();
         let worst = check_last_logits(&g.prompt_logits, p, REAL_TOL, "reference");
         assert_eq!(g.tokens, common::u32s(&p["greedy_ids"])[..n], "reference greedy");
@@ -225,7 +225,7 @@ fn gemma3_270m_gpu_matches_transformers_past_the_window() {
             g.truncate(0);
             let ids = common::u32s(&p["prompt_ids"]);
             let n = sure_steps(p, margin);
-            let params = baleen::engine::GenerateParams { max_tokens: n, sampling: Default::default(), stop_ids: vec![] };
+            let params = baleen::engine::GenerateParams { max_tokens: n, sampling: Default::default(), stop_ids: vec![], ..Default::default() };
             let gen = baleen::engine::generate(&mut g, &ids, &params, |_| true).unwrap();
             let worst = check_last_logits(&gen.prompt_logits, p, tol, &format!("gpu (f16 cache {kv_f16})"));
             assert_eq!(gen.tokens, common::u32s(&p["greedy_ids"])[..n], "gpu greedy (f16 cache {kv_f16})");

@@ -257,11 +257,12 @@ fn penalties_on_the_gpu_match_the_reference_through_generation() {
         SamplingParams { frequency_penalty: 1.0, presence_penalty: 0.5, penalty_last_n: 8, ..plain },
         SamplingParams { temperature: 0.9, top_k: 20, seed: 5, repetition_penalty: 1.2, frequency_penalty: 0.3, ..plain },
     ];
-    let run = |b: &mut dyn Backend, s: SamplingParams| {
+    let run_biased = |b: &mut dyn Backend, s: SamplingParams, logit_bias: Vec<(u32, f32)>| {
         b.truncate(0);
-        let params = GenerateParams { max_tokens: 24, sampling: s, stop_ids: vec![] };
+        let params = GenerateParams { max_tokens: 24, sampling: s, stop_ids: vec![], logit_bias };
         generate(b, &ids, &params, |_| true).unwrap().tokens
     };
+    let run = |b: &mut dyn Backend, s: SamplingParams| run_biased(b, s, vec![]);
     let unpenalized = run(&mut r, plain);
     for s in cases {
         let want = run(&mut r, s);
@@ -270,6 +271,12 @@ fn penalties_on_the_gpu_match_the_reference_through_generation() {
             assert_ne!(want, unpenalized, "{s:?} changed nothing");
         }
     }
+    // A bias of −100 bans the greedy reply's tokens; +5 on another favours it.
+    let (first, other) = (unpenalized[0], (unpenalized[0] + 1) % m.config.vocab as u32);
+    let bias = vec![(first, -100.0), (other, 5.0)];
+    let want = run_biased(&mut r, plain, bias.clone());
+    assert!(!want.contains(&first));
+    assert_eq!(run_biased(&mut g, plain, bias), want, "logit bias");
     // The fixture's greedy reply repeats one token; a repetition penalty breaks the run.
     let longest_run = |t: &[u32]| t.chunk_by(|a, b| a == b).map(|c| c.len()).max().unwrap_or(0);
     assert!(longest_run(&run(&mut g, cases[0])) < longest_run(&unpenalized));
@@ -305,7 +312,7 @@ fn tiny_models_with_an_f16_kv_cache() {
         let mut g = GpuModel::load(gpu.clone(), &m, &GpuOptions { kv_f16: Some(true), ..Default::default() }).unwrap();
         assert!(g.kv_f16);
         let ids = common::u32s(&fx["prompt_ids"]);
-        let params = GenerateParams { max_tokens: 20, sampling: SamplingParams::default(), stop_ids: vec![] };
+        let params = GenerateParams { max_tokens: 20, sampling: SamplingParams::default(), stop_ids: vec![], ..Default::default() };
         let gen = generate(&mut g, &ids, &params, |_| true).unwrap();
         let last = common::f32s(fx["logits"].as_array().unwrap().last().unwrap());
         let d = common::max_abs_diff(&gen.prompt_logits, &last);
@@ -324,7 +331,7 @@ fn smollm2_check(opts: GpuOptions, margin: f32) {
     for p in fx["prompts"].as_array().unwrap() {
         g.truncate(0);
         let ids = common::u32s(&p["prompt_ids"]);
-        let params = GenerateParams { max_tokens: 32, sampling: SamplingParams::default(), stop_ids: vec![] };
+        let params = GenerateParams { max_tokens: 32, sampling: SamplingParams::default(), stop_ids: vec![], ..Default::default() };
         let gen = generate(&mut g, &ids, &params, |_| true).unwrap();
         let b = std::fs::read(common::fixture(&format!("smollm2/{}", p["logits_file"].as_str().unwrap()))).unwrap();
         let want: Vec<f32> = b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();

@@ -661,11 +661,11 @@ fn penalties_on_the_gpu_equal_the_cpu_ones() {
     l[10] = 0.0;
     let window: Vec<u32> = (0..300u32).map(|i| (i * 37 + i / 7) % 200).chain([10, 10, 999]).collect();
     let p = SamplingParams { repetition_penalty: 1.3, frequency_penalty: 0.4, presence_penalty: -0.2, penalty_last_n: 256, ..Default::default() };
-    let mut pen = p.penalized(&window);
+    let mut pen = p.adjustments(&window, &[(3, -100.0), (10, 2.5), (500, 0.75)]).unwrap();
     let mut want = l.clone();
     sample::apply_penalties(&mut want, &p, &pen);
-    pen.push((vocab as u32 + 5, 2));
-    let words: Vec<u32> = pen.iter().flat_map(|&(t, c)| [t, c]).collect();
+    pen.push(sample::Adjust { token: vocab as u32 + 5, count: 2, bias: 1.0 });
+    let words: Vec<u32> = pen.iter().flat_map(|a| [a.token, a.count, a.bias.to_bits(), 0]).collect();
     let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
     let ctx = Ctx { gpu: &gpu, step: &step_buf, shape: gpu.shape, subgroups: false };
     let lb = upload(&gpu, "logits", &l);

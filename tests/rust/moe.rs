@@ -92,7 +92,7 @@ fn greedy_tokens_match_where_the_margin_is_clear() {
         for (kind, path) in files(name) {
             let m = ModelFiles::open(&path).unwrap();
             let mut r = Reference::load(&m).unwrap();
-            let params = GenerateParams { max_tokens: want.len(), sampling: SamplingParams::default(), stop_ids: vec![] };
+            let params = GenerateParams { max_tokens: want.len(), sampling: SamplingParams::default(), stop_ids: vec![], ..Default::default() };
             let g = generate(&mut r, &common::u32s(&fx["prompt_ids"]), &params, |_| true).unwrap();
             assert_eq!(g.tokens[..clear], want[..clear], "{name} ({kind})");
         }

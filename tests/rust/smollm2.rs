@@ -61,7 +61,7 @@ fn reference_logits_and_greedy_tokens_match_transformers() {
         let margins = common::f32s(&p["greedy_margins"]);
         // Greedy steps while transformers' top-2 margin is clear of float noise.
         let n = margins.iter().take(12).take_while(|&&m| m >= 0.01).count();
-        let params = GenerateParams { max_tokens: n, sampling: SamplingParams::default(), stop_ids: vec![] };
+        let params = GenerateParams { max_tokens: n, sampling: SamplingParams::default(), stop_ids: vec![], ..Default::default() };
         let g = generate(&mut r, &ids, &params, |_| true).unwrap();
         let want = logits_file(p["logits_file"].as_str().unwrap());
         let rms = common::rms_diff(&g.prompt_logits, &want);

@@ -61,7 +61,7 @@ fn greedy_tokens_match_transformers() {
         let m = open(name);
         let mut r = Reference::load(&m).unwrap();
         let want = common::u32s(&fx["greedy_ids"]);
-        let params = GenerateParams { max_tokens: want.len(), sampling: SamplingParams::default(), stop_ids: vec![] };
+        let params = GenerateParams { max_tokens: want.len(), sampling: SamplingParams::default(), stop_ids: vec![], ..Default::default() };
         let g = generate(&mut r, &common::u32s(&fx["prompt_ids"]), &params, |_| true).unwrap();
         assert_eq!(g.tokens, want, "{name}");
     }
@@ -128,7 +128,7 @@ fn bad_token_ids_and_context_overflow_are_errors() {
     let e = r.forward_tokens(&[], false).unwrap_err().to_string();
     assert!(e.contains("no tokens"), "{e}");
     let too_long = vec![1u32; m.config.context_length + 1];
-    let params = GenerateParams { max_tokens: 1, sampling: SamplingParams::default(), stop_ids: vec![] };
+    let params = GenerateParams { max_tokens: 1, sampling: SamplingParams::default(), stop_ids: vec![], ..Default::default() };
     let e = generate(&mut r, &too_long, &params, |_| true).unwrap_err().to_string();
     assert!(e.contains("does not fit the model's context"), "{e}");
     assert_eq!(r.len(), 0, "a refused prompt leaves the cache untouched");
@@ -140,7 +140,7 @@ fn generation_stops_at_context_end_and_on_cancel() {
     let mut r = Reference::load(&m).unwrap();
     let ctx = m.config.context_length;
     let prompt = vec![5u32; ctx - 3];
-    let params = GenerateParams { max_tokens: 100, sampling: SamplingParams::default(), stop_ids: vec![] };
+    let params = GenerateParams { max_tokens: 100, sampling: SamplingParams::default(), stop_ids: vec![], ..Default::default() };
     let g = generate(&mut r, &prompt, &params, |_| true).unwrap();
     assert_eq!(g.stop, baleen::engine::StopReason::ContextFull);
     assert_eq!(r.len(), ctx);
@@ -157,7 +157,7 @@ fn generation_stops_at_context_end_and_on_cancel() {
 #[test]
 fn session_reuses_the_cache_and_matches_a_fresh_run() {
     let m = open("tiny-llama");
-    let params = GenerateParams { max_tokens: 4, sampling: SamplingParams::default(), stop_ids: vec![] };
+    let params = GenerateParams { max_tokens: 4, sampling: SamplingParams::default(), stop_ids: vec![], ..Default::default() };
     let turn1 = vec![Message::new("user", "hello there")];
     let p1 = m.tokenizer.encode_chat(&turn1, true).unwrap();
     let mut r = Reference::load(&m).unwrap();

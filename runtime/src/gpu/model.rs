@@ -17,7 +17,7 @@ use crate::format::{TensorIndex, TensorInfo, TensorReader};
 use crate::model::names;
 use crate::model::ops::{Activation, ExpertsDecl, Gqa, Latent, LinearDecl, Load, Ops, QkNorm, Rope, Weights};
 use crate::model::{Model, ModelFiles};
-use crate::sample::SamplingParams;
+use crate::sample::{Adjust, SamplingParams};
 use baleen_shaders::shape;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -663,7 +663,7 @@ impl GpuModel {
         if !logits.single || logits.width as usize != cfg.vocab {
             return Err(Error::Gpu(format!("the LM head made {} values a row, not the vocabulary's {}", logits.width, cfg.vocab)));
         }
-        let penalized = gpu.storage("penalized tokens", crate::sample::MAX_PENALTY_LAST_N as u64 * 8)?;
+        let penalized = gpu.storage("penalized tokens", crate::sample::MAX_PENALTY_LAST_N as u64 * 16)?;
         rec.ops.push(rec.ctx.penalize(&logits.buf, &penalized, logits.width)?);
         rec.ops.push(rec.ctx.sample(&logits.buf, &ids, logits.width)?);
         let (head, head_marks) = rec.take();
@@ -757,13 +757,13 @@ impl GpuModel {
 
     /// [`GpuModel::run_all`], the last pass's sampling after the penalties
     /// on `penalized` (token, count) pairs.
-    fn run_penalized(&mut self, tokens: &[u32], sampling: &SamplingParams, draw: u32, penalized: &[(u32, u32)]) -> Result<()> {
+    fn run_penalized(&mut self, tokens: &[u32], sampling: &SamplingParams, draw: u32, penalized: &[Adjust]) -> Result<()> {
         self.check_input(tokens)?;
         if penalized.len() > crate::sample::MAX_PENALTY_LAST_N {
             return Err(Error::Input(format!("{} penalised tokens; at most {} are counted", penalized.len(), crate::sample::MAX_PENALTY_LAST_N)));
         }
         if !penalized.is_empty() {
-            let words: Vec<u32> = penalized.iter().flat_map(|&(t, c)| [t, c]).collect();
+            let words: Vec<u32> = penalized.iter().flat_map(|a| [a.token, a.count, a.bias.to_bits(), 0]).collect();
             self.gpu.queue.write_buffer(&self.penalized, 0, bytemuck::cast_slice(&words));
         }
         let chunks: Vec<&[u32]> = tokens.chunks(self.max_pass).collect();
@@ -960,7 +960,7 @@ impl crate::engine::AsyncBackend for GpuModel {
         sampling: &SamplingParams,
         draw: u32,
         want_logits: bool,
-        penalized: &[(u32, u32)],
+        penalized: &[Adjust],
     ) -> Result<(u32, Option<Vec<f32>>)> {
         self.run_penalized(tokens, sampling, draw, penalized)?;
         let logits = if want_logits { Some(self.read_logits_async().await?) } else { None };
@@ -996,7 +996,7 @@ impl Backend for GpuModel {
         sampling: &SamplingParams,
         draw: u32,
         want_logits: bool,
-        penalized: &[(u32, u32)],
+        penalized: &[Adjust],
     ) -> Result<(u32, Option<Vec<f32>>)> {
         self.run_penalized(tokens, sampling, draw, penalized)?;
         let logits = if want_logits { Some(self.read_logits()?) } else { None };

@@ -716,8 +716,8 @@ impl Ctx<'_> {
         self.op(name.into(), key, &params, &[(binding::elementwise::OUT, x)], grid)
     }
 
-    /// The step's penalties on `logits`, in place, from `penalized`'s
-    /// (token, count) pairs (in steps that have some).
+    /// The step's penalties and biases on `logits`, in place, from
+    /// `penalized`'s (token, count, bias) entries (in steps that have some).
     pub fn penalize(&self, logits: &Buffer, penalized: &Buffer, vocab: u32) -> Result<Op> {
         use binding::sample::{LOGITS, PENALIZED};
         let params = SampleParams { vocab, ..Default::default() };

@@ -75,7 +75,7 @@ pub fn check_tiny(b: &mut impl Backend, fx: &serde_json::Value, tol: f32, clear:
     let all = b.forward(&ids, true).unwrap();
     let worst = check_positions(&all, b.vocab(), fx, tol, what);
     b.truncate(0);
-    let params = GenerateParams { max_tokens: want_greedy.len(), sampling: SamplingParams::default(), stop_ids: vec![] };
+    let params = GenerateParams { max_tokens: want_greedy.len(), sampling: SamplingParams::default(), stop_ids: vec![], ..Default::default() };
     let gen = generate(b, &ids, &params, |_| true).unwrap();
     let last = f32s(fx["logits"].as_array().unwrap().last().unwrap());
     let d = max_abs_diff(&gen.prompt_logits, &last);
