@@ -34,11 +34,22 @@ export interface ChatCompletionRequest {
   repetition_penalty?: number;
   /** Token id → bias added to its logit, [-100, 100] (−100 bans it). */
   logit_bias?: Record<string, number>;
+  /** Each token's log-probability (of the logits it was drawn from, after penalties, before temperature). */
+  logprobs?: boolean;
+  /** And the most likely alternatives', 0–20 (needs logprobs). */
+  top_logprobs?: number;
   /** Generation stops before any of these strings. */
   stop?: string | string[];
   stream?: boolean;
   /** The chat template's extra variables, e.g. Qwen3's `{ enable_thinking: false }`. */
   chat_template_kwargs?: Record<string, unknown>;
+}
+
+export interface TokenLogprob {
+  token: string;
+  logprob: number;
+  bytes: number[];
+  top_logprobs?: { token: string; logprob: number; bytes: number[] }[];
 }
 
 /** 'stop': end of reply or a stop string; 'length': max_tokens or the context; 'abort': interrupt(). */
@@ -55,7 +66,7 @@ export interface ChatCompletion {
   object: 'chat.completion';
   created: number;
   model: string;
-  choices: [{ index: 0; message: { role: 'assistant'; content: string }; finish_reason: FinishReason }];
+  choices: [{ index: 0; message: { role: 'assistant'; content: string }; finish_reason: FinishReason; logprobs?: { content: TokenLogprob[] } }];
   usage: Usage;
 }
 
@@ -64,7 +75,8 @@ export interface ChatCompletionChunk {
   object: 'chat.completion.chunk';
   created: number;
   model: string;
-  choices: [{ index: 0; delta: { role?: 'assistant'; content?: string }; finish_reason: FinishReason | null }];
+  /** logprobs: on the last chunk, every token's. */
+  choices: [{ index: 0; delta: { role?: 'assistant'; content?: string }; finish_reason: FinishReason | null; logprobs?: { content: TokenLogprob[] } }];
   /** On the last chunk only. */
   usage?: Usage;
 }

@@ -31,6 +31,11 @@ function checkRequest(req) {
     if (k === 'repetition_penalty' && !(v > 0)) throw new TypeError('repetition_penalty must be > 0 (1 is none)');
     options[k] = v;
   }
+  if (req.logprobs !== undefined && req.logprobs !== null && typeof req.logprobs !== 'boolean') throw new TypeError('logprobs must be true or false');
+  const top = req.top_logprobs ?? 0;
+  if (!Number.isInteger(top) || top < 0 || top > 20) throw new TypeError('top_logprobs must be a whole number in [0, 20]');
+  if (top > 0 && !req.logprobs) throw new TypeError('top_logprobs needs logprobs: true');
+  if (req.logprobs) options.logprobs = top;
   const bias = req.logit_bias;
   if (bias !== undefined && bias !== null) {
     if (typeof bias !== 'object' || Array.isArray(bias)) throw new TypeError('logit_bias must be an object of token id → bias');
@@ -163,7 +168,14 @@ class Engine {
       return {
         ...base,
         object: 'chat.completion',
-        choices: [{ index: 0, message: { role: 'assistant', content: r.content }, finish_reason: r.finish_reason }],
+        choices: [
+          {
+            index: 0,
+            message: { role: 'assistant', content: r.content },
+            finish_reason: r.finish_reason,
+            ...(r.logprobs ? { logprobs: { content: r.logprobs } } : {}),
+          },
+        ],
         usage: this.#usage(r),
       };
     }
@@ -189,7 +201,10 @@ class Engine {
     }).then(
       (r) => {
         this.#record(r);
-        push(chunk({}, r.finish_reason, { usage: this.#usage(r) }));
+        const last = chunk({}, r.finish_reason, { usage: this.#usage(r) });
+        // Streamed, every token's log-probabilities come with the last chunk.
+        if (r.logprobs) last.choices[0].logprobs = { content: r.logprobs };
+        push(last);
         finished = true;
         wake?.();
       },

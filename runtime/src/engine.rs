@@ -2,7 +2,7 @@
 //! same loop over any backend (the reference now, the GPU engine next).
 
 use crate::error::{Error, Result};
-use crate::sample::{apply_penalties, sample, top_k, Adjust, SamplingParams};
+use crate::sample::{apply_penalties, sample, top_k, Adjust, Logprobs, SamplingParams};
 pub use crate::support::{now_ms, run_ready};
 
 /// A forward pass with a KV cache.
@@ -30,11 +30,12 @@ pub trait Backend {
         draw: u32,
         want_logits: bool,
         penalized: &[Adjust],
-    ) -> Result<(u32, Option<Vec<f32>>)> {
+    ) -> Result<Sampled> {
         let mut logits = self.forward(tokens, false)?;
         apply_penalties(&mut logits, sampling, penalized);
         let token = sample(&logits, sampling, draw)?;
-        Ok((token, want_logits.then_some(logits)))
+        let logprobs = sampling.logprobs.map(|n| Logprobs::of(&logits, token, n));
+        Ok(Sampled { token, logits: want_logits.then_some(logits), logprobs })
     }
     fn is_empty(&self) -> bool {
         self.len() == 0
@@ -70,8 +71,19 @@ pub struct GenerateParams {
 }
 
 #[derive(Debug, Clone)]
+/// One step's choice: the token, the logits it was drawn from (when asked),
+/// and its log-probabilities (when [`SamplingParams::logprobs`] asks).
+pub struct Sampled {
+    pub token: u32,
+    pub logits: Option<Vec<f32>>,
+    pub logprobs: Option<Logprobs>,
+}
+
+#[derive(Debug, Clone)]
 pub struct Generation {
     pub tokens: Vec<u32>,
+    /// Each token's log-probabilities (with [`SamplingParams::logprobs`]).
+    pub logprobs: Vec<Logprobs>,
     pub stop: StopReason,
     /// Logits of the last prompt position.
     pub prompt_logits: Vec<f32>,
@@ -109,7 +121,7 @@ pub trait AsyncBackend {
         draw: u32,
         want_logits: bool,
         penalized: &[Adjust],
-    ) -> Result<(u32, Option<Vec<f32>>)>;
+    ) -> Result<Sampled>;
 }
 
 /// A synchronous backend as an [`AsyncBackend`] whose steps are ready at once.
@@ -132,7 +144,7 @@ impl AsyncBackend for Ready<'_> {
         draw: u32,
         want_logits: bool,
         penalized: &[Adjust],
-    ) -> Result<(u32, Option<Vec<f32>>)> {
+    ) -> Result<Sampled> {
         self.0.forward_sample(tokens, sampling, draw, want_logits, penalized)
     }
 }
@@ -185,9 +197,11 @@ async fn generate_after(
     let mut window: Vec<u32> = if s.penalizes() { history.iter().chain(prompt).copied().collect() } else { Vec::new() };
     let bias = &params.logit_bias;
     let t0 = now_ms();
-    let (mut next, logits) = backend.forward_sample(prompt, s, 0, true, &s.adjustments(&window, bias)?).await?;
+    let first = backend.forward_sample(prompt, s, 0, true, &s.adjustments(&window, bias)?).await?;
     let prefill_ms = now_ms() - t0;
-    let prompt_logits = logits.unwrap_or_default();
+    let prompt_logits = first.logits.unwrap_or_default();
+    let mut next = first.token;
+    let mut logprobs: Vec<Logprobs> = first.logprobs.into_iter().collect();
 
     let t1 = now_ms();
     let mut tokens = Vec::new();
@@ -211,9 +225,13 @@ async fn generate_after(
         if s.penalizes() {
             window.push(next);
         }
-        next = backend.forward_sample(&[next], s, tokens.len() as u32, false, &s.adjustments(&window, bias)?).await?.0;
+        let step = backend.forward_sample(&[next], s, tokens.len() as u32, false, &s.adjustments(&window, bias)?).await?;
+        next = step.token;
+        logprobs.extend(step.logprobs);
     };
-    Ok(Generation { tokens, stop, prompt_logits, prefill_ms, decode_ms: now_ms() - t1 })
+    // One a token: the last step's choice was not kept.
+    logprobs.truncate(tokens.len());
+    Ok(Generation { tokens, logprobs, stop, prompt_logits, prefill_ms, decode_ms: now_ms() - t1 })
 }
 
 /// A conversation over one backend: each turn's prompt (the whole templated

@@ -233,6 +233,10 @@ struct SamplingArgs {
     /// The penalties' window: the last N tokens of the context (0: none).
     #[arg(long, default_value_t = 64)]
     repeat_last_n: usize,
+    /// Report each token's log-probability and its N most likely alternatives
+    /// (0–20) in `run --json`'s "logprobs".
+    #[arg(long, value_name = "N")]
+    logprobs: Option<usize>,
     /// Add BIAS to token ID's logit, ID=BIAS (−100 bans it); repeatable.
     #[arg(long = "logit-bias", value_name = "ID=BIAS")]
     logit_bias: Vec<String>,
@@ -264,6 +268,7 @@ impl SamplingArgs {
             frequency_penalty: self.frequency_penalty,
             presence_penalty: self.presence_penalty,
             penalty_last_n: self.repeat_last_n,
+            logprobs: self.logprobs,
         };
         p.validate()?;
         Ok(p)
@@ -459,6 +464,18 @@ fn run(a: RunArgs) -> Result<()> {
             "decode_tokens_per_s": g.decode_tokens_per_s(),
             "logits_top": g.logits_top(10).iter().map(|&(i, l)| serde_json::json!([i, l])).collect::<Vec<_>>(),
         });
+        let mut json = json;
+        if params.sampling.logprobs.is_some() {
+            let text = |t: u32| m.tokenizer.decode(&[t]).unwrap_or_default();
+            json["logprobs"] = g
+                .logprobs
+                .iter()
+                .map(|lp| {
+                    let top: Vec<_> = lp.top.iter().map(|&(t, l)| serde_json::json!({"token": t, "text": text(t), "logprob": l})).collect();
+                    serde_json::json!({"token": lp.token, "text": text(lp.token), "logprob": lp.logprob, "top_logprobs": top})
+                })
+                .collect();
+        }
         writeln!(out, "{json}").map_err(|e| Error::io("stdout", e))?;
     } else {
         let rest = stream.finish()?;

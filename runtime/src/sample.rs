@@ -25,6 +25,44 @@ pub struct SamplingParams {
     pub frequency_penalty: f32,
     pub presence_penalty: f32,
     pub penalty_last_n: usize,
+    /// Report each chosen token's log-probability and the `n` most likely
+    /// tokens' (at most [`MAX_TOP_LOGPROBS`]); None: none.
+    pub logprobs: Option<usize>,
+}
+
+/// The most alternatives a token's log-probabilities list (OpenAI's bound).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// A chosen token's log-probability and the most likely tokens', from the
+/// logits it was drawn from (after penalties and biases, before temperature):
+/// `logit − logsumexp(logits)`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Logprobs {
+    pub token: u32,
+    pub logprob: f32,
+    /// `(token, logprob)`, most likely first (ties: lower id first).
+    pub top: Vec<(u32, f32)>,
+}
+
+impl Logprobs {
+    /// From the chosen token's logit, `n` top `(token, logit)`s and the
+    /// logits' logsumexp `lse`.
+    pub fn from_logits(token: u32, logit: f32, top: &[(u32, f32)], lse: f32) -> Self {
+        let lp = |l: f32| if lse.is_finite() { l - lse } else if l == lse { 0.0 } else { f32::NEG_INFINITY };
+        Logprobs { token, logprob: lp(logit), top: top.iter().map(|&(t, l)| (t, lp(l))).collect() }
+    }
+
+    /// The CPU's: `n` alternatives from all of `logits`.
+    pub fn of(logits: &[f32], token: u32, n: usize) -> Self {
+        let max = logits.iter().copied().filter(|v| !v.is_nan()).fold(f32::NEG_INFINITY, f32::max);
+        let lse = if max.is_finite() {
+            let sum: f32 = logits.iter().filter(|v| !v.is_nan()).map(|&v| (v - max).exp()).sum();
+            max + sum.ln()
+        } else {
+            max
+        };
+        Self::from_logits(token, logits.get(token as usize).copied().unwrap_or(f32::NAN), &top_k(logits, n), lse)
+    }
 }
 
 /// The most tokens a penalty window holds (the GPU's list of penalised
@@ -42,6 +80,7 @@ impl Default for SamplingParams {
             frequency_penalty: 0.0,
             presence_penalty: 0.0,
             penalty_last_n: 64,
+            logprobs: None,
         }
     }
 }
@@ -61,6 +100,9 @@ impl SamplingParams {
             if !(-2.0..=2.0).contains(&v) {
                 return Err(Error::Input(format!("the {what} penalty must be in [-2, 2] (0 is none), not {v}")));
             }
+        }
+        if self.logprobs.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
+            return Err(Error::Input(format!("at most {MAX_TOP_LOGPROBS} top log-probabilities a token, not {}", self.logprobs.unwrap_or(0))));
         }
         if self.penalty_last_n > MAX_PENALTY_LAST_N {
             return Err(Error::Input(format!("the penalty window of {} tokens is longer than the {MAX_PENALTY_LAST_N} baleen counts", self.penalty_last_n)));
@@ -292,6 +334,22 @@ mod tests {
     }
 
     #[test]
+    fn logprobs_are_log_softmax_of_the_logits() {
+        // log-softmax of [1, 2, 3, NaN]: NaN left out; 3 − ln(e + e² + e³)…
+        let l = [1.0f32, 2.0, 3.0, f32::NAN];
+        let lse = (1f32.exp() + 2f32.exp() + 3f32.exp()).ln();
+        let lp = Logprobs::of(&l, 1, 2);
+        assert!((lp.logprob - (2.0 - lse)).abs() < 1e-6);
+        assert_eq!(lp.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![2, 1]);
+        assert!((lp.top[0].1 - (3.0 - lse)).abs() < 1e-6);
+        let total: f32 = [0usize, 1, 2].iter().map(|&i| (l[i] - lse).exp()).sum();
+        assert!((total - 1.0).abs() < 1e-6);
+        // +∞ takes all the probability.
+        let lp = Logprobs::of(&[0.0, f32::INFINITY], 1, 1);
+        assert_eq!((lp.logprob, lp.top[0]), (0.0, (1, 0.0)));
+    }
+
+    #[test]
     fn bad_parameters_are_errors() {
         let bad = [
             SamplingParams { temperature: -1.0, ..Default::default() },
@@ -303,6 +361,7 @@ mod tests {
             SamplingParams { frequency_penalty: 2.5, ..Default::default() },
             SamplingParams { presence_penalty: f32::NAN, ..Default::default() },
             SamplingParams { penalty_last_n: MAX_PENALTY_LAST_N + 1, ..Default::default() },
+            SamplingParams { logprobs: Some(21), ..Default::default() },
         ];
         for p in bad {
             assert!(p.validate().is_err(), "{p:?}");

@@ -175,6 +175,8 @@ struct ChatOptions {
     seed: Option<u64>,
     frequency_penalty: Option<f32>,
     presence_penalty: Option<f32>,
+    /// Log-probabilities of each token and this many alternatives.
+    logprobs: Option<usize>,
     repetition_penalty: Option<f32>,
     /// Token id (as text, as OpenAI has it) → bias.
     logit_bias: Option<std::collections::BTreeMap<String, f32>>,
@@ -192,6 +194,15 @@ struct ChatResult {
     reused_tokens: usize,
     prefill_ms: f64,
     decode_ms: f64,
+    /// OpenAI's `logprobs.content`: each token's, when asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logprobs: Option<Vec<serde_json::Value>>,
+}
+
+/// One token's log-probability entry as OpenAI shapes it.
+fn openai_logprob(tokenizer: &Tokenizer, token: u32, logprob: f32) -> serde_json::Value {
+    let text = tokenizer.decode(&[token]).unwrap_or_default();
+    serde_json::json!({ "token": text, "logprob": logprob, "bytes": text.as_bytes() })
 }
 
 fn busy() -> JsValue {
@@ -260,6 +271,7 @@ async fn chat(inner: &mut Inner, messages: &str, options: &str, on_text: &Functi
         frequency_penalty: o.frequency_penalty.unwrap_or(0.0),
         presence_penalty: o.presence_penalty.unwrap_or(0.0),
         repetition_penalty: o.repetition_penalty.unwrap_or(1.0),
+        logprobs: o.logprobs,
         ..SamplingParams::default()
     };
     let max_tokens = o.max_tokens.map_or(context, |n| n.min(context as u64) as usize);
@@ -310,5 +322,15 @@ async fn chat(inner: &mut Inner, messages: &str, options: &str, on_text: &Functi
         reused_tokens: reused,
         prefill_ms: g.prefill_ms,
         decode_ms: g.decode_ms,
+        logprobs: o.logprobs.map(|_| {
+            g.logprobs
+                .iter()
+                .map(|lp| {
+                    let mut e = openai_logprob(tokenizer, lp.token, lp.logprob);
+                    e["top_logprobs"] = lp.top.iter().map(|&(t, l)| openai_logprob(tokenizer, t, l)).collect();
+                    e
+                })
+                .collect()
+        }),
     })
 }

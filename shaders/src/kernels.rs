@@ -124,7 +124,13 @@ uniform!(
 
 uniform!(
     /// sample.wgsl.
-    SampleParams for "sample" { vocab: u32, pad0: u32, pad1: u32, pad2: u32 }
+    SampleParams for "sample" {
+        vocab: u32,
+        /// Where in `ids` the log-probabilities go (past the pass's ids).
+        out_at: u32,
+        pad1: u32,
+        pad2: u32,
+    }
 );
 
 uniform!(

@@ -6,13 +6,16 @@
 // The token goes to ids[0], the next step's input. `penalize` runs first
 // when the step has penalties or biases: one thread per (token, count,
 // bias) of `penalized` adjusts that token's logit in place, as
-// runtime/src/sample.rs's apply_penalties does. Constants: WG, MAX_CAND.
+// runtime/src/sample.rs's apply_penalties does. With step.logprobs = 1 + n,
+// `main` also writes at ids[out_at…]: the logits' logsumexp, the chosen
+// token's logit, then the n best (id, logit), floats as bits; the host
+// subtracts (sample::Logprobs). Constants: WG, MAX_CAND.
 
 #include step
 
 struct Params {
     vocab: u32,
-    pad0: u32,
+    out_at: u32,
     pad1: u32,
     pad2: u32,
 }
@@ -92,6 +95,14 @@ fn consider(i: u32, pv: f32, pi: u32, bv: ptr<function, f32>, bi: ptr<function, 
     }
 }
 
+// The token chosen: ids[0], and its logit for the log-probabilities.
+fn finish(chosen: u32) {
+    ids[0] = chosen;
+    if (step.logprobs > 0u && chosen != NONE) {
+        ids[p.out_at + 1u] = bitcast<u32>(logits[chosen]);
+    }
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) lid: u32) {
     var k = MAX_CAND;
@@ -101,10 +112,12 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         k = min(step.top_k, MAX_CAND);
     }
     k = min(k, p.vocab);
+    // Rounds: the sampler's k candidates, or the log-probabilities' n best.
+    let rounds = min(max(k, select(0u, step.logprobs - 1u, step.logprobs > 0u)), min(MAX_CAND, p.vocab));
     // The previous pick: candidates must come strictly after it.
     var pv = 0.0;
     var pi = NONE;
-    for (var r = 0u; r < k; r++) {
+    for (var r = 0u; r < rounds; r++) {
         var bv = 0.0;
         var bi = NONE;
         // Eight logits per iteration: Mesa's llvmpipe (lavapipe) ends an
@@ -142,6 +155,36 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         }
         workgroupBarrier();
     }
+    if (step.logprobs > 0u) {
+        // logsumexp over the non-NaN logits, from their max (every thread
+        // takes part: the barriers stay in uniform control flow).
+        let mx = cand_v[0];
+        var sum = 0.0;
+        if (cand_i[0] != NONE && !is_inf(mx)) {
+            for (var i = lid; i < p.vocab; i += WG) {
+                let v = logits[i];
+                if (!is_nan(v)) {
+                    sum += exp(v - mx);
+                }
+            }
+        }
+        red_v[lid] = sum;
+        workgroupBarrier();
+        for (var s = WG / 2u; s > 0u; s >>= 1u) {
+            if (lid < s) {
+                red_v[lid] += red_v[lid + s];
+            }
+            workgroupBarrier();
+        }
+        if (lid == 0u) {
+            let lse = select(mx + log(red_v[0]), mx, is_inf(mx));
+            ids[p.out_at] = bitcast<u32>(lse);
+            for (var j = 0u; j + 1u < step.logprobs; j++) {
+                ids[p.out_at + 2u + 2u * j] = cand_i[j];
+                ids[p.out_at + 3u + 2u * j] = bitcast<u32>(cand_v[j]);
+            }
+        }
+    }
     if (lid != 0u) {
         return;
     }
@@ -152,7 +195,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     }
     // Greedy; or +∞ wins outright, and all -∞ leaves only the order (as the CPU sampler).
     if (k == 1u || is_inf(cand_v[0])) {
-        ids[0] = cand_i[0];
+        finish(cand_i[0]);
         return;
     }
     // Fewer non-NaN logits than k: sample among those found.
@@ -201,5 +244,5 @@ fn main(@builtin(local_invocation_index) lid: u32) {
             break;
         }
     }
-    ids[0] = chosen;
+    finish(chosen);
 }

@@ -16,6 +16,11 @@ struct Step {
     repetition: f32,
     frequency: f32,
     presence: f32,
+    // sample.wgsl also reports log-probabilities: 1 + the alternatives (0: no).
+    logprobs: u32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> step: Step;

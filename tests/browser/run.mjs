@@ -349,6 +349,44 @@ await test('penalties and logit_bias in the page give the native CLI\'s reply; b
   await p.close();
 });
 
+await test('logprobs in OpenAI shapes, as the native CLI reports them, streamed and not', async () => {
+  const name = 'tiny-qwen3';
+  const want = await baleenJson(BIN, [
+    'run', '--model', `${ROOT}tests/fixtures/${name}/model.gguf`, '--chat', '--prompt', 'Hello there', '--temperature', '0',
+    '--logprobs', '2', '--max-tokens', '6', '--backend', 'reference', '--json',
+  ]);
+  const p = await openPage(context, `${base}?autoload=0`);
+  const got = await p.evaluate(async (url) => {
+    const { createEngine } = await import('/engine.js');
+    const e = await createEngine(url);
+    const req = { messages: [{ role: 'user', content: 'Hello there' }], temperature: 0, max_tokens: 6, logprobs: true, top_logprobs: 2 };
+    const r = await e.chat.completions.create(req);
+    let last;
+    for await (const c of await e.chat.completions.create({ ...req, stream: true })) last = c;
+    let bad = null;
+    try {
+      await e.chat.completions.create({ ...req, logprobs: false });
+    } catch (x) {
+      bad = x.message;
+    }
+    await e.dispose();
+    return { lp: r.choices[0].logprobs, streamed: last.choices[0].logprobs, bad };
+  }, `/models/${name}.gguf`);
+  const content = got.lp.content;
+  assert.equal(content.length, want.logprobs.length);
+  content.forEach((c, i) => {
+    const w = want.logprobs[i];
+    assert.equal(c.token, w.text);
+    assert.ok(Math.abs(c.logprob - w.logprob) < 1e-3, `${c.logprob} vs ${w.logprob}`);
+    assert.deepEqual(c.bytes, [...new TextEncoder().encode(w.text)]);
+    assert.equal(c.top_logprobs.length, 2);
+    assert.equal(c.top_logprobs[0].token, w.top_logprobs[0].text);
+  });
+  assert.deepEqual(got.streamed, got.lp);
+  assert.match(got.bad, /top_logprobs needs logprobs: true/);
+  await p.close();
+});
+
 await test('kvCache: f32 is honoured; f16 without shader-f16, and other values, are refused', async () => {
   const p = await openPage(context, `${base}?autoload=0`);
   const got = await p.evaluate(async (url) => {

@@ -156,6 +156,29 @@ fn context_is_chosen_asked_for_and_refused_past_the_model() {
 }
 
 #[test]
+fn run_json_reports_logprobs_when_asked() {
+    let tiny = common::fixture("tiny-qwen3");
+    let tiny = tiny.to_str().unwrap();
+    for backend in ["reference", "gpu"] {
+        let j = ok_json(&["run", "--model", tiny, "--prompt-ids", "1,2,3", "--max-tokens", "4", "--temperature", "0", "--logprobs", "3", "--backend", backend, "--json"]);
+        let lps = j["logprobs"].as_array().unwrap();
+        assert_eq!(lps.len(), j["token_ids"].as_array().unwrap().len(), "{backend}: {j}");
+        for (lp, id) in lps.iter().zip(j["token_ids"].as_array().unwrap()) {
+            assert_eq!(&lp["token"], id);
+            let top = lp["top_logprobs"].as_array().unwrap();
+            assert_eq!(top.len(), 3);
+            // Greedy: the chosen token is the most likely.
+            assert_eq!(&top[0]["token"], id);
+            assert!((lp["logprob"].as_f64().unwrap() - top[0]["logprob"].as_f64().unwrap()).abs() < 1e-6);
+            assert!(top.windows(2).all(|w| w[0]["logprob"].as_f64() >= w[1]["logprob"].as_f64()));
+        }
+        let plain = ok_json(&["run", "--model", tiny, "--prompt-ids", "1,2,3", "--max-tokens", "2", "--backend", backend, "--json"]);
+        assert!(plain.get("logprobs").is_none());
+    }
+    fails_with(&["run", "--model", tiny, "--prompt-ids", "1", "--logprobs", "21", "--backend", "reference"], "at most 20 top log-probabilities");
+}
+
+#[test]
 fn template_args_reach_the_chat_template() {
     let tiny = common::fixture("tiny-qwen3");
     let tiny = tiny.to_str().unwrap();

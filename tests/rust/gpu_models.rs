@@ -271,6 +271,24 @@ fn penalties_on_the_gpu_match_the_reference_through_generation() {
             assert_ne!(want, unpenalized, "{s:?} changed nothing");
         }
     }
+    // Log-probabilities: the GPU's (reduced on the device) are the CPU's
+    // log-softmax of the same logits, greedy and sampled, penalised too.
+    for s in [SamplingParams { logprobs: Some(5), ..plain }, SamplingParams { logprobs: Some(3), ..cases[2] }] {
+        let gen = |b: &mut dyn Backend| {
+            b.truncate(0);
+            let params = GenerateParams { max_tokens: 12, sampling: s, ..Default::default() };
+            generate(b, &ids, &params, |_| true).unwrap()
+        };
+        let (want, got) = (gen(&mut r), gen(&mut g));
+        assert_eq!(got.tokens, want.tokens);
+        assert_eq!((got.logprobs.len(), want.logprobs.len()), (12, 12));
+        for (a, b) in got.logprobs.iter().zip(&want.logprobs) {
+            assert_eq!(a.token, b.token);
+            assert!((a.logprob - b.logprob).abs() < 1e-4 && a.logprob <= 0.0, "{a:?} vs {b:?}");
+            assert_eq!(a.top.iter().map(|t| t.0).collect::<Vec<_>>(), b.top.iter().map(|t| t.0).collect::<Vec<_>>());
+            assert!(a.top.iter().zip(&b.top).all(|(x, y)| (x.1 - y.1).abs() < 1e-4));
+        }
+    }
     // A bias of −100 bans the greedy reply's tokens; +5 on another favours it.
     let (first, other) = (unpenalized[0], (unpenalized[0] + 1) % m.config.vocab as u32);
     let bias = vec![(first, -100.0), (other, 5.0)];

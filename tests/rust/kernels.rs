@@ -634,7 +634,7 @@ fn gpu_sample(gpu: &Gpu, logits: &[f32], p: &SamplingParams, draw: u32) -> u32 {
     let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
     let ctx = Ctx { gpu, step: &step_buf, shape: gpu.shape, subgroups: false };
     let lb = upload(gpu, "logits", logits);
-    let ids = gpu.storage("ids", 4).unwrap();
+    let ids = gpu.storage("ids", 4 * (3 + 2 * sample::MAX_TOP_LOGPROBS as u64)).unwrap();
     let st = Step {
         n_tokens: 1,
         seed_lo: p.seed as u32,
@@ -645,7 +645,7 @@ fn gpu_sample(gpu: &Gpu, logits: &[f32], p: &SamplingParams, draw: u32) -> u32 {
         top_p: p.top_p,
         ..Default::default()
     };
-    run(gpu, &step_buf, st, &[ctx.sample(&lb, &ids, logits.len() as u32).unwrap()]);
+    run(gpu, &step_buf, st, &[ctx.sample(&lb, &ids, logits.len() as u32, 1).unwrap()]);
     u32::from_le_bytes(gpu.read(&ids, 0, 4).unwrap()[..4].try_into().unwrap())
 }
 
@@ -673,6 +673,32 @@ fn penalties_on_the_gpu_equal_the_cpu_ones() {
     let st = Step { n_tokens: 1, n_penalized: pen.len() as u32, repetition: 1.3, frequency: 0.4, presence: -0.2, ..Default::default() };
     run(&gpu, &step_buf, st, &[ctx.penalize(&lb, &pb, vocab as u32).unwrap()]);
     assert_eq!(download(&gpu, &lb, vocab), want);
+}
+
+/// The GPU sampler's token and log-probabilities (laid out past ids[0]
+/// as GpuModel reads them: ids[1] the logsumexp, ids[2] the chosen logit,
+/// then (id, logit) pairs).
+fn gpu_sample_logprobs(gpu: &Gpu, logits: &[f32], p: &SamplingParams, draw: u32) -> (u32, sample::Logprobs) {
+    let n = p.logprobs.unwrap();
+    let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
+    let ctx = Ctx { gpu, step: &step_buf, shape: gpu.shape, subgroups: false };
+    let lb = upload(gpu, "logits", logits);
+    let ids = gpu.storage("ids", 4 * (3 + 2 * sample::MAX_TOP_LOGPROBS as u64)).unwrap();
+    let st = Step {
+        n_tokens: 1,
+        seed_lo: p.seed as u32,
+        seed_hi: (p.seed >> 32) as u32,
+        draw,
+        top_k: p.top_k as u32,
+        temperature: p.temperature,
+        top_p: p.top_p,
+        logprobs: n as u32 + 1,
+        ..Default::default()
+    };
+    run(gpu, &step_buf, st, &[ctx.sample(&lb, &ids, logits.len() as u32, 1).unwrap()]);
+    let w: Vec<u32> = gpu.read(&ids, 0, 4 * (3 + 2 * n as u64)).unwrap().chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect();
+    let top: Vec<(u32, f32)> = (0..n).map(|j| (w[3 + 2 * j], f32::from_bits(w[4 + 2 * j]))).collect();
+    (w[0], sample::Logprobs::from_logits(w[0], f32::from_bits(w[2]), &top, f32::from_bits(w[1])))
 }
 
 #[test]
@@ -708,6 +734,16 @@ fn sampling_on_the_gpu_equals_the_cpu_sampler() {
             let want = sample::sample(&l, &p, draw).unwrap();
             assert_eq!(gpu_sample(&gpu, &l, &p, draw), want, "{p:?} draw {draw}");
         }
+    }
+    // Log-probabilities: the device's logsumexp and top-n against the CPU's.
+    for (p, n) in [(SamplingParams::default(), 5usize), (SamplingParams { temperature: 0.7, top_k: 3, seed: 4, ..Default::default() }, 20)] {
+        let p = SamplingParams { logprobs: Some(n), ..p };
+        let (token, lp) = gpu_sample_logprobs(&gpu, &l, &p, 2);
+        assert_eq!(token, sample::sample(&l, &p, 2).unwrap());
+        let want = sample::Logprobs::of(&l, token, n);
+        assert!((lp.logprob - want.logprob).abs() < 1e-5, "{lp:?} vs {want:?}");
+        assert_eq!(lp.top.iter().map(|t| t.0).collect::<Vec<_>>(), want.top.iter().map(|t| t.0).collect::<Vec<_>>());
+        assert!(lp.top.iter().zip(&want.top).all(|(a, b)| (a.1 - b.1).abs() < 1e-5));
     }
     // Qwen2's vocabulary, all 256 candidates: on lavapipe the rounds' loops
     // must stay under llvmpipe's 65535 iterations per invocation.

@@ -204,8 +204,8 @@ pub fn run(gpu: &Gpu, target_bytes: u64, only: Option<&str>) -> Result<KernelRep
     }
     if wanted("sample") {
         let vocab = 128256u32;
-        let (logits, ids) = (gpu.storage("logits", f32s(vocab))?, gpu.storage("ids", 4)?);
-        let ops = [ctx.sample(&logits, &ids, vocab)?];
+        let (logits, ids) = (gpu.storage("logits", f32s(vocab))?, gpu.storage("ids", 4 * (3 + 2 * crate::sample::MAX_TOP_LOGPROBS as u64))?);
+        let ops = [ctx.sample(&logits, &ids, vocab, 1)?];
         b.measure("sample_greedy".into(), format!("vocab {vocab}"), &ops, pass(1, 0), 4, f32s(vocab))?;
     }
 

@@ -41,6 +41,11 @@ pub struct Step {
     pub repetition: f32,
     pub frequency: f32,
     pub presence: f32,
+    /// The sampler also reports log-probabilities: 1 + the alternatives (0: no).
+    pub logprobs: u32,
+    pub pad0: u32,
+    pub pad1: u32,
+    pub pad2: u32,
 }
 
 /// How matrix kernels spread a row over threads; chosen from the adapter.

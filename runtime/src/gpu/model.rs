@@ -17,7 +17,8 @@ use crate::format::{TensorIndex, TensorInfo, TensorReader};
 use crate::model::names;
 use crate::model::ops::{Activation, ExpertsDecl, Gqa, Latent, LinearDecl, Load, Ops, QkNorm, Rope, Weights};
 use crate::model::{Model, ModelFiles};
-use crate::sample::{Adjust, SamplingParams};
+use crate::engine::Sampled;
+use crate::sample::{Adjust, Logprobs, SamplingParams};
 use baleen_shaders::shape;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -580,7 +581,9 @@ pub struct GpuModel {
     step: wgpu::Buffer,
     ids: wgpu::Buffer,    // [max_pass] u32: the pass's input ids; ids[0] ← sampled token
     logits: wgpu::Buffer, // [vocab] f32: the last token's logits
-    penalized: wgpu::Buffer, // [MAX_PENALTY_LAST_N] (token, count): the step's penalties
+    penalized: wgpu::Buffer, // [MAX_PENALTY_LAST_N] (token, count, bias): the step's penalties
+    /// Where in `ids` the sampler writes log-probabilities.
+    ids_out_at: usize,
     /// Embedding and layers: every pass.
     body: Vec<Op>,
     /// Final norm, LM head, sampling: passes whose last token is wanted.
@@ -639,7 +642,8 @@ impl GpuModel {
         let step = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
         let ctx = Ctx { gpu: &gpu, step: &step, shape, subgroups: opts.subgroups && gpu.has_subgroups() };
         let max_pass = opts.max_pass_tokens.max(1);
-        let ids = gpu.storage("ids", max_pass as u64 * 4)?;
+        // The pass's ids, then the sampler's log-probabilities.
+        let ids = gpu.storage("ids", (max_pass + 2 + 2 * crate::sample::MAX_TOP_LOGPROBS) as u64 * 4)?;
         let mut rec = Recorder {
             gpu: &gpu,
             ctx,
@@ -665,7 +669,7 @@ impl GpuModel {
         }
         let penalized = gpu.storage("penalized tokens", crate::sample::MAX_PENALTY_LAST_N as u64 * 16)?;
         rec.ops.push(rec.ctx.penalize(&logits.buf, &penalized, logits.width)?);
-        rec.ops.push(rec.ctx.sample(&logits.buf, &ids, logits.width)?);
+        rec.ops.push(rec.ctx.sample(&logits.buf, &ids, logits.width, max_pass as u32)?);
         let (head, head_marks) = rec.take();
         let max_pass = rec.max_pass;
         let mut buffers: Vec<wgpu::Buffer> = rec.pool.into_values().collect();
@@ -683,6 +687,7 @@ impl GpuModel {
             step,
             ids,
             penalized,
+            ids_out_at: opts.max_pass_tokens.max(1),
             logits: logits.buf,
             body,
             head,
@@ -715,9 +720,11 @@ impl GpuModel {
             temperature: sampling.temperature,
             top_p: sampling.top_p,
             n_penalized: if head { n_penalized } else { 0 },
+            logprobs: sampling.logprobs.map_or(0, |n| n as u32 + 1),
             repetition: sampling.repetition_penalty,
             frequency: sampling.frequency_penalty,
             presence: sampling.presence_penalty,
+            ..Default::default()
         };
         let ops: Vec<&Op> = if head { self.body.iter().chain(&self.head).collect() } else { self.body.iter().collect() };
         self.gpu.run(&self.step, &step, &ops)?;
@@ -902,15 +909,29 @@ impl GpuModel {
 
     /// The token the last pass sampled, once the GPU is done.
     pub fn read_token_async(&self) -> impl std::future::Future<Output = Result<u32>> {
-        let f = self.gpu.read_async(&self.ids, 0, 4);
+        let f = self.read_sampled_async(None);
+        async move { Ok(f.await?.0) }
+    }
+
+    /// The sampled token, and with `logprobs` (its alternatives, as the
+    /// step asked) its log-probabilities: one readback either way.
+    pub fn read_sampled_async(&self, logprobs: Option<usize>) -> impl std::future::Future<Output = Result<(u32, Option<Logprobs>)>> {
+        let at = self.ids_out_at;
+        let words = logprobs.map_or(1, |n| at + 2 + 2 * n);
+        let f = self.gpu.read_async(&self.ids, 0, words as u64 * 4);
         let vocab = self.cfg.vocab;
         async move {
             let bytes = f.await?;
-            let id = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"));
+            let w: &[u32] = bytemuck::cast_slice(&bytes[..words * 4]);
+            let id = w[0];
             if id as usize >= vocab {
                 return Err(Error::Gpu("the model produced only NaN logits (numerical failure on this GPU)".into()));
             }
-            Ok(id)
+            let lp = logprobs.map(|n| {
+                let top: Vec<(u32, f32)> = (0..n).map(|j| (w[at + 2 + 2 * j], f32::from_bits(w[at + 3 + 2 * j]))).filter(|&(t, _)| (t as usize) < vocab).collect();
+                Logprobs::from_logits(id, f32::from_bits(w[at + 1]), &top, f32::from_bits(w[at]))
+            });
+            Ok((id, lp))
         }
     }
 
@@ -934,11 +955,6 @@ impl GpuModel {
     fn read_logits(&self) -> Result<Vec<f32>> {
         self.wait(self.read_logits_async())
     }
-
-    #[cfg(not(target_arch = "wasm32"))]
-    fn read_token(&self) -> Result<u32> {
-        self.wait(self.read_token_async())
-    }
 }
 
 /// In the browser every readback is awaited.
@@ -961,12 +977,12 @@ impl crate::engine::AsyncBackend for GpuModel {
         draw: u32,
         want_logits: bool,
         penalized: &[Adjust],
-    ) -> Result<(u32, Option<Vec<f32>>)> {
+    ) -> Result<Sampled> {
         self.run_penalized(tokens, sampling, draw, penalized)?;
         let logits = if want_logits { Some(self.read_logits_async().await?) } else { None };
-        let token = self.read_token_async().await?;
+        let (token, logprobs) = self.read_sampled_async(sampling.logprobs).await?;
         self.gpu.check()?;
-        Ok((token, logits))
+        Ok(Sampled { token, logits, logprobs })
     }
 }
 
@@ -997,10 +1013,11 @@ impl Backend for GpuModel {
         draw: u32,
         want_logits: bool,
         penalized: &[Adjust],
-    ) -> Result<(u32, Option<Vec<f32>>)> {
+    ) -> Result<Sampled> {
         self.run_penalized(tokens, sampling, draw, penalized)?;
         let logits = if want_logits { Some(self.read_logits()?) } else { None };
-        Ok((self.read_token()?, logits))
+        let (token, logprobs) = self.wait(self.read_sampled_async(sampling.logprobs))?;
+        Ok(Sampled { token, logits, logprobs })
     }
 
     fn len(&self) -> usize {

@@ -726,10 +726,15 @@ impl Ctx<'_> {
         Ok(op.only(Passes::Penalized))
     }
 
-    /// Choose the next token from `logits` into `ids[0]`.
-    pub fn sample(&self, logits: &Buffer, ids: &Buffer, vocab: u32) -> Result<Op> {
+    /// Choose the next token from `logits` into `ids[0]` (and, in steps
+    /// that ask, log-probabilities into `ids[out_at..]`).
+    pub fn sample(&self, logits: &Buffer, ids: &Buffer, vocab: u32, out_at: u32) -> Result<Op> {
         use binding::sample::{IDS, LOGITS};
-        let params = SampleParams { vocab, ..Default::default() };
+        let need = (out_at as u64 + 2 + 2 * crate::sample::MAX_TOP_LOGPROBS as u64) * 4;
+        if ids.size() < need {
+            return Err(Error::Gpu(format!("sample: the ids buffer holds {} bytes, its log-probabilities need {need}", ids.size())));
+        }
+        let params = SampleParams { vocab, out_at, ..Default::default() };
         self.op("sample".into(), PipelineKey::new(Kernel::Sample, "main", vec![]), &params, &[(LOGITS, logits), (IDS, ids)], Grid::Fixed([1, 1, 1]))
     }
 }
