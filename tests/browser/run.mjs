@@ -350,7 +350,7 @@ await test('penalties and logit_bias in the page give the native CLI\'s reply; b
 });
 
 await test('logprobs in OpenAI shapes, as the native CLI reports them, streamed and not', async () => {
-  const name = 'tiny-qwen3';
+  const name = 'tiny-qwen3-moe';
   const want = await baleenJson(BIN, [
     'run', '--model', `${ROOT}tests/fixtures/${name}/model.gguf`, '--chat', '--prompt', 'Hello there', '--temperature', '0',
     '--logprobs', '2', '--max-tokens', '6', '--backend', 'reference', '--json',

@@ -21,8 +21,7 @@ const NAME: &str = "tiny-gemma3";
 const TOL: f32 = 1e-3;
 
 fn files() -> [(&'static str, PathBuf); 2] {
-    let dir = common::fixture(NAME);
-    [("safetensors", dir.clone()), ("gguf", dir.join("model.gguf"))]
+    common::both_files(NAME)
 }
 
 fn gpu() -> Arc<Gpu> {

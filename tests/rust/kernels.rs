@@ -631,10 +631,18 @@ fn swiglu_matches() {
 }
 
 fn gpu_sample(gpu: &Gpu, logits: &[f32], p: &SamplingParams, draw: u32) -> u32 {
+    gpu_sample_words(gpu, logits, p, draw)[0]
+}
+
+/// The GPU sampler's output words: ids[0] the token, then (with
+/// `p.logprobs`) as GpuModel reads them: ids[1] the logsumexp, ids[2] the
+/// chosen logit, then (id, logit) pairs.
+fn gpu_sample_words(gpu: &Gpu, logits: &[f32], p: &SamplingParams, draw: u32) -> Vec<u32> {
     let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
     let ctx = Ctx { gpu, step: &step_buf, shape: gpu.shape, subgroups: false };
     let lb = upload(gpu, "logits", logits);
-    let ids = gpu.storage("ids", 4 * (3 + 2 * sample::MAX_TOP_LOGPROBS as u64)).unwrap();
+    let words = 3 + 2 * sample::MAX_TOP_LOGPROBS as u64;
+    let ids = gpu.storage("ids", 4 * words).unwrap();
     let st = Step {
         n_tokens: 1,
         seed_lo: p.seed as u32,
@@ -643,10 +651,11 @@ fn gpu_sample(gpu: &Gpu, logits: &[f32], p: &SamplingParams, draw: u32) -> u32 {
         top_k: p.top_k as u32,
         temperature: p.temperature,
         top_p: p.top_p,
+        logprobs: p.logprobs.map_or(0, |n| n as u32 + 1),
         ..Default::default()
     };
     run(gpu, &step_buf, st, &[ctx.sample(&lb, &ids, logits.len() as u32, 1).unwrap()]);
-    u32::from_le_bytes(gpu.read(&ids, 0, 4).unwrap()[..4].try_into().unwrap())
+    gpu.read(&ids, 0, 4 * words).unwrap().chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect()
 }
 
 #[test]
@@ -675,28 +684,10 @@ fn penalties_on_the_gpu_equal_the_cpu_ones() {
     assert_eq!(download(&gpu, &lb, vocab), want);
 }
 
-/// The GPU sampler's token and log-probabilities (laid out past ids[0]
-/// as GpuModel reads them: ids[1] the logsumexp, ids[2] the chosen logit,
-/// then (id, logit) pairs).
+/// The GPU sampler's token and log-probabilities.
 fn gpu_sample_logprobs(gpu: &Gpu, logits: &[f32], p: &SamplingParams, draw: u32) -> (u32, sample::Logprobs) {
     let n = p.logprobs.unwrap();
-    let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
-    let ctx = Ctx { gpu, step: &step_buf, shape: gpu.shape, subgroups: false };
-    let lb = upload(gpu, "logits", logits);
-    let ids = gpu.storage("ids", 4 * (3 + 2 * sample::MAX_TOP_LOGPROBS as u64)).unwrap();
-    let st = Step {
-        n_tokens: 1,
-        seed_lo: p.seed as u32,
-        seed_hi: (p.seed >> 32) as u32,
-        draw,
-        top_k: p.top_k as u32,
-        temperature: p.temperature,
-        top_p: p.top_p,
-        logprobs: n as u32 + 1,
-        ..Default::default()
-    };
-    run(gpu, &step_buf, st, &[ctx.sample(&lb, &ids, logits.len() as u32, 1).unwrap()]);
-    let w: Vec<u32> = gpu.read(&ids, 0, 4 * (3 + 2 * n as u64)).unwrap().chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect();
+    let w = gpu_sample_words(gpu, logits, p, draw);
     let top: Vec<(u32, f32)> = (0..n).map(|j| (w[3 + 2 * j], f32::from_bits(w[4 + 2 * j]))).collect();
     (w[0], sample::Logprobs::from_logits(w[0], f32::from_bits(w[2]), &top, f32::from_bits(w[1])))
 }

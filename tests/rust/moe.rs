@@ -19,10 +19,8 @@ const MODELS: [&str; 6] = ["tiny-deepseek-v3", "tiny-deepseek-v2", "tiny-deepsee
 const LOGIT_TOL: f32 = 2e-3;
 const MARGIN: f64 = 0.01;
 
-/// The Hugging Face folder and the GGUF llama.cpp's converter made from it.
 fn files(name: &str) -> [(&'static str, PathBuf); 2] {
-    let dir = common::fixture(name);
-    [("safetensors", dir.clone()), ("gguf", dir.join("model.gguf"))]
+    common::both_files(name)
 }
 
 #[test]

@@ -20,10 +20,8 @@ use std::sync::Arc;
 const MODELS: [&str; 2] = ["tiny-qwen3", "tiny-qwen3-moe"];
 const TOL: f32 = 1e-3;
 
-/// The Hugging Face folder and the GGUF llama.cpp's converter made from it.
 fn files(name: &str) -> [(&'static str, PathBuf); 2] {
-    let dir = common::fixture(name);
-    [("safetensors", dir.clone()), ("gguf", dir.join("model.gguf"))]
+    common::both_files(name)
 }
 
 #[test]

@@ -39,6 +39,13 @@ pub fn smollm2() -> PathBuf {
     p
 }
 
+/// A fixture's Hugging Face folder and the GGUF llama.cpp's converter made
+/// of it.
+pub fn both_files(name: &str) -> [(&'static str, PathBuf); 2] {
+    let dir = fixture(name);
+    [("safetensors", dir.clone()), ("gguf", dir.join("model.gguf"))]
+}
+
 /// The second real test model, Gemma 3 270M Q4_K_M (fetched likewise).
 pub fn gemma3_270m() -> PathBuf {
     let p = root().join("models/gemma-3-270m-q4_k_m.gguf");
