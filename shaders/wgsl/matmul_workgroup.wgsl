@@ -1,7 +1,8 @@
 // The matrix kernels of the workgroup-per-row shape (GPUs): WG threads
 // split one row's sub-blocks and reduce; passes of several tokens take
 // `gemm`, a tiled GEMM. SUBGROUPS: the sums reduce with subgroupAdd.
-// Entries: `main` (one token), `gemm`, `experts`, `grouped`. What they
+// Entries: `main` (one token), `glu` (one token, SwiGLU fused), `gemm`,
+// `experts`, `grouped`. What they
 // compute, the flags and the bindings: matmul_common.wgsl. Constants:
 // matmul_common's, GEMM_ROWS, GEMM_TOKENS, GEMM_WG.
 
@@ -142,6 +143,40 @@ fn main(
     let total = workgroup_sum(a.a0, lid, sid, ssize);
     if (lid == 0u) {
         store(0u, r, total);
+    }
+}
+
+// One token, SwiGLU fused: W stacks the gate's rows over as many of the up
+// projection's (one chunk, no bias); workgroup r sums gate row r and up row
+// p.rows / 2 + r and stores silu(gate) · up into y[r], as elementwise.wgsl's
+// `swiglu` would: a dispatch fewer a layer. Grid: (rows / 2, 1).
+@compute @workgroup_size(WG)
+fn glu(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+#if SUBGROUPS
+    @builtin(subgroup_invocation_id) sid: u32,
+    @builtin(subgroup_size) ssize: u32,
+#endif
+) {
+#if !SUBGROUPS
+    let sid = 0u;
+    let ssize = 1u;
+#endif
+    let f = p.rows / 2u;
+    let r = wid.x;
+    let tt = tokens();
+    if (r >= f || tt.y == 0u) {
+        return;
+    }
+    let n_sub = p.cols / 32u;
+    let x0 = tt.x * (p.x_stride / 4u);
+    select_row(r, n_sub / SUBS, p.scale_offset);
+    let g = workgroup_sum(row_tile(x0, 1u, n_sub, lid, WG).a0, lid, sid, ssize);
+    select_row(f + r, n_sub / SUBS, p.scale_offset);
+    let u = workgroup_sum(row_tile(x0, 1u, n_sub, lid, WG).a0, lid, sid, ssize);
+    if (lid == 0u) {
+        y[r] = g / (1.0 + exp(clamp(-g, -80.0, 80.0))) * u;
     }
 }
 

@@ -223,13 +223,8 @@ fn matmul_with_swiglu_equals_the_matmul_then_swiglu() {
                 let x = Rng(31).vec(cols);
                 let m = GpuMatrix::from_bytes(&gpu, "gate_up", dtype, 2 * f as u64, cols as u64, &bytes, path.place(&gpu, gpu.max_binding())).unwrap();
                 let (xb, out) = (upload(&gpu, "x", &x), upload(&gpu, "out", &vec![0.0; f]));
-                let op = ctx.matmul_swiglu("glu", &m, &xb, cols as u32, &out).unwrap();
-                // Only the thread-per-row shape fuses them.
-                let Some(op) = op else {
-                    assert_eq!(shape, MatmulShape::RowPerWorkgroup);
-                    continue;
-                };
-                assert_eq!(shape, MatmulShape::RowPerThread);
+                // Both shapes fuse them (one chunk, no bias).
+                let op = ctx.matmul_swiglu("glu", &m, &xb, cols as u32, &out).unwrap().unwrap_or_else(|| panic!("{shape:?} did not fuse"));
                 run(&gpu, &step_buf, step(1, 0), &[op]);
                 let got = download(&gpu, &out, f);
                 let dot = |r: usize| w[r * cols..(r + 1) * cols].iter().zip(&x).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>();

@@ -343,20 +343,20 @@ impl Ctx<'_> {
         }
     }
 
-    /// Passes of one token on the thread-per-row shape: `out = swiglu(W x)`
-    /// in one dispatch, W stacking the gate's rows over the up
-    /// projection's, in one chunk (the matmul's `glu` entry). `None` where
-    /// that does not hold: the caller runs the matmul and `swiglu`.
+    /// Passes of one token: `out = swiglu(W x)` in one dispatch, W stacking
+    /// the gate's rows over the up projection's, in one chunk (the matmul's
+    /// `glu` entry, on either shape). `None` where that does not hold: the
+    /// caller runs the matmul and `swiglu`.
     pub fn matmul_swiglu(&self, name: &str, w: &GpuMatrix, x: &Buffer, x_stride: u32, out: &Buffer) -> Result<Option<Op>> {
         let [c] = w.chunks.as_slice() else { return Ok(None) };
-        if self.shape != MatmulShape::RowPerThread || w.rows % 2 != 0 {
+        if w.rows % 2 != 0 {
             return Ok(None);
         }
         let (flags, wg, has_scales) = self.matmul_variant(w)?;
         let params = MatmulParams { y_stride: w.rows / 2, single: 1, ..chunk_params(w, c, x_stride) };
         let bound = matmul_bindings(c, x, out, has_scales);
         let key = PipelineKey::new(Kernel::Matmul(self.shape), "glu", flags);
-        let grid = Grid::PerToken { x: w.rows / 2, wg, tile: 1, single: true, shared_rows: self.shared_rows(w) / 2 };
+        let grid = Grid::PerToken { x: w.rows / 2, wg, tile: 1, single: true, shared_rows: (self.shared_rows(w) / 2).max(1) };
         Ok(Some(self.op_bound(name.into(), key, &params, bound, grid)?.only(Passes::Single)))
     }
 
