@@ -132,6 +132,9 @@ export interface Engine {
   dispose(): Promise<void>;
 }
 
+/** `hf:owner/repo[@revision]/file.gguf` → the hub's download URL; other URLs against the page. */
+export function resolveModelUrl(modelUrl: string): string;
+
 export function createEngine(
   modelUrl: string,
   opts?: {

@@ -96,7 +96,7 @@ class Engine {
       pending.set(0, (m) => (m.error !== undefined ? reject(new Error(m.error)) : resolve(m.result))),
     );
     const pkg = new URL('/pkg/baleen.js', import.meta.url).href;
-    worker.postMessage({ id: 0, type: 'load', url: new URL(modelUrl, location.href).href, pkg, kvCache, contextLength });
+    worker.postMessage({ id: 0, type: 'load', url: resolveModelUrl(modelUrl), pkg, kvCache, contextLength });
     let info;
     try {
       info = await Promise.race([loaded, workerFailed]);
@@ -279,6 +279,21 @@ class Engine {
  *   at least 4096); `info.context` says what was chosen, `info.kv_cache_bytes`
  *   what it costs.
  */
+/**
+ * A model's URL: `hf:owner/repo/path/file.gguf` (optionally `hf:owner/repo@revision/…`)
+ * becomes the Hugging Face hub's download URL for that file; anything else
+ * is resolved against the page.
+ * @param {string} modelUrl
+ */
+export function resolveModelUrl(modelUrl) {
+  if (!modelUrl.startsWith('hf:')) return new URL(modelUrl, location.href).href;
+  const m = /^hf:([^/@\s]+)\/([^/@\s]+)(?:@([^/\s]+))?\/(.+\.gguf)$/.exec(modelUrl);
+  if (!m) throw new TypeError(`${JSON.stringify(modelUrl)}: write a Hugging Face model as hf:owner/repo/file.gguf (or hf:owner/repo@revision/file.gguf)`);
+  const [, owner, repo, rev, file] = m;
+  const path = file.split('/').map(encodeURIComponent).join('/');
+  return `https://huggingface.co/${encodeURIComponent(owner)}/${encodeURIComponent(repo)}/resolve/${encodeURIComponent(rev ?? 'main')}/${path}`;
+}
+
 export function createEngine(modelUrl, opts) {
   if (typeof modelUrl !== 'string' || modelUrl.length === 0) return Promise.reject(new TypeError('createEngine needs a model URL'));
   return Engine.start(modelUrl, opts);

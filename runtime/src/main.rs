@@ -168,7 +168,7 @@ impl PromptArgs {
 
 #[derive(clap::Args)]
 struct CompareArgs {
-    /// A .gguf file or a Hugging Face model folder.
+    /// A .gguf file or a Hugging Face model folder (an hf:owner/repo/file.gguf name is answered with its download URL).
     #[arg(long)]
     model: PathBuf,
     #[command(flatten)]
@@ -186,7 +186,7 @@ struct CompareArgs {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// A .gguf file or a Hugging Face model folder.
+    /// A .gguf file or a Hugging Face model folder (an hf:owner/repo/file.gguf name is answered with its download URL).
     #[arg(long)]
     model: PathBuf,
     #[command(flatten)]

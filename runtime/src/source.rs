@@ -150,11 +150,29 @@ impl WeightSource for PrefixSource {
 
 /// Resolve a model path: a `.gguf` file, or a folder holding either one GGUF or
 /// a Hugging Face checkpoint (config.json + *.safetensors).
+/// The Hugging Face hub's download URL of `hf:owner/repo[@revision]/file.gguf`
+/// (web/engine.js's `resolveModelUrl` is the page's).
+pub fn hub_url(name: &str) -> Option<String> {
+    let rest = name.strip_prefix("hf:")?;
+    let (owner, rest) = rest.split_once('/')?;
+    let (repo, file) = rest.split_once('/')?;
+    let (repo, rev) = repo.split_once('@').unwrap_or((repo, "main"));
+    let ok = |s: &str| !s.is_empty() && !s.contains(char::is_whitespace);
+    (ok(owner) && ok(repo) && ok(rev) && file.ends_with(".gguf")).then(|| format!("https://huggingface.co/{owner}/{repo}/resolve/{rev}/{file}"))
+}
+
 pub fn model_files(path: &Path) -> Result<ModelPath> {
     if path.is_file() {
         return Ok(ModelPath::Gguf(path.to_path_buf()));
     }
     if !path.is_dir() {
+        if let Some(url) = path.to_str().and_then(hub_url) {
+            return Err(Error::Input(format!(
+                "{}: baleen reads models from disk here; download {url} (e.g. curl -LO) and pass the file's path \
+                 (the page fetches hf: names itself)",
+                path.display()
+            )));
+        }
         return Err(Error::Input(format!(
             "{}: no such file or folder (pass a .gguf file or a Hugging Face model folder)",
             path.display()

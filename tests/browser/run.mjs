@@ -446,6 +446,30 @@ await test('contextLength: honoured, reported in info, and refused past the mode
   await p.close();
 });
 
+await test('hf: model names resolve to the hub\'s download URLs (nothing fetched)', async () => {
+  const p = await openPage(context, `${base}?autoload=0`);
+  const got = await p.evaluate(async () => {
+    const { resolveModelUrl } = await import('/engine.js');
+    let bad = null;
+    try {
+      resolveModelUrl('hf:just-a-name');
+    } catch (x) {
+      bad = x.message;
+    }
+    return {
+      plain: resolveModelUrl('hf:unsloth/gemma-3-270m-it-GGUF/gemma-3-270m-it-Q4_K_M.gguf'),
+      rev: resolveModelUrl('hf:owner/repo@v1.0/sub dir/m.gguf'),
+      local: resolveModelUrl('/models/x.gguf'),
+      bad,
+    };
+  });
+  assert.equal(got.plain, 'https://huggingface.co/unsloth/gemma-3-270m-it-GGUF/resolve/main/gemma-3-270m-it-Q4_K_M.gguf');
+  assert.equal(got.rev, 'https://huggingface.co/owner/repo/resolve/v1.0/sub%20dir/m.gguf');
+  assert.ok(got.local.endsWith('/models/x.gguf') && got.local.startsWith('http://127.0.0.1'));
+  assert.match(got.bad, /write a Hugging Face model as hf:owner\/repo\/file.gguf/);
+  await p.close();
+});
+
 await test('bad model URLs give plain-words errors', async () => {
   assert.match(await loadError(page, '/models/missing.gguf'), /not found \(HTTP 404\)/);
   assert.match(await loadError(page, '/models/not-a-model.gguf'), /GGUF/);

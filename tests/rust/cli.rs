@@ -87,6 +87,7 @@ fn bad_input_gives_clear_errors() {
     let tiny = tiny.to_str().unwrap();
     let r = ["--backend", "reference"];
     fails_with(&["run", "--model", "/nonexistent/model.gguf", "--prompt", "hi"], "no such file or folder");
+    fails_with(&["run", "--model", "hf:owner/repo/m.gguf", "--prompt", "hi"], "download https://huggingface.co/owner/repo/resolve/main/m.gguf");
     fails_with(&["run", "--model", tiny, "--prompt", "hi", "--temperature=-1", r[0], r[1]], "temperature");
     fails_with(&["run", "--model", tiny, "--prompt", "hi", "--top-p", "0", r[0], r[1]], "top-p");
     fails_with(&["run", "--model", tiny, "--prompt-ids", "1,2", "--chat", r[0], r[1]], "cannot be combined");
