@@ -425,8 +425,11 @@ await test('contextLength: honoured, reported in info, and refused past the mode
     };
     const e = await createEngine(url, { contextLength: 40 });
     const info = e.info;
-    // The reply stops when the 40 positions are full.
-    const r = await e.chat.completions.create({ messages: [{ role: 'user', content: 'hello' }], max_tokens: 100 });
+    // The reply stops when the 40 positions are full: greedy, with the
+    // tokens that end a turn banned (ids 0 and 2 in the tiny vocabulary).
+    const r = await e.chat.completions.create({
+      messages: [{ role: 'user', content: 'hello' }], max_tokens: 100, temperature: 0, logit_bias: { 0: -100, 2: -100 },
+    });
     await e.dispose();
     const d = await createEngine(url);
     const dflt = d.info;
@@ -441,6 +444,7 @@ await test('contextLength: honoured, reported in info, and refused past the mode
   // returned but never cached.
   assert.ok(got.used <= 41, `${got.used} tokens from a context of 40`);
   assert.equal(got.finish, 'length');
+  assert.ok(got.used >= 40, `${got.used} tokens: the reply ended before the context was full`);
   assert.match(got.long, /longer than the model's own \(256\); ask for at most 256/);
   assert.match(got.bad, /contextLength must be a positive whole number/);
   await p.close();
