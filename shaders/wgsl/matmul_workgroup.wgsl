@@ -116,6 +116,14 @@ fn workgroup_sum(v: f32, lid: u32, sid: u32, ssize: u32) -> f32 {
 }
 #endif
 
+// Row r of this chunk times one token's x (its first vec4 at x0), summed
+// over the workgroup: every invocation holds the total.
+fn row_dot(r: u32, x0: u32, lid: u32, sid: u32, ssize: u32) -> f32 {
+    let n_sub = p.cols / 32u;
+    select_row(r, n_sub / SUBS, p.scale_offset);
+    return workgroup_sum(row_tile(x0, 1u, n_sub, lid, WG).a0, lid, sid, ssize);
+}
+
 // One token (passes of one, or `single`; passes of several take `gemm`):
 // one workgroup per row, its threads striding over the sub-blocks, then
 // summing. Grid: (rows, 1). Control flow around barriers is uniform.
@@ -137,10 +145,7 @@ fn main(
     if (r >= p.rows || tt.y == 0u) {
         return;
     }
-    let n_sub = p.cols / 32u;
-    select_row(r, n_sub / SUBS, p.scale_offset);
-    let a = row_tile(tt.x * (p.x_stride / 4u), 1u, n_sub, lid, WG);
-    let total = workgroup_sum(a.a0, lid, sid, ssize);
+    let total = row_dot(r, tt.x * (p.x_stride / 4u), lid, sid, ssize);
     if (lid == 0u) {
         store(0u, r, total);
     }
@@ -169,12 +174,9 @@ fn glu(
     if (r >= f || tt.y == 0u) {
         return;
     }
-    let n_sub = p.cols / 32u;
     let x0 = tt.x * (p.x_stride / 4u);
-    select_row(r, n_sub / SUBS, p.scale_offset);
-    let g = workgroup_sum(row_tile(x0, 1u, n_sub, lid, WG).a0, lid, sid, ssize);
-    select_row(f + r, n_sub / SUBS, p.scale_offset);
-    let u = workgroup_sum(row_tile(x0, 1u, n_sub, lid, WG).a0, lid, sid, ssize);
+    let g = row_dot(r, x0, lid, sid, ssize);
+    let u = row_dot(f + r, x0, lid, sid, ssize);
     if (lid == 0u) {
         y[r] = g / (1.0 + exp(clamp(-g, -80.0, 80.0))) * u;
     }

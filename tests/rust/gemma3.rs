@@ -14,15 +14,11 @@ use baleen::gpu::model::{ring_rows, GpuModel};
 use baleen::gpu::{Gpu, GpuOptions, MatmulShape};
 use baleen::model::ModelFiles;
 use baleen::reference::Reference;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 const NAME: &str = "tiny-gemma3";
 const TOL: f32 = 1e-3;
 
-fn files() -> [(&'static str, PathBuf); 2] {
-    common::both_files(NAME)
-}
 
 fn gpu() -> Arc<Gpu> {
     Arc::new(Gpu::new_blocking().expect("a wgpu adapter (install mesa-vulkan-drivers for lavapipe)"))
@@ -30,7 +26,7 @@ fn gpu() -> Arc<Gpu> {
 
 #[test]
 fn configs_from_both_files_agree() {
-    let [(_, hf), (_, gguf)] = files();
+    let [(_, hf), (_, gguf)] = common::both_files(NAME);
     let (a, b) = (ModelFiles::open(&hf).unwrap().config, ModelFiles::open(&gguf).unwrap().config);
     assert_eq!(a.arch, Arch::Gemma3);
     assert_eq!((a.arch, a.head_dim, a.n_kv_heads, a.tie_embeddings), (b.arch, b.head_dim, b.n_kv_heads, b.tie_embeddings));
@@ -50,7 +46,7 @@ fn reference_matches_transformers_from_both_files() {
     let fx = common::json(&format!("{NAME}/expected.json"));
     let clear = common::clear_steps(&fx);
     assert!(clear >= 8, "the fixture's first near-tie is at step {clear}");
-    for (kind, path) in files() {
+    for (kind, path) in common::both_files(NAME) {
         let m = ModelFiles::open(&path).unwrap();
         let mut r = Reference::load(&m).unwrap();
         common::check_tiny(&mut r, &fx, TOL, clear, &format!("{NAME} ({kind}) reference"));
@@ -62,7 +58,7 @@ fn gpu_matches_transformers_from_both_files_on_both_kernel_shapes() {
     let gpu = gpu();
     let fx = common::json(&format!("{NAME}/expected.json"));
     let clear = common::clear_steps(&fx);
-    for (kind, path) in files() {
+    for (kind, path) in common::both_files(NAME) {
         let m = ModelFiles::open(&path).unwrap();
         for (shape, subgroups, textures) in [
             (MatmulShape::RowPerThread, true, true),

@@ -12,21 +12,17 @@ use baleen::engine::{generate, Backend, GenerateParams};
 use baleen::model::ModelFiles;
 use baleen::reference::{route, Reference};
 use baleen::sample::SamplingParams;
-use std::path::PathBuf;
 
 const MODELS: [&str; 6] = ["tiny-deepseek-v3", "tiny-deepseek-v2", "tiny-deepseek-v2-lite", "tiny-mixtral", "tiny-qwen2-moe", "tiny-qwen3-moe"];
 /// The bound; both files measure ~1e-5 (float32, different summation orders).
 const LOGIT_TOL: f32 = 2e-3;
 const MARGIN: f64 = 0.01;
 
-fn files(name: &str) -> [(&'static str, PathBuf); 2] {
-    common::both_files(name)
-}
 
 #[test]
 fn configs_from_both_files_agree() {
     for name in MODELS {
-        let [(_, hf), (_, gguf)] = files(name);
+        let [(_, hf), (_, gguf)] = common::both_files(name);
         let (a, b) = (ModelFiles::open(&hf).unwrap().config, ModelFiles::open(&gguf).unwrap().config);
         // GGUF stores YaRN's log multiplier as f32: the softmax scale agrees to ~1e-8.
         if let (Some(ma), Some(mb)) = (a.mla.clone(), b.mla.clone()) {
@@ -68,7 +64,7 @@ fn logits_match_transformers_at_every_position() {
     for name in MODELS {
         let fx = common::json(&format!("{name}/expected.json"));
         let ids = common::u32s(&fx["prompt_ids"]);
-        for (kind, path) in files(name) {
+        for (kind, path) in common::both_files(name) {
             let m = ModelFiles::open(&path).unwrap();
             let mut r = Reference::load(&m).unwrap();
             let logits = r.forward_tokens(&ids, true).unwrap();
@@ -87,7 +83,7 @@ fn greedy_tokens_match_where_the_margin_is_clear() {
         // Past a near-tie the two continuations may part; compare up to it.
         let clear = margins.iter().position(|&m| m <= MARGIN).unwrap_or(want.len());
         assert!(clear >= 8, "{name}: the fixture's first near-tie is at step {clear}");
-        for (kind, path) in files(name) {
+        for (kind, path) in common::both_files(name) {
             let m = ModelFiles::open(&path).unwrap();
             let mut r = Reference::load(&m).unwrap();
             let params = GenerateParams { max_tokens: want.len(), sampling: SamplingParams::default(), stop_ids: vec![], ..Default::default() };

@@ -14,20 +14,16 @@ use baleen::gpu::model::GpuModel;
 use baleen::gpu::{Gpu, GpuOptions, MatmulShape};
 use baleen::model::ModelFiles;
 use baleen::reference::Reference;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 const MODELS: [&str; 2] = ["tiny-qwen3", "tiny-qwen3-moe"];
 const TOL: f32 = 1e-3;
 
-fn files(name: &str) -> [(&'static str, PathBuf); 2] {
-    common::both_files(name)
-}
 
 #[test]
 fn configs_from_both_files_agree() {
     for name in MODELS {
-        let [(_, hf), (_, gguf)] = files(name);
+        let [(_, hf), (_, gguf)] = common::both_files(name);
         let (a, b) = (ModelFiles::open(&hf).unwrap().config, ModelFiles::open(&gguf).unwrap().config);
         assert!(a.arch.qk_norm(), "{name}");
         assert_eq!((a.arch, a.qkv_bias, a.n_heads, a.n_kv_heads, a.head_dim), (b.arch, b.qkv_bias, b.n_heads, b.n_kv_heads, b.head_dim), "{name}");
@@ -50,7 +46,7 @@ fn reference_matches_transformers_from_both_files() {
         let fx = common::json(&format!("{name}/expected.json"));
         let clear = common::clear_steps(&fx);
         assert!(clear >= 8, "{name}: the fixture's first near-tie is at step {clear}");
-        for (kind, path) in files(name) {
+        for (kind, path) in common::both_files(name) {
             let m = ModelFiles::open(&path).unwrap();
             let mut r = Reference::load(&m).unwrap();
             common::check_tiny(&mut r, &fx, TOL, clear, &format!("{name} ({kind}) reference"));
@@ -64,7 +60,7 @@ fn gpu_matches_transformers_from_both_files_on_both_kernel_shapes() {
     for name in MODELS {
         let fx = common::json(&format!("{name}/expected.json"));
         let clear = common::clear_steps(&fx);
-        for (kind, path) in files(name) {
+        for (kind, path) in common::both_files(name) {
             let m = ModelFiles::open(&path).unwrap();
             for (shape, subgroups, textures, kv_f16) in [
                 (MatmulShape::RowPerThread, true, true, false),
@@ -105,7 +101,7 @@ fn the_thinking_switch_renders_as_transformers_renders_it() {
     use baleen::tokenizer::{template_arg, Message, TemplateArgs};
     for name in MODELS {
         let fx = common::json(&format!("{name}/expected.json"));
-        for (kind, path) in files(name) {
+        for (kind, path) in common::both_files(name) {
             let m = ModelFiles::open(&path).unwrap();
             for case in fx["chat_cases"].as_array().unwrap() {
                 let msgs: Vec<Message> = serde_json::from_value(case["messages"].clone()).unwrap();
