@@ -44,6 +44,11 @@ pub trait Backend {
     fn gpu_bytes(&self) -> u64 {
         0
     }
+    /// The paged experts' cache counts (`run --json`, `bench --json`), when
+    /// the backend pages experts.
+    fn expert_cache(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

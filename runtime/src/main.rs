@@ -97,7 +97,8 @@ enum KvCache {
     F32,
 }
 
-/// `--kv-cache` and `--context`, shared by the commands that load a model.
+/// `--kv-cache`, `--context` and `--expert-cache`, shared by the commands
+/// that load a model.
 #[derive(clap::Args)]
 struct KvArgs {
     /// The GPU's KV cache (default: f16 where the device has shader-f16).
@@ -109,6 +110,36 @@ struct KvArgs {
     /// most 1 GiB, and at least 4096; the reference: the model's own).
     #[arg(long, value_name = "N")]
     context: Option<usize>,
+    #[command(flatten)]
+    experts: ExpertCacheArg,
+}
+
+/// `--expert-cache`, shared by the commands that load a model.
+#[derive(clap::Args)]
+struct ExpertCacheArg {
+    /// GPU memory for a mixture-of-experts model's routed experts, in bytes
+    /// (suffixes K, M, G: 512M, 4G): below their total size they are paged
+    /// on demand from the model file, with results identical to all of them
+    /// resident (default: all resident).
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    expert_cache: Option<u64>,
+}
+
+/// A byte count: digits, then optionally K, M or G (powers of 1024),
+/// optionally followed by B or iB.
+fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(digits);
+    let shift = match unit.to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        _ => return Err(format!("{s:?} is not a byte count: give digits and optionally K, M or G (512M, 4G)")),
+    };
+    let n: u64 = n.parse().map_err(|_| format!("{s:?} is not a byte count: give digits and optionally K, M or G (512M, 4G)"))?;
+    n.checked_mul(1 << shift).ok_or_else(|| format!("{s:?} is more bytes than a 64-bit count holds"))
 }
 
 /// The prompt, shared by `run` and `compare`.
@@ -182,6 +213,8 @@ struct CompareArgs {
     /// The GPU's KV cache (default here: f32, as the reference's).
     #[arg(long, value_enum, default_value = "f32")]
     kv_cache: KvCache,
+    #[command(flatten)]
+    experts: ExpertCacheArg,
 }
 
 #[derive(clap::Args)]
@@ -354,15 +387,18 @@ fn open_gpu() -> Result<Gpu> {
     Ok(gpu)
 }
 
-fn gpu_options(kv: Option<KvCache>, context: Option<usize>) -> GpuOptions {
-    GpuOptions { kv_f16: kv.map(|k| k == KvCache::F16), context, ..Default::default() }
+fn gpu_options(kv: Option<KvCache>, context: Option<usize>, experts: &ExpertCacheArg) -> GpuOptions {
+    GpuOptions { kv_f16: kv.map(|k| k == KvCache::F16), context, expert_cache: experts.expert_cache, ..Default::default() }
 }
 
 fn load_gpu_model(m: &ModelFiles, kv: &KvArgs) -> Result<GpuModel> {
-    GpuModel::load(Arc::new(open_gpu()?), m, &gpu_options(kv.kv_cache, kv.context))
+    GpuModel::load(Arc::new(open_gpu()?), m, &gpu_options(kv.kv_cache, kv.context, &kv.experts))
 }
 
 fn load_reference(m: &ModelFiles, kv: &KvArgs) -> Result<Reference> {
+    if kv.experts.expert_cache.is_some() {
+        return Err(Error::Input("--expert-cache pages experts on the GPU; the reference backend holds every weight in memory (leave it out, or use --backend gpu)".into()));
+    }
     let r = Reference::load(m)?;
     match kv.context {
         Some(n) => r.with_context(n),
@@ -380,7 +416,7 @@ fn open_backend(kind: BackendKind, m: &ModelFiles, kv: &KvArgs) -> Result<Box<dy
 fn compare(a: CompareArgs) -> Result<()> {
     let m = ModelFiles::open(&a.model)?;
     let ids = a.prompt.ids(&m)?;
-    let c = baleen::compare::compare(&m, &ids, Arc::new(open_gpu()?), &gpu_options(Some(a.kv_cache), None))?;
+    let c = baleen::compare::compare(&m, &ids, Arc::new(open_gpu()?), &gpu_options(Some(a.kv_cache), None, &a.experts))?;
     let over = c.first_over(a.tolerance);
     let mut out = String::new();
     if a.json {
@@ -463,6 +499,7 @@ fn run(a: RunArgs) -> Result<()> {
             "prefill_ms": g.prefill_ms,
             "decode_tokens_per_s": g.decode_tokens_per_s(),
             "logits_top": g.logits_top(10).iter().map(|&(i, l)| serde_json::json!([i, l])).collect::<Vec<_>>(),
+            "expert_cache": backend.expert_cache(),
         });
         let mut json = json;
         if params.sampling.logprobs.is_some() {
@@ -594,7 +631,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         decode.push(g.decode_tokens_per_s());
     }
     let (adapter, backend_name) = backend.describe();
-    let (gpu_bytes, context) = (backend.gpu_bytes(), backend.context_length());
+    let (gpu_bytes, context, expert_cache) = (backend.gpu_bytes(), backend.context_length(), backend.expert_cache());
     // At the runs' last step: the prompt and all but one generated token cached.
     let dispatches = gpu_model.as_ref().map(|g| g.dispatches_per_token(total - 1));
     let (p, d) = (median(prefill), median(decode));
@@ -621,6 +658,7 @@ fn bench(a: BenchArgs) -> Result<()> {
             "decode_tokens_per_s": d,
             "peak_gpu_bytes": gpu_bytes,
             "dispatches_per_token": dispatches,
+            "expert_cache": expert_cache,
         });
         writeln!(std::io::stdout(), "{json}").map_err(|e| Error::io("stdout", e))?;
     } else {

@@ -187,6 +187,8 @@ pub mod binding {
         SCALES = 6 as ["ws", "wst"],
         IDS = 7 as ["ids"],
         TILES = 8 as ["tiles"],
+        /// PAGED: each expert's slot in the expert cache.
+        SLOT_OF = 9 as ["slot_of"],
     });
     bindings!(embed for "embed" { W = 2 as ["w", "wq"], IDS = 3 as ["ids"], OUT = 4 as ["out"], SCALES = 5 as ["ws", "wst"] });
     bindings!(norm for "norm" { X = 2 as ["x"], W = 3 as ["w"], OUT = 4 as ["out"] });

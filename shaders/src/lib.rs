@@ -76,10 +76,10 @@ pub const COPY: Family = family!("copy", flags: [], choices: []);
 // kernel shapes"), sharing matmul_common.wgsl: the shape is the file, not a
 // flag. Weights lie in textures only for thread per row.
 pub const MATMUL_THREAD: Family = family!("matmul_thread",
-    flags: ["BIAS", "ACC", "SUBGROUPS", "QUAD_TEXTURE"],
+    flags: ["BIAS", "ACC", "SUBGROUPS", "QUAD_TEXTURE", "PAGED"],
     choices: [WEIGHT_FORMATS]);
 pub const MATMUL_WORKGROUP: Family = family!("matmul_workgroup",
-    flags: ["BIAS", "ACC", "SUBGROUPS"],
+    flags: ["BIAS", "ACC", "SUBGROUPS", "PAGED"],
     choices: [WEIGHT_FORMATS]);
 // The embedding's shape flag names the layout of its rows: the one the
 // matmul of that shape reads (a tied LM head reads the same matrix).
@@ -510,12 +510,15 @@ pub fn variants(family: &Family) -> Vec<Vec<&'static str>> {
 /// QUAD_TEXTURE flag; embed's needs ROW_PER_THREAD) and only when quantised;
 /// MLA's latent cache is f32; attention's subgroup kernel is a CPU
 /// adapter's, its workgroup kernel a GPU's; moe.wgsl's router takes BIAS,
-/// its combine SHARED_GATE and PERMUTED.
+/// its combine SHARED_GATE and PERMUTED; the routed experts' matmuls, the
+/// only ones PAGED, have neither bias nor accumulation.
 pub fn reachable(family: &str, flags: &[&str]) -> bool {
     let has = |f: &str| flags.contains(&f);
     let quantised = flags.iter().filter_map(|f| FORMATS.iter().find(|b| b.name == *f)).any(|b| b.quantised());
+    let paged = !(has("PAGED") && (has("BIAS") || has("ACC")));
     match family {
-        "matmul_thread" => !has("QUAD_TEXTURE") || quantised,
+        "matmul_thread" => (!has("QUAD_TEXTURE") || quantised) && paged,
+        "matmul_workgroup" => paged,
         "embed" => !has("QUAD_TEXTURE") || (has("ROW_PER_THREAD") && quantised),
         "attention" => !(has("LATENT") && has("HALF_KV")) && !(has("SUBGROUPS") && has("WORKGROUP")),
         "moe" => !(has("BIAS") && (has("SHARED_GATE") || has("PERMUTED"))),

@@ -14,6 +14,12 @@
 // expert ids the router wrote on the GPU. Chunks hold whole experts; a chunk
 // skips slots whose expert another chunk holds.
 //
+// PAGED (`experts`, `grouped`): W is an expert cache of slots, not every
+// expert (runtime/src/gpu/paging.rs): expert e's rows lie in slot
+// slot_of[e], and an expert whose slot_of is NO_SLOT (not resident in this
+// round of uploads) is skipped like one another chunk holds. Each row's
+// arithmetic is the resident kernel's, so results are bit-identical.
+//
 // `grouped` (both families): the routed experts for a pass of many tokens,
 // each expert's weights read once per tile of up to TILE_T of its slots.
 // Tile i = (expert, count) comes from moe.wgsl's `sort`; its slots' x and y
@@ -54,12 +60,27 @@ struct Params {
 #endif
 @group(0) @binding(7) var<storage, read> ids: array<u32>;      // `experts`: [n_tokens · top_k] expert ids
 @group(0) @binding(8) var<storage, read> tiles: array<vec2<u32>>; // `grouped`: (expert, slots)
+#if PAGED
+@group(0) @binding(9) var<storage, read> slot_of: array<u32>;  // [n_experts] slot, or NO_SLOT
+#endif
+
+const NO_SLOT: u32 = 0xffffffffu;
+
+// Where expert e's rows lie in W, in units of expert_rows (NO_SLOT: nowhere).
+fn expert_slot(e: u32) -> u32 {
+#if PAGED
+    return slot_of[e];
+#else
+    return e;
+#endif
+}
 
 // `experts`: slot s's row r of its expert, as a row of this chunk, and whether
 // this chunk holds it.
 fn expert_row(s: u32, r: u32) -> vec2<u32> {
-    let row = ids[s] * p.expert_rows + r;
-    let here = row >= p.row_offset && row < p.row_offset + p.rows && r < p.expert_rows;
+    let slot = expert_slot(ids[s]);
+    let row = slot * p.expert_rows + r;
+    let here = slot != NO_SLOT && row >= p.row_offset && row < p.row_offset + p.rows && r < p.expert_rows;
     return vec2<u32>(select(0u, row - p.row_offset, here), select(0u, 1u, here));
 }
 
@@ -69,8 +90,9 @@ fn tile_row(i: u32, r: u32) -> vec3<u32> {
     // (An empty pass lists no tiles; reading the step also keeps binding 0 in
     // this entry's automatic layout, which every op binds.)
     let tile = select(tiles[i], vec2<u32>(0u), step.n_tokens == 0u);
-    let row = tile.x * p.expert_rows + r;
-    let here = tile.y > 0u && row >= p.row_offset && row < p.row_offset + p.rows && r < p.expert_rows;
+    let slot = expert_slot(tile.x);
+    let row = slot * p.expert_rows + r;
+    let here = tile.y > 0u && slot != NO_SLOT && row >= p.row_offset && row < p.row_offset + p.rows && r < p.expert_rows;
     return vec3<u32>(select(0u, row - p.row_offset, here), select(0u, 1u, here), tile.y);
 }
 

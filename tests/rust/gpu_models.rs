@@ -94,16 +94,18 @@ fn with_f16_tensors(name: &str, dir: &common::TempDir, to_f16: impl Fn(&str) -> 
 /// quantised to Q8_0 here (d = max |v| / 127 a block), in `dir`.
 fn with_q8_0_matrices(name: &str, dir: &common::TempDir) -> std::path::PathBuf {
     use baleen::quant::DType;
-    let q8_0 = |v: &[f32]| {
-        v.chunks(32)
-            .flat_map(|b| {
-                let d = b.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
-                let q = b.iter().map(move |v| if d > 0.0 { (v / d).round() as i8 as u8 } else { 0 });
-                half::f16::from_f32(d).to_le_bytes().into_iter().chain(q)
-            })
-            .collect()
-    };
     rewritten(name, dir, "q8_0", |t| (t.shape.len() == 2 && t.shape[1] % 32 == 0).then_some(DType::Q8_0), q8_0)
+}
+
+/// f32 values as Q8_0 blocks (d = max |v| / 127 a block).
+fn q8_0(v: &[f32]) -> Vec<u8> {
+    v.chunks(32)
+        .flat_map(|b| {
+            let d = b.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+            let q = b.iter().map(move |v| if d > 0.0 { (v / d).round() as i8 as u8 } else { 0 });
+            half::f16::from_f32(d).to_le_bytes().into_iter().chain(q)
+        })
+        .collect()
 }
 
 /// `name`'s GGUF with the tensors `pick` gives a type rewritten in it
@@ -377,4 +379,83 @@ fn smollm2_matches_transformers_with_the_default_cache() {
     // The default (f16 KV where the device has shader-f16): the bound,
     // identical tokens wherever transformers' top-2 margin is at least 0.1.
     smollm2_check(GpuOptions::default(), 0.1);
+}
+
+/// `m`'s logits, bit for bit, after each prefix of `prompt` (each prefix run
+/// from an empty cache in passes of the options' length) and at each of
+/// `steps` greedy decode steps after the whole prompt.
+fn logits_through(g: &mut GpuModel, prompt: &[u32], steps: usize) -> Vec<Vec<u32>> {
+    let bits = |l: Vec<f32>| l.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+    let mut out = Vec::new();
+    for p in 1..=prompt.len() {
+        g.truncate(0);
+        out.push(bits(g.forward(&prompt[..p], false).unwrap()));
+    }
+    for _ in 0..steps {
+        let last = out.last().unwrap();
+        let next = (0..last.len()).max_by(|&a, &b| f32::from_bits(last[a]).total_cmp(&f32::from_bits(last[b]))).unwrap() as u32;
+        out.push(bits(g.forward(&[next], false).unwrap()));
+    }
+    out
+}
+
+#[test]
+fn paged_experts_give_bit_identical_logits() {
+    // Every tiny MoE fixture (HF and GGUF, and one with every matrix and
+    // stacked experts in Q8_0) with its routed
+    // experts in a cache of one token's worth (top-k slots a kind) and of
+    // 30% of their bytes: the logits equal the resident run's bit for bit,
+    // through prefill (passes of 5, the grouped path and per slot, several
+    // rounds of uploads where a pass needs more experts than the cache
+    // holds) and 32 greedy decode steps, on both kernel shapes, in buffers
+    // and (Q8_0) textures.
+    let gpu = gpu();
+    let dir = common::TempDir::new("paged");
+    let mut files: Vec<std::path::PathBuf> = Vec::new();
+    for name in ["tiny-mixtral", "tiny-qwen2-moe", "tiny-deepseek-v3", "tiny-deepseek-v2", "tiny-deepseek-v2-lite"] {
+        files.push(common::fixture(name));
+        files.push(common::fixture(name).join("model.gguf"));
+    }
+    let quantised = |t: &baleen::format::TensorInfo| (t.shape.len() >= 2 && t.shape.last().unwrap() % 32 == 0).then_some(baleen::quant::DType::Q8_0);
+    files.push(rewritten("tiny-deepseek-v3", &dir, "q8_0-experts", quantised, q8_0));
+    let configs = [(MatmulShape::RowPerThread, true, true), (MatmulShape::RowPerThread, false, false), (MatmulShape::RowPerWorkgroup, true, false)];
+    for file in &files {
+        let m = ModelFiles::open(file).unwrap();
+        let prompt: Vec<u32> = (0..12).map(|i| (i * 37 + 5) % m.config.vocab as u32).collect();
+        // (HF folders hold the same weights as the GGUFs: one configuration.)
+        let n = if file.extension().is_some() { configs.len() } else { 1 };
+        for &(shape, grouped, textures) in &configs[..n] {
+            let opts = GpuOptions { shape: Some(shape), max_pass_tokens: 5, kv_f16: Some(false), grouped_experts: Some(grouped), quad_textures: Some(textures), ..Default::default() };
+            let what = format!("{} {shape:?} grouped {grouped} textures {textures}", file.display());
+            let want = logits_through(&mut GpuModel::load(gpu.clone(), &m, &opts).unwrap(), &prompt, 32);
+            // A budget over every expert: all resident in the cache, never paged.
+            let all = GpuModel::load(gpu.clone(), &m, &GpuOptions { expert_cache: Some(u64::MAX), ..opts.clone() }).unwrap();
+            let sizes = all.expert_stats().unwrap();
+            drop(all);
+            for budget in [sizes.minimum_bytes, sizes.total_bytes * 3 / 10] {
+                let mut g = GpuModel::load(gpu.clone(), &m, &GpuOptions { expert_cache: Some(budget), ..opts.clone() }).unwrap();
+                let got = logits_through(&mut g, &prompt, 32);
+                let s = g.expert_stats().unwrap();
+                let first = got.iter().zip(&want).position(|(a, b)| a != b);
+                assert!(first.is_none(), "{what}, budget {budget}: logits differ at step {first:?}");
+                assert!(s.misses > 0 && s.evictions > 0 && s.slots < sizes.slots, "{what}, budget {budget}: {s:?}");
+                eprintln!("{what}: budget {budget} of {} bytes, {} slots: {} hits, {} misses, {} evictions, {} passes of several rounds", sizes.total_bytes, s.slots, s.hits, s.misses, s.evictions, s.extra_rounds);
+            }
+        }
+    }
+}
+
+#[test]
+fn an_expert_cache_too_small_or_for_a_dense_model_is_refused() {
+    let gpu = gpu();
+    let m = ModelFiles::open(&common::fixture("tiny-deepseek-v3/model.gguf")).unwrap();
+    let opts = |b| GpuOptions { kv_f16: Some(false), expert_cache: Some(b), ..Default::default() };
+    let sizes = GpuModel::load(gpu.clone(), &m, &opts(u64::MAX)).unwrap().expert_stats().unwrap();
+    // f32 experts of 32 × 64: 24 KiB each; top 2; every layer's alike.
+    assert_eq!(sizes.minimum_bytes, 2 * 24 << 10);
+    let e = GpuModel::load(gpu.clone(), &m, &opts(sizes.minimum_bytes - 1)).err().unwrap().to_string();
+    assert!(e.contains("fewer than one token's 2 experts") && e.contains(&format!("--expert-cache {}", sizes.minimum_bytes)), "{e}");
+    let dense = ModelFiles::open(&common::fixture("tiny-llama")).unwrap();
+    let e = GpuModel::load(gpu, &dense, &opts(1 << 20)).err().unwrap().to_string();
+    assert!(e.contains("no routed experts"), "{e}");
 }

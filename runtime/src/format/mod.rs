@@ -275,10 +275,25 @@ pub fn tensor_range(t: &TensorInfo, start: u64, len: u64) -> Result<u64> {
 
 impl TensorReader for TensorIndex {
     async fn read_range(&self, t: &TensorInfo, start: u64, len: u64) -> Result<Vec<u8>> {
-        let offset = tensor_range(t, start, len)?;
-        let src = self.sources.get(t.file).ok_or_else(|| Error::Input(format!("tensor {:?}: no file {}", t.name, t.file)))?;
-        src.read_vec(offset, len)
+        read_from(&self.sources, t, start, len)
     }
+}
+
+/// A model's files, read as [`TensorIndex`] reads them, without the index:
+/// what reads routed experts on demand once the model is loaded.
+#[derive(Clone)]
+pub struct Sources(pub Vec<Arc<dyn WeightSource>>);
+
+impl TensorReader for Sources {
+    async fn read_range(&self, t: &TensorInfo, start: u64, len: u64) -> Result<Vec<u8>> {
+        read_from(&self.0, t, start, len)
+    }
+}
+
+fn read_from(sources: &[Arc<dyn WeightSource>], t: &TensorInfo, start: u64, len: u64) -> Result<Vec<u8>> {
+    let offset = tensor_range(t, start, len)?;
+    let src = sources.get(t.file).ok_or_else(|| Error::Input(format!("tensor {:?}: no file {}", t.name, t.file)))?;
+    src.read_vec(offset, len)
 }
 
 impl FileKind {

@@ -15,6 +15,7 @@
 pub mod bench;
 pub mod model;
 pub mod ops;
+pub mod paging;
 pub mod weights;
 
 use crate::error::{Error, Result};
@@ -135,6 +136,8 @@ pub enum Flag {
     Latent,
     SharedGate,
     Permuted,
+    /// The routed experts' matmul reads an expert cache (`slot_of`).
+    Paged,
 }
 
 impl Flag {
@@ -158,6 +161,7 @@ impl Flag {
             Flag::Latent => "LATENT",
             Flag::SharedGate => "SHARED_GATE",
             Flag::Permuted => "PERMUTED",
+            Flag::Paged => "PAGED",
         }
     }
 }
@@ -212,11 +216,28 @@ pub struct GpuOptions {
     /// the op that makes it (a kernel made wrong on purpose, which
     /// `baleen compare` must find).
     pub scale_output: Option<(String, f32)>,
+    /// GPU bytes for the routed experts' weights (`--expert-cache`,
+    /// `expertCacheBytes`): under their total, they are paged on demand
+    /// from the weight file into a cache of this size (`paging`). None:
+    /// every expert resident.
+    pub expert_cache: Option<u64>,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        GpuOptions { context: None, max_pass_tokens: 64, shape: None, max_binding: None, max_staging: None, subgroups: true, kv_f16: None, grouped_experts: None, quad_textures: None, scale_output: None }
+        GpuOptions {
+            context: None,
+            max_pass_tokens: 64,
+            shape: None,
+            max_binding: None,
+            max_staging: None,
+            subgroups: true,
+            kv_f16: None,
+            grouped_experts: None,
+            quad_textures: None,
+            scale_output: None,
+            expert_cache: None,
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 //! architecture: that is `crate::model`'s.
 
 use super::ops::{AttentionBuffers, AttentionShape, Combine, Ctx, ExpertMatmul, GateUp, Matmul, MlaShape, RopeScatter};
+use super::paging::{ExpertCache, ExpertStats, ExpertTensors};
 use super::weights::{GpuMatrix, Placement};
 use super::{Gpu, GpuOptions, Mark, Op, Passes, Step};
 use crate::config::{Arch, ModelConfig, Moe};
@@ -45,16 +46,16 @@ pub struct GpuLinear {
 
 /// The routed experts' gate and up: one matrix (each expert's gate rows,
 /// then its up rows) when their types agree, else apart.
-enum ExpertGateUp {
+pub enum ExpertGateUp {
     Stacked(GpuMatrix),
     Apart(GpuMatrix, GpuMatrix),
 }
 
-pub struct GpuExperts {
-    gate_up: ExpertGateUp,
-    down: GpuMatrix, // [experts · hidden, ffn]
-    ffn: u32,
-    hidden: u32,
+/// A layer's routed experts: all resident, or paged (layer `paged` of the
+/// model's [`ExpertCache`]).
+pub enum GpuExperts {
+    Resident { gate_up: ExpertGateUp, down: GpuMatrix /* [experts · hidden, ffn] */, hidden: u32 },
+    Paged { paged: usize, hidden: u32 },
 }
 
 /// Uploads the weights a model declares, read from `reader`, as `place` says.
@@ -66,6 +67,9 @@ struct Loader<'a, R> {
     arch: Arch,
     /// Matrices in textures, and all matrices.
     textures: (usize, usize),
+    /// With an expert cache, the routed experts' tensors, layer by layer,
+    /// instead of their weights.
+    paged: Option<Vec<ExpertTensors>>,
 }
 
 impl<R: TensorReader> Loader<'_, R> {
@@ -135,6 +139,16 @@ impl<R: TensorReader> Load for Loader<'_, R> {
     async fn experts(&mut self, d: &ExpertsDecl) -> Result<GpuExperts> {
         let (e, f, h) = (d.n as u64, d.ffn as u64, d.hidden as u64);
         let (gate, up) = (self.expert_tensors(d, names::Expert::Gate)?, self.expert_tensors(d, names::Expert::Up)?);
+        if self.paged.is_some() {
+            let down = self.expert_tensors(d, names::Expert::Down)?;
+            super::weights::check_experts(&gate, &up, e, f, h)?;
+            super::weights::check_experts(&down, &[], e, h, f)?;
+            let owned = |ts: &[&TensorInfo]| ts.iter().map(|t| (*t).clone()).collect();
+            let t = ExpertTensors { layer: d.layer, gate: owned(&gate), up: owned(&up), down: owned(&down), n: e as u32, ffn: f as u32, hidden: h as u32 };
+            let paged = self.paged.as_mut().expect("checked");
+            paged.push(t);
+            return Ok(GpuExperts::Paged { paged: paged.len() - 1, hidden: h as u32 });
+        }
         let (g, r, p) = (self.gpu, self.reader, self.place);
         let gate_up = if gate[0].dtype == up[0].dtype {
             ExpertGateUp::Stacked(GpuMatrix::load_expert_pairs(g, r, &gate, &up, e, f, h, p).await?)
@@ -147,7 +161,7 @@ impl<R: TensorReader> Load for Loader<'_, R> {
         };
         let down = self.expert_tensors(d, names::Expert::Down)?;
         let down = GpuMatrix::load_experts(g, r, &down, e, h, f, p).await?;
-        Ok(GpuExperts { gate_up, down: self.placed(down), ffn: f as u32, hidden: h as u32 })
+        Ok(GpuExperts::Resident { gate_up, down: self.placed(down), hidden: h as u32 })
     }
 
     fn dense(&mut self, name: &str, _rows: usize, _cols: usize, values: &[f32]) -> Result<wgpu::Buffer> {
@@ -210,6 +224,21 @@ struct Recorder<'a> {
     marks: Vec<Mark>,
     /// Test hook: multiply this intermediate by this factor.
     scale_output: Option<(String, f32)>,
+    /// The paged experts' matrices, and where passes stop for them.
+    experts: Option<&'a ExpertCache>,
+    pauses: Vec<Pause>,
+}
+
+/// Where a pass stops for a paged layer's expert ids: ops `at..end` are
+/// its expert matmuls, run once per round of uploads, rounds after the
+/// first from `repeat` (past the grouped path's sort and gather).
+struct Pause {
+    paged: usize,
+    ids: wgpu::Buffer, // [max_pass, top_k] u32: the router's choices
+    top_k: u32,
+    at: usize,
+    repeat: usize,
+    end: usize,
 }
 
 impl Recorder<'_> {
@@ -482,7 +511,16 @@ impl Ops for Recorder<'_> {
     }
 
     fn experts(&mut self, name: &str, w: &GpuExperts, x: &GpuAct, routes: &GpuRoutes, m: &Moe) -> Result<GpuSlots> {
-        let (e, k, f, h) = (m.n_experts as u32, m.top_k as u32, w.ffn, w.hidden);
+        let (gate_up, down, slot_of, hidden) = match w {
+            GpuExperts::Resident { gate_up, down, hidden } => (gate_up, down, None, *hidden),
+            GpuExperts::Paged { paged, hidden } => {
+                let cache = self.experts.ok_or_else(|| Error::Gpu(format!("{name}: paged experts without an expert cache")))?;
+                let (gate_up, down, slot_of) = cache.matrices(*paged);
+                (gate_up, down, Some((slot_of, *paged, cache.pages(*paged))), *hidden)
+            }
+        };
+        let (e, k, h) = (m.n_experts as u32, m.top_k as u32, hidden);
+        let f = m.expert_ffn as u32;
         let t = self.max_pass as u64;
         // Grouped, every tile has TILE_T rows.
         let grouped = self.grouped;
@@ -492,48 +530,59 @@ impl Ops for Recorder<'_> {
         let up = self.fixed(&format!("{name} up"), slots * f as u64 * 4)?; // [slots, ffn] (gate and up apart)
         let act = self.fixed(&format!("{name} act"), slots * f as u64 * 4)?; // [slots, ffn]
         let out = self.fixed(&format!("{name} out"), slots * h as u64 * 4)?; // [slots, hidden]; grouped: first the tiles' inputs
-        let ctx = &self.ctx;
-        let gu = match &w.gate_up {
+        let gu = match gate_up {
             ExpertGateUp::Stacked(_) => GateUp::Stacked(&gate),
             ExpertGateUp::Apart(..) => GateUp::Apart(&gate, &up),
         };
+        let at = self.ops.len();
+        // Grouped (passes of several tokens): see moe.wgsl's `sort`. Its
+        // schedule comes first: paged rounds repeat only the matmuls.
+        let grouped_bufs = if grouped {
+            let slot_pos = self.buffer(&format!("{name} slot rows"), k as u64 * 4)?; // [t · top_k] u32
+            let tile_list = self.fixed(&format!("{name} tiles"), tiles * 8)?; // [expert_tiles] × (expert, count) u32
+            let counts = self.fixed(&format!("{name} counts"), e as u64 * 4)?; // [experts] u32
+            let ctx = &self.ctx;
+            let schedule = [ctx.moe_sort(&format!("{name} sort"), m, &routes.ids, &slot_pos, &tile_list, &counts)?, ctx.moe_gather(&format!("{name} gather"), &x.buf, &slot_pos, &out, h, k)?];
+            self.ops.extend(schedule.map(|o| o.only(Passes::Multi)));
+            Some((slot_pos, tile_list))
+        } else {
+            None
+        };
+        let repeat = self.ops.len();
+        let so = slot_of.map(|s| s.0);
+        let em = |expert_rows, x, x_stride, y| ExpertMatmul { expert_rows, x, x_stride, y, slot_of: so };
+        let ctx = &self.ctx;
         // Each slot's expert rows: in every pass, or with `grouped` only for
         // one token, several tokens' slots grouped by expert.
         let per_slot = if grouped { Passes::Single } else { Passes::All };
-        let mut routed = match &w.gate_up {
-            ExpertGateUp::Stacked(both) => ctx.experts(both, ExpertMatmul { expert_rows: 2 * f, x: &x.buf, x_stride: h, y: &gate }, k, &routes.ids, k)?,
+        let mut routed = match gate_up {
+            ExpertGateUp::Stacked(both) => ctx.experts(both, em(2 * f, &x.buf, h, &gate), k, &routes.ids, k)?,
             ExpertGateUp::Apart(eg, eu) => {
-                let mut ops = ctx.experts(eg, ExpertMatmul { expert_rows: f, x: &x.buf, x_stride: h, y: &gate }, k, &routes.ids, k)?;
-                ops.extend(ctx.experts(eu, ExpertMatmul { expert_rows: f, x: &x.buf, x_stride: h, y: &up }, k, &routes.ids, k)?);
+                let mut ops = ctx.experts(eg, em(f, &x.buf, h, &gate), k, &routes.ids, k)?;
+                ops.extend(ctx.experts(eu, em(f, &x.buf, h, &up), k, &routes.ids, k)?);
                 ops
             }
         };
         routed.push(ctx.swiglu(&format!("{name} swiglu"), gu, &act, f, k)?);
-        routed.extend(ctx.experts(&w.down, ExpertMatmul { expert_rows: h, x: &act, x_stride: f, y: &out }, 1, &routes.ids, k)?);
+        routed.extend(ctx.experts(down, em(h, &act, f, &out), 1, &routes.ids, k)?);
         self.ops.extend(routed.into_iter().map(|o| o.only(per_slot)));
-        if !grouped {
-            return Ok(GpuSlots { out, slot_pos: None });
-        }
-        // Grouped (passes of several tokens): see moe.wgsl's `sort`.
-        let slot_pos = self.buffer(&format!("{name} slot rows"), k as u64 * 4)?; // [t · top_k] u32
-        let tile_list = self.fixed(&format!("{name} tiles"), tiles * 8)?; // [expert_tiles] × (expert, count) u32
-        let counts = self.fixed(&format!("{name} counts"), e as u64 * 4)?; // [experts] u32
-        let ctx = &self.ctx;
-        let mut routed = vec![
-            ctx.moe_sort(&format!("{name} sort"), m, &routes.ids, &slot_pos, &tile_list, &counts)?,
-            ctx.moe_gather(&format!("{name} gather"), &x.buf, &slot_pos, &out, h, k)?,
-        ];
-        match &w.gate_up {
-            ExpertGateUp::Stacked(both) => routed.extend(ctx.grouped(both, ExpertMatmul { expert_rows: 2 * f, x: &out, x_stride: h, y: &gate }, &tile_list, m)?),
-            ExpertGateUp::Apart(eg, eu) => {
-                routed.extend(ctx.grouped(eg, ExpertMatmul { expert_rows: f, x: &out, x_stride: h, y: &gate }, &tile_list, m)?);
-                routed.extend(ctx.grouped(eu, ExpertMatmul { expert_rows: f, x: &out, x_stride: h, y: &up }, &tile_list, m)?);
+        if let Some((_, tile_list)) = &grouped_bufs {
+            let mut routed = Vec::new();
+            match gate_up {
+                ExpertGateUp::Stacked(both) => routed.extend(ctx.grouped(both, em(2 * f, &out, h, &gate), tile_list, m)?),
+                ExpertGateUp::Apart(eg, eu) => {
+                    routed.extend(ctx.grouped(eg, em(f, &out, h, &gate), tile_list, m)?);
+                    routed.extend(ctx.grouped(eu, em(f, &out, h, &up), tile_list, m)?);
+                }
             }
+            routed.push(ctx.swiglu_tiles(&format!("{name} swiglu"), gu, &act, f, m)?);
+            routed.extend(ctx.grouped(down, em(h, &act, f, &out), tile_list, m)?);
+            self.ops.extend(routed.into_iter().map(|o| o.only(Passes::Multi)));
         }
-        routed.push(ctx.swiglu_tiles(&format!("{name} swiglu"), gu, &act, f, m)?);
-        routed.extend(ctx.grouped(&w.down, ExpertMatmul { expert_rows: h, x: &act, x_stride: f, y: &out }, &tile_list, m)?);
-        self.ops.extend(routed.into_iter().map(|o| o.only(Passes::Multi)));
-        Ok(GpuSlots { out, slot_pos: Some(slot_pos) })
+        if let Some((_, paged, true)) = slot_of {
+            self.pauses.push(Pause { paged, ids: routes.ids.clone(), top_k: k, at, repeat, end: self.ops.len() });
+        }
+        Ok(GpuSlots { out, slot_pos: grouped_bufs.map(|(slot_pos, _)| slot_pos) })
     }
 
     fn moe_combine(&mut self, name: &str, x: &mut GpuAct, slots: &GpuSlots, routes: &GpuRoutes, shared: Option<&GpuAct>, gate: Option<&GpuAct>, m: &Moe) -> Result<()> {
@@ -566,6 +615,8 @@ pub struct ModelInfo {
     pub backend: String,
     pub gpu_bytes: u64,
     pub kv_f16: bool,
+    /// The routed experts' cache, when they are paged.
+    pub expert_cache: Option<ExpertStats>,
 }
 
 pub struct GpuModel {
@@ -595,6 +646,9 @@ pub struct GpuModel {
     len: usize,
     /// Matrices in textures, and all matrices.
     textures: (usize, usize),
+    /// The paged routed experts, and where passes stop for them.
+    experts: Option<ExpertCache>,
+    pauses: Vec<Pause>,
     /// The weights and activations the bind groups use.
     _model: Model<GpuWeights>,
     _buffers: Vec<wgpu::Buffer>,
@@ -635,9 +689,23 @@ impl GpuModel {
         let context = super::choose_context(cfg.context_length, asked, fits, per_token, gpu.max_binding())?;
         let ring = cfg.swa.as_ref().map_or(0, |s| ring_rows(s.window, opts.max_pass_tokens, context));
         let kv_cache_bytes = per_token * context as u64 + kv_row * local as u64 * caches * ring as u64;
-        let mut loader = Loader { gpu: &gpu, index: &m.index, reader, place, arch: cfg.arch, textures: (0, 0) };
+        if opts.expert_cache.is_some() && (cfg!(target_arch = "wasm32") || cfg.moe.is_none()) {
+            return Err(Error::Unsupported(match cfg.moe {
+                None => format!("an expert cache for {}, which has no routed experts; leave --expert-cache out", cfg.arch.name()),
+                Some(_) => "an expert cache in the browser (paged experts run natively so far); leave expertCacheBytes out".into(),
+            }));
+        }
+        let paged = opts.expert_cache.map(|_| Vec::new());
+        let mut loader = Loader { gpu: &gpu, index: &m.index, reader, place, arch: cfg.arch, textures: (0, 0), paged };
         let model = Model::load(&mut loader, &cfg).await?;
         let textures = loader.textures;
+        let experts = match (loader.paged, opts.expert_cache, &cfg.moe) {
+            (Some(layers), Some(budget), Some(moe)) => {
+                let sources = crate::format::Sources(m.index.sources.clone());
+                Some(ExpertCache::new(&gpu, layers, budget, moe.top_k as u32, place, sources)?)
+            }
+            _ => None,
+        };
 
         let step = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
         let ctx = Ctx { gpu: &gpu, step: &step, shape, subgroups: opts.subgroups && gpu.has_subgroups() };
@@ -660,6 +728,8 @@ impl GpuModel {
             ops: Vec::new(),
             marks: Vec::new(),
             scale_output: opts.scale_output.clone(),
+            experts: experts.as_ref(),
+            pauses: Vec::new(),
         };
         let x = model.body(&mut rec)?;
         let (body, body_marks) = rec.take();
@@ -672,6 +742,7 @@ impl GpuModel {
         rec.ops.push(rec.ctx.sample(&logits.buf, &ids, logits.width, max_pass as u32)?);
         let (head, head_marks) = rec.take();
         let max_pass = rec.max_pass;
+        let pauses = std::mem::take(&mut rec.pauses);
         let mut buffers: Vec<wgpu::Buffer> = rec.pool.into_values().collect();
         buffers.extend(rec.caches.into_iter().flatten().flat_map(|(k, v)| std::iter::once(k).chain(v)));
         buffers.extend(rec.inv_freq.into_iter().map(|(_, b)| b));
@@ -694,6 +765,8 @@ impl GpuModel {
             marks: [body_marks, head_marks],
             len: 0,
             textures,
+            experts,
+            pauses,
             _model: model,
             _buffers: buffers,
         })
@@ -727,9 +800,15 @@ impl GpuModel {
             ..Default::default()
         };
         let ops: Vec<&Op> = if head { self.body.iter().chain(&self.head).collect() } else { self.body.iter().collect() };
-        self.gpu.run(&self.step, &step, &ops)?;
+        let (gpu, step_buf) = (&self.gpu, &self.step);
+        submit_paged(gpu, self.experts.as_mut(), &self.pauses, &step, ops.len(), |r, _| gpu.run(step_buf, &step, &ops[r]))?;
         self.len += tokens.len();
         Ok(())
+    }
+
+    /// The expert cache's counts, when the routed experts are paged.
+    pub fn expert_stats(&self) -> Option<ExpertStats> {
+        self.experts.as_ref().map(|c| c.stats())
     }
 
     /// Compute dispatches of one decode step (embedding to sampling) with
@@ -798,9 +877,23 @@ impl GpuModel {
         self.gpu.queue.write_buffer(&self.ids, 0, bytemuck::cast_slice(last));
         let step = Step { n_tokens: last.len() as u32, pos: self.len as u32, ..Default::default() };
         self.gpu.queue.write_buffer(&self.step, 0, bytemuck::bytes_of(&step));
-        let mut enc = self.gpu.device.create_command_encoder(&Default::default());
         let (body, head): (Vec<&Op>, Vec<&Op>) = (self.body.iter().collect(), self.head.iter().collect());
-        let at = super::encode_keeping(&mut enc, &step, &body, &self.marks[0], &dump, 0);
+        // The body up to each paged layer's expert ids, then the rest; the
+        // marks so far copied at each final submit.
+        let (gpu, marks) = (&self.gpu, &self.marks);
+        let (mut at, mut copied) = (0u64, 0usize);
+        submit_paged(gpu, self.experts.as_mut(), &self.pauses, &step, body.len(), |r, last_round| {
+            let mut enc = gpu.device.create_command_encoder(&Default::default());
+            let pending: Vec<Mark> = match last_round {
+                true => marks[0][copied..].iter().take_while(|m| m.at <= r.end).map(|m| Mark { at: m.at.saturating_sub(r.start), name: m.name.clone(), buf: m.buf.clone(), width: m.width, single: m.single }).collect(),
+                false => Vec::new(),
+            };
+            copied += pending.len();
+            at = super::encode_keeping(&mut enc, &step, &body[r], &pending, &dump, at);
+            gpu.queue.submit([enc.finish()]);
+            Ok(())
+        })?;
+        let mut enc = self.gpu.device.create_command_encoder(&Default::default());
         super::encode_keeping(&mut enc, &step, &head, &self.marks[1], &dump, at);
         self.gpu.queue.submit([enc.finish()]);
         self.len += last.len();
@@ -892,6 +985,7 @@ impl GpuModel {
             backend: self.gpu.backend_name(),
             gpu_bytes: self.gpu.allocated_bytes(),
             kv_f16: self.kv_f16,
+            expert_cache: self.expert_stats(),
         }
     }
 
@@ -955,6 +1049,26 @@ impl GpuModel {
     fn read_logits(&self) -> Result<Vec<f32>> {
         self.wait(self.read_logits_async())
     }
+}
+
+/// Submit `n_ops` ops of a pass of `step` (`submit(range, last_round)`):
+/// at once, or, with paged experts, up to each paged layer's router, whose
+/// expert ids come back; then its expert matmuls once per round of uploads
+/// ([`ExpertCache::rounds`]), the last round's submit `last_round`.
+fn submit_paged(gpu: &Gpu, cache: Option<&mut ExpertCache>, pauses: &[Pause], step: &Step, n_ops: usize, mut submit: impl FnMut(std::ops::Range<usize>, bool) -> Result<()>) -> Result<()> {
+    let Some(cache) = cache.filter(|_| !pauses.is_empty()) else { return submit(0..n_ops, true) };
+    let mut done = 0;
+    for p in pauses.iter().filter(|p| p.end <= n_ops) {
+        submit(done..p.at, true)?;
+        let bytes = gpu.read(&p.ids, 0, (step.n_tokens * p.top_k) as u64 * 4)?;
+        let rounds = cache.rounds(p.paged, bytemuck::cast_slice(&bytes))?;
+        for (i, round) in rounds.iter().enumerate() {
+            cache.load(gpu, p.paged, round)?;
+            submit(if i == 0 { p.at } else { p.repeat }..p.end, i + 1 == rounds.len())?;
+        }
+        done = p.end;
+    }
+    submit(done..n_ops, true)
 }
 
 /// In the browser every readback is awaited.
@@ -1038,5 +1152,8 @@ impl Backend for GpuModel {
     }
     fn gpu_bytes(&self) -> u64 {
         self.gpu.allocated_bytes()
+    }
+    fn expert_cache(&self) -> Option<serde_json::Value> {
+        self.expert_stats().and_then(|s| serde_json::to_value(s).ok())
     }
 }

@@ -127,6 +127,9 @@ pub struct ExpertMatmul<'a> {
     pub x: &'a Buffer,
     pub x_stride: u32,
     pub y: &'a Buffer,
+    /// `W` is an expert cache: `[n_experts]` u32, each expert's slot
+    /// (`paging`).
+    pub slot_of: Option<&'a Buffer>,
 }
 
 /// [`Ctx::moe_combine`]'s inputs: `x[t] += Σ_k weights[t, k] ·
@@ -443,7 +446,10 @@ impl Ctx<'_> {
     /// `slots` gives the entry's `x_div` and `top_k`; `schedule` binds the
     /// expert ids or the tiles.
     fn expert_chunks(&self, w: &GpuMatrix, entry: &'static str, e: ExpertMatmul, slots: MatmulParams, schedule: (u32, &Buffer), grid: impl Fn(u32) -> Grid) -> Result<Vec<Op>> {
-        let (flags, wg, has_scales) = self.matmul_variant(w)?;
+        let (mut flags, wg, has_scales) = self.matmul_variant(w)?;
+        if e.slot_of.is_some() {
+            flags.push(Flag::Paged);
+        }
         w.chunks
             .iter()
             .map(|c| {
@@ -456,6 +462,7 @@ impl Ctx<'_> {
                 };
                 let mut bound = matmul_bindings(c, e.x, e.y, has_scales);
                 bound.push((schedule.0, schedule.1.as_entire_binding()));
+                bound.extend(e.slot_of.map(|b| (binding::matmul::SLOT_OF, b.as_entire_binding())));
                 let key = PipelineKey::new(Kernel::Matmul(self.shape), entry, flags.clone());
                 self.op_bound(format!("{} {entry} rows {}..", w.name, c.row_start), key, &params, bound, grid(wg))
             })

@@ -348,15 +348,11 @@ impl GpuMatrix {
         }
         let first = check_experts(gate, up, experts, rows, cols)?;
         let per_expert = file_row_bytes(&first.name, first.dtype, cols)? * rows;
-        // Bytes of whole experts (chunks hold whole experts): gate, then up,
-        // each in its own tensor or the e-th part of one holding all.
+        // Bytes of whole experts (chunks hold whole experts).
         let fetch = |start: u64, len: u64| async move {
             let mut out = Vec::with_capacity(len as usize);
             for e in start / (2 * per_expert)..(start + len) / (2 * per_expert) {
-                for ts in [gate, up] {
-                    let (t, at) = if ts.len() == 1 { (ts[0], e * per_expert) } else { (ts[e as usize], 0) };
-                    out.extend(reader.read_range(t, at, per_expert).await?);
-                }
+                out.extend(expert_pair_bytes(reader, gate, up, e, per_expert).await?);
             }
             Ok(out)
         };
@@ -390,7 +386,7 @@ impl GpuMatrix {
 /// alike), after checking each is supported and shaped as one holding every
 /// expert (`[experts, rows, cols]`) or one expert (`[rows, cols]`), all of
 /// the first's type.
-fn check_experts<'t>(a: &[&'t TensorInfo], b: &[&'t TensorInfo], experts: u64, rows: u64, cols: u64) -> Result<&'t TensorInfo> {
+pub(super) fn check_experts<'t>(a: &[&'t TensorInfo], b: &[&'t TensorInfo], experts: u64, rows: u64, cols: u64) -> Result<&'t TensorInfo> {
     let first = *a.first().ok_or_else(|| Error::Config("no expert tensors".into()))?;
     let want: &[u64] = if a.len() == 1 { &[experts, rows, cols] } else { &[rows, cols] };
     for t in a.iter().chain(b) {
@@ -406,6 +402,26 @@ fn check_experts<'t>(a: &[&'t TensorInfo], b: &[&'t TensorInfo], experts: u64, r
         }
     }
     Ok(first)
+}
+
+/// Expert `e`'s `per_expert` file bytes of one kind of expert tensors (one
+/// holding every expert, `[experts, rows, cols]`, or one each).
+pub async fn expert_bytes(reader: &impl TensorReader, tensors: &[&TensorInfo], e: u64, per_expert: u64) -> Result<Vec<u8>> {
+    match tensors {
+        [all] => reader.read_range(all, e * per_expert, per_expert).await,
+        each => {
+            let t = each.get(e as usize).ok_or_else(|| Error::Config(format!("expert {e} of {} expert tensors", each.len())))?;
+            reader.read_range(t, 0, per_expert).await
+        }
+    }
+}
+
+/// Expert `e`'s gate bytes, then its up bytes (`per_expert` each), as
+/// [`GpuMatrix::load_expert_pairs`] stacks them.
+pub async fn expert_pair_bytes(reader: &impl TensorReader, gate: &[&TensorInfo], up: &[&TensorInfo], e: u64, per_expert: u64) -> Result<Vec<u8>> {
+    let mut out = expert_bytes(reader, gate, e, per_expert).await?;
+    out.extend(expert_bytes(reader, up, e, per_expert).await?);
+    Ok(out)
 }
 
 /// Bytes `start..start + len` of `tensors`' data laid end to end.
@@ -426,7 +442,117 @@ fn stacked_bytes<'a, R: TensorReader>(reader: &'a R, tensors: &'a [&'a TensorInf
     }
 }
 
+/// How [`GpuMatrix::upload`] lays a matrix out: planes in textures or
+/// buffers, rows per group, rows per chunk.
+struct Geometry {
+    textures: bool,
+    row_group: u32,
+    per: u64,
+}
+
+fn geometry(name: &str, dtype: DType, cols: u64, place: Placement, align: u64) -> Result<Geometry> {
+    // Textures where they hold an `align`-row group (an expert) in one chunk.
+    let textures = place.texture_rows(dtype, cols).is_some_and(|n| n.min(65535) >= align);
+    // (Textures keep rows whole.)
+    let row_group = if textures { 1 } else { place.shape.row_group(dtype) };
+    // Chunks of whole `align`-row groups (experts), within the binding
+    // once padded to whole groups of the layout.
+    let per = rows_per_chunk(dtype, cols, place, textures)? / align * align;
+    if per == 0 {
+        return Err(Error::Unsupported(format!("{name}: one expert of {align} rows exceeds the GPU's binding limit of {} bytes", place.max_binding)));
+    }
+    Ok(Geometry { textures, row_group, per })
+}
+
 impl GpuMatrix {
+    /// An expert cache: `slots` zeroed slots of `align` rows each (one
+    /// expert's), laid out as [`GpuMatrix::load_experts`] lays out resident
+    /// experts, chunks holding whole slots, so that the same kernels read
+    /// either. Each slot is filled by [`GpuMatrix::write_slot`].
+    pub fn slots(gpu: &Gpu, name: &str, dtype: DType, slots: u64, align: u64, cols: u64, place: Placement) -> Result<Self> {
+        file_row_bytes(name, dtype, cols)?;
+        let g = geometry(name, dtype, cols, place, align)?;
+        if align % g.row_group as u64 != 0 {
+            return Err(Error::Unsupported(format!(
+                "{name}: experts of {align} rows, not whole groups of {} rows (the GPU layout's); page them on the other kernel shape or keep them resident",
+                g.row_group
+            )));
+        }
+        let l = layout(dtype)?;
+        let (quad_row, scale_row) = (cols / l.block_values as u64 * l.quads as u64 * 16, cols / l.block_values as u64 * l.scale_words as u64 * 4);
+        let rows = slots * align;
+        let mut chunks = Vec::new();
+        let mut r = 0u64;
+        while r < rows {
+            let n = g.per.min(rows - r);
+            let label = format!("{name} slots [{}..{})", r / align, (r + n) / align);
+            let planes = if g.textures {
+                let texture = |row_bytes: u64, label: &str| {
+                    let (width, h) = (n.min(TEXTURE_ROWS as u64), row_bytes.div_ceil(16));
+                    let height = n.div_ceil(width) * h;
+                    gpu.texture_init(label, width as u32, height as u32, &vec![0u8; (width * height * 16) as usize])
+                };
+                let scales = if scale_row == 0 { None } else { Some(texture(scale_row, &format!("{label} scales"))?) };
+                Planes::Textures { quads: texture(quad_row, &label)?, scales }
+            } else {
+                Planes::Buffer { buffer: gpu.storage(&label, n * (quad_row + scale_row))?, scale_offset: (n * quad_row / 4) as u32 }
+            };
+            chunks.push(Chunk { planes, row_start: r as u32, rows: n as u32 });
+            r += n;
+        }
+        Ok(GpuMatrix { name: name.into(), dtype, rows: rows as u32, cols: cols as u32, row_group: g.row_group, chunks })
+    }
+
+    /// Write one expert's file bytes (`align` whole rows) into slot `slot`
+    /// of an expert cache made by [`GpuMatrix::slots`].
+    pub fn write_slot(&self, gpu: &Gpu, slot: u32, align: u32, bytes: &[u8]) -> Result<()> {
+        let first = slot as u64 * align as u64;
+        let c = self
+            .chunks
+            .iter()
+            .find(|c| (c.row_start as u64..c.row_start as u64 + c.rows as u64).contains(&first))
+            .ok_or_else(|| Error::Gpu(format!("{}: no slot {slot}", self.name)))?;
+        let r0 = (first - c.row_start as u64) as usize;
+        let (packed, scale_offset) = repack(self.dtype, bytes, align as usize, self.row_group as usize)?;
+        let (quads, scales) = packed.split_at(scale_offset as usize * 4);
+        match &c.planes {
+            Planes::Buffer { buffer, scale_offset: chunk_scales } => {
+                gpu.queue.write_buffer(buffer, (r0 * quads.len() / align as usize) as u64, quads);
+                if !scales.is_empty() {
+                    let at = *chunk_scales as usize * 4 + r0 * scales.len() / align as usize;
+                    gpu.queue.write_buffer(buffer, at as u64, scales);
+                }
+            }
+            Planes::Textures { quads: qv, scales: sv } => {
+                let width = (c.rows as usize).min(TEXTURE_ROWS as usize);
+                for (plane, view) in [(quads, Some(qv)), (scales, sv.as_ref())] {
+                    let Some(view) = view.filter(|_| !plane.is_empty()) else { continue };
+                    let row_bytes = plane.len() / align as usize;
+                    // The slot's rows band by band (texel_columns' layout).
+                    let mut a = r0;
+                    while a < r0 + align as usize {
+                        let b = (a / width + 1) * width;
+                        let b = b.min(r0 + align as usize);
+                        let (texels, w, h) = texel_columns(&plane[(a - r0) * row_bytes..(b - r0) * row_bytes], b - a);
+                        gpu.queue.write_texture(
+                            wgpu::TexelCopyTextureInfo {
+                                texture: view.texture(),
+                                mip_level: 0,
+                                origin: wgpu::Origin3d { x: (a % width) as u32, y: (a / width) as u32 * h, z: 0 },
+                                aspect: wgpu::TextureAspect::All,
+                            },
+                            &texels,
+                            wgpu::TexelCopyBufferLayout { offset: 0, bytes_per_row: Some(w * 16), rows_per_image: Some(h) },
+                            wgpu::Extent3d { width: w, height: h, depth_or_array_layers: 1 },
+                        );
+                        a = b;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Fetch (`fetch(start, len)`: bytes of the file's rows) and upload each
     /// chunk in turn, so no more than one chunk is held in memory.
     #[allow(clippy::too_many_arguments)]
@@ -441,19 +567,7 @@ impl GpuMatrix {
         align: u64,
     ) -> Result<Self> {
         let file_row = file_row_bytes(name, dtype, cols)?;
-        // Textures where they hold an `align`-row group (an expert) in one chunk.
-        let textures = place.texture_rows(dtype, cols).is_some_and(|n| n.min(65535) >= align);
-        // (Textures keep rows whole.)
-        let row_group = if textures { 1 } else { place.shape.row_group(dtype) };
-        // Chunks of whole `align`-row groups (experts), within the binding
-        // once padded to whole groups of the layout.
-        let per = rows_per_chunk(dtype, cols, place, textures)? / align * align;
-        if per == 0 {
-            return Err(Error::Unsupported(format!(
-                "{name}: one expert of {align} rows exceeds the GPU's binding limit of {} bytes",
-                place.max_binding
-            )));
-        }
+        let Geometry { textures, row_group, per } = geometry(name, dtype, cols, place, align)?;
         let mut chunks = Vec::new();
         let mut r = 0u64;
         while r < rows {
