@@ -38,6 +38,13 @@ fn main() {
             std::process::exit(2);
         }
     };
+    write(&out, experts, groups);
+}
+
+/// Write the model with `experts` routed experts (in `groups` groups; by
+/// default 8 from 16 experts on, else 1) to `out`. (Also called by the
+/// paging test, which includes this file.)
+pub fn write(out: &str, experts: u64, groups: Option<u64>) {
     let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tiny-deepseek-v3/model.gguf");
     let src = Arc::new(FileSource::open(std::path::Path::new(fixture)).expect("the tiny DeepSeek fixture"));
     let tiny = gguf::parse(src).expect("a GGUF");
@@ -130,6 +137,6 @@ fn main() {
             ]);
         }
     }
-    std::fs::write(&out, writer::write(&metadata, &tensors)).expect("write the model");
+    std::fs::write(out, writer::write(&metadata, &tensors)).expect("write the model");
     eprintln!("{out}: {experts} experts, {} tensors", tensors.len());
 }

@@ -397,3 +397,31 @@ fn bench_kernels_reports_each_kernel_beside_the_copy() {
         assert_eq!(k["gflops"].as_f64().is_some_and(|g| g > 0.0), name.starts_with("matmul_"), "{k}");
     }
 }
+
+#[test]
+fn expert_cache_pages_experts_and_refuses_what_it_cannot_do() {
+    let moe = common::fixture("tiny-deepseek-v3/model.gguf");
+    let moe = moe.to_str().unwrap();
+    let run = |extra: &[&'static str]| -> Vec<&str> { [&["run", "--model", moe, "--prompt-ids", "1,2,3,4,5,6", "--max-tokens", "8", "--temperature", "0", "--json"], extra].concat() };
+    // The minimum (2 experts of 24 KiB), with a suffix: the reply of the
+    // resident run, with the cache's counts.
+    let resident = ok_json(&run(&[]));
+    assert!(resident["expert_cache"].is_null());
+    let paged = ok_json(&run(&["--expert-cache", "48K"]));
+    assert_eq!(paged["token_ids"], resident["token_ids"]);
+    assert_eq!(paged["logits_top"], resident["logits_top"]);
+    let e = &paged["expert_cache"];
+    assert_eq!((e["budget_bytes"].as_u64(), e["slots"].as_u64(), e["minimum_bytes"].as_u64()), (Some(48 << 10), Some(2), Some(48 << 10)), "{e}");
+    assert!(e["misses"].as_u64() > Some(0) && e["evictions"].as_u64() > Some(0) && e["bytes_loaded"].as_u64() > Some(0), "{e}");
+    let bench = ok_json(&["bench", "--model", moe, "--prompt-tokens", "4", "--gen-tokens", "4", "--runs", "1", "--json", "--expert-cache", "49152"]);
+    assert_eq!(bench["expert_cache"]["slots"], 2, "{bench}");
+    // Too small, not a size, the wrong backend, a dense model.
+    fails_with(&run(&["--expert-cache", "40K"]), "it needs at least 49152 bytes (--expert-cache 49152)");
+    for bad in ["lots", "12X", "", "1.5G", "K"] {
+        fails_with(&run(&["--expert-cache", bad]), "is not a byte count: give digits and optionally K, M or G");
+    }
+    fails_with(&run(&["--expert-cache", "99999999999G"]), "more bytes than a 64-bit count holds");
+    fails_with(&run(&["--expert-cache", "1G", "--backend", "reference"]), "--expert-cache pages experts on the GPU");
+    let dense = common::fixture("tiny-llama");
+    fails_with(&["run", "--model", dense.to_str().unwrap(), "--prompt-ids", "1,2", "--expert-cache", "1M"], "no routed experts; leave --expert-cache out");
+}

@@ -14,6 +14,11 @@ use std::sync::Arc;
 
 const TINY_TOL: f32 = 1e-3;
 
+// The benchmark's synthetic DeepSeek-shaped model, written by the paging test.
+#[allow(dead_code)]
+#[path = "../../runtime/examples/moe_bench_model.rs"]
+mod moe_bench_model;
+
 fn gpu() -> Arc<Gpu> {
     Arc::new(Gpu::new_blocking().expect("a wgpu adapter (install mesa-vulkan-drivers for lavapipe)"))
 }
@@ -458,4 +463,30 @@ fn an_expert_cache_too_small_or_for_a_dense_model_is_refused() {
     let dense = ModelFiles::open(&common::fixture("tiny-llama")).unwrap();
     let e = GpuModel::load(gpu, &dense, &opts(1 << 20)).err().unwrap().to_string();
     assert!(e.contains("no routed experts"), "{e}");
+}
+
+#[test]
+fn a_deepseek_shaped_model_four_times_over_its_expert_budget_pages_exactly() {
+    // The benchmark's synthetic model (hidden 512, 3 MoE layers of 64 Q4_0
+    // experts, top 6, grouped routing, a shared expert) with a quarter of its
+    // experts' bytes: bit-identical logits, weights in buffers and in textures.
+    let gpu = gpu();
+    let dir = common::TempDir::new("paged-synthetic");
+    let path = dir.0.join("moe-e64.gguf");
+    moe_bench_model::write(path.to_str().unwrap(), 64, None);
+    let m = ModelFiles::open(&path).unwrap();
+    let prompt: Vec<u32> = (0..6).map(|i| (i * 37 + 5) % m.config.vocab as u32).collect();
+    for textures in [false, true] {
+        let opts = GpuOptions { shape: Some(MatmulShape::RowPerThread), max_pass_tokens: 4, kv_f16: Some(false), grouped_experts: Some(true), quad_textures: Some(textures), ..Default::default() };
+        let want = logits_through(&mut GpuModel::load(gpu.clone(), &m, &opts).unwrap(), &prompt, 16);
+        let sizes = GpuModel::load(gpu.clone(), &m, &GpuOptions { expert_cache: Some(u64::MAX), ..opts.clone() }).unwrap().expert_stats().unwrap();
+        let mut g = GpuModel::load(gpu.clone(), &m, &GpuOptions { expert_cache: Some(sizes.total_bytes / 4), ..opts.clone() }).unwrap();
+        assert_eq!(g.matrices_in_textures().0 > 0, textures);
+        let got = logits_through(&mut g, &prompt, 16);
+        let first = got.iter().zip(&want).position(|(a, b)| a != b);
+        assert!(first.is_none(), "textures {textures}: logits differ at step {first:?}");
+        let s = g.expert_stats().unwrap();
+        assert!(s.slots == sizes.slots / 4 && s.misses > 0 && s.evictions > 0, "{s:?} of {sizes:?}");
+        eprintln!("synthetic DeepSeek, textures {textures}: {} of {} slots: {s:?}", s.slots, sizes.slots);
+    }
 }

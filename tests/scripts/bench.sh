@@ -45,6 +45,13 @@ for e in 8 64; do
     done
 done
 $B inspect $OUT/moe-e64.gguf | grep -E '^(latent attn|experts|kv cache)' > $OUT/moe-inspect.txt
+echo "== routed experts paged: the 64-expert model at budgets of all but one expert, 1/2, 1/4 of its experts, and one token's worth" >&2
+$B run --model $OUT/moe-e64.gguf --prompt-ids 1 --max-tokens 1 --temperature 0 --json --expert-cache 1G > $OUT/moe-sizes.json
+read -r TOTAL MIN < <(python3 -c 'import json,sys; e=json.load(open(sys.argv[1]))["expert_cache"]; print(e["total_bytes"], e["minimum_bytes"])' $OUT/moe-sizes.json)
+ONE=$((MIN / 6))
+for b in $((TOTAL - ONE)) $((TOTAL / 2)) $((TOTAL / 4)) $MIN; do
+    $B bench --model $OUT/moe-e64.gguf --prompt-tokens 32 --gen-tokens 32 --runs $R --json --expert-cache $b > $OUT/moe-paged-$b.json
+done
 
 python3 - "$OUT" <<'PY'
 import json, sys, os
@@ -80,4 +87,17 @@ for n in ("8", "64"):
     print(f"| {n} | {a['prefill_tokens_per_s']:.1f} | {b['prefill_tokens_per_s']:.1f} |")
 print()
 print(open(os.path.join(out, "moe-inspect.txt")).read())
+import glob
+paged = sorted((load(os.path.basename(f)) for f in glob.glob(os.path.join(out, "moe-paged-*.json"))), key=lambda m: -m["expert_cache"]["budget_bytes"])
+if paged:
+    print(f"\nRouted experts paged (the 64-expert model, 32-token prompt, 32 generated, median of {m64['runs']}; bytes loaded per token of prompt and reply):\n")
+    print("| budget | slots | prefill tok/s | decode tok/s | of resident | hit rate | MB loaded / token |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(f"| all resident | {3 * 64} | {m64['prefill_tokens_per_s']:.1f} | {m64['decode_tokens_per_s']:.1f} | 1.00 | | |")
+    for m in paged:
+        e = m["expert_cache"]
+        share = e["budget_bytes"] / e["total_bytes"]
+        hit = e["hits"] / max(e["hits"] + e["misses"], 1)
+        per_token = e["bytes_loaded"] / (m["runs"] * (m["prompt_tokens"] + m["gen_tokens"])) / 1e6
+        print(f"| {share:.0%} | {e['slots']} | {m['prefill_tokens_per_s']:.1f} | {m['decode_tokens_per_s']:.1f} | {m['decode_tokens_per_s'] / m64['decode_tokens_per_s']:.2f} | {hit:.2f} | {per_token:.2f} |")
 PY

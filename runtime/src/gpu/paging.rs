@@ -106,7 +106,6 @@ pub struct ExpertStats {
     pub hits: u64,
     pub misses: u64,
     pub evictions: u64,
-    pub prefetch_hits: u64,
     /// File bytes read for misses.
     pub bytes_loaded: u64,
     /// Passes stopped for a layer's expert ids (the readbacks).
