@@ -75,12 +75,15 @@ class Engine {
   }
 
   /** @internal */
-  static async start(modelUrl, { onProgress, workerUrl, kvCache, contextLength } = {}) {
+  static async start(modelUrl, { onProgress, workerUrl, kvCache, contextLength, expertCacheBytes } = {}) {
     if (kvCache !== undefined && kvCache !== 'f16' && kvCache !== 'f32') {
       throw new TypeError(`kvCache must be 'f16' or 'f32', not ${JSON.stringify(kvCache)}`);
     }
     if (contextLength !== undefined && !(Number.isInteger(contextLength) && contextLength > 0 && contextLength < 2 ** 32)) {
       throw new TypeError(`contextLength must be a positive whole number of positions, not ${JSON.stringify(contextLength)}`);
+    }
+    if (expertCacheBytes !== undefined && !(Number.isSafeInteger(expertCacheBytes) && expertCacheBytes > 0)) {
+      throw new TypeError(`expertCacheBytes must be a positive whole number of bytes, not ${JSON.stringify(expertCacheBytes)}`);
     }
     const worker = new Worker(workerUrl ?? new URL('./worker.js', import.meta.url), { type: 'module' });
     const pending = new Map();
@@ -96,7 +99,7 @@ class Engine {
       pending.set(0, (m) => (m.error !== undefined ? reject(new Error(m.error)) : resolve(m.result))),
     );
     const pkg = new URL('/pkg/baleen.js', import.meta.url).href;
-    worker.postMessage({ id: 0, type: 'load', url: resolveModelUrl(modelUrl), pkg, kvCache, contextLength });
+    worker.postMessage({ id: 0, type: 'load', url: resolveModelUrl(modelUrl), pkg, kvCache, contextLength, expertCacheBytes });
     let info;
     try {
       info = await Promise.race([loaded, workerFailed]);
@@ -272,12 +275,15 @@ class Engine {
 /**
  * Load a GGUF model (by URL) into a new engine running in a Web Worker.
  * @param {string} modelUrl
- * @param {{ onProgress?: (p: object) => void, workerUrl?: string | URL, kvCache?: 'f16' | 'f32', contextLength?: number }} [opts]
+ * @param {{ onProgress?: (p: object) => void, workerUrl?: string | URL, kvCache?: 'f16' | 'f32', contextLength?: number, expertCacheBytes?: number }} [opts]
  *   kvCache: the KV cache's type (default f16 where the GPU has shader-f16).
  *   contextLength: positions the KV cache holds, at most the model's own
  *   (default: the model's own where the whole cache takes at most 1 GiB, and
  *   at least 4096); `info.context` says what was chosen, `info.kv_cache_bytes`
  *   what it costs.
+ *   expertCacheBytes: GPU bytes for a mixture-of-experts model's routed
+ *   experts, paged on demand below their total (the CLI's --expert-cache);
+ *   natively only so far: the page refuses it with an error saying so.
  */
 /**
  * A model's URL: `hf:owner/repo/path/file.gguf` (optionally `hf:owner/repo@revision/…`)

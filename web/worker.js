@@ -29,7 +29,7 @@ function partialStop(text, stops) {
   return hold;
 }
 
-async function load({ url, pkg, kvCache, contextLength }) {
+async function load({ url, pkg, kvCache, contextLength, expertCacheBytes }) {
   if (!self.navigator.gpu) {
     throw new Error(
       'WebGPU is not available in this browser. Use a recent Chrome or Edge (113+), or Firefox/Safari with WebGPU enabled.',
@@ -82,6 +82,7 @@ async function load({ url, pkg, kvCache, contextLength }) {
     },
     kvCache,
     contextLength,
+    expertCacheBytes,
   );
   progress('ready', file);
   const info = JSON.parse(engine.info());

@@ -132,7 +132,8 @@ pub fn shader_variants() -> js_sys::Array {
 /// a promise of its bytes; `on_tensor(done, total)` reports each tensor uploaded;
 /// `kv_cache`: "f16" or "f32" (default: f16 where the GPU has shader-f16);
 /// `context`: positions the KV cache holds (default: see
-/// [`crate::gpu::choose_context`]).
+/// [`crate::gpu::choose_context`]); `expert_cache`: GPU bytes for routed
+/// experts (paged experts run natively so far: the loader refuses it).
 #[wasm_bindgen(js_name = loadModel)]
 pub async fn load_model(
     name: String,
@@ -141,6 +142,7 @@ pub async fn load_model(
     on_tensor: Function,
     kv_cache: Option<String>,
     context: Option<u32>,
+    expert_cache: Option<f64>,
 ) -> std::result::Result<WebEngine, JsValue> {
     let kv_f16 = match kv_cache.as_deref() {
         None => None,
@@ -156,7 +158,7 @@ pub async fn load_model(
     let tensors = files.index.tensors.len();
     reader.total = tensors;
     let gpu = Arc::new(Gpu::new().await.map_err(to_js)?);
-    let opts = GpuOptions { max_staging: Some(MAX_FETCH_BYTES), kv_f16, context: context.map(|n| n as usize), ..GpuOptions::default() };
+    let opts = GpuOptions { max_staging: Some(MAX_FETCH_BYTES), kv_f16, context: context.map(|n| n as usize), expert_cache: expert_cache.map(|b| b as u64), ..GpuOptions::default() };
     let model = GpuModel::load_from(gpu, &files, &reader, &opts).await.map_err(to_js)?;
     model.gpu.check().map_err(to_js)?;
     let ModelFiles { tokenizer, .. } = files;

@@ -411,7 +411,7 @@ await test('kvCache: f32 is honoured; f16 without shader-f16, and other values, 
   await p.close();
 });
 
-await test('contextLength: honoured, reported in info, and refused past the model\'s own or when not a count', async () => {
+await test('contextLength: honoured, reported in info, and refused past the model\'s own or when not a count; expertCacheBytes refused', async () => {
   const p = await openPage(context, `${base}?autoload=0`);
   const got = await p.evaluate(async (url) => {
     const { createEngine } = await import('/engine.js');
@@ -434,7 +434,8 @@ await test('contextLength: honoured, reported in info, and refused past the mode
     const d = await createEngine(url);
     const dflt = d.info;
     await d.dispose();
-    return { info, dflt, finish: r.choices[0].finish_reason, used: r.usage.total_tokens, long: await refused({ contextLength: 1e6 }), bad: await refused({ contextLength: 1.5 }) };
+    return { info, dflt, finish: r.choices[0].finish_reason, used: r.usage.total_tokens, long: await refused({ contextLength: 1e6 }), bad: await refused({ contextLength: 1.5 }),
+      experts: await refused({ expertCacheBytes: 1 << 20 }), expertsBad: await refused({ expertCacheBytes: -1 }) };
   }, `/models/${DEEPSEEK}`);
   assert.equal(got.info.context, 40);
   assert.equal(got.info.kv_cache_bytes * got.dflt.context, got.dflt.kv_cache_bytes * 40);
@@ -447,6 +448,9 @@ await test('contextLength: honoured, reported in info, and refused past the mode
   assert.ok(got.used >= 40, `${got.used} tokens: the reply ended before the context was full`);
   assert.match(got.long, /longer than the model's own \(256\); ask for at most 256/);
   assert.match(got.bad, /contextLength must be a positive whole number/);
+  // Paged experts run natively only, so far: said, not ignored.
+  assert.match(got.experts, /an expert cache in the browser \(paged experts run natively so far\); leave expertCacheBytes out/);
+  assert.match(got.expertsBad, /expertCacheBytes must be a positive whole number of bytes/);
   await p.close();
 });
 

@@ -232,6 +232,7 @@ struct Recorder<'a> {
 /// Where a pass stops for a paged layer's expert ids: ops `at..end` are
 /// its expert matmuls, run once per round of uploads, rounds after the
 /// first from `repeat` (past the grouped path's sort and gather).
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 struct Pause {
     paged: usize,
     ids: wgpu::Buffer, // [max_pass, top_k] u32: the router's choices
@@ -774,6 +775,7 @@ impl GpuModel {
 
     /// Run `tokens` (≤ max_pass) at the cache's end; with `head`, also the
     /// LM head and sampling of the last token.
+    #[cfg(not(target_arch = "wasm32"))]
     fn pass(&mut self, tokens: &[u32], head: bool, sampling: &SamplingParams, draw: u32) -> Result<()> {
         self.pass_penalized(tokens, head, sampling, draw, 0)
     }
@@ -1060,7 +1062,7 @@ fn submit_paged(gpu: &Gpu, cache: Option<&mut ExpertCache>, pauses: &[Pause], st
     let mut done = 0;
     for p in pauses.iter().filter(|p| p.end <= n_ops) {
         submit(done..p.at, true)?;
-        let bytes = gpu.read(&p.ids, 0, (step.n_tokens * p.top_k) as u64 * 4)?;
+        let bytes = read_expert_ids(gpu, p, step)?;
         let rounds = cache.rounds(p.paged, bytemuck::cast_slice(&bytes))?;
         for (i, round) in rounds.iter().enumerate() {
             cache.load(gpu, p.paged, round)?;
@@ -1069,6 +1071,18 @@ fn submit_paged(gpu: &Gpu, cache: Option<&mut ExpertCache>, pauses: &[Pause], st
         done = p.end;
     }
     submit(done..n_ops, true)
+}
+
+/// A paged layer's expert ids of the pass, once the GPU has run its router.
+#[cfg(not(target_arch = "wasm32"))]
+fn read_expert_ids(gpu: &Gpu, p: &Pause, step: &Step) -> Result<Vec<u8>> {
+    gpu.read(&p.ids, 0, (step.n_tokens * p.top_k) as u64 * 4)
+}
+
+/// (The loader refuses an expert cache in the browser: no pass stops there.)
+#[cfg(target_arch = "wasm32")]
+fn read_expert_ids(_: &Gpu, p: &Pause, _: &Step) -> Result<Vec<u8>> {
+    Err(Error::Unsupported(format!("paged experts in the browser (layer {})", p.paged)))
 }
 
 /// In the browser every readback is awaited.
