@@ -90,6 +90,25 @@ export interface EngineStats {
   decode_ms: number;
   prefill_tokens_per_s: number;
   decode_tokens_per_s: number;
+  /** Paged experts (expertCacheBytes): the cache's counts since load. */
+  expert_cache?: ExpertCacheStats;
+}
+
+export interface ExpertCacheStats {
+  budget_bytes: number;
+  /** The smallest budget the model takes (top-k slots of each kind of expert), and all its routed experts' bytes. */
+  minimum_bytes: number;
+  total_bytes: number;
+  slots: number;
+  hits: number;
+  misses: number;
+  evictions: number;
+  /** File bytes read for misses (from the chunk cache or by Range requests). */
+  bytes_loaded: number;
+  /** Passes stopped for a layer's expert ids. */
+  readbacks: number;
+  /** Layers whose experts ran in more than one round of uploads. */
+  extra_rounds: number;
 }
 
 export interface ModelInfo {
@@ -108,6 +127,8 @@ export interface ModelInfo {
   backend: string;
   gpu_bytes: number;
   kv_f16: boolean;
+  /** Paged experts (expertCacheBytes), else null. */
+  expert_cache: ExpertCacheStats | null;
   chat_template: boolean;
   loadMs: number;
   bytes: number;
@@ -145,5 +166,9 @@ export function createEngine(
     /** Positions the KV cache holds, at most the model's own (default: the
      * model's own where the cache takes at most 1 GiB, and at least 4096). */
     contextLength?: number;
+    /** GPU bytes for a mixture-of-experts model's routed experts: below
+     * their total they are paged on demand (misses from the cached chunks,
+     * else by Range requests), with replies identical to all resident. */
+    expertCacheBytes?: number;
   },
 ): Promise<Engine>;

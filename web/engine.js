@@ -154,6 +154,8 @@ class Engine {
       // The first token comes from the prefill; decode steps are the rest.
       decode_tokens_per_s: r.decode_ms > 0 && r.completion_tokens > 1 ? ((r.completion_tokens - 1) / r.decode_ms) * 1000 : 0,
     };
+    // Paged experts: the cache's counts since load (budget, slots, hits, misses, …).
+    if (r.expert_cache) this.#stats.expert_cache = r.expert_cache;
   }
 
   #usage(r) {
@@ -282,8 +284,10 @@ class Engine {
  *   at least 4096); `info.context` says what was chosen, `info.kv_cache_bytes`
  *   what it costs.
  *   expertCacheBytes: GPU bytes for a mixture-of-experts model's routed
- *   experts, paged on demand below their total (the CLI's --expert-cache);
- *   natively only so far: the page refuses it with an error saying so.
+ *   experts, paged on demand below their total (the CLI's --expert-cache):
+ *   misses come from the cached chunks, else by Range requests; the load
+ *   skips them. `info.expert_cache` and `stats().expert_cache` give the
+ *   budget, slots, hits, misses, evictions and bytes loaded.
  */
 /**
  * A model's URL: `hf:owner/repo/path/file.gguf` (optionally `hf:owner/repo@revision/…`)

@@ -49,20 +49,37 @@ struct JsReader {
 
 impl JsReader {
     async fn fetch(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
-        let download = |v: &JsValue| Error::Input(format!("download failed: {}", js_message(v)));
-        let p = self
-            .read
-            .call2(&JsValue::NULL, &JsValue::from_f64(offset as f64), &JsValue::from_f64(len as f64))
-            .map_err(|e| download(&e))?;
-        let v = JsFuture::from(Promise::resolve(&p)).await.map_err(|e| download(&e))?;
-        let bytes = Uint8Array::new(&v);
-        if bytes.length() as u64 != len {
-            return Err(Error::Input(format!(
-                "download failed: asked for {len} bytes at {offset}, got {} (is the file complete on the server?)",
-                bytes.length()
-            )));
-        }
-        Ok(bytes.to_vec())
+        fetch(&self.read, offset, len).await
+    }
+}
+
+/// Bytes `offset .. offset + len` of the model file through the page's
+/// `read(offset, len)` (its chunk cache, else Range requests).
+async fn fetch(read: &Function, offset: u64, len: u64) -> Result<Vec<u8>> {
+    let download = |v: &JsValue| Error::Input(format!("download failed: {}", js_message(v)));
+    let p = read
+        .call2(&JsValue::NULL, &JsValue::from_f64(offset as f64), &JsValue::from_f64(len as f64))
+        .map_err(|e| download(&e))?;
+    let v = JsFuture::from(Promise::resolve(&p)).await.map_err(|e| download(&e))?;
+    let bytes = Uint8Array::new(&v);
+    if bytes.length() as u64 != len {
+        return Err(Error::Input(format!(
+            "download failed: asked for {len} bytes at {offset}, got {} (is the file complete on the server?)",
+            bytes.length()
+        )));
+    }
+    Ok(bytes.to_vec())
+}
+
+/// Paged experts' misses, read as the loader reads: from the page's chunk
+/// cache, else by Range requests for the chunks holding that expert.
+struct JsExperts {
+    read: Function,
+}
+
+impl crate::gpu::paging::ExpertSource for JsExperts {
+    fn read<'a>(&'a self, t: &'a TensorInfo, start: u64, len: u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<u8>>> + 'a>> {
+        Box::pin(async move { fetch(&self.read, tensor_range(t, start, len)?, len).await })
     }
 }
 
@@ -133,7 +150,7 @@ pub fn shader_variants() -> js_sys::Array {
 /// `kv_cache`: "f16" or "f32" (default: f16 where the GPU has shader-f16);
 /// `context`: positions the KV cache holds (default: see
 /// [`crate::gpu::choose_context`]); `expert_cache`: GPU bytes for routed
-/// experts (paged experts run natively so far: the loader refuses it).
+/// experts, paged from `read` below their total.
 #[wasm_bindgen(js_name = loadModel)]
 pub async fn load_model(
     name: String,
@@ -159,7 +176,8 @@ pub async fn load_model(
     reader.total = tensors;
     let gpu = Arc::new(Gpu::new().await.map_err(to_js)?);
     let opts = GpuOptions { max_staging: Some(MAX_FETCH_BYTES), kv_f16, context: context.map(|n| n as usize), expert_cache: expert_cache.map(|b| b as u64), ..GpuOptions::default() };
-    let model = GpuModel::load_from(gpu, &files, &reader, &opts).await.map_err(to_js)?;
+    let experts = Box::new(JsExperts { read: reader.read.clone() });
+    let model = GpuModel::load_with(gpu, &files, &reader, &opts, Some(experts)).await.map_err(to_js)?;
     model.gpu.check().map_err(to_js)?;
     let ModelFiles { tokenizer, .. } = files;
     let inner = Inner { model, tokenizer, session: Session::new(), name, tensors };
@@ -199,6 +217,9 @@ struct ChatResult {
     /// OpenAI's `logprobs.content`: each token's, when asked.
     #[serde(skip_serializing_if = "Option::is_none")]
     logprobs: Option<Vec<serde_json::Value>>,
+    /// The paged experts' cache counts so far, when experts are paged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expert_cache: Option<crate::gpu::paging::ExpertStats>,
 }
 
 /// One token's log-probability entry as OpenAI shapes it.
@@ -324,6 +345,7 @@ async fn chat(inner: &mut Inner, messages: &str, options: &str, on_text: &Functi
         reused_tokens: reused,
         prefill_ms: g.prefill_ms,
         decode_ms: g.decode_ms,
+        expert_cache: inner.model.expert_stats(),
         logprobs: o.logprobs.map(|_| {
             g.logprobs
                 .iter()

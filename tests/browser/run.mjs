@@ -287,6 +287,41 @@ await test('tiny DeepSeek-V3, Gemma 3 (sliding window past its ring) and Qwen3-M
   }
 });
 
+await test('expertCacheBytes: paged experts give the native CLI\'s reply with the same budget, fetched on demand; bad budgets refused', async () => {
+  // tiny DeepSeek-V3: 2 MoE layers of 8 f32 experts (24 KiB each), top 2;
+  // 48 KiB holds one token's experts, so nearly every step loads some.
+  const name = 'tiny-deepseek-v3';
+  const question = 'Hello there';
+  const args = ['run', '--model', `${ROOT}tests/fixtures/${name}/model.gguf`, '--chat', '--prompt', question, '--temperature', '0', '--max-tokens', '40', '--json'];
+  const [want, resident] = [await baleenJson(BIN, [...args, '--expert-cache', '48K']), await baleenJson(BIN, args)];
+  const p = await openPage(context, `${base}?autoload=0`);
+  const got = await p.evaluate(async ({ url, question }) => {
+    const { createEngine } = await import('/engine.js');
+    const refused = async (opts) => {
+      try {
+        await (await createEngine(url, opts)).dispose();
+        return null;
+      } catch (x) {
+        return x.message;
+      }
+    };
+    const e = await createEngine(url, { expertCacheBytes: 48 << 10 });
+    const r = await e.chat.completions.create({ messages: [{ role: 'user', content: question }], temperature: 0, max_tokens: 40 });
+    const out = { content: r.choices[0].message.content, info: e.info, stats: e.stats() };
+    await e.dispose();
+    return { ...out, small: await refused({ expertCacheBytes: 40 << 10 }), bad: await refused({ expertCacheBytes: -1 }) };
+  }, { url: `/models/${name}.gguf`, question });
+  assert.equal(got.content, want.text);
+  assert.equal(got.content, resident.text);
+  assert.equal(got.info.expert_cache.slots, 2);
+  const s = got.stats.expert_cache;
+  assert.deepEqual([s.hits, s.misses, s.evictions, s.bytes_loaded], [want.expert_cache.hits, want.expert_cache.misses, want.expert_cache.evictions, want.expert_cache.bytes_loaded]);
+  assert.ok(s.misses > 0 && s.evictions > 0, JSON.stringify(s));
+  assert.match(got.small, /it needs at least 49152 bytes/);
+  assert.match(got.bad, /expertCacheBytes must be a positive whole number of bytes/);
+  await p.close();
+});
+
 await test('chat_template_kwargs reach the template as --template-arg does', async () => {
   const name = 'tiny-qwen3-moe';
   const args = ['run', '--model', `${ROOT}tests/fixtures/${name}/model.gguf`, '--chat', '--prompt', 'hello', '--max-tokens', '1', '--backend', 'reference', '--json'];
@@ -411,7 +446,7 @@ await test('kvCache: f32 is honoured; f16 without shader-f16, and other values, 
   await p.close();
 });
 
-await test('contextLength: honoured, reported in info, and refused past the model\'s own or when not a count; expertCacheBytes refused', async () => {
+await test('contextLength: honoured, reported in info, and refused past the model\'s own or when not a count', async () => {
   const p = await openPage(context, `${base}?autoload=0`);
   const got = await p.evaluate(async (url) => {
     const { createEngine } = await import('/engine.js');
@@ -434,8 +469,7 @@ await test('contextLength: honoured, reported in info, and refused past the mode
     const d = await createEngine(url);
     const dflt = d.info;
     await d.dispose();
-    return { info, dflt, finish: r.choices[0].finish_reason, used: r.usage.total_tokens, long: await refused({ contextLength: 1e6 }), bad: await refused({ contextLength: 1.5 }),
-      experts: await refused({ expertCacheBytes: 1 << 20 }), expertsBad: await refused({ expertCacheBytes: -1 }) };
+    return { info, dflt, finish: r.choices[0].finish_reason, used: r.usage.total_tokens, long: await refused({ contextLength: 1e6 }), bad: await refused({ contextLength: 1.5 }) };
   }, `/models/${DEEPSEEK}`);
   assert.equal(got.info.context, 40);
   assert.equal(got.info.kv_cache_bytes * got.dflt.context, got.dflt.kv_cache_bytes * 40);
@@ -448,9 +482,6 @@ await test('contextLength: honoured, reported in info, and refused past the mode
   assert.ok(got.used >= 40, `${got.used} tokens: the reply ended before the context was full`);
   assert.match(got.long, /longer than the model's own \(256\); ask for at most 256/);
   assert.match(got.bad, /contextLength must be a positive whole number/);
-  // Paged experts run natively only, so far: said, not ignored.
-  assert.match(got.experts, /an expert cache in the browser \(paged experts run natively so far\); leave expertCacheBytes out/);
-  assert.match(got.expertsBad, /expertCacheBytes must be a positive whole number of bytes/);
   await p.close();
 });
 

@@ -359,8 +359,8 @@ fn shader_prints_the_variant_the_gpu_compiles() {
         // A matmul family's shape is its file: no shape flag.
         (&["shader", "matmul_thread", "--flags", "Q4_1,ROW_PER_THREAD"], "matmul_thread.wgsl has no flag ROW_PER_THREAD"),
         (&["shader", "matmul_thread", "--flags", "SUBGROUPS"], "needs exactly one of [\"F32\""),
-        (&["shader", "matmul_thread", "--flags", "NOPE"], "matmul_thread takes flags BIAS,ACC,SUBGROUPS,QUAD_TEXTURE; one of F32|"),
-        (&["shader", "matmul_workgroup", "--flags", "Q4_1,QUAD_TEXTURE"], "matmul_workgroup takes flags BIAS,ACC,SUBGROUPS; one of F32|"),
+        (&["shader", "matmul_thread", "--flags", "NOPE"], "matmul_thread takes flags BIAS,ACC,SUBGROUPS,QUAD_TEXTURE,PAGED; one of F32|"),
+        (&["shader", "matmul_workgroup", "--flags", "Q4_1,QUAD_TEXTURE"], "matmul_workgroup takes flags BIAS,ACC,SUBGROUPS,PAGED; one of F32|"),
         (&["shader", "copy", "--flags", "BIAS"], "copy takes no flags"),
         (&["shader", "matmull"], "no kernel family \"matmull\""),
         (&["shader", "matmull"], "  attention        flags HALF_KV"),

@@ -7,7 +7,7 @@
 //! architecture: that is `crate::model`'s.
 
 use super::ops::{AttentionBuffers, AttentionShape, Combine, Ctx, ExpertMatmul, GateUp, Matmul, MlaShape, RopeScatter};
-use super::paging::{ExpertCache, ExpertStats, ExpertTensors};
+use super::paging::{ExpertCache, ExpertSource, ExpertStats, ExpertTensors};
 use super::weights::{GpuMatrix, Placement};
 use super::{Gpu, GpuOptions, Mark, Op, Passes, Step};
 use crate::config::{Arch, ModelConfig, Moe};
@@ -664,6 +664,12 @@ impl GpuModel {
     /// Load a model whose tensor bytes come from `reader` (in the browser, a
     /// download): one tensor, or one chunk of a large one, at a time.
     pub async fn load_from(gpu: Arc<Gpu>, m: &ModelFiles, reader: &impl TensorReader, opts: &GpuOptions) -> Result<Self> {
+        Self::load_with(gpu, m, reader, opts, None).await
+    }
+
+    /// [`GpuModel::load_from`], paged experts (`opts.expert_cache`) read
+    /// from `experts_from` (None: the model's files).
+    pub async fn load_with(gpu: Arc<Gpu>, m: &ModelFiles, reader: &impl TensorReader, opts: &GpuOptions, experts_from: Option<Box<dyn ExpertSource>>) -> Result<Self> {
         let cfg = m.config.clone();
         let shape = opts.shape.unwrap_or(gpu.shape);
         let grouped = opts.grouped_experts.unwrap_or(gpu.grouped_experts);
@@ -690,11 +696,8 @@ impl GpuModel {
         let context = super::choose_context(cfg.context_length, asked, fits, per_token, gpu.max_binding())?;
         let ring = cfg.swa.as_ref().map_or(0, |s| ring_rows(s.window, opts.max_pass_tokens, context));
         let kv_cache_bytes = per_token * context as u64 + kv_row * local as u64 * caches * ring as u64;
-        if opts.expert_cache.is_some() && (cfg!(target_arch = "wasm32") || cfg.moe.is_none()) {
-            return Err(Error::Unsupported(match cfg.moe {
-                None => format!("an expert cache for {}, which has no routed experts; leave --expert-cache out", cfg.arch.name()),
-                Some(_) => "an expert cache in the browser (paged experts run natively so far); leave expertCacheBytes out".into(),
-            }));
+        if opts.expert_cache.is_some() && cfg.moe.is_none() {
+            return Err(Error::Unsupported(format!("an expert cache for {}, which has no routed experts; leave --expert-cache out", cfg.arch.name())));
         }
         let paged = opts.expert_cache.map(|_| Vec::new());
         let mut loader = Loader { gpu: &gpu, index: &m.index, reader, place, arch: cfg.arch, textures: (0, 0), paged };
@@ -702,8 +705,8 @@ impl GpuModel {
         let textures = loader.textures;
         let experts = match (loader.paged, opts.expert_cache, &cfg.moe) {
             (Some(layers), Some(budget), Some(moe)) => {
-                let sources = crate::format::Sources(m.index.sources.clone());
-                Some(ExpertCache::new(&gpu, layers, budget, moe.top_k as u32, place, sources)?)
+                let source = experts_from.unwrap_or_else(|| Box::new(crate::format::Sources(m.index.sources.clone())));
+                Some(ExpertCache::new(&gpu, layers, budget, moe.top_k as u32, place, source).await?)
             }
             _ => None,
         };
@@ -777,12 +780,14 @@ impl GpuModel {
     /// LM head and sampling of the last token.
     #[cfg(not(target_arch = "wasm32"))]
     fn pass(&mut self, tokens: &[u32], head: bool, sampling: &SamplingParams, draw: u32) -> Result<()> {
-        self.pass_penalized(tokens, head, sampling, draw, 0)
+        crate::support::run_ready(self.pass_penalized(tokens, head, sampling, draw, 0))
     }
 
     /// [`GpuModel::pass`] whose sampling first applies the penalties of the
-    /// first `n_penalized` entries of the penalised-token list.
-    fn pass_penalized(&mut self, tokens: &[u32], head: bool, sampling: &SamplingParams, draw: u32, n_penalized: u32) -> Result<()> {
+    /// first `n_penalized` entries of the penalised-token list. It waits
+    /// only where paged experts' ids come back (natively a blocking read,
+    /// so the future is ready; in the browser awaited).
+    async fn pass_penalized(&mut self, tokens: &[u32], head: bool, sampling: &SamplingParams, draw: u32, n_penalized: u32) -> Result<()> {
         debug_assert!(!tokens.is_empty() && tokens.len() <= self.max_pass);
         self.gpu.queue.write_buffer(&self.ids, 0, bytemuck::cast_slice(tokens));
         let step = Step {
@@ -803,7 +808,7 @@ impl GpuModel {
         };
         let ops: Vec<&Op> = if head { self.body.iter().chain(&self.head).collect() } else { self.body.iter().collect() };
         let (gpu, step_buf) = (&self.gpu, &self.step);
-        submit_paged(gpu, self.experts.as_mut(), &self.pauses, &step, ops.len(), |r, _| gpu.run(step_buf, &step, &ops[r]))?;
+        submit_paged(gpu, self.experts.as_mut(), &self.pauses, &step, ops.len(), |r, _| gpu.run(step_buf, &step, &ops[r])).await?;
         self.len += tokens.len();
         Ok(())
     }
@@ -839,13 +844,14 @@ impl GpuModel {
     }
 
     /// Run all tokens, in chunks; the last chunk runs the head.
+    #[cfg(not(target_arch = "wasm32"))]
     fn run_all(&mut self, tokens: &[u32], sampling: &SamplingParams, draw: u32) -> Result<()> {
-        self.run_penalized(tokens, sampling, draw, &[])
+        crate::support::run_ready(self.run_penalized(tokens, sampling, draw, &[]))
     }
 
     /// [`GpuModel::run_all`], the last pass's sampling after the penalties
     /// on `penalized` (token, count) pairs.
-    fn run_penalized(&mut self, tokens: &[u32], sampling: &SamplingParams, draw: u32, penalized: &[Adjust]) -> Result<()> {
+    async fn run_penalized(&mut self, tokens: &[u32], sampling: &SamplingParams, draw: u32, penalized: &[Adjust]) -> Result<()> {
         self.check_input(tokens)?;
         if penalized.len() > crate::sample::MAX_PENALTY_LAST_N {
             return Err(Error::Input(format!("{} penalised tokens; at most {} are counted", penalized.len(), crate::sample::MAX_PENALTY_LAST_N)));
@@ -856,7 +862,7 @@ impl GpuModel {
         }
         let chunks: Vec<&[u32]> = tokens.chunks(self.max_pass).collect();
         for (i, c) in chunks.iter().enumerate() {
-            self.pass_penalized(c, i + 1 == chunks.len(), sampling, draw, penalized.len() as u32)?;
+            self.pass_penalized(c, i + 1 == chunks.len(), sampling, draw, penalized.len() as u32).await?;
         }
         Ok(())
     }
@@ -884,7 +890,7 @@ impl GpuModel {
         // marks so far copied at each final submit.
         let (gpu, marks) = (&self.gpu, &self.marks);
         let (mut at, mut copied) = (0u64, 0usize);
-        submit_paged(gpu, self.experts.as_mut(), &self.pauses, &step, body.len(), |r, last_round| {
+        let submitted = submit_paged(gpu, self.experts.as_mut(), &self.pauses, &step, body.len(), |r, last_round| {
             let mut enc = gpu.device.create_command_encoder(&Default::default());
             let pending: Vec<Mark> = match last_round {
                 true => marks[0][copied..].iter().take_while(|m| m.at <= r.end).map(|m| Mark { at: m.at.saturating_sub(r.start), name: m.name.clone(), buf: m.buf.clone(), width: m.width, single: m.single }).collect(),
@@ -894,7 +900,8 @@ impl GpuModel {
             at = super::encode_keeping(&mut enc, &step, &body[r], &pending, &dump, at);
             gpu.queue.submit([enc.finish()]);
             Ok(())
-        })?;
+        });
+        crate::support::run_ready(submitted)?;
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
         super::encode_keeping(&mut enc, &step, &head, &self.marks[1], &dump, at);
         self.gpu.queue.submit([enc.finish()]);
@@ -1031,12 +1038,6 @@ impl GpuModel {
         }
     }
 
-    /// Run `tokens` (in chunks) and sample the next token on the GPU, without
-    /// waiting: read the result with `read_token_async` / `read_logits_async`.
-    pub fn submit(&mut self, tokens: &[u32], sampling: &SamplingParams, draw: u32) -> Result<()> {
-        self.run_all(tokens, sampling, draw)
-    }
-
     #[cfg(not(target_arch = "wasm32"))]
     fn wait<T>(&self, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
         self.gpu
@@ -1057,15 +1058,15 @@ impl GpuModel {
 /// at once, or, with paged experts, up to each paged layer's router, whose
 /// expert ids come back; then its expert matmuls once per round of uploads
 /// ([`ExpertCache::rounds`]), the last round's submit `last_round`.
-fn submit_paged(gpu: &Gpu, cache: Option<&mut ExpertCache>, pauses: &[Pause], step: &Step, n_ops: usize, mut submit: impl FnMut(std::ops::Range<usize>, bool) -> Result<()>) -> Result<()> {
+async fn submit_paged(gpu: &Gpu, cache: Option<&mut ExpertCache>, pauses: &[Pause], step: &Step, n_ops: usize, mut submit: impl FnMut(std::ops::Range<usize>, bool) -> Result<()>) -> Result<()> {
     let Some(cache) = cache.filter(|_| !pauses.is_empty()) else { return submit(0..n_ops, true) };
     let mut done = 0;
     for p in pauses.iter().filter(|p| p.end <= n_ops) {
         submit(done..p.at, true)?;
-        let bytes = read_expert_ids(gpu, p, step)?;
+        let bytes = read_expert_ids(gpu, p, step).await?;
         let rounds = cache.rounds(p.paged, bytemuck::cast_slice(&bytes))?;
         for (i, round) in rounds.iter().enumerate() {
-            cache.load(gpu, p.paged, round)?;
+            cache.load(gpu, p.paged, round).await?;
             submit(if i == 0 { p.at } else { p.repeat }..p.end, i + 1 == rounds.len())?;
         }
         done = p.end;
@@ -1074,15 +1075,12 @@ fn submit_paged(gpu: &Gpu, cache: Option<&mut ExpertCache>, pauses: &[Pause], st
 }
 
 /// A paged layer's expert ids of the pass, once the GPU has run its router.
-#[cfg(not(target_arch = "wasm32"))]
-fn read_expert_ids(gpu: &Gpu, p: &Pause, step: &Step) -> Result<Vec<u8>> {
-    gpu.read(&p.ids, 0, (step.n_tokens * p.top_k) as u64 * 4)
-}
-
-/// (The loader refuses an expert cache in the browser: no pass stops there.)
-#[cfg(target_arch = "wasm32")]
-fn read_expert_ids(_: &Gpu, p: &Pause, _: &Step) -> Result<Vec<u8>> {
-    Err(Error::Unsupported(format!("paged experts in the browser (layer {})", p.paged)))
+async fn read_expert_ids(gpu: &Gpu, p: &Pause, step: &Step) -> Result<Vec<u8>> {
+    let bytes = (step.n_tokens * p.top_k) as u64 * 4;
+    #[cfg(not(target_arch = "wasm32"))]
+    return gpu.read(&p.ids, 0, bytes);
+    #[cfg(target_arch = "wasm32")]
+    return gpu.read_async(&p.ids, 0, bytes).await;
 }
 
 /// In the browser every readback is awaited.
@@ -1106,7 +1104,7 @@ impl crate::engine::AsyncBackend for GpuModel {
         want_logits: bool,
         penalized: &[Adjust],
     ) -> Result<Sampled> {
-        self.run_penalized(tokens, sampling, draw, penalized)?;
+        self.run_penalized(tokens, sampling, draw, penalized).await?;
         let logits = if want_logits { Some(self.read_logits_async().await?) } else { None };
         let (token, logprobs) = self.read_sampled_async(sampling.logprobs).await?;
         self.gpu.check()?;
@@ -1142,7 +1140,7 @@ impl Backend for GpuModel {
         want_logits: bool,
         penalized: &[Adjust],
     ) -> Result<Sampled> {
-        self.run_penalized(tokens, sampling, draw, penalized)?;
+        crate::support::run_ready(self.run_penalized(tokens, sampling, draw, penalized))?;
         let logits = if want_logits { Some(self.read_logits()?) } else { None };
         let (token, logprobs) = self.wait(self.read_sampled_async(sampling.logprobs))?;
         Ok(Sampled { token, logits, logprobs })

@@ -19,11 +19,34 @@ use super::model::ExpertGateUp;
 use super::weights::{expert_bytes, expert_pair_bytes, repacked_row_bytes, GpuMatrix, Placement};
 use super::Gpu;
 use crate::error::{Error, Result};
-use crate::format::{Sources, TensorInfo};
+use crate::format::{Sources, TensorInfo, TensorReader};
 use crate::quant::DType;
+use std::future::Future;
+use std::pin::Pin;
 
 /// `slot_of`'s value for an expert not resident (in this round).
 pub const NO_SLOT: u32 = u32::MAX;
+
+/// Where a missed expert's bytes come from: natively the model's files, in
+/// the page its chunk cache or Range requests (`web.rs`).
+pub trait ExpertSource {
+    fn read<'a>(&'a self, t: &'a TensorInfo, start: u64, len: u64) -> Pin<Box<dyn Future<Output = Result<Vec<u8>>> + 'a>>;
+}
+
+impl ExpertSource for Sources {
+    fn read<'a>(&'a self, t: &'a TensorInfo, start: u64, len: u64) -> Pin<Box<dyn Future<Output = Result<Vec<u8>>> + 'a>> {
+        Box::pin(self.read_range(t, start, len))
+    }
+}
+
+/// An [`ExpertSource`] read as a [`TensorReader`].
+struct Reader<'a>(&'a dyn ExpertSource);
+
+impl TensorReader for Reader<'_> {
+    async fn read_range(&self, t: &TensorInfo, start: u64, len: u64) -> Result<Vec<u8>> {
+        self.0.read(t, start, len).await
+    }
+}
 
 /// One MoE layer's routed expert tensors, as the file holds them: one
 /// tensor of each kind holding every expert, or one per expert.
@@ -118,7 +141,7 @@ pub struct ExpertStats {
 pub struct ExpertCache {
     pools: Vec<Pool>,
     layers: Vec<Layer>,
-    reader: Sources,
+    reader: Box<dyn ExpertSource>,
     stats: ExpertStats,
     clock: u64,
 }
@@ -145,7 +168,7 @@ impl ExpertCache {
     /// of the budget its share of the experts' bytes, at least `top_k`
     /// slots, at most every expert of its layers), laid out for `place`. A
     /// pool holding all its layers' experts loads them now and never pages.
-    pub fn new(gpu: &Gpu, layers: Vec<ExpertTensors>, budget: u64, top_k: u32, place: Placement, reader: Sources) -> Result<Self> {
+    pub async fn new(gpu: &Gpu, layers: Vec<ExpertTensors>, budget: u64, top_k: u32, place: Placement, reader: Box<dyn ExpertSource>) -> Result<Self> {
         let minimum = Self::minimum_bytes(&layers, top_k);
         if budget < minimum {
             return Err(Error::Input(format!(
@@ -193,7 +216,7 @@ impl ExpertCache {
         for l in 0..cache.layers.len() {
             if !cache.pages(l) {
                 let all: Vec<u32> = (0..cache.layers[l].tensors.n).collect();
-                cache.load(gpu, l, &all)?;
+                cache.load(gpu, l, &all).await?;
             }
         }
         cache.stats = fresh;
@@ -241,7 +264,7 @@ impl ExpertCache {
     /// Make `round` (layer `l`'s experts, at most its pool's slots)
     /// resident, uploading misses into free or least recently used slots
     /// outside the round, and point `slot_of` at them (the others NO_SLOT).
-    pub fn load(&mut self, gpu: &Gpu, l: usize, round: &[u32]) -> Result<()> {
+    pub async fn load(&mut self, gpu: &Gpu, l: usize, round: &[u32]) -> Result<()> {
         self.clock += 1;
         let now = self.clock;
         let pool_at = self.layers[l].pool;
@@ -271,7 +294,7 @@ impl ExpertCache {
             pool.used[s] = now;
             self.layers[l].resident[e as usize] = s as u32;
             self.stats.misses += 1;
-            self.upload(gpu, l, e, s as u32)?;
+            self.upload(gpu, l, e, s as u32).await?;
         }
         let layer = &self.layers[l];
         let mut slot_of = vec![NO_SLOT; layer.tensors.n as usize];
@@ -283,7 +306,8 @@ impl ExpertCache {
     }
 
     /// Read expert `e` of layer `l` from the file into slot `s` of its pool.
-    fn upload(&mut self, gpu: &Gpu, l: usize, e: u32, s: u32) -> Result<()> {
+    async fn upload(&mut self, gpu: &Gpu, l: usize, e: u32, s: u32) -> Result<()> {
+        let reader = Reader(&*self.reader);
         let layer = &self.layers[l];
         let t = &layer.tensors;
         let pool = &self.pools[layer.pool];
@@ -292,19 +316,19 @@ impl ExpertCache {
         let mut bytes = 0u64;
         match &pool.gate_up {
             ExpertGateUp::Stacked(m) => {
-                let b = crate::support::run_ready(expert_pair_bytes(&self.reader, &gate, &up, e as u64, t.per_expert(&t.gate)))?;
+                let b = expert_pair_bytes(&reader, &gate, &up, e as u64, t.per_expert(&t.gate)).await?;
                 bytes += b.len() as u64;
                 m.write_slot(gpu, s, 2 * f, &b)?;
             }
             ExpertGateUp::Apart(mg, mu) => {
                 for (m, ts, raw) in [(mg, &gate, &t.gate), (mu, &up, &t.up)] {
-                    let b = crate::support::run_ready(expert_bytes(&self.reader, ts, e as u64, t.per_expert(raw)))?;
+                    let b = expert_bytes(&reader, ts, e as u64, t.per_expert(raw)).await?;
                     bytes += b.len() as u64;
                     m.write_slot(gpu, s, f, &b)?;
                 }
             }
         }
-        let b = crate::support::run_ready(expert_bytes(&self.reader, &down, e as u64, t.per_expert(&t.down)))?;
+        let b = expert_bytes(&reader, &down, e as u64, t.per_expert(&t.down)).await?;
         bytes += b.len() as u64;
         pool.down.write_slot(gpu, s, h, &b)?;
         self.stats.bytes_loaded += bytes;
