@@ -21,6 +21,13 @@ export interface ChatCompletionRequest {
   messages: ChatMessage[];
   /** Most tokens to generate (default: until the end of the reply or of the context). */
   max_tokens?: number;
+  /** OpenAI's newer name for max_tokens. */
+  max_completion_tokens?: number;
+  /** Choices a request: only 1. */
+  n?: 1;
+  /** Accepted and ignored: the engine has one model. (So are user, store, metadata and
+   * stream_options; any other field is refused by name.) */
+  model?: string;
   /** 0 is greedy; default 1. */
   temperature?: number;
   top_p?: number;
@@ -168,7 +175,8 @@ export function createEngine(
     contextLength?: number;
     /** GPU bytes for a mixture-of-experts model's routed experts: below
      * their total they are paged on demand (misses from the cached chunks,
-     * else by Range requests), with replies identical to all resident. */
+     * else by Range requests), with replies identical to all resident.
+     * Default: all resident while they take at most 2 GiB, else 2 GiB. */
     expertCacheBytes?: number;
   },
 ): Promise<Engine>;

@@ -10,13 +10,32 @@
 
 const ROLES = new Set(['system', 'user', 'assistant']);
 const OPTIONS = ['max_tokens', 'temperature', 'top_p', 'top_k', 'seed', 'frequency_penalty', 'presence_penalty', 'repetition_penalty'];
+// Every request field baleen honours; any other is refused by name, except
+// these, which change nothing in a one-model engine in the page: `model`
+// (the engine has one), `user`, `store`, `metadata` (OpenAI's bookkeeping),
+// `stream_options` (the last streamed chunk always carries `usage`).
+const HONOURED = new Set([...OPTIONS, 'messages', 'stream', 'stop', 'n', 'max_completion_tokens', 'logprobs', 'top_logprobs', 'logit_bias', 'chat_template_kwargs']);
+const IGNORED = new Set(['model', 'user', 'store', 'metadata', 'stream_options']);
+const MESSAGE_FIELDS = new Set(['role', 'content', 'name']);
 
 function checkRequest(req) {
   if (!req || !Array.isArray(req.messages) || req.messages.length === 0)
     throw new TypeError('messages must be a non-empty array of { role, content }');
+  for (const k of Object.keys(req)) {
+    if (!HONOURED.has(k) && !IGNORED.has(k) && req[k] !== undefined)
+      throw new TypeError(`${k} is not supported by baleen; leave it out (supported: ${[...HONOURED].join(', ')})`);
+  }
   for (const [i, m] of req.messages.entries()) {
     if (!m || !ROLES.has(m.role)) throw new TypeError(`messages[${i}].role must be "system", "user" or "assistant"`);
     if (typeof m.content !== 'string') throw new TypeError(`messages[${i}].content must be a string`);
+    for (const k of Object.keys(m))
+      if (!MESSAGE_FIELDS.has(k) && m[k] !== undefined) throw new TypeError(`messages[${i}].${k} is not supported by baleen; messages take role, content (and name)`);
+  }
+  if (req.n !== undefined && req.n !== null && req.n !== 1) throw new TypeError('n must be 1: baleen gives one choice a request');
+  if (req.max_completion_tokens !== undefined && req.max_completion_tokens !== null) {
+    if (req.max_tokens !== undefined && req.max_tokens !== null && req.max_tokens !== req.max_completion_tokens)
+      throw new TypeError('max_tokens and max_completion_tokens differ: give one');
+    req = { ...req, max_tokens: req.max_completion_tokens };
   }
   const options = {};
   for (const k of OPTIONS) {
@@ -287,7 +306,8 @@ class Engine {
  *   experts, paged on demand below their total (the CLI's --expert-cache):
  *   misses come from the cached chunks, else by Range requests; the load
  *   skips them. `info.expert_cache` and `stats().expert_cache` give the
- *   budget, slots, hits, misses, evictions and bytes loaded.
+ *   budget, slots, hits, misses, evictions and bytes loaded. Default: all
+ *   resident while they take at most 2 GiB, else paged in 2 GiB.
  */
 /**
  * A model's URL: `hf:owner/repo/path/file.gguf` (optionally `hf:owner/repo@revision/…`)

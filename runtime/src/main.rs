@@ -392,7 +392,17 @@ fn gpu_options(kv: Option<KvCache>, context: Option<usize>, experts: &ExpertCach
 }
 
 fn load_gpu_model(m: &ModelFiles, kv: &KvArgs) -> Result<GpuModel> {
-    GpuModel::load(Arc::new(open_gpu()?), m, &gpu_options(kv.kv_cache, kv.context, &kv.experts))
+    let g = GpuModel::load(Arc::new(open_gpu()?), m, &gpu_options(kv.kv_cache, kv.context, &kv.experts))?;
+    if let (None, Some(s)) = (kv.experts.expert_cache, g.expert_stats()) {
+        eprintln!(
+            "{}: its routed experts ({} MiB) exceed the default expert budget; paging them in {} MiB ({} slots). --expert-cache BYTES changes it.",
+            m.name,
+            s.total_bytes >> 20,
+            s.budget_bytes >> 20,
+            s.slots
+        );
+    }
+    Ok(g)
 }
 
 fn load_reference(m: &ModelFiles, kv: &KvArgs) -> Result<Reference> {

@@ -191,6 +191,12 @@ await test('stop strings, interrupt, and bad requests', async () => {
       { messages: [{ role: 'user', content: 'hi' }], max_tokens: 1.5 },
       { messages: [{ role: 'user', content: 'hi' }], stop: 3 },
       { messages: [{ role: 'user', content: 'x '.repeat(9000) }] },
+      // Fields baleen does not honour are refused by name, not dropped.
+      { messages: [{ role: 'user', content: 'hi' }], tools: [{ type: 'function', function: { name: 'f' } }] },
+      { messages: [{ role: 'user', content: 'hi' }], response_format: { type: 'json_object' } },
+      { messages: [{ role: 'user', content: 'hi' }], n: 2 },
+      { messages: [{ role: 'user', content: 'hi', tool_calls: [] }] },
+      { messages: [{ role: 'user', content: 'hi' }], max_tokens: 3, max_completion_tokens: 4 },
     ];
     const out = [];
     for (const req of bad) {
@@ -210,7 +216,20 @@ await test('stop strings, interrupt, and bad requests', async () => {
   assert.match(errors[4], /max_tokens/);
   assert.match(errors[5], /stop/);
   assert.match(errors[6], /does not fit the model's context/);
-  // The engine still answers after the errors.
+  assert.match(errors[7], /tools is not supported by baleen; leave it out \(supported: max_tokens, /);
+  assert.match(errors[8], /response_format is not supported by baleen/);
+  assert.match(errors[9], /n must be 1/);
+  assert.match(errors[10], /messages\[0\]\.tool_calls is not supported by baleen/);
+  assert.match(errors[11], /max_tokens and max_completion_tokens differ/);
+  // Harmless fields pass, and max_completion_tokens is max_tokens; the
+  // engine still answers after the errors.
+  const same = await page.evaluate(async (greedy) => {
+    const r = await window.__engine.chat.completions.create({ ...greedy, model: 'anything', user: 'u', stream_options: { include_usage: true }, n: 1 });
+    const short = await window.__engine.chat.completions.create({ ...greedy, max_tokens: undefined, max_completion_tokens: 2 });
+    return { content: r.choices[0].message.content, short: short.usage.completion_tokens };
+  }, greedy);
+  assert.equal(same.content, greedyText);
+  assert.equal(same.short, 2);
   assert.equal((await reply(page, greedy)).choices[0].message.content, greedyText);
 });
 

@@ -79,13 +79,18 @@ impl<R: TensorReader> Loader<'_, R> {
         m
     }
 
-    /// A layer's experts' tensors of one kind: one holding every expert, or one each.
     fn expert_tensors(&self, d: &ExpertsDecl, which: names::Expert) -> Result<Vec<&TensorInfo>> {
-        let names: Vec<(String, Option<usize>)> = (0..d.n).map(|e| names::expert(self.index.kind, self.arch, d.layer, e, which)).collect();
-        match names.first() {
-            Some((name, Some(_))) => Ok(vec![self.index.require(name)?]),
-            _ => names.iter().map(|(n, _)| self.index.require(n)).collect(),
-        }
+        expert_tensors(self.index, self.arch, d.layer, d.n, which)
+    }
+}
+
+/// Layer `layer`'s `n` experts' tensors of one kind: one holding every
+/// expert, or one each.
+pub(super) fn expert_tensors(index: &TensorIndex, arch: Arch, layer: usize, n: usize, which: names::Expert) -> Result<Vec<&TensorInfo>> {
+    let names: Vec<(String, Option<usize>)> = (0..n).map(|e| names::expert(index.kind, arch, layer, e, which)).collect();
+    match names.first() {
+        Some((name, Some(_))) => Ok(vec![index.require(name)?]),
+        _ => names.iter().map(|(n, _)| index.require(n)).collect(),
     }
 }
 
@@ -699,11 +704,16 @@ impl GpuModel {
         if opts.expert_cache.is_some() && cfg.moe.is_none() {
             return Err(Error::Unsupported(format!("an expert cache for {}, which has no routed experts; leave --expert-cache out", cfg.arch.name())));
         }
-        let paged = opts.expert_cache.map(|_| Vec::new());
+        // Routed experts over the default budget are paged unasked.
+        let expert_cache = match (&cfg.moe, opts.expert_cache) {
+            (Some(moe), None) => super::paging::default_budget(super::paging::routed_bytes(&m.index, &cfg, moe)?),
+            (_, asked) => asked,
+        };
+        let paged = expert_cache.map(|_| Vec::new());
         let mut loader = Loader { gpu: &gpu, index: &m.index, reader, place, arch: cfg.arch, textures: (0, 0), paged };
         let model = Model::load(&mut loader, &cfg).await?;
         let textures = loader.textures;
-        let experts = match (loader.paged, opts.expert_cache, &cfg.moe) {
+        let experts = match (loader.paged, expert_cache, &cfg.moe) {
             (Some(layers), Some(budget), Some(moe)) => {
                 let source = experts_from.unwrap_or_else(|| Box::new(crate::format::Sources(m.index.sources.clone())));
                 Some(ExpertCache::new(&gpu, layers, budget, moe.top_k as u32, place, source).await?)

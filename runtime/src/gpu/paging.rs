@@ -27,6 +27,36 @@ use std::pin::Pin;
 /// `slot_of`'s value for an expert not resident (in this round).
 pub const NO_SLOT: u32 = u32::MAX;
 
+/// The GPU memory given to routed experts unasked: models whose experts
+/// take more are paged with this budget (a tab gets a few GiB of GPU
+/// memory, and the dense part and the KV cache come first; no GPU API says
+/// how much there is). `--expert-cache` / `expertCacheBytes` override it.
+pub const DEFAULT_EXPERT_BYTES: u64 = 2 << 30;
+
+/// The expert cache's budget when none is asked for: None (all resident)
+/// while the routed experts' `total` bytes fit [`DEFAULT_EXPERT_BYTES`].
+pub fn default_budget(total: u64) -> Option<u64> {
+    (total > DEFAULT_EXPERT_BYTES).then_some(DEFAULT_EXPERT_BYTES)
+}
+
+/// GPU bytes of every routed expert of `cfg`'s MoE layers, as `index`
+/// stores them.
+pub fn routed_bytes(index: &crate::format::TensorIndex, cfg: &crate::config::ModelConfig, moe: &crate::config::Moe) -> Result<u64> {
+    use crate::model::names::Expert;
+    let mut total = 0;
+    for l in (0..cfg.n_layers).filter(|&l| moe.is_moe_layer(l)) {
+        let t = |w| super::model::expert_tensors(index, cfg.arch, l, moe.n_experts, w);
+        let (gate, up, down) = (t(Expert::Gate)?, t(Expert::Up)?, t(Expert::Down)?);
+        let dtype = |ts: &[&TensorInfo]| match ts.first() {
+            Some(t) => super::weights::layout(t.dtype).map(|_| t.dtype),
+            None => Err(Error::Config(format!("layer {l}: no expert tensors"))),
+        };
+        let kind = Kind { gate: dtype(&gate)?, up: dtype(&up)?, down: dtype(&down)?, ffn: moe.expert_ffn as u32, hidden: cfg.hidden as u32 };
+        total += moe.n_experts as u64 * kind.slot_bytes();
+    }
+    Ok(total)
+}
+
 /// Where a missed expert's bytes come from: natively the model's files, in
 /// the page its chunk cache or Range requests (`web.rs`).
 pub trait ExpertSource {
@@ -333,5 +363,18 @@ impl ExpertCache {
         pool.down.write_slot(gpu, s, h, &b)?;
         self.stats.bytes_loaded += bytes;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{default_budget, DEFAULT_EXPERT_BYTES};
+
+    #[test]
+    fn experts_over_the_default_budget_are_paged_unasked() {
+        assert_eq!(default_budget(1 << 20), None);
+        assert_eq!(default_budget(DEFAULT_EXPERT_BYTES), None);
+        // DeepSeek-V2-Lite's ~8.1 GB of Q4_K experts: paged with the default.
+        assert_eq!(default_budget(8_100_000_000), Some(DEFAULT_EXPERT_BYTES));
     }
 }
