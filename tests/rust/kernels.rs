@@ -902,7 +902,7 @@ fn expert_matmul_reads_ids_from_the_gpu_across_chunks() {
             let ids = gpu.storage_init("ids", bytemuck::cast_slice(&chosen)).unwrap();
             let y = gpu.storage("y", (n * k * rows * 4) as u64).unwrap();
             let xb = upload(&gpu, "x", &x);
-            run(&gpu, &step_buf, step(n as u32, 0), &ctx.experts(&m, ExpertMatmul { expert_rows: rows as u32, x: &xb, x_stride: cols as u32, y: &y }, k as u32, &ids, k as u32).unwrap());
+            run(&gpu, &step_buf, step(n as u32, 0), &ctx.experts(&m, ExpertMatmul { expert_rows: rows as u32, x: &xb, x_stride: cols as u32, y: &y, slot_of: None }, k as u32, &ids, k as u32).unwrap());
             let got = download(&gpu, &y, n * k * rows);
             for s in 0..n * k {
                 let ex = chosen[s] as usize;
@@ -910,6 +910,54 @@ fn expert_matmul_reads_ids_from_the_gpu_across_chunks() {
                     let want = reference::dot(&w[(ex * rows + r) * cols..][..cols], &x[(s / k) * cols..][..cols]);
                     let g = got[s * rows + r];
                     assert!((g - want).abs() <= 1e-3 * (1.0 + want.abs()), "{dtype:?} {path:?} slot {s} row {r}: {g} vs {want}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn paged_expert_matmul_reads_slots_and_skips_experts_not_resident() {
+    // An expert cache of 4 slots (chunks of 2) holding 3 of 6 experts in
+    // another order (write_slot), slot_of mapping them and NO_SLOT the
+    // rest: the resident experts' rows equal the resident matrix's bit for
+    // bit; the others' outputs are left as they were (NaN here).
+    use baleen::gpu::paging::NO_SLOT;
+    let gpu = gpu();
+    let (e, rows, n, k) = (6usize, 40usize, 3usize, 2usize);
+    let slot_of_host = [NO_SLOT, 3, 0, NO_SLOT, NO_SLOT, 1];
+    let chosen: Vec<u32> = vec![5, 0, 2, 3, 1, 5];
+    for path in paths(&gpu) {
+        for dtype in EXPERT_FORMATS {
+            let cols = expert_cols(dtype);
+            let (m, _) = experts_matrix(&gpu, path, dtype, e, rows, cols, 5);
+            let (bytes, _) = random_matrix(dtype, e * rows, cols, 5);
+            let row_bytes = baleen::gpu::weights::repacked_row_bytes(dtype, cols as u64);
+            let cache = GpuMatrix::slots(&gpu, "cache", dtype, 4, rows as u64, cols as u64, path.place(&gpu, 2 * rows as u64 * row_bytes + 64)).unwrap();
+            assert_eq!((cache.chunks.len(), cache.quad_texture()), (2, m.quad_texture()), "{dtype:?} {path:?}");
+            let per = bytes.len() / e;
+            for (ex, &s) in slot_of_host.iter().enumerate().filter(|(_, &s)| s != NO_SLOT) {
+                cache.write_slot(&gpu, s, rows as u32, &bytes[ex * per..][..per]).unwrap();
+            }
+            let step_buf = gpu.uniform("step", bytemuck::bytes_of(&Step::default()));
+            let ctx = path.ctx(&gpu, &step_buf);
+            let x = Rng(9).vec(n * cols);
+            let (ids, xb) = (gpu.storage_init("ids", bytemuck::cast_slice(&chosen)).unwrap(), upload(&gpu, "x", &x));
+            let slot_of = gpu.storage_init("slot_of", bytemuck::cast_slice(&slot_of_host)).unwrap();
+            let resident = gpu.storage("y", (n * k * rows * 4) as u64).unwrap();
+            let paged = upload(&gpu, "paged y", &vec![f32::NAN; n * k * rows]);
+            let em = |y, slot_of| ExpertMatmul { expert_rows: rows as u32, x: &xb, x_stride: cols as u32, y, slot_of };
+            let mut ops = ctx.experts(&m, em(&resident, None), k as u32, &ids, k as u32).unwrap();
+            ops.extend(ctx.experts(&cache, em(&paged, Some(&slot_of)), k as u32, &ids, k as u32).unwrap());
+            run(&gpu, &step_buf, step(n as u32, 0), &ops);
+            let (want, got) = (download(&gpu, &resident, n * k * rows), download(&gpu, &paged, n * k * rows));
+            for s in 0..n * k {
+                let (want, got) = (&want[s * rows..][..rows], &got[s * rows..][..rows]);
+                if slot_of_host[chosen[s] as usize] == NO_SLOT {
+                    assert!(got.iter().all(|v| v.is_nan()), "{dtype:?} {path:?} slot {s}: an expert not resident was computed");
+                } else {
+                    let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(got), bits(want), "{dtype:?} {path:?} slot {s}");
                 }
             }
         }
@@ -981,7 +1029,7 @@ fn grouped_experts_sort_gather_matmul_swiglu_and_combine() {
             let (wm, w) = experts_matrix(&gpu, path, dtype, e, rows, cols, 6);
             let y = gpu.storage("y", (tile_rows * rows * 4) as u64).unwrap();
             let mut ops = vec![ctx.moe_gather("gather", &xb, &slot_pos, &xs, cols as u32, k as u32).unwrap()];
-            ops.extend(ctx.grouped(&wm, ExpertMatmul { expert_rows: rows as u32, x: &xs, x_stride: cols as u32, y: &y }, &tiles, &m).unwrap());
+            ops.extend(ctx.grouped(&wm, ExpertMatmul { expert_rows: rows as u32, x: &xs, x_stride: cols as u32, y: &y, slot_of: None }, &tiles, &m).unwrap());
             assert!(matches!(ops[1].grid, Grid::ExpertTiles { .. }));
             run(&gpu, &step_buf, step(n as u32, 0), &ops);
             let got = download(&gpu, &y, tile_rows * rows);
