@@ -49,6 +49,7 @@ wasm-check:
 ## The page in Chromium (WebGPU on SwiftShader), driven by Playwright.
 browser-test: models wasm $(NODE_DEPS)
 	cargo build -p baleen
+	cargo build -p baleen --example moe_bench_model
 	node tests/browser/run.mjs
 
 ## Installed once into tools/ (ignored) and reused: the build takes ~9 minutes

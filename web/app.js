@@ -90,6 +90,14 @@ async function loadModel(url) {
         const downloaded = p.loadedBytes - p.cachedBytes;
         const rate = secs > 0 && downloaded > 0 ? ` · ${(downloaded / 1e6 / secs).toFixed(1)} MB/s` : '';
         const cached = p.cachedBytes ? ` (${mb(p.cachedBytes)} from cache)` : '';
+        if (p.phase === 'experts' || p.phase === 'downloaded') {
+          // Paged experts: replies run while the rest of the file streams in.
+          ui.progressText.textContent =
+            p.phase === 'downloaded'
+              ? `Ready: all ${mb(p.totalBytes)} downloaded${cached}`
+              : `Ready; downloading the rest in the background: ${mb(p.loadedBytes)} of ${mb(p.totalBytes)}${cached} · ${p.residentExperts} of ${p.totalExperts} experts on the GPU`;
+          return;
+        }
         ui.progressText.textContent =
           `${p.phase === 'ready' ? 'Ready' : 'Loading'}: ${mb(p.loadedBytes)} of ${mb(p.totalBytes)}${cached}${rate}` +
           (p.tensorsTotal ? ` · ${p.tensorsLoaded}/${p.tensorsTotal} tensors` : '');
@@ -104,7 +112,8 @@ async function loadModel(url) {
   const i = engine.info;
   ui.info.textContent =
     `${i.name}: ${i.architecture}, ${i.layers} layers, context ${i.context} of ${i.model_context} (KV cache ${mb(i.kv_cache_bytes)}), loaded in ${(i.loadMs / 1000).toFixed(1)} s ` +
-    `on ${i.adapter || 'WebGPU'} (${mb(i.gpu_bytes)} of GPU memory)`;
+    `on ${i.adapter || 'WebGPU'} (${mb(i.gpu_bytes)} of GPU memory)` +
+    (i.expert_cache ? `; routed experts paged in ${mb(i.expert_cache.budget_bytes)} (${i.expert_cache.slots} slots of ${i.expert_cache.experts})` : '');
   ui.input.placeholder = 'Type a message (Enter sends, Shift+Enter for a new line)';
   setBusy(false);
   document.body.dataset.state = 'ready';
@@ -144,7 +153,8 @@ async function send(text) {
       ui.stats.textContent =
         `${s.completion_tokens} tokens · prefill ${s.prefill_tokens_per_s.toFixed(1)} tok/s ` +
         `(${s.prompt_tokens - s.reused_tokens} of ${s.prompt_tokens} prompt tokens run, the rest cached) · ` +
-        `decode ${s.decode_tokens_per_s.toFixed(1)} tok/s`;
+        `decode ${s.decode_tokens_per_s.toFixed(1)} tok/s` +
+        (s.expert_cache ? ` · expert cache hit rate ${((100 * s.expert_cache.hits) / Math.max(1, s.expert_cache.hits + s.expert_cache.misses)).toFixed(0)}%` : '');
   } catch (e) {
     history.pop();
     showError(explain(e));

@@ -6,8 +6,10 @@ export interface ChatMessage {
 }
 
 export interface LoadProgress {
-  /** 'header': the file's index is read; 'weights': tensors are arriving; 'ready': loaded. */
-  phase: 'header' | 'weights' | 'ready';
+  /** 'header': the file's index is read; 'weights': tensors are arriving; 'ready': loaded.
+   * With paged experts, after 'ready' (replies can start): 'experts' as the rest of the file
+   * streams into the cache behind the replies' own reads, 'downloaded' once all of it is. */
+  phase: 'header' | 'weights' | 'ready' | 'experts' | 'downloaded';
   loadedBytes: number;
   totalBytes: number;
   /** Of loadedBytes, how many came from the browser's cache. */
@@ -15,6 +17,9 @@ export interface LoadProgress {
   tensorsLoaded: number;
   tensorsTotal: number;
   elapsedMs: number;
+  /** 'experts': routed experts held in the GPU's expert cache, of all of them. */
+  residentExperts?: number;
+  totalExperts?: number;
 }
 
 export interface ChatCompletionRequest {
@@ -116,6 +121,11 @@ export interface ExpertCacheStats {
   readbacks: number;
   /** Layers whose experts ran in more than one round of uploads. */
   extra_rounds: number;
+  /** Routed experts in the cache's slots, of all of them. */
+  resident: number;
+  experts: number;
+  /** Misses whose bytes had been fetched ahead (the previous token's choices at that layer). */
+  prefetch_hits: number;
 }
 
 export interface ModelInfo {

@@ -84,6 +84,7 @@ class Engine {
   #next = 1;
   #queue = Promise.resolve(); // one request at a time, in order
   #stats = null;
+  #onProgress = null;
   #model;
 
   constructor(worker, info) {
@@ -127,13 +128,15 @@ class Engine {
       throw e;
     }
     const engine = new Engine(worker, info);
+    engine.#onProgress = onProgress;
     worker.onmessage = (e) => engine.#onMessage(e.data);
     worker.onerror = (e) => engine.#failAll(new Error(`the engine's worker crashed: ${e.message ?? 'script error'}`));
     return engine;
   }
 
   #onMessage(m) {
-    if (m.type === 'progress') return;
+    // After the load: the paged experts' background download ('experts', 'downloaded').
+    if (m.type === 'progress') return this.#onProgress?.(m.progress);
     const p = this.#pending.get(m.id);
     if (!p) return;
     if (m.delta !== undefined) return p.onDelta?.(m.delta);

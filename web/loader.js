@@ -9,6 +9,8 @@ const RETRIES = 6;
 // Chunks kept in memory: the engine reads tensors in its own order, which
 // jumps back and forth inside a layer's few chunks.
 const RECENT_CHUNKS = 8;
+// How long the background fill waits after the last read or prefetch.
+const IDLE_MS = 250;
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const mb = (n) => `${(n / 1e6).toFixed(1)} MB`;
@@ -36,6 +38,10 @@ export class ModelFile {
     this.cache = null;
     this.recent = new Map(); // index → bytes, least recently used first
     this.seen = new Set(); // chunks counted in `loaded`
+    this.inflight = new Map(); // index → the promise of a chunk being fetched
+    this.urgent = 0; // reads and prefetches under way: the background fill waits for them
+    this.lastUrgent = 0; // when the last of them ended (ms)
+    this.stopped = false;
   }
 
   key(what) {
@@ -134,25 +140,116 @@ export class ModelFile {
       throw new Error(`read of ${len} bytes at ${offset} is outside the file (${this.size} bytes)`);
     const out = new Uint8Array(len);
     let done = 0;
-    while (done < len) {
-      const pos = offset + done;
-      const index = Math.floor(pos / CHUNK_BYTES);
-      const chunk = await this.chunk(index);
-      const start = pos - index * CHUNK_BYTES;
-      const n = Math.min(len - done, chunk.length - start);
-      out.set(chunk.subarray(start, start + n), done);
-      done += n;
+    this.urgent++;
+    try {
+      while (done < len) {
+        const pos = offset + done;
+        const index = Math.floor(pos / CHUNK_BYTES);
+        const chunk = await this.chunk(index);
+        const start = pos - index * CHUNK_BYTES;
+        const n = Math.min(len - done, chunk.length - start);
+        out.set(chunk.subarray(start, start + n), done);
+        done += n;
+      }
+    } finally {
+      this.urgent--;
+      this.lastUrgent = performance.now();
     }
     return out;
   }
 
-  async chunk(index) {
+  /**
+   * Bytes `offset .. offset + len`: from whole chunks where all of them are
+   * here (in memory, in flight or in Cache Storage), else by one Range
+   * request for just these bytes, not kept (a paged model's dense tensors
+   * and missed experts: the background fill caches the chunks).
+   */
+  async readExact(offset, len) {
+    if (offset < 0 || len < 0 || offset + len > this.size)
+      throw new Error(`read of ${len} bytes at ${offset} is outside the file (${this.size} bytes)`);
+    const last = Math.floor((offset + Math.max(len, 1) - 1) / CHUNK_BYTES);
+    let local = true;
+    for (let i = Math.floor(offset / CHUNK_BYTES); i <= last && local; i++)
+      local = this.recent.has(i) || this.inflight.has(i) || (this.cache !== null && (await this.cache.match(this.key(i))) !== undefined);
+    if (local) return this.read(offset, len);
+    this.urgent++;
+    try {
+      return await this.download(offset, len);
+    } finally {
+      this.urgent--;
+      this.lastUrgent = performance.now();
+    }
+  }
+
+  /**
+   * Fetch (into the Cache Storage copy) the chunks holding bytes `offset ..
+   * offset + len`, without waiting: the engine's guess at the experts the
+   * next layer will need. A later read of them finds them cached or in flight.
+   */
+  warm(offset, len) {
+    if (!this.cache || offset < 0 || len <= 0 || offset + len > this.size) return;
+    const last = Math.floor((offset + len - 1) / CHUNK_BYTES);
+    for (let i = Math.floor(offset / CHUNK_BYTES); i <= last; i++) {
+      if (this.seen.has(i) || this.inflight.has(i)) continue;
+      this.urgent++;
+      this.chunk(i, false)
+        .catch(() => {}) // a failed guess costs nothing: the read will fetch it
+        .finally(() => {
+          this.urgent--;
+          this.lastUrgent = performance.now();
+        });
+    }
+  }
+
+  /**
+   * Fetch every chunk not yet obtained, one at a time, in the background,
+   * each only once no read or prefetch has been under way for IDLE_MS (they
+   * come first: a reply's misses arrive one after another, and a chunk
+   * started between two of them would hold the second up):
+   * the rest of a model whose experts are paged, so later misses are local.
+   * `onChunk()` after each. Stops at `stop()`.
+   */
+  async fill(onChunk) {
+    if (!this.cache) return;
+    const chunks = Math.ceil(this.size / CHUNK_BYTES);
+    for (let i = 0; i < chunks && !this.stopped; i++) {
+      if (this.seen.has(i)) continue;
+      while ((this.urgent > 0 || performance.now() - this.lastUrgent < IDLE_MS) && !this.stopped) await sleep(20);
+      if (this.stopped) return;
+      await this.chunk(i, false);
+      onChunk();
+    }
+  }
+
+  stop() {
+    this.stopped = true;
+  }
+
+  /** Chunk `index`; with `keep`, also among the recent chunks held in memory. */
+  chunk(index, keep = true) {
     const recent = this.recent.get(index);
     if (recent) {
       this.recent.delete(index);
       this.recent.set(index, recent);
-      return recent;
+      return Promise.resolve(recent);
     }
+    // One fetch a chunk, however many ask for it.
+    let p = this.inflight.get(index);
+    if (!p) {
+      p = this.fetchChunk(index).finally(() => this.inflight.delete(index));
+      this.inflight.set(index, p);
+    }
+    return keep ? p.then((bytes) => this.remember(index, bytes)) : p;
+  }
+
+  remember(index, bytes) {
+    this.recent.delete(index);
+    this.recent.set(index, bytes);
+    if (this.recent.size > RECENT_CHUNKS) this.recent.delete(this.recent.keys().next().value);
+    return bytes;
+  }
+
+  async fetchChunk(index) {
     const key = this.key(index);
     const expected = Math.min(CHUNK_BYTES, this.size - index * CHUNK_BYTES);
     let bytes = null;
@@ -163,7 +260,7 @@ export class ModelFile {
       else if (!this.seen.has(index)) this.fromCache += bytes.length;
     }
     if (!bytes) {
-      bytes = await this.download(index, expected);
+      bytes = await this.download(index * CHUNK_BYTES, expected);
       if (this.cache) await this.put(key, new Response(bytes));
     }
     if (!this.seen.has(index)) {
@@ -171,14 +268,11 @@ export class ModelFile {
       this.loaded += bytes.length;
       this.onBytes(this.loaded, this.size, this.fromCache);
     }
-    this.recent.set(index, bytes);
-    if (this.recent.size > RECENT_CHUNKS) this.recent.delete(this.recent.keys().next().value);
     return bytes;
   }
 
-  /** One chunk by Range request, retried with backoff if the connection drops. */
-  async download(index, expected) {
-    const start = index * CHUNK_BYTES;
+  /** Bytes `start .. start + expected` by Range request, retried with backoff if the connection drops. */
+  async download(start, expected) {
     const range = `bytes=${start}-${start + expected - 1}`;
     let lastError;
     for (let attempt = 0; attempt <= RETRIES; attempt++) {

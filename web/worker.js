@@ -11,6 +11,7 @@ import { ModelFile } from './loader.js';
 
 let wasm = null;
 let engine = null;
+let model = null; // the model file, while its background download runs
 let interrupted = false;
 
 const post = (m) => self.postMessage(m);
@@ -76,6 +77,8 @@ async function load({ url, pkg, kvCache, contextLength, expertCacheBytes }) {
     name,
     file.size,
     (offset, len) => file.read(offset, len),
+    (offset, len) => file.readExact(offset, len),
+    (offset, len) => file.warm(offset, len),
     (done, total) => {
       tensorsLoaded = done;
       tensorsTotal = total;
@@ -86,6 +89,27 @@ async function load({ url, pkg, kvCache, contextLength, expertCacheBytes }) {
   );
   progress('ready', file);
   const info = JSON.parse(engine.info());
+  if (info.expert_cache) {
+    // Generation can start now: the routed experts were skipped. The rest of
+    // the file streams into the cache behind the replies' own reads.
+    model = file;
+    // (info() is refused while a reply holds the engine: keep the last counts.)
+    let known = info.expert_cache;
+    const experts = () => {
+      try {
+        known = JSON.parse(engine.info()).expert_cache ?? known;
+      } catch {}
+      return known;
+    };
+    file
+      .fill(() => {
+        const e = experts();
+        const p = { phase: 'experts', loadedBytes: file.loaded, totalBytes: file.size, cachedBytes: file.fromCache, residentExperts: e.resident, totalExperts: e.experts, elapsedMs: performance.now() - t0 };
+        post({ type: 'progress', progress: p });
+      })
+      .then(() => file.loaded === file.size && progress('downloaded', file))
+      .catch((err) => console.warn(`baleen: the background download stopped (${err?.message ?? err}); misses are fetched on demand`));
+  }
   return { ...info, loadMs: performance.now() - t0, downloadedBytes: file.network, cachedBytes: file.fromCache, bytes: file.size };
 }
 
@@ -135,6 +159,8 @@ self.onmessage = async (e) => {
     else if (m.type === 'reset') result = engine?.reset();
     else if (m.type === 'profile') result = JSON.parse(await engine.profile(m.reps ?? 5));
     else if (m.type === 'dispose') {
+      model?.stop();
+      model = null;
       engine?.free();
       engine = null;
       result = null;

@@ -75,11 +75,17 @@ async fn fetch(read: &Function, offset: u64, len: u64) -> Result<Vec<u8>> {
 /// cache, else by Range requests for the chunks holding that expert.
 struct JsExperts {
     read: Function,
+    warm: Function,
 }
 
 impl crate::gpu::paging::ExpertSource for JsExperts {
     fn read<'a>(&'a self, t: &'a TensorInfo, start: u64, len: u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<u8>>> + 'a>> {
         Box::pin(async move { fetch(&self.read, tensor_range(t, start, len)?, len).await })
+    }
+    fn prefetch(&self, t: &TensorInfo, start: u64, len: u64) {
+        if let Ok(offset) = tensor_range(t, start, len) {
+            let _ = self.warm.call2(&JsValue::NULL, &JsValue::from_f64(offset as f64), &JsValue::from_f64(len as f64));
+        }
     }
 }
 
@@ -146,7 +152,11 @@ pub fn shader_variants() -> js_sys::Array {
 }
 
 /// Load a GGUF model of `size` bytes named `name`: `read(offset, len)` returns
-/// a promise of its bytes; `on_tensor(done, total)` reports each tensor uploaded;
+/// a promise of its bytes (whole cached chunks); `read_exact(offset, len)`
+/// likewise, but fetching just those bytes where their chunks are not
+/// local yet (what a paged model reads: its dense part at load, then each
+/// missed expert); `warm(offset, len)` starts fetching bytes a later read
+/// will want; `on_tensor(done, total)` reports each tensor uploaded;
 /// `kv_cache`: "f16" or "f32" (default: f16 where the GPU has shader-f16);
 /// `context`: positions the KV cache holds (default: see
 /// [`crate::gpu::choose_context`]); `expert_cache`: GPU bytes for routed
@@ -156,6 +166,8 @@ pub async fn load_model(
     name: String,
     size: f64,
     read: Function,
+    read_exact: Function,
+    warm: Function,
     on_tensor: Function,
     kv_cache: Option<String>,
     context: Option<u32>,
@@ -176,7 +188,12 @@ pub async fn load_model(
     reader.total = tensors;
     let gpu = Arc::new(Gpu::new().await.map_err(to_js)?);
     let opts = GpuOptions { max_staging: Some(MAX_FETCH_BYTES), kv_f16, context: context.map(|n| n as usize), expert_cache: expert_cache.map(|b| b as u64), ..GpuOptions::default() };
-    let experts = Box::new(JsExperts { read: reader.read.clone() });
+    // A paged model's load skips its routed experts: read the rest by its
+    // own ranges (the chunks fill in behind, in the page's background).
+    if GpuModel::expert_budget(&files, &opts).map_err(to_js)?.is_some() {
+        reader.read = read_exact.clone();
+    }
+    let experts = Box::new(JsExperts { read: read_exact, warm });
     let model = GpuModel::load_with(gpu, &files, &reader, &opts, Some(experts)).await.map_err(to_js)?;
     model.gpu.check().map_err(to_js)?;
     let ModelFiles { tokenizer, .. } = files;

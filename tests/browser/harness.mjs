@@ -51,6 +51,8 @@ export function startProxy(target, statics = {}) {
   const t = new URL(target);
   const stats = { modelBytes: 0, modelGets: 0, cuts: 0 };
   let cut = null;
+  let rate = 0; // model bytes a second, all responses together; 0: as fast as it goes
+  let nextFree = 0; // when the throttled link is free again (ms)
   const server = http.createServer((req, res) => {
     for (const [prefix, dir] of Object.entries(statics)) {
       if (!req.url.startsWith(prefix)) continue;
@@ -89,6 +91,14 @@ export function startProxy(target, statics = {}) {
           sent += d.length;
           if (isModel) stats.modelBytes += d.length;
           res.write(d);
+          if (isModel && rate > 0) {
+            // A link of `rate` bytes a second shared by every response: hold
+            // this one until its bytes would have gone through.
+            const now = Date.now();
+            nextFree = Math.max(nextFree, now) + (d.length / rate) * 1000;
+            upRes.pause();
+            setTimeout(() => upRes.resume(), nextFree - now);
+          }
         });
         upRes.on('end', () => res.end());
       },
@@ -103,6 +113,10 @@ export function startProxy(target, statics = {}) {
         stats,
         reset: () => Object.assign(stats, { modelBytes: 0, modelGets: 0, cuts: 0 }),
         cutNext: (c) => (cut = c),
+        throttle: (bytesPerSecond) => {
+          rate = bytesPerSecond;
+          nextFree = 0;
+        },
         stop: () => server.close(),
       }),
     ),

@@ -4,6 +4,7 @@
 // target/debug/baleen and the test model.
 
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -27,10 +28,17 @@ const DEEPSEEK = 'tiny-deepseek-v3.gguf';
 // Tiny fixtures the page runs beside the native reference, by architecture.
 const TINY = { deepseek2: 'tiny-deepseek-v3', gemma3: 'tiny-gemma3', qwen3moe: 'tiny-qwen3-moe' };
 for (const name of Object.values(TINY)) fs.symlinkSync(`${ROOT}tests/fixtures/${name}/model.gguf`, path.join(models, `${name}.gguf`));
+// The benchmark's synthetic DeepSeek-V3-shaped model: 3 MoE layers of 64 Q4_0
+// experts (45 MB of the 46 MB file), top 6; written here.
+const MOE_BENCH = 'moe-e64.gguf';
+execFileSync(`${ROOT}target/debug/examples/moe_bench_model`, [path.join(models, MOE_BENCH), '64'], { stdio: 'ignore' });
 fs.mkdirSync(ARTIFACTS, { recursive: true });
 
 const results = [];
+// BROWSER_TEST_ONLY=words runs only the tests whose names hold them (while working on one).
+const ONLY = process.env.BROWSER_TEST_ONLY;
 async function test(name, fn) {
+  if (ONLY && !name.includes(ONLY)) return;
   const t0 = Date.now();
   try {
     await fn();
@@ -338,6 +346,71 @@ await test('expertCacheBytes: paged experts give the native CLI\'s reply with th
   assert.ok(s.misses > 0 && s.evictions > 0, JSON.stringify(s));
   assert.match(got.small, /it needs at least 49152 bytes/);
   assert.match(got.bad, /expertCacheBytes must be a positive whole number of bytes/);
+  await p.close();
+});
+
+await test('paged experts over a slow link: the first token comes before the download ends, the rest streams in behind, and a reload asks for nothing', async () => {
+  // A quarter of the experts' GPU bytes (48 of 192 slots). The load reads
+  // the dense part by its own ranges; the reply's misses fetch just their
+  // experts; the chunks fill the cache in the background.
+  const file = path.join(models, MOE_BENCH);
+  const budget = (3 * 64 * 245760) / 4;
+  const question = 'Hi';
+  const want = await baleenJson(BIN, ['run', '--model', file, '--chat', '--prompt', question, '--temperature', '0', '--max-tokens', '6', '--expert-cache', String(budget), '--json']);
+  const size = fs.statSync(file).size;
+  const p = await openPage(context, `${base}?autoload=0`);
+  const run = async () => {
+    proxy.reset();
+    return p.evaluate(async ({ url, question, budget }) => {
+      const { createEngine } = await import('/engine.js');
+      const t0 = performance.now();
+      let downloadedAt = null;
+      const phases = new Set();
+      const e = await createEngine(url, {
+        expertCacheBytes: budget,
+        onProgress: (q) => {
+          phases.add(q.phase);
+          if (q.phase === 'downloaded') downloadedAt = performance.now() - t0;
+        },
+      });
+      const info = e.info;
+      let firstAt = null;
+      let content = '';
+      for await (const c of await e.chat.completions.create({ messages: [{ role: 'user', content: question }], temperature: 0, max_tokens: 6, stream: true })) {
+        const d = c.choices[0].delta.content;
+        if (d) {
+          firstAt ??= performance.now() - t0;
+          content += d;
+        }
+      }
+      const stats = e.stats();
+      // The background download's end (on a reload, from the cache at once).
+      while (downloadedAt === null && performance.now() - t0 < 120000) await new Promise((r) => setTimeout(r, 50));
+      await e.dispose();
+      return { info, firstAt, downloadedAt, content, stats, phases: [...phases] };
+    }, { url: `/models/${MOE_BENCH}`, question, budget });
+  };
+  proxy.throttle(8e6); // 8 MB/s: the reply's misses and the background fill share it
+  let got;
+  try {
+    got = await run();
+  } finally {
+    proxy.throttle(0);
+  }
+  console.log(`     load ${(got.info.loadMs / 1000).toFixed(1)} s (${(got.info.downloadedBytes / 1e6).toFixed(1)} of ${(size / 1e6).toFixed(1)} MB), first token at ${(got.firstAt / 1000).toFixed(1)} s, all downloaded at ${(got.downloadedAt / 1000).toFixed(1)} s; expert cache ${JSON.stringify(got.stats.expert_cache)}`);
+  assert.equal(got.content, want.text);
+  // The load reads the header's chunk and the dense part's own bytes.
+  assert.ok(got.info.downloadedBytes < size / 4, `the load downloaded ${got.info.downloadedBytes} of ${size} bytes`);
+  assert.ok(got.downloadedAt !== null && got.firstAt < got.downloadedAt, `first token at ${got.firstAt} ms, downloaded at ${got.downloadedAt} ms`);
+  assert.deepEqual(got.phases, ['header', 'weights', 'ready', 'experts', 'downloaded'].filter((ph) => got.phases.includes(ph)));
+  assert.ok(got.phases.includes('experts') && got.phases.includes('downloaded'), got.phases.join());
+  const s = got.stats.expert_cache;
+  assert.equal(s.slots, 48);
+  assert.equal(s.misses, want.expert_cache.misses);
+  // Reloaded: every byte from the cache, the same reply.
+  const again = await run();
+  assert.equal(again.content, want.text);
+  assert.equal(proxy.stats.modelBytes, 0, `${proxy.stats.modelBytes} model bytes requested on the reload`);
   await p.close();
 });
 

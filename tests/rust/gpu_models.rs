@@ -417,7 +417,7 @@ fn paged_experts_give_bit_identical_logits() {
     let gpu = gpu();
     let dir = common::TempDir::new("paged");
     let mut files: Vec<std::path::PathBuf> = Vec::new();
-    for name in ["tiny-mixtral", "tiny-qwen2-moe", "tiny-deepseek-v3", "tiny-deepseek-v2", "tiny-deepseek-v2-lite"] {
+    for name in ["tiny-mixtral", "tiny-qwen2-moe", "tiny-qwen3-moe", "tiny-deepseek-v3", "tiny-deepseek-v2", "tiny-deepseek-v2-lite"] {
         files.push(common::fixture(name));
         files.push(common::fixture(name).join("model.gguf"));
     }

@@ -672,6 +672,16 @@ impl GpuModel {
         Self::load_with(gpu, m, reader, opts, None).await
     }
 
+    /// The expert cache's budget a load of `m` with `opts` takes: the one
+    /// asked for, or for routed experts over the default budget that one
+    /// (see [`super::paging::default_budget`]); None: no paging.
+    pub fn expert_budget(m: &ModelFiles, opts: &GpuOptions) -> Result<Option<u64>> {
+        Ok(match (&m.config.moe, opts.expert_cache) {
+            (Some(moe), None) => super::paging::default_budget(super::paging::routed_bytes(&m.index, &m.config, moe)?),
+            (_, asked) => asked,
+        })
+    }
+
     /// [`GpuModel::load_from`], paged experts (`opts.expert_cache`) read
     /// from `experts_from` (None: the model's files).
     pub async fn load_with(gpu: Arc<Gpu>, m: &ModelFiles, reader: &impl TensorReader, opts: &GpuOptions, experts_from: Option<Box<dyn ExpertSource>>) -> Result<Self> {
@@ -704,11 +714,7 @@ impl GpuModel {
         if opts.expert_cache.is_some() && cfg.moe.is_none() {
             return Err(Error::Unsupported(format!("an expert cache for {}, which has no routed experts; leave --expert-cache out", cfg.arch.name())));
         }
-        // Routed experts over the default budget are paged unasked.
-        let expert_cache = match (&cfg.moe, opts.expert_cache) {
-            (Some(moe), None) => super::paging::default_budget(super::paging::routed_bytes(&m.index, &cfg, moe)?),
-            (_, asked) => asked,
-        };
+        let expert_cache = Self::expert_budget(m, opts)?;
         let paged = expert_cache.map(|_| Vec::new());
         let mut loader = Loader { gpu: &gpu, index: &m.index, reader, place, arch: cfg.arch, textures: (0, 0), paged };
         let model = Model::load(&mut loader, &cfg).await?;
@@ -1079,6 +1085,9 @@ async fn submit_paged(gpu: &Gpu, cache: Option<&mut ExpertCache>, pauses: &[Paus
             cache.load(gpu, p.paged, round).await?;
             submit(if i == 0 { p.at } else { p.repeat }..p.end, i + 1 == rounds.len())?;
         }
+        // While the GPU runs them (in the page, while it awaits the next
+        // readback), the next layer's likely misses are fetched.
+        cache.prefetch_next(p.paged);
         done = p.end;
     }
     submit(done..n_ops, true)

@@ -61,6 +61,10 @@ pub fn routed_bytes(index: &crate::format::TensorIndex, cfg: &crate::config::Mod
 /// the page its chunk cache or Range requests (`web.rs`).
 pub trait ExpertSource {
     fn read<'a>(&'a self, t: &'a TensorInfo, start: u64, len: u64) -> Pin<Box<dyn Future<Output = Result<Vec<u8>>> + 'a>>;
+    /// Start fetching bytes a later `read` will likely ask for, without
+    /// waiting (the page: into its chunk cache). Natively the file is local:
+    /// nothing to do.
+    fn prefetch(&self, _t: &TensorInfo, _start: u64, _len: u64) {}
 }
 
 impl ExpertSource for Sources {
@@ -144,6 +148,9 @@ struct Layer {
     slot_of: wgpu::Buffer,
     /// Each expert's slot, NO_SLOT where not resident.
     resident: Vec<u32>,
+    /// The experts the last pass chose here, and those prefetched for the next.
+    last: Vec<u32>,
+    prefetched: Vec<u32>,
 }
 
 /// What the cache did, for `run --json`, `bench --json` and the page.
@@ -165,6 +172,14 @@ pub struct ExpertStats {
     pub readbacks: u64,
     /// Layers whose expert matmuls ran in more than one round.
     pub extra_rounds: u64,
+    /// Routed experts in the cache's slots, of all of them.
+    pub resident: u64,
+    pub experts: u64,
+    /// Misses whose bytes had been asked for ahead: once a layer's experts
+    /// are submitted, the next paged layer's choices at the previous pass
+    /// are prefetched (the page's chunk cache; natively a no-op, counted
+    /// all the same).
+    pub prefetch_hits: u64,
 }
 
 /// The routed experts of every MoE layer in pools of slots.
@@ -236,11 +251,12 @@ impl ExpertCache {
             .map(|t| {
                 let pool = pools.iter().position(|p| p.kind == t.kind()).expect("a pool for every kind");
                 let slot_of = gpu.storage(&format!("blk.{} expert slots", t.layer), t.n as u64 * 4)?;
-                Ok(Layer { resident: vec![NO_SLOT; t.n as usize], tensors: t, pool, slot_of })
+                Ok(Layer { resident: vec![NO_SLOT; t.n as usize], tensors: t, pool, slot_of, last: Vec::new(), prefetched: Vec::new() })
             })
             .collect::<Result<Vec<_>>>()?;
         let slots = pools.iter().map(|p| p.owner.len() as u64).sum();
-        let fresh = ExpertStats { budget_bytes: budget, minimum_bytes: minimum, total_bytes: total, slots, ..Default::default() };
+        let experts = layers.iter().map(|l| l.tensors.n as u64).sum();
+        let fresh = ExpertStats { budget_bytes: budget, minimum_bytes: minimum, total_bytes: total, slots, experts, ..Default::default() };
         let mut cache = ExpertCache { pools, layers, reader, stats: fresh.clone(), clock: 0 };
         // Pools holding every expert of their layers: loaded once, here.
         for l in 0..cache.layers.len() {
@@ -270,7 +286,25 @@ impl ExpertCache {
     }
 
     pub fn stats(&self) -> ExpertStats {
-        self.stats.clone()
+        let resident = self.pools.iter().map(|p| p.owner.iter().filter(|o| o.is_some()).count() as u64).sum();
+        ExpertStats { resident, ..self.stats.clone() }
+    }
+
+    /// Once layer `l`'s experts are submitted: fetch ahead the experts the
+    /// next paged layer chose at the previous pass that are not resident.
+    pub fn prefetch_next(&mut self, l: usize) {
+        let next = (l + 1) % self.layers.len();
+        let layer = &self.layers[next];
+        let want: Vec<u32> = layer.last.iter().copied().filter(|&e| layer.resident[e as usize] == NO_SLOT).collect();
+        let t = &layer.tensors;
+        for &e in &want {
+            for ts in [&t.gate, &t.up, &t.down] {
+                let per = t.per_expert(ts);
+                let (tensor, at) = if ts.len() == 1 { (&ts[0], e as u64 * per) } else { (&ts[e as usize], 0) };
+                self.reader.prefetch(tensor, at, per);
+            }
+        }
+        self.layers[next].prefetched = want;
     }
 
     /// Layer `l`'s distinct experts among a pass's expert `ids`, in rounds
@@ -284,8 +318,12 @@ impl ExpertCache {
             *need.get_mut(e as usize).ok_or_else(|| Error::Gpu(format!("layer {}'s router chose expert {e} of {n}", layer.tensors.layer)))? = true;
         }
         let (mut order, misses): (Vec<u32>, Vec<u32>) = (0..n).filter(|&e| need[e as usize]).partition(|&e| layer.resident[e as usize] != NO_SLOT);
+        self.stats.prefetch_hits += misses.iter().filter(|e| layer.prefetched.contains(e)).count() as u64;
         order.extend(misses);
-        let cap = self.pools[layer.pool].owner.len();
+        let layer = &mut self.layers[l];
+        layer.last = order.clone();
+        layer.prefetched.clear();
+        let cap = self.pools[self.layers[l].pool].owner.len();
         self.stats.readbacks += 1;
         self.stats.extra_rounds += (order.len() > cap) as u64;
         Ok(order.chunks(cap).map(|c| c.to_vec()).collect())
