@@ -35,10 +35,10 @@ execFileSync(`${ROOT}target/debug/examples/moe_bench_model`, [path.join(models, 
 fs.mkdirSync(ARTIFACTS, { recursive: true });
 
 const results = [];
-// BROWSER_TEST_ONLY=words runs only the tests whose names hold them (while working on one).
+// BROWSER_TEST_ONLY='words|other words' runs only the tests whose names hold one of them.
 const ONLY = process.env.BROWSER_TEST_ONLY;
 async function test(name, fn) {
-  if (ONLY && !name.includes(ONLY)) return;
+  if (ONLY && !ONLY.split('|').some((w) => name.includes(w))) return;
   const t0 = Date.now();
   try {
     await fn();
@@ -48,6 +48,26 @@ async function test(name, fn) {
     results.push([name, false]);
     console.log(`FAIL ${name}: ${e.stack ?? e}`);
   }
+}
+
+/** The errors `createEngine(url, opts)` gives in page `p`, one per `opts` (null: it loaded). */
+function loadErrors(p, url, ...opts) {
+  return p.evaluate(
+    async ({ url, opts }) => {
+      const { createEngine } = await import('/engine.js');
+      const out = [];
+      for (const o of opts) {
+        try {
+          await (await createEngine(url, o)).dispose();
+          out.push(null);
+        } catch (x) {
+          out.push(x.message);
+        }
+      }
+      return out;
+    },
+    { url, opts },
+  );
 }
 
 /** A raw HTTP/1.1 request (no client-side path normalisation). */
@@ -324,20 +344,13 @@ await test('expertCacheBytes: paged experts give the native CLI\'s reply with th
   const p = await openPage(context, `${base}?autoload=0`);
   const got = await p.evaluate(async ({ url, question }) => {
     const { createEngine } = await import('/engine.js');
-    const refused = async (opts) => {
-      try {
-        await (await createEngine(url, opts)).dispose();
-        return null;
-      } catch (x) {
-        return x.message;
-      }
-    };
     const e = await createEngine(url, { expertCacheBytes: 48 << 10 });
     const r = await e.chat.completions.create({ messages: [{ role: 'user', content: question }], temperature: 0, max_tokens: 40 });
     const out = { content: r.choices[0].message.content, info: e.info, stats: e.stats() };
     await e.dispose();
-    return { ...out, small: await refused({ expertCacheBytes: 40 << 10 }), bad: await refused({ expertCacheBytes: -1 }) };
+    return out;
   }, { url: `/models/${name}.gguf`, question });
+  [got.small, got.bad] = await loadErrors(p, `/models/${name}.gguf`, { expertCacheBytes: 40 << 10 }, { expertCacheBytes: -1 });
   assert.equal(got.content, want.text);
   assert.equal(got.content, resident.text);
   assert.equal(got.info.expert_cache.slots, 2);
@@ -521,16 +534,9 @@ await test('kvCache: f32 is honoured; f16 without shader-f16, and other values, 
     const e = await createEngine(url, { kvCache: 'f32' });
     const info = e.info;
     await e.dispose();
-    const refused = async (opts) => {
-      try {
-        await (await createEngine(url, opts)).dispose();
-        return null;
-      } catch (x) {
-        return x.message;
-      }
-    };
-    return { info, bad: await refused({ kvCache: 'f8' }), f16: await refused({ kvCache: 'f16' }) };
+    return { info };
   }, `/models/${DEEPSEEK}`);
+  [got.bad, got.f16] = await loadErrors(p, `/models/${DEEPSEEK}`, { kvCache: 'f8' }, { kvCache: 'f16' });
   assert.equal(got.info.kv_f16, false);
   assert.match(got.bad, /kvCache must be 'f16' or 'f32'/);
   // SwiftShader has no shader-f16.
@@ -542,14 +548,6 @@ await test('contextLength: honoured, reported in info, and refused past the mode
   const p = await openPage(context, `${base}?autoload=0`);
   const got = await p.evaluate(async (url) => {
     const { createEngine } = await import('/engine.js');
-    const refused = async (opts) => {
-      try {
-        await (await createEngine(url, opts)).dispose();
-        return null;
-      } catch (x) {
-        return x.message;
-      }
-    };
     const e = await createEngine(url, { contextLength: 40 });
     const info = e.info;
     // The reply stops when the 40 positions are full: greedy, with the
@@ -561,8 +559,9 @@ await test('contextLength: honoured, reported in info, and refused past the mode
     const d = await createEngine(url);
     const dflt = d.info;
     await d.dispose();
-    return { info, dflt, finish: r.choices[0].finish_reason, used: r.usage.total_tokens, long: await refused({ contextLength: 1e6 }), bad: await refused({ contextLength: 1.5 }) };
+    return { info, dflt, finish: r.choices[0].finish_reason, used: r.usage.total_tokens };
   }, `/models/${DEEPSEEK}`);
+  [got.long, got.bad] = await loadErrors(p, `/models/${DEEPSEEK}`, { contextLength: 1e6 }, { contextLength: 1.5 });
   assert.equal(got.info.context, 40);
   assert.equal(got.info.kv_cache_bytes * got.dflt.context, got.dflt.kv_cache_bytes * 40);
   // The tiny model's own context (256) fits: the default takes all of it.
