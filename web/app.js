@@ -2,7 +2,7 @@
 // nodes (model output is never parsed as HTML). Each turn sends the whole
 // conversation; the engine reuses the KV cache of the turns before it.
 
-import { createEngine } from './engine.js';
+import { cachedModels, createEngine, deleteCachedModel, resolveModelUrl } from './engine.js';
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -25,9 +25,12 @@ const ui = {
   stop: $('stop'),
   newChat: $('new-chat'),
   stats: $('stats'),
+  cachedList: $('cached-list'),
 };
 
 let engine = null;
+let engineUrl = null; // the loaded model's, as the cache names it
+let loading = null; // the AbortController of a load under way
 let history = []; // { role, content } of this conversation
 let generating = false;
 
@@ -65,16 +68,49 @@ function setBusy(busy) {
   ui.load.disabled = busy;
 }
 
-async function loadModel(url) {
+/** The models stored in this browser, each with a Delete button. */
+async function showCached() {
+  let models = [];
+  try {
+    models = await cachedModels();
+  } catch {
+    // No Cache Storage here: nothing is stored.
+  }
+  ui.cachedList.replaceChildren(
+    ...models.map((m) => {
+      const li = document.createElement('li');
+      const name = decodeURIComponent(new URL(m.url).pathname.split('/').pop() || m.url);
+      li.append(`${name}: ${mb(m.bytes)} of ${mb(m.size)}${m.complete ? '' : ' (partial)'} `);
+      const del = document.createElement('button');
+      del.textContent = 'Delete';
+      del.disabled = m.url === engineUrl;
+      del.title = del.disabled ? 'in use' : `remove ${name} from this browser`;
+      del.addEventListener('click', async () => {
+        await deleteCachedModel(m.url);
+        await showCached();
+      });
+      li.append(del);
+      return li;
+    }),
+  );
+  if (!models.length) ui.cachedList.append(Object.assign(document.createElement('li'), { textContent: 'none' }));
+}
+
+async function loadModel(url, { restoring = null } = {}) {
+  // The Load button cancels a load under way.
+  if (loading) return loading.abort();
   showError(null);
+  const previous = engineUrl;
   if (engine) {
     await engine.dispose();
     engine = null;
+    engineUrl = null;
   }
   history = [];
   ui.transcript.replaceChildren();
   setBusy(false);
-  ui.load.disabled = true;
+  loading = new AbortController();
+  ui.load.textContent = 'Cancel';
   ui.progress.hidden = false;
   ui.bar.value = 0;
   ui.info.textContent = '';
@@ -82,6 +118,7 @@ async function loadModel(url) {
   let firstCached = null;
   try {
     engine = await createEngine(url, {
+      signal: loading.signal,
       onProgress: (p) => {
         if (!p.totalBytes) return;
         firstCached ??= p.cachedBytes;
@@ -104,11 +141,25 @@ async function loadModel(url) {
       },
     });
   } catch (e) {
+    loading = null;
+    ui.load.textContent = 'Load';
     ui.progress.hidden = true;
     ui.load.disabled = false;
-    showError(`Could not load the model. ${explain(e)}`);
+    const why = e?.name === 'AbortError' ? 'The load was cancelled.' : `Could not load the model. ${explain(e)}`;
+    // A failed switch brings the model before it back (its copy is cached).
+    if (previous && e?.name !== 'AbortError') {
+      await loadModel(previous, { restoring: why });
+      return;
+    }
+    showError(restoring ? `${restoring} (and the model before it failed to load again)` : why);
+    await showCached();
     return;
   }
+  loading = null;
+  engineUrl = resolveModelUrl(url);
+  ui.load.textContent = 'Load';
+  if (restoring) showError(`${restoring} The model before it is loaded again.`);
+  showCached();
   const i = engine.info;
   ui.info.textContent =
     `${i.name}: ${i.architecture}, ${i.layers} layers, context ${i.context} of ${i.model_context} (KV cache ${mb(i.kv_cache_bytes)}), loaded in ${(i.loadMs / 1000).toFixed(1)} s ` +
@@ -124,7 +175,7 @@ async function send(text) {
   if (!engine || generating || !text.trim()) return;
   showError(null);
   history.push({ role: 'user', content: text });
-  addMessage('user', text);
+  const asked = addMessage('user', text);
   const bubble = addMessage('assistant', '');
   bubble.classList.add('pending');
   setBusy(true);
@@ -156,9 +207,13 @@ async function send(text) {
         `decode ${s.decode_tokens_per_s.toFixed(1)} tok/s` +
         (s.expert_cache ? ` · expert cache hit rate ${((100 * s.expert_cache.hits) / Math.max(1, s.expert_cache.hits + s.expert_cache.misses)).toFixed(0)}%` : '');
   } catch (e) {
+    // The turn is dropped from the history, so from the screen too; its text
+    // goes back to the input to send again.
     history.pop();
     showError(explain(e));
-    if (!reply) bubble.remove();
+    asked.remove();
+    bubble.remove();
+    if (!ui.input.value) ui.input.value = text;
   } finally {
     bubble.classList.remove('pending');
     setBusy(false);
@@ -200,6 +255,7 @@ async function start() {
     // Served by something other than `baleen serve`: only URLs.
   }
   for (const m of models) ui.select.append(new Option(`${m.name} (${mb(m.bytes)})`, m.url));
+  showCached();
   if (!models.length) ui.select.append(new Option('(no local models: enter a URL)', ''));
   // ?model=URL loads that model; ?autoload=0 loads nothing; otherwise the first local one.
   const params = new URLSearchParams(location.search);
@@ -210,5 +266,5 @@ async function start() {
 }
 
 // For tests and the console.
-window.baleenApp = { get engine() { return engine; }, addMessage, send, loadModel };
+window.baleenApp = { get engine() { return engine; }, get history() { return history; }, addMessage, send, loadModel, showCached };
 start();

@@ -188,5 +188,20 @@ export function createEngine(
      * else by Range requests), with replies identical to all resident.
      * Default: all resident while they take at most 2 GiB, else 2 GiB. */
     expertCacheBytes?: number;
+    /** Aborting it cancels the load: its worker ends, the promise rejects with an AbortError. */
+    signal?: AbortSignal;
   },
 ): Promise<Engine>;
+
+export interface CachedModel {
+  url: string;
+  /** Bytes in the cache, of the file's size. */
+  bytes: number;
+  size: number;
+  complete: boolean;
+}
+
+/** The models in this browser's cache, largest first. */
+export function cachedModels(): Promise<CachedModel[]>;
+/** Drop a model's cached copy; the number of cache entries deleted. */
+export function deleteCachedModel(url: string): Promise<number>;

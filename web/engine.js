@@ -95,7 +95,8 @@ class Engine {
   }
 
   /** @internal */
-  static async start(modelUrl, { onProgress, workerUrl, kvCache, contextLength, expertCacheBytes } = {}) {
+  static async start(modelUrl, { onProgress, workerUrl, kvCache, contextLength, expertCacheBytes, signal } = {}) {
+    signal?.throwIfAborted();
     if (kvCache !== undefined && kvCache !== 'f16' && kvCache !== 'f32') {
       throw new TypeError(`kvCache must be 'f16' or 'f32', not ${JSON.stringify(kvCache)}`);
     }
@@ -120,9 +121,13 @@ class Engine {
     );
     const pkg = new URL('/pkg/baleen.js', import.meta.url).href;
     worker.postMessage({ id: 0, type: 'load', url: resolveModelUrl(modelUrl), pkg, kvCache, contextLength, expertCacheBytes });
+    // Cancelling a load ends its worker: downloads stop, the GPU memory goes.
+    const cancelled = new Promise((_, reject) =>
+      signal?.addEventListener('abort', () => reject(new DOMException('the load was cancelled', 'AbortError')), { once: true }),
+    );
     let info;
     try {
-      info = await Promise.race([loaded, workerFailed]);
+      info = await Promise.race([loaded, workerFailed, cancelled]);
     } catch (e) {
       worker.terminate();
       throw e;
@@ -299,7 +304,8 @@ class Engine {
 /**
  * Load a GGUF model (by URL) into a new engine running in a Web Worker.
  * @param {string} modelUrl
- * @param {{ onProgress?: (p: object) => void, workerUrl?: string | URL, kvCache?: 'f16' | 'f32', contextLength?: number, expertCacheBytes?: number }} [opts]
+ * @param {{ onProgress?: (p: object) => void, workerUrl?: string | URL, kvCache?: 'f16' | 'f32', contextLength?: number, expertCacheBytes?: number, signal?: AbortSignal }} [opts]
+ *   signal: aborting it cancels the load (the promise rejects with an AbortError).
  *   kvCache: the KV cache's type (default f16 where the GPU has shader-f16).
  *   contextLength: positions the KV cache holds, at most the model's own
  *   (default: the model's own where the whole cache takes at most 1 GiB, and
@@ -326,6 +332,8 @@ export function resolveModelUrl(modelUrl) {
   const path = file.split('/').map(encodeURIComponent).join('/');
   return `https://huggingface.co/${encodeURIComponent(owner)}/${encodeURIComponent(repo)}/resolve/${encodeURIComponent(rev ?? 'main')}/${path}`;
 }
+
+export { cachedModels, deleteCachedModel } from './loader.js';
 
 export function createEngine(modelUrl, opts) {
   if (typeof modelUrl !== 'string' || modelUrl.length === 0) return Promise.reject(new TypeError('createEngine needs a model URL'));

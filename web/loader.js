@@ -5,6 +5,7 @@
 
 export const CHUNK_BYTES = 4 << 20;
 const CACHE_NAME = 'baleen-models-v1';
+const KEY_PREFIX = 'https://baleen.cache/';
 const RETRIES = 6;
 // Chunks kept in memory: the engine reads tensors in its own order, which
 // jumps back and forth inside a layer's few chunks.
@@ -14,6 +15,42 @@ const IDLE_MS = 250;
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const mb = (n) => `${(n / 1e6).toFixed(1)} MB`;
+
+/**
+ * The models in this browser's cache: `{ url, bytes, size, complete }` each
+ * (`bytes` cached of the file's `size`), largest first.
+ */
+export async function cachedModels() {
+  const cache = await caches.open(CACHE_NAME);
+  const byUrl = new Map();
+  for (const req of await cache.keys()) {
+    if (!req.url.startsWith(KEY_PREFIX)) continue;
+    const rest = req.url.slice(KEY_PREFIX.length);
+    const slash = rest.lastIndexOf('/');
+    const url = decodeURIComponent(rest.slice(0, slash));
+    const what = rest.slice(slash + 1);
+    const m = byUrl.get(url) ?? { url, chunks: [], size: 0 };
+    if (what === 'meta') m.size = (await (await cache.match(req)).json()).size;
+    else m.chunks.push(Number(what));
+    byUrl.set(url, m);
+  }
+  // A chunk's bytes from its index and the file's size (no chunk is read).
+  return [...byUrl.values()]
+    .map(({ url, chunks, size }) => {
+      const bytes = chunks.reduce((n, i) => n + Math.max(0, Math.min(CHUNK_BYTES, size - i * CHUNK_BYTES)), 0);
+      return { url, bytes, size, complete: size > 0 && bytes === size };
+    })
+    .sort((a, b) => b.bytes - a.bytes);
+}
+
+/** Delete a model's cached copy (its URL as `cachedModels` lists it); the number of entries dropped. */
+export async function deleteCachedModel(url) {
+  const cache = await caches.open(CACHE_NAME);
+  const prefix = `${KEY_PREFIX}${encodeURIComponent(new URL(url, self.location.href).href)}/`;
+  let n = 0;
+  for (const req of await cache.keys()) if (req.url.startsWith(prefix) && (await cache.delete(req))) n++;
+  return n;
+}
 
 /** A plain-words error for a failed request. */
 function httpError(url, res) {
@@ -45,7 +82,7 @@ export class ModelFile {
   }
 
   key(what) {
-    return `https://baleen.cache/${encodeURIComponent(this.url)}/${what}`;
+    return `${KEY_PREFIX}${encodeURIComponent(this.url)}/${what}`;
   }
 
   /** Learn the size (and whether the cached copy is still this file). */
@@ -72,6 +109,8 @@ export class ModelFile {
     this.size = head.size;
     if (meta && (meta.size !== head.size || meta.validator !== head.validator)) await this.forget();
     if (this.cache) {
+      // Ask once that the browser keep the copy under storage pressure (it may say no).
+      await navigator.storage?.persist?.().catch(() => false);
       await this.checkQuota();
       await this.put(this.key('meta'), new Response(JSON.stringify({ size: head.size, validator: head.validator })));
     }

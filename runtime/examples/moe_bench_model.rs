@@ -3,10 +3,10 @@
 //! `baleen bench` shows whether decode cost follows the active experts or all
 //! of them (tests/scripts/bench.sh runs it with 8 and 64).
 //!
-//!   cargo run --release --example moe_bench_model -- OUT.gguf EXPERTS [GROUPS]
+//!   cargo run --release --example moe_bench_model -- OUT.gguf EXPERTS [GROUPS [TOP_K]]
 //!
 //! Shape: hidden 512, 4 layers (the first dense), 8 heads, q-LoRA 256, latent
-//! rank 128, nope 64 + rope 32, v 64, experts of width 256 (top 6, one shared),
+//! rank 128, nope 64 + rope 32, v 64, experts of width 256 (top 6 unless told, one shared),
 //! Q4_0 matrices; the tokenizer is the tiny fixtures' (tests/fixtures/tiny-deepseek-v3).
 
 use baleen::format::gguf::{self, writer};
@@ -25,26 +25,27 @@ const ROPE: u64 = 32;
 const V: u64 = 64;
 const FFN: u64 = 1024;
 const EXPERT_FFN: u64 = 256;
-const TOP_K: u64 = 6;
 const VOCAB: u64 = 384;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let (out, experts, groups) = match args.as_slice() {
-        [_, out, e] => (out.clone(), e.parse::<u64>().expect("EXPERTS is a number"), None),
-        [_, out, e, g] => (out.clone(), e.parse::<u64>().expect("EXPERTS is a number"), Some(g.parse::<u64>().expect("GROUPS is a number"))),
+    let n = |s: &str, what: &str| s.parse::<u64>().unwrap_or_else(|_| panic!("{what} is a number"));
+    let (out, experts, groups, top_k) = match args.as_slice() {
+        [_, out, e] => (out.clone(), n(e, "EXPERTS"), None, 6),
+        [_, out, e, g] => (out.clone(), n(e, "EXPERTS"), Some(n(g, "GROUPS")), 6),
+        [_, out, e, g, k] => (out.clone(), n(e, "EXPERTS"), Some(n(g, "GROUPS")), n(k, "TOP_K")),
         _ => {
-            eprintln!("usage: moe_bench_model OUT.gguf EXPERTS [GROUPS]");
+            eprintln!("usage: moe_bench_model OUT.gguf EXPERTS [GROUPS [TOP_K]]");
             std::process::exit(2);
         }
     };
-    write(&out, experts, groups);
+    write(&out, experts, groups, top_k);
 }
 
 /// Write the model with `experts` routed experts (in `groups` groups; by
-/// default 8 from 16 experts on, else 1) to `out`. (Also called by the
-/// paging test, which includes this file.)
-pub fn write(out: &str, experts: u64, groups: Option<u64>) {
+/// default 8 from 16 experts on, else 1), `top_k` a token (the benchmark's
+/// 6), to `out`. (Also called by the paging test, which includes this file.)
+pub fn write(out: &str, experts: u64, groups: Option<u64>, top_k: u64) {
     let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tiny-deepseek-v3/model.gguf");
     let src = Arc::new(FileSource::open(std::path::Path::new(fixture)).expect("the tiny DeepSeek fixture"));
     let tiny = gguf::parse(src).expect("a GGUF");
@@ -67,7 +68,7 @@ pub fn write(out: &str, experts: u64, groups: Option<u64>) {
         u("attention.value_length_mla", V),
         u("rope.dimension_count", ROPE),
         u("expert_count", experts),
-        u("expert_used_count", TOP_K),
+        u("expert_used_count", top_k),
         u("expert_shared_count", 1),
         u("expert_feed_forward_length", EXPERT_FFN),
         u("leading_dense_block_count", 1),

@@ -29,9 +29,11 @@ const DEEPSEEK = 'tiny-deepseek-v3.gguf';
 const TINY = { deepseek2: 'tiny-deepseek-v3', gemma3: 'tiny-gemma3', qwen3moe: 'tiny-qwen3-moe' };
 for (const name of Object.values(TINY)) fs.symlinkSync(`${ROOT}tests/fixtures/${name}/model.gguf`, path.join(models, `${name}.gguf`));
 // The benchmark's synthetic DeepSeek-V3-shaped model: 3 MoE layers of 64 Q4_0
-// experts (45 MB of the 46 MB file), top 6; written here.
-const MOE_BENCH = 'moe-e64.gguf';
-execFileSync(`${ROOT}target/debug/examples/moe_bench_model`, [path.join(models, MOE_BENCH), '64'], { stdio: 'ignore' });
+// experts (45 MB of the 46 MB file), here with one expert a token (its random
+// router spreads a prompt over the experts; with 6 a short prompt's prefill
+// touches nearly all of them); written here.
+const MOE_BENCH = 'moe-e64-top1.gguf';
+execFileSync(`${ROOT}target/debug/examples/moe_bench_model`, [path.join(models, MOE_BENCH), '64', '1', '1'], { stdio: 'ignore' });
 fs.mkdirSync(ARTIFACTS, { recursive: true });
 
 const results = [];
@@ -367,12 +369,11 @@ await test('paged experts over a slow link: the first token comes before the dow
   // the dense part by its own ranges; the reply's misses fetch just their
   // experts; the chunks fill the cache in the background.
   const file = path.join(models, MOE_BENCH);
-  const budget = (3 * 64 * 245760) / 4;
+  const budget = (3 * 64 * 245760) / 4; // 48 slots: one token needs 1 a layer
   const question = 'Hi';
-  const want = await baleenJson(BIN, ['run', '--model', file, '--chat', '--prompt', question, '--temperature', '0', '--max-tokens', '6', '--expert-cache', String(budget), '--json']);
   const size = fs.statSync(file).size;
   const p = await openPage(context, `${base}?autoload=0`);
-  const run = async () => {
+  const run = async (budget) => {
     proxy.reset();
     return p.evaluate(async ({ url, question, budget }) => {
       const { createEngine } = await import('/engine.js');
@@ -380,7 +381,7 @@ await test('paged experts over a slow link: the first token comes before the dow
       let downloadedAt = null;
       const phases = new Set();
       const e = await createEngine(url, {
-        expertCacheBytes: budget,
+        ...(budget ? { expertCacheBytes: budget } : {}),
         onProgress: (q) => {
           phases.add(q.phase);
           if (q.phase === 'downloaded') downloadedAt = performance.now() - t0;
@@ -398,7 +399,7 @@ await test('paged experts over a slow link: the first token comes before the dow
       }
       const stats = e.stats();
       // The background download's end (on a reload, from the cache at once).
-      while (downloadedAt === null && performance.now() - t0 < 120000) await new Promise((r) => setTimeout(r, 50));
+      while (budget && downloadedAt === null && performance.now() - t0 < 120000) await new Promise((r) => setTimeout(r, 50));
       await e.dispose();
       return { info, firstAt, downloadedAt, content, stats, phases: [...phases] };
     }, { url: `/models/${MOE_BENCH}`, question, budget });
@@ -406,24 +407,27 @@ await test('paged experts over a slow link: the first token comes before the dow
   proxy.throttle(8e6); // 8 MB/s: the reply's misses and the background fill share it
   let got;
   try {
-    got = await run();
+    got = await run(budget);
   } finally {
     proxy.throttle(0);
   }
   console.log(`     load ${(got.info.loadMs / 1000).toFixed(1)} s (${(got.info.downloadedBytes / 1e6).toFixed(1)} of ${(size / 1e6).toFixed(1)} MB), first token at ${(got.firstAt / 1000).toFixed(1)} s, all downloaded at ${(got.downloadedAt / 1000).toFixed(1)} s; expert cache ${JSON.stringify(got.stats.expert_cache)}`);
-  assert.equal(got.content, want.text);
   // The load reads the header's chunk and the dense part's own bytes.
   assert.ok(got.info.downloadedBytes < size / 4, `the load downloaded ${got.info.downloadedBytes} of ${size} bytes`);
   assert.ok(got.downloadedAt !== null && got.firstAt < got.downloadedAt, `first token at ${got.firstAt} ms, downloaded at ${got.downloadedAt} ms`);
   assert.deepEqual(got.phases, ['header', 'weights', 'ready', 'experts', 'downloaded'].filter((ph) => got.phases.includes(ph)));
   assert.ok(got.phases.includes('experts') && got.phases.includes('downloaded'), got.phases.join());
   const s = got.stats.expert_cache;
-  assert.equal(s.slots, 48);
-  assert.equal(s.misses, want.expert_cache.misses);
-  // Reloaded: every byte from the cache, the same reply.
-  const again = await run();
-  assert.equal(again.content, want.text);
+  assert.ok(s.slots === 48 && s.misses > 0, JSON.stringify(s));
+  // Reloaded: every byte from the cache, the same reply; and the same as
+  // with every expert resident (on this adapter: the random weights' greedy
+  // picks are too close to agree across adapters).
+  const again = await run(budget);
   assert.equal(proxy.stats.modelBytes, 0, `${proxy.stats.modelBytes} model bytes requested on the reload`);
+  const resident = await run(null);
+  assert.equal(resident.info.expert_cache, null);
+  assert.equal(again.content, got.content);
+  assert.equal(resident.content, got.content);
   await p.close();
 });
 
@@ -669,6 +673,66 @@ await test('a download broken off mid-file resumes and gives the same reply', as
   assert.ok(proxy.stats.modelBytes < size + (5 << 20), `${proxy.stats.modelBytes} bytes for a ${size}-byte file`);
   assert.equal(info.downloadedBytes, size);
   assert.equal((await reply(page, greedy)).choices[0].message.content, greedyText);
+});
+
+await test('the chat page: a failed reply leaves no trace, a failed switch brings the model back, a load can be cancelled, stored models are listed and deleted', async () => {
+  const tiny = `/models/${DEEPSEEK}`;
+  const p = await openPage(context, `${base}?model=${encodeURIComponent(tiny)}`);
+  await p.waitForSelector('body[data-state=ready]', { timeout: 300_000 });
+  const bubbles = () => p.$$eval('.msg', (els) => els.map((e) => e.className));
+  // A reply that fails (a prompt past the context): the turn leaves the
+  // screen as it leaves the history, and its text goes back to the input.
+  const long = 'x '.repeat(9000);
+  await p.fill('#input', long);
+  await p.click('#send');
+  await p.waitForFunction(() => !document.getElementById('error').hidden);
+  await p.waitForSelector('body[data-state=ready]', { timeout: 300_000 });
+  assert.match(await p.textContent('#error'), /does not fit the model's context/);
+  assert.deepEqual(await bubbles(), []);
+  assert.deepEqual(await p.evaluate(() => window.baleenApp.history), []);
+  assert.equal(await p.inputValue('#input'), long);
+  await p.fill('#input', 'Hello there');
+  await p.click('#send');
+  await p.waitForSelector('body[data-state=ready]', { timeout: 300_000 });
+  assert.deepEqual(await bubbles(), ['msg user', 'msg assistant']);
+  assert.equal((await p.evaluate(() => window.baleenApp.history)).length, 2);
+
+  // A switch to a file that is not a model: said, and the model before it is back.
+  await p.evaluate(() => window.baleenApp.loadModel('/models/not-a-model.gguf'));
+  assert.match(await p.textContent('#error'), /Could not load the model\. .*The model before it is loaded again\./);
+  assert.equal(await p.evaluate(() => window.baleenApp.engine?.info.architecture), 'deepseek2');
+
+  // A load under way, cancelled with the Load button (now Cancel).
+  const slow = p.evaluate((u) => window.baleenApp.loadModel(u), MODEL_URL);
+  await p.waitForFunction(() => document.getElementById('load').textContent === 'Cancel');
+  await p.click('#load');
+  await slow;
+  assert.match(await p.textContent('#error'), /The load was cancelled\./);
+  assert.equal(await p.textContent('#load'), 'Load');
+  assert.equal(await p.evaluate(() => window.baleenApp.engine), null);
+
+  // The stored models: listed with their bytes; one not in use deleted.
+  await p.evaluate((u) => window.baleenApp.loadModel(u), tiny);
+  await p.evaluate(() => window.baleenApp.showCached());
+  const listed = await p.evaluate(async () => (await import('/engine.js')).cachedModels());
+  const url = (f) => new URL(`/models/${f}`, base).href;
+  const entry = (f) => listed.find((m) => m.url === url(f));
+  assert.equal(entry(DEEPSEEK)?.bytes, fs.statSync(`${ROOT}tests/fixtures/tiny-deepseek-v3/model.gguf`).size, JSON.stringify(listed));
+  assert.ok(entry(DEEPSEEK).complete);
+  // (The file that is not a model was fetched whole before it was refused;
+  // SmolLM2, cancelled, holds what came before the cancel, if earlier tests left none.)
+  assert.ok(entry('not-a-model.gguf')?.complete, JSON.stringify(listed));
+  assert.ok(!entry(MODEL_FILE) || entry(MODEL_FILE).bytes <= fs.statSync(MODEL_PATH).size);
+  const items = await p.$$eval('#cached-list li', (els) => els.map((e) => [e.textContent, e.querySelector('button')?.disabled]));
+  assert.ok(items.some(([t, inUse]) => t.startsWith(`${DEEPSEEK}:`) && inUse), JSON.stringify(items));
+  const gone = 'not-a-model.gguf';
+  await p.click('#cached summary');
+  const i = items.findIndex(([t]) => t.startsWith(`${gone}:`));
+  await p.click(`#cached-list li:nth-child(${i + 1}) button`);
+  await p.waitForFunction((f) => ![...document.querySelectorAll('#cached-list li')].some((e) => e.textContent.startsWith(`${f}:`)), gone);
+  const after = await p.evaluate(async () => (await import('/engine.js')).cachedModels());
+  assert.ok(!after.some((m) => m.url === url(gone)) && after.some((m) => m.url === url(DEEPSEEK)), JSON.stringify(after));
+  await p.close();
 });
 
 await browser.close();

@@ -473,7 +473,7 @@ fn a_deepseek_shaped_model_four_times_over_its_expert_budget_pages_exactly() {
     let gpu = gpu();
     let dir = common::TempDir::new("paged-synthetic");
     let path = dir.0.join("moe-e64.gguf");
-    moe_bench_model::write(path.to_str().unwrap(), 64, None);
+    moe_bench_model::write(path.to_str().unwrap(), 64, None, 6);
     let m = ModelFiles::open(&path).unwrap();
     let prompt: Vec<u32> = (0..6).map(|i| (i * 37 + 5) % m.config.vocab as u32).collect();
     for textures in [false, true] {
