@@ -151,6 +151,10 @@ export interface ModelInfo {
   bytes: number;
   downloadedBytes: number;
   cachedBytes: number;
+  /** Cached chunks that no longer matched their digest, fetched again. */
+  corruptChunks: number;
+  /** The digest the whole file was checked against, if any. */
+  sha256: string | null;
 }
 
 export interface Engine {
@@ -190,6 +194,10 @@ export function createEngine(
     expertCacheBytes?: number;
     /** Aborting it cancels the load: its worker ends, the promise rejects with an AbortError. */
     signal?: AbortSignal;
+    /** The file's SHA-256 (64 hex digits) from its publisher: the load checks the whole file
+     * against it (default: the hub's LFS sha256 where the server names it) and fails on a
+     * mismatch, dropping the cached copy. */
+    sha256?: string;
   },
 ): Promise<Engine>;
 

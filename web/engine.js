@@ -95,8 +95,9 @@ class Engine {
   }
 
   /** @internal */
-  static async start(modelUrl, { onProgress, workerUrl, kvCache, contextLength, expertCacheBytes, signal } = {}) {
+  static async start(modelUrl, { onProgress, workerUrl, kvCache, contextLength, expertCacheBytes, signal, sha256 } = {}) {
     signal?.throwIfAborted();
+    if (sha256 !== undefined && !/^[0-9a-f]{64}$/.test(sha256)) throw new TypeError('sha256 must be the file\'s SHA-256 as 64 lowercase hex digits');
     if (kvCache !== undefined && kvCache !== 'f16' && kvCache !== 'f32') {
       throw new TypeError(`kvCache must be 'f16' or 'f32', not ${JSON.stringify(kvCache)}`);
     }
@@ -120,7 +121,7 @@ class Engine {
       pending.set(0, (m) => (m.error !== undefined ? reject(new Error(m.error)) : resolve(m.result))),
     );
     const pkg = new URL('/pkg/baleen.js', import.meta.url).href;
-    worker.postMessage({ id: 0, type: 'load', url: resolveModelUrl(modelUrl), pkg, kvCache, contextLength, expertCacheBytes });
+    worker.postMessage({ id: 0, type: 'load', url: resolveModelUrl(modelUrl), pkg, kvCache, contextLength, expertCacheBytes, sha256 });
     // Cancelling a load ends its worker: downloads stop, the GPU memory goes.
     const cancelled = new Promise((_, reject) =>
       signal?.addEventListener('abort', () => reject(new DOMException('the load was cancelled', 'AbortError')), { once: true }),
@@ -306,6 +307,10 @@ class Engine {
  * @param {string} modelUrl
  * @param {{ onProgress?: (p: object) => void, workerUrl?: string | URL, kvCache?: 'f16' | 'f32', contextLength?: number, expertCacheBytes?: number, signal?: AbortSignal }} [opts]
  *   signal: aborting it cancels the load (the promise rejects with an AbortError).
+ *   sha256: the file's SHA-256 (hex) as its publisher gives it: the load checks the
+ *   whole file against it (default: the hub's LFS sha256 where the server names it)
+ *   and fails with a plain error on a mismatch, dropping the cached copy. Each cached
+ *   chunk is checked against its own digest whenever it is reused.
  *   kvCache: the KV cache's type (default f16 where the GPU has shader-f16).
  *   contextLength: positions the KV cache holds, at most the model's own
  *   (default: the model's own where the whole cache takes at most 1 GiB, and

@@ -14,6 +14,13 @@ const RECENT_CHUNKS = 8;
 const IDLE_MS = 250;
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const DIGEST_HEADER = 'x-baleen-sha256';
+
+/** SHA-256 of `bytes`, lowercase hex. */
+async function sha256(bytes) {
+  const d = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes));
+  return Array.from(d, (b) => b.toString(16).padStart(2, '0')).join('');
+}
 const mb = (n) => `${(n / 1e6).toFixed(1)} MB`;
 
 /**
@@ -79,6 +86,8 @@ export class ModelFile {
     this.urgent = 0; // reads and prefetches under way: the background fill waits for them
     this.lastUrgent = 0; // when the last of them ended (ms)
     this.stopped = false;
+    this.corrupt = 0; // cached chunks whose bytes no longer matched their digest (fetched again)
+    this.publishedSha256 = null; // the file's digest as its server states it (a hub's LFS sha256), if it does
   }
 
   key(what) {
@@ -135,6 +144,9 @@ export class ModelFile {
       if (!(size > 0)) throw new Error(`download failed: ${this.url} does not say its size; the server must support Range requests`);
     }
     const validator = res.headers.get('etag') || res.headers.get('last-modified') || '';
+    // The Hugging Face hub names an LFS file's SHA-256 in X-Linked-ETag.
+    const linked = (res.headers.get('x-linked-etag') || '').replace(/^W\//, '').replace(/"/g, '');
+    if (/^[0-9a-f]{64}$/.test(linked)) this.publishedSha256 = linked;
     return { size, validator };
   }
 
@@ -294,13 +306,19 @@ export class ModelFile {
     let bytes = null;
     const hit = this.cache && (await this.cache.match(key));
     if (hit) {
+      // Each chunk is checked against the digest stored beside it: a damaged
+      // or altered entry is dropped and fetched again.
       bytes = new Uint8Array(await hit.arrayBuffer());
-      if (bytes.length !== expected) bytes = null; // a damaged entry: fetch again
-      else if (!this.seen.has(index)) this.fromCache += bytes.length;
+      const want = hit.headers.get(DIGEST_HEADER);
+      if (bytes.length !== expected || !want || (await sha256(bytes)) !== want) {
+        bytes = null;
+        this.corrupt++;
+        await this.cache.delete(key);
+      } else if (!this.seen.has(index)) this.fromCache += bytes.length;
     }
     if (!bytes) {
       bytes = await this.download(index * CHUNK_BYTES, expected);
-      if (this.cache) await this.put(key, new Response(bytes));
+      if (this.cache) await this.put(key, new Response(bytes, { headers: { [DIGEST_HEADER]: await sha256(bytes) } }));
     }
     if (!this.seen.has(index)) {
       this.seen.add(index);

@@ -7,7 +7,7 @@
 //               { type: 'interrupt' } · { id, type: 'reset' } · { id, type: 'profile', reps } · { id, type: 'dispose' }
 // Messages out: { type: 'progress', progress } · { id, delta } · { id, result } · { id, error }
 
-import { ModelFile } from './loader.js';
+import { CHUNK_BYTES, ModelFile } from './loader.js';
 
 let wasm = null;
 let engine = null;
@@ -30,7 +30,22 @@ function partialStop(text, stops) {
   return hold;
 }
 
-async function load({ url, pkg, kvCache, contextLength, expertCacheBytes }) {
+/**
+ * Check the whole file against `want` (its publisher's SHA-256), chunk by
+ * chunk in order, from the cache; on a mismatch drop the cached copy.
+ */
+async function verify(file, want) {
+  const h = new wasm.Sha256();
+  for (let i = 0; i * CHUNK_BYTES < file.size; i++) h.update(await file.chunk(i, false));
+  const got = h.finish();
+  if (got === want) return;
+  await file.forget();
+  throw new Error(
+    `${file.url} is not the file it should be: its SHA-256 is ${got}, not ${want}. Its cached copy was dropped; check the URL and the digest.`,
+  );
+}
+
+async function load({ url, pkg, kvCache, contextLength, expertCacheBytes, sha256 }) {
   if (!self.navigator.gpu) {
     throw new Error(
       'WebGPU is not available in this browser. Use a recent Chrome or Edge (113+), or Firefox/Safari with WebGPU enabled.',
@@ -87,8 +102,18 @@ async function load({ url, pkg, kvCache, contextLength, expertCacheBytes }) {
     contextLength,
     expertCacheBytes,
   );
-  progress('ready', file);
+  const want = sha256 ?? file.publishedSha256;
   const info = JSON.parse(engine.info());
+  if (want && !info.expert_cache) {
+    try {
+      await verify(file, want);
+    } catch (e) {
+      engine.free();
+      engine = null;
+      throw e;
+    }
+  }
+  progress('ready', file);
   if (info.expert_cache) {
     // Generation can start now: the routed experts were skipped. The rest of
     // the file streams into the cache behind the replies' own reads.
@@ -107,10 +132,23 @@ async function load({ url, pkg, kvCache, contextLength, expertCacheBytes }) {
         const p = { phase: 'experts', loadedBytes: file.loaded, totalBytes: file.size, cachedBytes: file.fromCache, residentExperts: e.resident, totalExperts: e.experts, elapsedMs: performance.now() - t0 };
         post({ type: 'progress', progress: p });
       })
-      .then(() => file.loaded === file.size && progress('downloaded', file))
+      .then(async () => {
+        if (file.loaded !== file.size) return;
+        // Verified once all of it is in (a mismatch drops the copy: the next load fetches it again).
+        if (want) await verify(file, want);
+        progress('downloaded', file);
+      })
       .catch((err) => console.warn(`baleen: the background download stopped (${err?.message ?? err}); misses are fetched on demand`));
   }
-  return { ...info, loadMs: performance.now() - t0, downloadedBytes: file.network, cachedBytes: file.fromCache, bytes: file.size };
+  return {
+    ...info,
+    loadMs: performance.now() - t0,
+    downloadedBytes: file.network,
+    cachedBytes: file.fromCache,
+    bytes: file.size,
+    corruptChunks: file.corrupt,
+    sha256: want && !info.expert_cache ? want : null,
+  };
 }
 
 async function chat(id, { messages, options, stop }) {

@@ -134,6 +134,32 @@ async fn open_header(name: &str, size: u64, reader: &JsReader) -> Result<ModelFi
 /// Every kernel variant a browser without shader-f16 and subgroups can be
 /// asked for, as `[[name, wgsl], …]`: the browser test compiles them all
 /// with the browser's own WGSL compiler (stricter than naga in places).
+/// An incremental SHA-256 (the page checks a model file against its
+/// publisher's digest chunk by chunk, in order, without holding the file).
+#[wasm_bindgen]
+pub struct Sha256(sha2::Sha256);
+
+#[wasm_bindgen]
+impl Sha256 {
+    #[wasm_bindgen(constructor)]
+    pub fn new() -> Sha256 {
+        Sha256(<sha2::Sha256 as sha2::Digest>::new())
+    }
+    pub fn update(&mut self, bytes: &[u8]) {
+        sha2::Digest::update(&mut self.0, bytes);
+    }
+    /// The digest, lowercase hex.
+    pub fn finish(self) -> String {
+        sha2::Digest::finalize(self.0).iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl Default for Sha256 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[wasm_bindgen(js_name = shaderVariants)]
 pub fn shader_variants() -> js_sys::Array {
     let out = js_sys::Array::new();

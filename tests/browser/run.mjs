@@ -735,6 +735,54 @@ await test('the chat page: a failed reply leaves no trace, a failed switch bring
   await p.close();
 });
 
+await test('checked weights: a cached chunk altered on disk is fetched again; a wrong publisher digest fails and drops the copy', async () => {
+  const tiny = `/models/${DEEPSEEK}`;
+  const fixture = `${ROOT}tests/fixtures/tiny-deepseek-v3/model.gguf`;
+  const right = (await import('node:crypto')).createHash('sha256').update(fs.readFileSync(fixture)).digest('hex');
+  const p = await openPage(context, `${base}?autoload=0`);
+  const load = (opts) =>
+    p.evaluate(
+      async ({ url, opts }) => {
+        const { createEngine } = await import('/engine.js');
+        try {
+          const e = await createEngine(url, opts);
+          const r = await e.chat.completions.create({ messages: [{ role: 'user', content: 'Hello there' }], temperature: 0, max_tokens: 8 });
+          const info = e.info;
+          await e.dispose();
+          return { info, content: r.choices[0].message.content };
+        } catch (x) {
+          return { error: x.message };
+        }
+      },
+      { url: tiny, opts },
+    );
+  const first = await load({ sha256: right });
+  assert.equal(first.info?.sha256, right, JSON.stringify(first));
+  // Alter the cached chunk's bytes, keeping its stored digest: the next load
+  // finds the mismatch, fetches the chunk again and answers as before.
+  await p.evaluate(async (url) => {
+    const cache = await caches.open('baleen-models-v1');
+    const key = (await cache.keys()).find((r) => r.url.startsWith(`https://baleen.cache/${encodeURIComponent(url)}/`) && r.url.endsWith('/0'));
+    const hit = await cache.match(key);
+    const bytes = new Uint8Array(await hit.arrayBuffer());
+    bytes[1000] ^= 0xff;
+    await cache.put(key, new Response(bytes, { headers: hit.headers }));
+  }, new URL(tiny, base).href);
+  proxy.reset();
+  const again = await load({});
+  assert.equal(again.info.corruptChunks, 1, JSON.stringify(again.info));
+  assert.equal(proxy.stats.modelBytes, fs.statSync(fixture).size);
+  assert.equal(again.content, first.content);
+  // A wrong digest: a plain error, and the cached copy is gone.
+  const wrong = await load({ sha256: '0'.repeat(64) });
+  assert.match(wrong.error, /is not the file it should be: its SHA-256 is [0-9a-f]{64}, not 0{64}\. Its cached copy was dropped/);
+  const listed = await p.evaluate(async () => (await import('/engine.js')).cachedModels());
+  assert.ok(!listed.some((m) => m.url === new URL(tiny, base).href), JSON.stringify(listed));
+  const bad = await load({ sha256: 'abc' });
+  assert.match(bad.error, /sha256 must be the file's SHA-256 as 64 lowercase hex digits/);
+  await p.close();
+});
+
 await browser.close();
 proxy.stop();
 serve.stop();
