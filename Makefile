@@ -13,7 +13,7 @@ WASM_BINDGEN_VERSION := $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/^version 
 NODE_DEPS := tests/browser/node_modules/.package-lock.json
 WASM_OPT := tests/browser/node_modules/.bin/wasm-opt
 
-.PHONY: test demo setup models wasm wasm-check browser-test fuzz-smoke fuzz bench bench-browser bench-swiftshader tools clean
+.PHONY: test demo setup models wasm wasm-check package browser-test fuzz-smoke fuzz bench bench-browser bench-swiftshader tools clean
 
 ## Everything CI runs: unit, integration and model tests, the browser tests,
 ## then a short fuzz run.
@@ -47,7 +47,16 @@ wasm-check:
 	cargo check --lib -p baleen --target wasm32-unknown-unknown --no-default-features --features gpu
 
 ## The page in Chromium (WebGPU on SwiftShader), driven by Playwright.
-browser-test: models wasm $(NODE_DEPS)
+## The npm package (baleen-web): web/'s engine, worker and loader, the wasm, into
+## target/package/, and `npm pack` of it (target/package/baleen-web-VERSION.tgz).
+package: wasm
+	rm -rf target/package && mkdir -p target/package/pkg
+	cp web/engine.js web/engine.d.ts web/worker.js web/loader.js web/package.json target/package/
+	cp web/PACKAGE.md target/package/README.md
+	cp pkg/baleen.js pkg/baleen_bg.wasm target/package/pkg/
+	cd target/package && npm pack --silent
+
+browser-test: models wasm package $(NODE_DEPS)
 	cargo build -p baleen
 	cargo build -p baleen --example moe_bench_model
 	node tests/browser/run.mjs

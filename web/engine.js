@@ -120,7 +120,8 @@ class Engine {
     const loaded = new Promise((resolve, reject) =>
       pending.set(0, (m) => (m.error !== undefined ? reject(new Error(m.error)) : resolve(m.result))),
     );
-    const pkg = new URL('/pkg/baleen.js', import.meta.url).href;
+    // The wasm beside this module (served: /pkg/; the npm package: ./pkg/).
+    const pkg = new URL('./pkg/baleen.js', import.meta.url).href;
     worker.postMessage({ id: 0, type: 'load', url: resolveModelUrl(modelUrl), pkg, kvCache, contextLength, expertCacheBytes, sha256 });
     // Cancelling a load ends its worker: downloads stop, the GPU memory goes.
     const cancelled = new Promise((_, reject) =>

@@ -44,7 +44,7 @@ export function startServe(bin, { models, web = `${ROOT}web`, pkg = `${ROOT}pkg`
  * `proxy.cutNext({ fromOffset, afterBytes })` cuts the next model GET whose
  * Range starts at or after `fromOffset` once `afterBytes` have been sent.
  */
-const MIME = { '.js': 'text/javascript', '.wasm': 'application/wasm', '.json': 'application/json' };
+const MIME = { '.js': 'text/javascript', '.wasm': 'application/wasm', '.json': 'application/json', '.html': 'text/html' };
 
 /** Also serves `statics` ({ '/prefix/': folder }) itself (the benchmark's wllama). */
 export function startProxy(target, statics = {}) {

@@ -85,7 +85,9 @@ function rawGet(url, pathname) {
 }
 
 const serve = await startServe(BIN, { models });
-const proxy = await startProxy(serve.url);
+// A tiny app built on the npm package with a bundler, served at /app/ (the package test).
+const APP = fs.mkdtempSync(path.join(os.tmpdir(), 'baleen-app-'));
+const proxy = await startProxy(serve.url, { '/app/': path.join(APP, 'dist') });
 const browser = await launchChromium();
 const context = await browser.newContext();
 const base = proxy.url;
@@ -783,10 +785,53 @@ await test('checked weights: a cached chunk altered on disk is fetched again; a 
   await p.close();
 });
 
+await test('the npm package: installed from its tarball, bundled into an app with esbuild, it answers as /engine.js does', async () => {
+  const tarball = fs.readdirSync(`${ROOT}target/package`).find((f) => /^baleen-web-.*\.tgz$/.test(f));
+  assert.ok(tarball, 'make package wrote no tarball');
+  // The served /engine.js is the package's engine.js.
+  const served = await (await fetch(new URL('/engine.js', base))).text();
+  assert.equal(served, fs.readFileSync(`${ROOT}target/package/engine.js`, 'utf8'));
+  fs.writeFileSync(path.join(APP, 'package.json'), JSON.stringify({ name: 'app', private: true, type: 'module' }));
+  execFileSync('npm', ['install', '--no-audit', '--no-fund', '--offline', `${ROOT}target/package/${tarball}`], { cwd: APP, stdio: 'ignore' });
+  fs.writeFileSync(
+    path.join(APP, 'app.js'),
+    `import { createEngine } from 'baleen-web';
+window.ask = async (url, question) => {
+  const engine = await createEngine(url);
+  const r = await engine.chat.completions.create({ messages: [{ role: 'user', content: question }], temperature: 0, max_tokens: 12 });
+  await engine.dispose();
+  return r.choices[0].message.content;
+};
+`,
+  );
+  const dist = path.join(APP, 'dist');
+  execFileSync(`${ROOT}tests/browser/node_modules/.bin/esbuild`, ['app.js', '--bundle', '--format=esm', `--outdir=${dist}`], { cwd: APP, stdio: 'ignore' });
+  // The package's README step: its worker, loader and wasm beside the bundle.
+  const installed = path.join(APP, 'node_modules', 'baleen-web');
+  for (const f of ['worker.js', 'loader.js']) fs.copyFileSync(path.join(installed, f), path.join(dist, f));
+  fs.cpSync(path.join(installed, 'pkg'), path.join(dist, 'pkg'), { recursive: true });
+  fs.writeFileSync(path.join(dist, 'index.html'), '<!doctype html><script type="module" src="app.js"></script>');
+  const p = await openPage(context, `${base}app/index.html`);
+  await p.waitForFunction(() => typeof window.ask === 'function');
+  const question = 'Hello there';
+  const got = await p.evaluate(({ url, q }) => window.ask(url, q), { url: `/models/${DEEPSEEK}`, q: question });
+  const want = await p.evaluate(async ({ url, q }) => {
+    const { createEngine } = await import('/engine.js');
+    const e = await createEngine(url);
+    const r = await e.chat.completions.create({ messages: [{ role: 'user', content: q }], temperature: 0, max_tokens: 12 });
+    await e.dispose();
+    return r.choices[0].message.content;
+  }, { url: `/models/${DEEPSEEK}`, q: question });
+  assert.equal(got, want);
+  assert.ok(got.length > 0);
+  await p.close();
+});
+
 await browser.close();
 proxy.stop();
 serve.stop();
 fs.rmSync(models, { recursive: true, force: true });
+fs.rmSync(APP, { recursive: true, force: true });
 const failed = results.filter(([, ok]) => !ok);
 console.log(`\nbrowser tests: ${results.length - failed.length} passed, ${failed.length} failed`);
 process.exit(failed.length ? 1 : 0);
