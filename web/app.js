@@ -45,7 +45,7 @@ function showError(message) {
 function explain(err) {
   const m = err?.message ?? String(err);
   if (/out of GPU memory|OutOfMemory|allocation/i.test(m)) return `The GPU ran out of memory: ${m}`;
-  if (/device was lost/i.test(m)) return `The GPU stopped working (${m}). Reload the page to try again.`;
+  if (/device was lost|lost mid-reply/i.test(m)) return `The GPU stopped working (${m}). The model was loaded again: send the message again.`;
   return m;
 }
 

@@ -8,8 +8,9 @@ export interface ChatMessage {
 export interface LoadProgress {
   /** 'header': the file's index is read; 'weights': tensors are arriving; 'ready': loaded.
    * With paged experts, after 'ready' (replies can start): 'experts' as the rest of the file
-   * streams into the cache behind the replies' own reads, 'downloaded' once all of it is. */
-  phase: 'header' | 'weights' | 'ready' | 'experts' | 'downloaded';
+   * streams into the cache behind the replies' own reads, 'downloaded' once all of it is.
+   * 'device-lost': the GPU was lost; the model loads again from the cache (then 'ready'). */
+  phase: 'header' | 'weights' | 'ready' | 'experts' | 'downloaded' | 'device-lost';
   loadedBytes: number;
   totalBytes: number;
   /** Of loadedBytes, how many came from the browser's cache. */
@@ -104,6 +105,9 @@ export interface EngineStats {
   decode_tokens_per_s: number;
   /** Paged experts (expertCacheBytes): the cache's counts since load. */
   expert_cache?: ExpertCacheStats;
+  /** After the reply: GPU bytes allocated, and the wasm heap's size (it never shrinks). */
+  gpu_bytes: number;
+  wasm_heap_bytes: number;
 }
 
 export interface ExpertCacheStats {

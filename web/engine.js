@@ -185,6 +185,9 @@ class Engine {
     };
     // Paged experts: the cache's counts since load (budget, slots, hits, misses, …).
     if (r.expert_cache) this.#stats.expert_cache = r.expert_cache;
+    // Memory after the reply: a leak shows as growth over many replies.
+    this.#stats.gpu_bytes = r.gpu_bytes;
+    this.#stats.wasm_heap_bytes = r.wasm_heap_bytes;
   }
 
   #usage(r) {
@@ -270,6 +273,11 @@ class Engine {
         }
       },
     };
+  }
+
+  /** @internal Test hook: destroy the GPU device, as a lost GPU would; the next request loads the model again. */
+  _loseDevice() {
+    return this.#call({ type: 'lose-device' });
   }
 
   /** Stop the reply being generated (it ends with finish_reason "abort"). */

@@ -12,6 +12,8 @@ import { CHUNK_BYTES, ModelFile } from './loader.js';
 let wasm = null;
 let engine = null;
 let model = null; // the model file, while its background download runs
+let lastLoad = null; // the load request, to load again after a lost GPU
+let deltasOf = null; // the request whose reply has sent text
 let interrupted = false;
 
 const post = (m) => self.postMessage(m);
@@ -170,18 +172,47 @@ async function chat(id, { messages, options, stop }) {
       }
       const upto = stopped ? text.length : text.length - partialStop(text, stops);
       if (upto > sent) {
+        deltasOf = id;
         post({ id, delta: text.slice(sent, upto) });
         sent = upto;
       }
       return !(stopped || interrupted);
     }),
   );
-  if (!stopped && text.length > sent) post({ id, delta: text.slice(sent) });
+  if (!stopped && text.length > sent) {
+    deltasOf = id;
+    post({ id, delta: text.slice(sent) });
+  }
   let finish;
   if (stopped || r.stop_reason === 'eos') finish = 'stop';
   else if (r.stop_reason === 'cancelled') finish = 'abort';
   else finish = 'length'; // max_tokens or the context is full
   return { ...r, content: text, finish_reason: finish };
+}
+
+
+/**
+ * A chat turn that survives a lost GPU device (a driver reset, a GPU
+ * process crash): the engine is loaded again, its weights from the cache,
+ * and the turn runs again if none of its text had been sent (else it fails
+ * and the next one runs on the new device). Progress says 'device-lost'.
+ */
+async function chatSurviving(id, m) {
+  try {
+    return await chat(id, m);
+  } catch (err) {
+    if (!lastLoad || !engine?.deviceLost()) throw err;
+    post({ type: 'progress', progress: { phase: 'device-lost', message: err?.message ?? String(err) } });
+    model?.stop();
+    model = null;
+    try {
+      engine?.free();
+    } catch {}
+    engine = null;
+    await load(lastLoad);
+    if (deltasOf === id) throw new Error(`the GPU was lost mid-reply and the model loaded again; send the message again (${err?.message ?? err})`);
+    return await chat(id, m);
+  }
 }
 
 self.onmessage = async (e) => {
@@ -192,8 +223,11 @@ self.onmessage = async (e) => {
   }
   try {
     let result;
-    if (m.type === 'load') result = await load(m);
-    else if (m.type === 'chat') result = await chat(m.id, m);
+    if (m.type === 'load') {
+      result = await load(m);
+      lastLoad = m;
+    } else if (m.type === 'chat') result = await chatSurviving(m.id, m);
+    else if (m.type === 'lose-device') result = engine?.loseDevice();
     else if (m.type === 'reset') result = engine?.reset();
     else if (m.type === 'profile') result = JSON.parse(await engine.profile(m.reps ?? 5));
     else if (m.type === 'dispose') {

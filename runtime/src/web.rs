@@ -263,6 +263,10 @@ struct ChatResult {
     /// The paged experts' cache counts so far, when experts are paged.
     #[serde(skip_serializing_if = "Option::is_none")]
     expert_cache: Option<crate::gpu::paging::ExpertStats>,
+    /// After the reply: the GPU bytes allocated, and the wasm heap's size
+    /// (memory pages × 64 KiB; it never shrinks, so a leak shows as growth).
+    gpu_bytes: u64,
+    wasm_heap_bytes: u64,
 }
 
 /// One token's log-probability entry as OpenAI shapes it.
@@ -308,6 +312,21 @@ impl WebEngine {
             let v = guard.model.profile_by_kind(1, reps.max(1) as usize).await.map_err(to_js)?;
             Ok(JsValue::from_str(&serde_json::to_string(&v).expect("serialisable")))
         })
+    }
+
+    /// Test hook: destroy the GPU device, as a driver reset or a lost GPU
+    /// would (the worker then reloads the model; see worker.js).
+    #[wasm_bindgen(js_name = loseDevice)]
+    pub fn lose_device(&self) -> std::result::Result<(), JsValue> {
+        let inner = self.inner.try_borrow().map_err(|_| busy())?;
+        inner.model.gpu.device.destroy();
+        Ok(())
+    }
+
+    /// Whether the GPU device was lost (then load the model again).
+    #[wasm_bindgen(js_name = deviceLost)]
+    pub fn device_lost(&self) -> bool {
+        self.inner.try_borrow().is_ok_and(|i| i.model.gpu.is_lost())
     }
 
     /// Forget the conversation (the next turn runs its whole prompt).
@@ -389,6 +408,8 @@ async fn chat(inner: &mut Inner, messages: &str, options: &str, on_text: &Functi
         prefill_ms: g.prefill_ms,
         decode_ms: g.decode_ms,
         expert_cache: inner.model.expert_stats(),
+        gpu_bytes: inner.model.gpu.allocated_bytes(),
+        wasm_heap_bytes: core::arch::wasm32::memory_size(0) as u64 * 65536,
         logprobs: o.logprobs.map(|_| {
             g.logprobs
                 .iter()

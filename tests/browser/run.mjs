@@ -785,6 +785,36 @@ await test('checked weights: a cached chunk altered on disk is fetched again; a 
   await p.close();
 });
 
+await test('a lost GPU device: reported, the model loaded again from the cache, the chat goes on; 100 replies leave GPU and wasm memory level', async () => {
+  const p = await openPage(context, `${base}?autoload=0`);
+  const got = await p.evaluate(async (url) => {
+    const { createEngine } = await import('/engine.js');
+    const phases = [];
+    const e = await createEngine(url, { onProgress: (q) => phases.push(q.phase) });
+    const req = { messages: [{ role: 'user', content: 'Hello there' }], temperature: 0, max_tokens: 8 };
+    const before = (await e.chat.completions.create(req)).choices[0].message.content;
+    await e._loseDevice();
+    const after = (await e.chat.completions.create(req)).choices[0].message.content;
+    // Many replies in a row: memory after the 10th and after the 100th.
+    const short = { ...req, max_tokens: 2 };
+    const mem = [];
+    for (let i = 1; i <= 100; i++) {
+      await e.chat.completions.create({ ...short, messages: [{ role: 'user', content: `Question ${i}` }] });
+      if (i === 10 || i === 100) mem.push([e.stats().gpu_bytes, e.stats().wasm_heap_bytes]);
+    }
+    await e.dispose();
+    return { before, after, phases, mem };
+  }, `/models/${DEEPSEEK}`);
+  assert.equal(got.after, got.before);
+  const lost = got.phases.indexOf('device-lost');
+  assert.ok(lost >= 0 && got.phases.indexOf('ready', lost) > lost, got.phases.join());
+  const [[gpu10, heap10], [gpu100, heap100]] = got.mem;
+  console.log(`     after 10 replies: GPU ${gpu10} bytes, wasm heap ${heap10}; after 100: ${gpu100}, ${heap100}`);
+  assert.equal(gpu100, gpu10);
+  assert.equal(heap100, heap10);
+  await p.close();
+});
+
 await test('the npm package: installed from its tarball, bundled into an app with esbuild, it answers as /engine.js does', async () => {
   const tarball = fs.readdirSync(`${ROOT}target/package`).find((f) => /^baleen-web-.*\.tgz$/.test(f));
   assert.ok(tarball, 'make package wrote no tarball');

@@ -293,6 +293,8 @@ pub struct Gpu {
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     /// Errors reported outside an error scope, and device loss.
     failure: Arc<Mutex<Option<String>>>,
+    /// The device was lost (its lost callback ran): nothing on it works again.
+    lost: Arc<std::sync::atomic::AtomicBool>,
     /// Bytes of every buffer made through this `Gpu` (none is freed while a model lives).
     allocated: std::sync::atomic::AtomicU64,
 }
@@ -347,7 +349,10 @@ impl Gpu {
             f.lock().unwrap().get_or_insert_with(|| e.to_string());
         }));
         let f = failure.clone();
+        let lost: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        let l = lost.clone();
         device.set_device_lost_callback(move |reason, msg| {
+            l.store(true, std::sync::atomic::Ordering::Relaxed);
             f.lock().unwrap().get_or_insert_with(|| {
                 format!("the GPU device was lost ({reason:?}: {msg}); reload the model (a driver reset or a tab in the background can cause this)")
             });
@@ -365,6 +370,7 @@ impl Gpu {
             quad_textures: true,
             pipelines: Mutex::default(),
             failure,
+            lost,
             allocated: 0.into(),
         })
     }
@@ -395,6 +401,12 @@ impl Gpu {
 
     pub fn backend_name(&self) -> String {
         format!("{:?}", self.info.backend).to_lowercase()
+    }
+
+    /// Whether the device was lost (a driver reset, a destroyed device):
+    /// the model must be loaded again on a new one.
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Fail if the device reported an error or was lost since the last check.
