@@ -297,3 +297,50 @@ fn hf_folder_with_a_scalar_embedding_is_an_error() {
     let e = baleen::model::ModelFiles::open(&dir.0).err().unwrap().to_string();
     assert!(e.contains("expected [vocab, hidden]"), "{e}");
 }
+
+#[test]
+fn split_ggufs_open_by_their_first_split_as_one_model() {
+    // tiny-qwen3's GGUF cut into 3 splits as llama.cpp's gguf-split does
+    // (`split.*` keys; the metadata in the first, tensors spread over all):
+    // the same tensors, byte for byte, and the same reference logits.
+    use baleen::engine::Backend;
+    use baleen::model::ModelFiles;
+    let whole = ModelFiles::open(&common::fixture("tiny-qwen3/model.gguf")).unwrap();
+    let idx = &whole.index;
+    let dir = common::TempDir::new("split");
+    let count = 3usize;
+    let per = idx.tensors.len().div_ceil(count);
+    for (i, part) in idx.tensors.chunks(per).enumerate() {
+        let split = |k: &str, v: MetaValue| (format!("split.{k}"), v);
+        let mut meta = vec![split("no", MetaValue::U16(i as u16)), split("count", MetaValue::U16(count as u16)), split("tensors.count", MetaValue::I32(idx.tensors.len() as i32))];
+        if i == 0 {
+            meta.extend(idx.metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        let tensors: Vec<writer::Tensor> = part.iter().map(|t| writer::Tensor { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone(), data: idx.read(t).unwrap() }).collect();
+        std::fs::write(dir.0.join(gguf::split_file_name("tiny", i + 1, count)), writer::write(&meta, &tensors)).unwrap();
+    }
+    let first = dir.0.join("tiny-00001-of-00003.gguf");
+    let split = ModelFiles::open(&first).unwrap();
+    assert_eq!(split.index.sources.len(), 3);
+    assert_eq!(split.index.tensors.len(), idx.tensors.len());
+    for t in &idx.tensors {
+        let s = split.index.require(&t.name).unwrap();
+        assert_eq!(split.index.read(s).unwrap(), idx.read(t).unwrap(), "{}", t.name);
+    }
+    let ids = [1u32, 5, 9, 13];
+    let want = baleen::reference::Reference::load(&whole).unwrap().forward(&ids, true).unwrap();
+    let got = baleen::reference::Reference::load(&split).unwrap().forward(&ids, true).unwrap();
+    assert_eq!(got, want);
+
+    // Named by another split, or with one missing: plain errors.
+    let e = ModelFiles::open(&dir.0.join("tiny-00002-of-00003.gguf")).err().unwrap().to_string();
+    assert!(e.contains("split 2 of 3; open the first, tiny-00001-of-00003.gguf"), "{e}");
+    std::fs::remove_file(dir.0.join("tiny-00003-of-00003.gguf")).unwrap();
+    let e = ModelFiles::open(&first).err().unwrap().to_string();
+    assert!(e.contains("tiny-00003-of-00003.gguf: split 3 of 3 is missing beside tiny-00001-of-00003.gguf; all 3 splits are needed"), "{e}");
+    // Names: only gguf-split's pattern is a split.
+    assert_eq!(gguf::split_name("model-00002-of-00010.gguf"), Some(("model", 2, 10)));
+    assert_eq!(gguf::split_name("model-0002-of-00010.gguf"), None);
+    assert_eq!(gguf::split_name("model-00011-of-00010.gguf"), None);
+    assert_eq!(gguf::split_name("model.gguf"), None);
+}

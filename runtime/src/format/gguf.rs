@@ -168,6 +168,43 @@ pub fn parse(src: Arc<dyn WeightSource>) -> Result<TensorIndex> {
     TensorIndex::new(FileKind::Gguf, vec![src], tensors, metadata)
 }
 
+/// A split GGUF's name, as llama.cpp's gguf-split writes it:
+/// `PREFIX-00001-of-00003.gguf` → (PREFIX, 1, 3).
+pub fn split_name(file_name: &str) -> Option<(&str, usize, usize)> {
+    let stem = file_name.strip_suffix(".gguf")?;
+    let (rest, count) = stem.rsplit_once("-of-")?;
+    let (prefix, no) = rest.rsplit_once('-')?;
+    let digits = |s: &str| s.len() == 5 && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(no) || !digits(count) {
+        return None;
+    }
+    let (no, count) = (no.parse().ok()?, count.parse().ok()?);
+    (no >= 1 && no <= count).then_some((prefix, no, count))
+}
+
+/// The name of split `no` of `count` with `prefix`.
+pub fn split_file_name(prefix: &str, no: usize, count: usize) -> String {
+    format!("{prefix}-{no:05}-of-{count:05}.gguf")
+}
+
+/// A split GGUF from its splits' sources, in order: every split's tensors
+/// (each reading its own file), the first split's metadata.
+pub fn parse_splits(srcs: Vec<Arc<dyn WeightSource>>) -> Result<TensorIndex> {
+    let mut tensors = Vec::new();
+    let mut metadata = None;
+    for (i, src) in srcs.iter().enumerate() {
+        let (ts, meta) = parse_header(src.as_ref())?;
+        if let Some(n) = meta.get("split.count").and_then(|v| v.as_u64()) {
+            if n as usize != srcs.len() {
+                return Err(err(format!("{} says the model has {n} splits, not the {} found", src.name(), srcs.len())));
+            }
+        }
+        tensors.extend(ts.into_iter().map(|t| TensorInfo { file: i, ..t }));
+        metadata.get_or_insert(meta);
+    }
+    TensorIndex::new(FileKind::Gguf, srcs, tensors, metadata.unwrap_or_default())
+}
+
 fn parse_header(src: &dyn WeightSource) -> Result<(Vec<TensorInfo>, BTreeMap<String, MetaValue>)> {
     let mut r = Reader { src, pos: 0, buf: Vec::new(), buf_start: 0 };
     if src.len() < 4 {

@@ -62,6 +62,25 @@ impl ModelIndex {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         match model_files(path)? {
             ModelPath::Gguf(file) => {
+                let file_name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                if let Some((prefix, no, count)) = format::gguf::split_name(&file_name) {
+                    // A split GGUF: open it by its first split; all of them lie beside it.
+                    let first = format::gguf::split_file_name(prefix, 1, count);
+                    if no != 1 {
+                        return Err(Error::Input(format!("{}: split {no} of {count}; open the first, {first}", file.display())));
+                    }
+                    let dir = file.parent().unwrap_or(Path::new("."));
+                    let srcs = (1..=count)
+                        .map(|i| {
+                            let p = dir.join(format::gguf::split_file_name(prefix, i, count));
+                            if !p.is_file() {
+                                return Err(Error::Input(format!("{}: split {i} of {count} is missing beside {first}; all {count} splits are needed", p.display())));
+                            }
+                            Ok(Arc::new(FileSource::open(&p)?) as Arc<dyn WeightSource>)
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    return Ok(ModelIndex { name, index: format::gguf::parse_splits(srcs)?, hf_dir: None });
+                }
                 let src: Arc<dyn WeightSource> = Arc::new(FileSource::open(&file)?);
                 Ok(ModelIndex { name, index: format::gguf::parse(src)?, hf_dir: None })
             }
