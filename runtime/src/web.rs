@@ -131,9 +131,6 @@ async fn open_header(name: &str, size: u64, reader: &JsReader) -> Result<ModelFi
     }
 }
 
-/// Every kernel variant a browser without shader-f16 and subgroups can be
-/// asked for, as `[[name, wgsl], …]`: the browser test compiles them all
-/// with the browser's own WGSL compiler (stricter than naga in places).
 /// An incremental SHA-256 (the page checks a model file against its
 /// publisher's digest chunk by chunk, in order, without holding the file).
 #[wasm_bindgen]
@@ -160,6 +157,9 @@ impl Default for Sha256 {
     }
 }
 
+/// Every kernel variant a browser without shader-f16 and subgroups can be
+/// asked for, as `[[name, wgsl], …]`: the browser test compiles them all
+/// with the browser's own WGSL compiler (stricter than naga in places).
 #[wasm_bindgen(js_name = shaderVariants)]
 pub fn shader_variants() -> js_sys::Array {
     let out = js_sys::Array::new();
